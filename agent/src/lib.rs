@@ -1,0 +1,5 @@
+//! evalctl agent: runs on a GPU host, leases units from the coordinator, launches
+//! inference servers, drives load at them, samples telemetry and streams results back.
+
+pub mod loadgen;
+pub mod sim_server;

@@ -1,0 +1,1 @@
+//! Load generator: the measuring instrument (in progress).

@@ -1,0 +1,1 @@
+//! Simulated OpenAI-compatible streaming server (in progress).

@@ -1,0 +1,381 @@
+//! Domain types of campaigns, units and steps: what the matrix expands into, what the
+//! store keeps and what the scheduler leases. The gRPC layer converts these to and
+//! from `evalctl_proto` messages; nothing else in the coordinator sees prost types.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Stable id of a unit: a hash of its canonical [`UnitConfig`].
+///
+/// Two submissions of the same server configuration get the same id, in any campaign,
+/// which is what lets a resubmitted campaign keep its finished units and lets `compare`
+/// match units across campaigns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UnitId(pub String);
+
+/// Stable id of a step: a hash of its unit id, workload, load point and repeat.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StepId(pub String);
+
+/// Id of a stored campaign (a UUID; the campaign's name is unique too).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CampaignId(pub String);
+
+macro_rules! display_id {
+    ($($t:ty),*) => {$(
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl $t {
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+    )*};
+}
+display_id!(UnitId, StepId, CampaignId);
+
+/// Hex digest (first 16 hex digits of SHA-256) of a value's canonical JSON form.
+///
+/// Canonical: struct fields in declaration order, maps as `BTreeMap`, so the digest does
+/// not depend on the order of keys in the matrix file.
+pub fn stable_hash<T: Serialize>(prefix: &str, value: &T) -> String {
+    let json = serde_json::to_vec(value).expect("domain types always serialize to JSON");
+    let digest = Sha256::digest(&json);
+    format!("{prefix}{}", &hex::encode(digest)[..16])
+}
+
+/// The model a unit serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Short name used in tables and matrix keys.
+    pub name: String,
+    /// What the server loads (hub id or local path), substituted for `{model.path}`.
+    pub path: String,
+    /// Parameters in billions, for fit pruning; `None` when unknown (never pruned).
+    pub params_b: Option<f64>,
+    /// `tokenizer.json` path for exact-length prompts.
+    pub tokenizer: Option<String>,
+}
+
+/// The GPUs a unit needs on one host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuRequirement {
+    /// Normalised GPU type, e.g. `H100-80GB`; `cpu` for CPU-only units.
+    pub gpu_type: String,
+    /// Memory per GPU in GB.
+    pub memory_gb: f64,
+    /// GPUs of that type on one host.
+    pub count: u32,
+    /// Price per GPU-hour, when the matrix gives one.
+    pub price_per_hour: Option<f64>,
+}
+
+/// How a server is launched and probed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FrameworkSpec {
+    /// Framework name, e.g. `vllm`.
+    pub name: String,
+    /// Command template with `{placeholders}`, validated at submit time.
+    pub command: String,
+    /// Health path, e.g. `/health`.
+    pub health_path: String,
+    /// Prometheus metrics path, when the framework has one.
+    pub metrics_path: Option<String>,
+    /// How long to wait for health, in milliseconds.
+    pub startup_timeout_ms: u64,
+    /// Extra environment for the server.
+    pub env: BTreeMap<String, String>,
+    /// Container image, when the command runs one.
+    pub image: Option<String>,
+}
+
+/// The quantization a unit serves with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationSpec {
+    /// Name, e.g. `fp8`.
+    pub name: String,
+    /// Bits per weight, for fit pruning.
+    pub bits: f64,
+    /// Arguments for `{quant.args}`, resolved for the unit's framework (empty when none).
+    pub args: String,
+}
+
+/// One complete server configuration: the identity of a unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitConfig {
+    /// Model served.
+    pub model: ModelSpec,
+    /// GPUs needed.
+    pub gpu: GpuRequirement,
+    /// Server framework.
+    pub framework: FrameworkSpec,
+    /// Quantization.
+    pub quantization: QuantizationSpec,
+    /// Arguments appended to the rendered command (from `include` entries).
+    pub extra_args: String,
+    /// Labels an agent must carry to take this unit.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl UnitConfig {
+    /// The unit's stable id (hash of this canonical config).
+    pub fn unit_id(&self) -> UnitId {
+        UnitId(stable_hash("u-", self))
+    }
+
+    /// Human label, e.g. `llama-3.1-8b / H100-80GB x2 / vllm / fp8`.
+    pub fn label(&self) -> String {
+        format!(
+            "{} / {} x{} / {} / {}",
+            self.model.name,
+            self.gpu.gpu_type,
+            self.gpu.count,
+            self.framework.name,
+            self.quantization.name
+        )
+    }
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DatasetSpec {
+    /// Random prompts of exact token lengths.
+    Random {
+        /// Prompt length in tokens.
+        input_tokens: u32,
+        /// Requested output length in tokens.
+        output_tokens: u32,
+    },
+    /// ShareGPT-format JSON file.
+    Sharegpt {
+        /// Path to the file.
+        path: String,
+        /// Requested output length; `None` = the dataset's own reply lengths.
+        output_tokens: Option<u32>,
+    },
+    /// JSON Lines of prompts or chat messages.
+    Jsonl {
+        /// Path to the file.
+        path: String,
+        /// Requested output length; `None` = per-line `max_tokens` or the default.
+        output_tokens: Option<u32>,
+    },
+}
+
+/// API flavour of a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+    /// An external harness command.
+    Command,
+}
+
+/// Arrival process for rate mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Exponential gaps.
+    Poisson,
+    /// Gamma-distributed gaps (see `burstiness`).
+    Gamma,
+    /// Equal gaps.
+    Constant,
+}
+
+/// One load point of a sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadPoint {
+    /// Fixed number of requests in flight.
+    Concurrency(u32),
+    /// Requests per second; `f64::INFINITY` sends all at once.
+    Rate {
+        /// Requests per second.
+        rps: f64,
+        /// Arrival process.
+        arrival: Arrival,
+        /// Gamma shape (1.0 = Poisson); only for `Gamma`.
+        burstiness: Option<f64>,
+    },
+}
+
+impl fmt::Display for LoadPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadPoint::Concurrency(n) => write!(f, "c={n}"),
+            LoadPoint::Rate { rps, .. } if rps.is_infinite() => f.write_str("rate=inf"),
+            LoadPoint::Rate { rps, .. } => write!(f, "rate={rps}"),
+        }
+    }
+}
+
+/// When a step stops sending requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCondition {
+    /// After this many measured requests.
+    Requests(u64),
+    /// After this long, in milliseconds.
+    DurationMs(u64),
+}
+
+/// Service level objectives for goodput.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Slo {
+    /// Time to first token, ms.
+    pub ttft_ms: Option<f64>,
+    /// Time per output token, ms.
+    pub tpot_ms: Option<f64>,
+    /// End-to-end latency, ms.
+    pub e2el_ms: Option<f64>,
+}
+
+/// A workload as steps run it (one load point is chosen per step).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    /// Workload name from the matrix.
+    pub name: String,
+    /// API flavour.
+    pub api: Api,
+    /// Prompt source; `None` for `command` workloads.
+    pub dataset: Option<DatasetSpec>,
+    /// Seed for prompts and arrivals.
+    pub seed: u64,
+    /// When to stop.
+    pub stop: StopCondition,
+    /// Requests before measuring.
+    pub warmup: u64,
+    /// Objectives for goodput.
+    pub slo: Slo,
+    /// Harness command template for `command` workloads.
+    pub command: Option<String>,
+    /// Metric name → JSON pointer into the harness output, for `command` workloads.
+    pub metrics: BTreeMap<String, String>,
+}
+
+/// One step of a unit: a workload at one load point, one repeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSpec {
+    /// Stable id.
+    pub id: StepId,
+    /// Position in the unit's run order, from 0.
+    pub index: u32,
+    /// The workload.
+    pub workload: WorkloadSpec,
+    /// The load point.
+    pub load: LoadPoint,
+    /// Repeat number, from 0.
+    pub repeat: u32,
+}
+
+impl StepSpec {
+    /// Builds a step, deriving its id from the unit id and the step's content.
+    pub fn new(
+        unit: &UnitId,
+        index: u32,
+        workload: WorkloadSpec,
+        load: LoadPoint,
+        repeat: u32,
+    ) -> Self {
+        let id = StepId(stable_hash("s-", &(unit, &workload, &load, repeat)));
+        StepSpec {
+            id,
+            index,
+            workload,
+            load,
+            repeat,
+        }
+    }
+
+    /// Human label, e.g. `chat c=16 #0`.
+    pub fn label(&self) -> String {
+        format!("{} {} #{}", self.workload.name, self.load, self.repeat)
+    }
+}
+
+/// A unit of work: one server configuration and the steps run on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Stable id (hash of `config`).
+    pub id: UnitId,
+    /// Server configuration.
+    pub config: UnitConfig,
+    /// Steps in run order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// Why a combination did not become a unit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropKind {
+    /// Matched an `exclude` entry.
+    Excluded,
+    /// Weights do not fit in the GPUs' memory.
+    Pruned,
+}
+
+impl fmt::Display for DropKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropKind::Excluded => "excluded",
+            DropKind::Pruned => "pruned",
+        })
+    }
+}
+
+/// A combination the expansion dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dropped {
+    /// Label of the combination, as [`UnitConfig::label`] writes it.
+    pub label: String,
+    /// Excluded or pruned.
+    pub kind: DropKind,
+    /// Why, e.g. `weights need 168.0 GB, 1 x H100-80GB has 80 GB`.
+    pub reason: String,
+}
+
+/// Campaign-level settings from the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignSpec {
+    /// Campaign name (unique in a coordinator).
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts a unit gets for its own failures.
+    pub max_attempts: u32,
+}
+
+/// The result of expanding a matrix file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expansion {
+    /// Campaign settings.
+    pub campaign: CampaignSpec,
+    /// Units in a deterministic order.
+    pub units: Vec<Unit>,
+    /// Combinations dropped by `exclude` or fit pruning.
+    pub dropped: Vec<Dropped>,
+}
+
+impl Expansion {
+    /// Total steps over all units.
+    pub fn step_count(&self) -> usize {
+        self.units.iter().map(|u| u.steps.len()).sum()
+    }
+}

@@ -1,0 +1,14 @@
+//! The evalctl wire protocol (package `evalctl.v1`): messages and tonic clients and
+//! servers generated from `proto/evalctl/v1/*.proto`.
+//!
+//! Only the gRPC layers of the coordinator, agent and CLI use these types; their
+//! cores work on domain types and convert at the edge.
+
+/// Generated code of package `evalctl.v1`.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("evalctl.v1");
+
+    /// Encoded file descriptor set, for the gRPC reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("evalctl_descriptor");
+}

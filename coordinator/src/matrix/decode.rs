@@ -1,0 +1,1153 @@
+//! Reads the YAML tree into the typed [`MatrixFile`]: the shape of the file. Every mapping
+//! rejects keys it does not know (with a "did you mean" hint), every value is checked for
+//! its type and range, required keys must be present, and each error points at the key or
+//! value at fault. Checks across entries (names, references, placeholders) come after, in
+//! [`super::validate`].
+
+use std::collections::BTreeMap;
+
+use crate::domain::{Api, Arrival, DatasetSpec, LoadPoint, Slo, StopCondition};
+
+use super::error::{Errors, MatrixError, quoted_list};
+use super::model::{
+    At, CPU, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile,
+    ModelEntry, QuantEntry, WorkloadEntry,
+};
+use super::yaml::{Key, Node, Pos, Source, Value};
+
+const TOP_KEYS: &[&str] = &[
+    "campaign",
+    "description",
+    "priority",
+    "repeats",
+    "max_attempts",
+    "seed",
+    "models",
+    "gpus",
+    "frameworks",
+    "quantizations",
+    "workloads",
+    "exclude",
+    "include",
+];
+const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer"];
+const GPU_KEYS: &[&str] = &["type", "memory_gb", "counts", "price_per_hour"];
+const FRAMEWORK_KEYS: &[&str] = &[
+    "name",
+    "preset",
+    "command",
+    "health",
+    "metrics",
+    "startup_timeout",
+    "env",
+    "image",
+];
+const QUANT_KEYS: &[&str] = &["name", "bits", "args"];
+const WORKLOAD_KEYS: &[&str] = &[
+    "name", "api", "dataset", "load", "requests", "duration", "warmup", "slo", "seed", "command",
+    "metrics",
+];
+const COMMAND_ONLY_KEYS: &[&str] = &["command", "metrics"];
+const NOT_FOR_COMMAND_KEYS: &[&str] = &["dataset", "requests", "warmup", "slo"];
+const RANDOM_KEYS: &[&str] = &["kind", "input_tokens", "output_tokens"];
+const FILE_DATASET_KEYS: &[&str] = &["kind", "path", "output_tokens"];
+const DATASET_KINDS: &[&str] = &["random", "sharegpt", "jsonl"];
+const LOAD_KEYS: &[&str] = &["concurrency", "rate", "arrival", "burstiness"];
+const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
+const APIS: &[&str] = &["chat", "completions", "command"];
+const ARRIVALS: &[&str] = &["poisson", "gamma", "constant"];
+const EXTENSION_KEYS: &[&str] = &["extra_args", "env", "labels", "workloads"];
+
+/// Longest name the matrix accepts.
+const MAX_NAME_LEN: usize = 128;
+/// Largest `bits` value.
+const MAX_BITS: f64 = 64.0;
+/// How long an `api: command` harness may run when the workload gives no `duration`.
+pub(crate) const DEFAULT_HARNESS_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+/// Reads the whole file.
+pub(crate) fn decode(
+    errors: &Errors,
+    source: &Source<'_>,
+    root: &Node,
+) -> Result<MatrixFile, MatrixError> {
+    let d = Decoder { errors, source };
+    if !matches!(root.value, Value::Map(_)) {
+        return Err(errors.at(
+            root.pos,
+            format!(
+                "expected a mapping with `campaign`, `models`, `frameworks`, … at the top level, found {}",
+                root.describe()
+            ),
+        ));
+    }
+    let top = d.fields(root, "", TOP_KEYS)?;
+
+    let campaign = d.name(&top.field("campaign"), top.req("campaign")?)?;
+    let description = top
+        .get("description")
+        .map(|n| d.string(&top.field("description"), n))
+        .transpose()?;
+    let priority = top
+        .get("priority")
+        .map(|n| {
+            d.int(
+                &top.field("priority"),
+                n,
+                i128::from(i32::MIN),
+                i128::from(i32::MAX),
+            )
+        })
+        .transpose()?
+        .map_or(0, |p| i32::try_from(p).unwrap_or_default());
+    let repeats = top
+        .get("repeats")
+        .map(|n| d.uint32(&top.field("repeats"), n, 1))
+        .transpose()?
+        .unwrap_or(1);
+    let max_attempts = top
+        .get("max_attempts")
+        .map(|n| d.uint32(&top.field("max_attempts"), n, 1))
+        .transpose()?
+        .unwrap_or(3);
+    let seed = top
+        .get("seed")
+        .map(|n| d.uint64(&top.field("seed"), n, 0))
+        .transpose()?
+        .unwrap_or(0);
+
+    let models = d.entries(&top, "models", true, |path, n| d.model(path, n))?;
+    let gpus = match top.get("gpus") {
+        None => vec![GpuEntry {
+            pos: root.pos,
+            gpu_type: At::new(CPU.to_owned(), root.pos),
+            memory_gb: None,
+            counts: vec![At::new(1, root.pos)],
+            price_per_hour: None,
+        }],
+        Some(_) => d.entries(&top, "gpus", true, |path, n| d.gpu(path, n))?,
+    };
+    let frameworks = d.entries(&top, "frameworks", true, |path, n| d.framework(path, n))?;
+    let quantizations = d.entries(&top, "quantizations", true, |path, n| {
+        d.quantization(path, n)
+    })?;
+    let workloads = d.entries(&top, "workloads", true, |path, n| d.workload(path, n))?;
+    let exclude = d.indexed_entries(&top, "exclude", |path, i, n| d.exclude(path, i, n))?;
+    let include = d.indexed_entries(&top, "include", |path, i, n| d.include(path, i, n))?;
+
+    Ok(MatrixFile {
+        pos: root.pos,
+        campaign,
+        description: description.map(|d| d.value),
+        priority,
+        repeats,
+        max_attempts,
+        seed,
+        models,
+        gpus,
+        frameworks,
+        quantizations,
+        workloads,
+        exclude,
+        include,
+    })
+}
+
+/// The keys of one mapping, checked against the keys it may have.
+struct Fields<'a> {
+    path: String,
+    pos: Pos,
+    entries: &'a [(Key, Node)],
+    errors: &'a Errors,
+}
+
+impl<'a> Fields<'a> {
+    /// `path.key` (or `key` at the top level).
+    fn field(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The entry for `key`, null values included.
+    fn entry(&self, key: &str) -> Option<&'a (Key, Node)> {
+        self.entries.iter().find(|(k, _)| k.name == key)
+    }
+
+    /// The value of `key`; absent and `null` are the same.
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        self.entry(key).map(|(_, v)| v).filter(|v| !v.is_null())
+    }
+
+    /// Where `key` is written, if it is.
+    fn key_pos(&self, key: &str) -> Option<Pos> {
+        self.entry(key).map(|(k, _)| k.pos)
+    }
+
+    /// The value of a required key.
+    fn req(&self, key: &str) -> Result<&'a Node, MatrixError> {
+        self.get(key).ok_or_else(|| self.missing(key))
+    }
+
+    /// "missing required key" at the key (when written as null) or at the mapping.
+    fn missing(&self, key: &str) -> MatrixError {
+        let place = if self.path.is_empty() {
+            "at the top level".to_owned()
+        } else {
+            format!("in `{}`", self.path)
+        };
+        let pos = self.key_pos(key).unwrap_or(self.pos);
+        self.errors
+            .at(pos, format!("missing required key `{key}` {place}"))
+    }
+}
+
+struct Decoder<'a> {
+    errors: &'a Errors,
+    source: &'a Source<'a>,
+}
+
+impl Decoder<'_> {
+    /// Opens a mapping, rejecting keys not in `allowed`.
+    fn fields<'n>(
+        &'n self,
+        node: &'n Node,
+        path: &str,
+        allowed: &[&str],
+    ) -> Result<Fields<'n>, MatrixError> {
+        let Value::Map(entries) = &node.value else {
+            return Err(self.type_error(path, node, "a mapping"));
+        };
+        for (key, _) in entries {
+            if !allowed.contains(&key.name.as_str()) {
+                let place = if path.is_empty() {
+                    "at the top level".to_owned()
+                } else {
+                    format!("in `{path}`")
+                };
+                return Err(self.errors.unknown(
+                    key.pos,
+                    &format!("key {place}:"),
+                    &key.name,
+                    allowed.iter().copied(),
+                ));
+            }
+        }
+        Ok(Fields {
+            path: path.to_owned(),
+            pos: node.pos,
+            entries,
+            errors: self.errors,
+        })
+    }
+
+    fn type_error(&self, path: &str, node: &Node, expected: &str) -> MatrixError {
+        let what = if path.is_empty() {
+            String::new()
+        } else {
+            format!("`{path}`: ")
+        };
+        self.errors.at(
+            node.pos,
+            format!("{what}expected {expected}, found {}", node.describe()),
+        )
+    }
+
+    /// A list under `key` of `top`, each entry read by `read`; `required` lists must be
+    /// present and non-empty.
+    fn entries<T>(
+        &self,
+        top: &Fields<'_>,
+        key: &str,
+        required: bool,
+        mut read: impl FnMut(&str, &Node) -> Result<T, MatrixError>,
+    ) -> Result<Vec<T>, MatrixError> {
+        let node = if required {
+            top.req(key)?
+        } else {
+            match top.get(key) {
+                Some(n) => n,
+                None => return Ok(Vec::new()),
+            }
+        };
+        let items = self.list(key, node)?;
+        if required && items.is_empty() {
+            let hint = (key == "gpus").then_some("omit `gpus` for CPU-only units");
+            return Err(self.errors.hinted(
+                node.pos,
+                format!("`{key}` must list at least one entry"),
+                hint,
+            ));
+        }
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| read(&format!("{key}[{i}]"), item))
+            .collect()
+    }
+
+    /// An optional list whose reader needs the entry's index.
+    fn indexed_entries<T>(
+        &self,
+        top: &Fields<'_>,
+        key: &str,
+        mut read: impl FnMut(&str, usize, &Node) -> Result<T, MatrixError>,
+    ) -> Result<Vec<T>, MatrixError> {
+        let Some(node) = top.get(key) else {
+            return Ok(Vec::new());
+        };
+        self.list(key, node)?
+            .iter()
+            .enumerate()
+            .map(|(i, item)| read(&format!("{key}[{i}]"), i, item))
+            .collect()
+    }
+
+    fn list<'n>(&self, path: &str, node: &'n Node) -> Result<&'n [Node], MatrixError> {
+        match &node.value {
+            Value::Seq(items) => Ok(items),
+            _ => Err(self.type_error(path, node, "a list")),
+        }
+    }
+
+    fn string(&self, path: &str, node: &Node) -> Result<At<String>, MatrixError> {
+        match &node.value {
+            Value::Str(s) => Ok(At {
+                value: s.clone(),
+                pos: node.pos,
+                span: node.span,
+            }),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Err(self.errors.hinted(
+                node.pos,
+                format!("`{path}`: expected a string, found {}", node.describe()),
+                Some("quote the value to make it a string"),
+            )),
+            _ => Err(self.type_error(path, node, "a string")),
+        }
+    }
+
+    fn nonempty_string(&self, path: &str, node: &Node) -> Result<At<String>, MatrixError> {
+        let s = self.string(path, node)?;
+        if s.value.trim().is_empty() {
+            return Err(self
+                .errors
+                .at(node.pos, format!("`{path}` must not be empty")));
+        }
+        Ok(s)
+    }
+
+    /// A name: letters, digits, `.`, `_` and `-`.
+    fn name(&self, path: &str, node: &Node) -> Result<At<String>, MatrixError> {
+        let s = match &node.value {
+            // Plain numbers are fine as names (`name: 7b` is a string anyway).
+            Value::Int(_) | Value::Float(_) => At {
+                value: self.raw_text(node),
+                pos: node.pos,
+                span: node.span,
+            },
+            _ => self.string(path, node)?,
+        };
+        let bad = s
+            .value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')));
+        if s.value.is_empty() || s.value.len() > MAX_NAME_LEN || bad.is_some() {
+            let found = match bad {
+                Some(c) => format!("`{}` contains `{c}`", s.value),
+                None if s.value.is_empty() => "it is empty".to_owned(),
+                None => format!("it is longer than {MAX_NAME_LEN} characters"),
+            };
+            return Err(self.errors.at(
+                node.pos,
+                format!(
+                    "`{path}` must be a name of letters, digits, `.`, `_` and `-` ([A-Za-z0-9._-]+, at most {MAX_NAME_LEN}); {found}"
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// The source text of a scalar (its value's text when the source is unknown).
+    fn raw_text(&self, node: &Node) -> String {
+        match &node.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(i) => i.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => String::new(),
+            Value::Float(x) => node
+                .span
+                .and_then(|(a, b)| self.source_text(a, b))
+                .unwrap_or_else(|| x.to_string()),
+            Value::Seq(_) | Value::Map(_) => String::new(),
+        }
+    }
+
+    fn source_text(&self, start: usize, end: usize) -> Option<String> {
+        self.source
+            .text()
+            .get(start..end)
+            .map(|t| t.trim().to_owned())
+    }
+
+    fn int(&self, path: &str, node: &Node, min: i128, max: i128) -> Result<i128, MatrixError> {
+        let Value::Int(i) = node.value else {
+            return Err(self.type_error(path, node, "an integer"));
+        };
+        if i < min {
+            return Err(self.errors.at(
+                node.pos,
+                format!("`{path}` must be at least {min}, found {i}"),
+            ));
+        }
+        if i > max {
+            return Err(self.errors.at(
+                node.pos,
+                format!("`{path}` must be at most {max}, found {i}"),
+            ));
+        }
+        Ok(i)
+    }
+
+    fn uint32(&self, path: &str, node: &Node, min: u32) -> Result<u32, MatrixError> {
+        let i = self.int(path, node, i128::from(min), i128::from(u32::MAX))?;
+        Ok(u32::try_from(i).expect("range checked"))
+    }
+
+    fn uint64(&self, path: &str, node: &Node, min: u64) -> Result<u64, MatrixError> {
+        let i = self.int(path, node, i128::from(min), i128::from(u64::MAX))?;
+        Ok(u64::try_from(i).expect("range checked"))
+    }
+
+    /// A finite number greater than zero (or at least zero when `allow_zero`).
+    fn positive(&self, path: &str, node: &Node, allow_zero: bool) -> Result<f64, MatrixError> {
+        let x = match node.value {
+            #[expect(clippy::cast_precision_loss, reason = "matrix numbers are small")]
+            Value::Int(i) => i as f64,
+            Value::Float(x) => x,
+            _ => return Err(self.type_error(path, node, "a number")),
+        };
+        let ok = x.is_finite() && (x > 0.0 || (allow_zero && x == 0.0));
+        if !ok {
+            let bound = if allow_zero {
+                "at least 0"
+            } else {
+                "greater than 0"
+            };
+            return Err(self.errors.at(
+                node.pos,
+                format!("`{path}` must be {bound}, found {}", self.raw_text(node)),
+            ));
+        }
+        Ok(x)
+    }
+
+    fn duration_ms(&self, path: &str, node: &Node) -> Result<u64, MatrixError> {
+        const HINT: &str = "write a number with a unit, e.g. `90s`, `20m` or `1h 30m`";
+        let text = match &node.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(_) | Value::Float(_) => {
+                return Err(self.errors.hinted(
+                    node.pos,
+                    format!(
+                        "`{path}`: expected a duration, found {} without a unit",
+                        node.describe()
+                    ),
+                    Some(HINT),
+                ));
+            }
+            _ => return Err(self.type_error(path, node, "a duration such as `20m`")),
+        };
+        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+            self.errors.hinted(
+                node.pos,
+                format!("`{path}`: invalid duration `{text}`: {e}"),
+                Some(HINT),
+            )
+        })?;
+        let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return Err(self.errors.at(
+                node.pos,
+                format!("`{path}` must be longer than zero, found `{text}`"),
+            ));
+        }
+        Ok(ms)
+    }
+
+    /// A mapping of strings to scalars (numbers and booleans kept as written).
+    fn string_map(
+        &self,
+        path: &str,
+        node: &Node,
+        key_rule: Option<fn(&str) -> bool>,
+    ) -> Result<BTreeMap<String, String>, MatrixError> {
+        let Value::Map(entries) = &node.value else {
+            return Err(self.type_error(path, node, "a mapping"));
+        };
+        let mut out = BTreeMap::new();
+        for (key, value) in entries {
+            if let Some(rule) = key_rule
+                && !rule(&key.name)
+            {
+                return Err(self.errors.at(
+                    key.pos,
+                    format!(
+                        "`{path}`: `{}` is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+                        key.name
+                    ),
+                ));
+            }
+            let text = match &value.value {
+                Value::Str(s) => s.clone(),
+                Value::Int(_) | Value::Float(_) | Value::Bool(_) => self.raw_text(value),
+                _ => {
+                    return Err(self.type_error(
+                        &format!("{path}.{}", key.name),
+                        value,
+                        "a string",
+                    ));
+                }
+            };
+            out.insert(key.name.clone(), text);
+        }
+        Ok(out)
+    }
+
+    fn model(&self, path: &str, node: &Node) -> Result<ModelEntry, MatrixError> {
+        let f = self.fields(node, path, MODEL_KEYS)?;
+        Ok(ModelEntry {
+            pos: node.pos,
+            name: self.name(&f.field("name"), f.req("name")?)?,
+            path: self.nonempty_string(&f.field("path"), f.req("path")?)?,
+            params_b: f
+                .get("params_b")
+                .map(|n| self.positive(&f.field("params_b"), n, false))
+                .transpose()?,
+            tokenizer: f
+                .get("tokenizer")
+                .map(|n| self.nonempty_string(&f.field("tokenizer"), n))
+                .transpose()?,
+        })
+    }
+
+    fn gpu(&self, path: &str, node: &Node) -> Result<GpuEntry, MatrixError> {
+        let f = self.fields(node, path, GPU_KEYS)?;
+        let mut gpu_type = self.name(&f.field("type"), f.req("type")?)?;
+        let is_cpu = gpu_type.value.eq_ignore_ascii_case(CPU);
+        if is_cpu {
+            gpu_type.value = CPU.to_owned();
+        }
+        let memory_gb = match f.get("memory_gb") {
+            Some(n) => Some(self.positive(&f.field("memory_gb"), n, false)?),
+            None if is_cpu => None,
+            None => {
+                return Err(f.missing("memory_gb"));
+            }
+        };
+        let counts = match f.get("counts") {
+            Some(n) => {
+                let items = self.list(&f.field("counts"), n)?;
+                if items.is_empty() {
+                    return Err(self.errors.at(
+                        n.pos,
+                        format!("`{}` must list at least one GPU count", f.field("counts")),
+                    ));
+                }
+                let mut counts: Vec<At<u32>> = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let count = self.uint32(&format!("{}[{i}]", f.field("counts")), item, 1)?;
+                    if counts.iter().any(|c| c.value == count) {
+                        return Err(self.errors.at(
+                            item.pos,
+                            format!("`{}`: count {count} is listed twice", f.field("counts")),
+                        ));
+                    }
+                    counts.push(At::new(count, item.pos));
+                }
+                counts
+            }
+            None if is_cpu => vec![At::new(1, node.pos)],
+            None => return Err(f.missing("counts")),
+        };
+        Ok(GpuEntry {
+            pos: node.pos,
+            gpu_type,
+            memory_gb,
+            counts,
+            price_per_hour: f
+                .get("price_per_hour")
+                .map(|n| self.positive(&f.field("price_per_hour"), n, true))
+                .transpose()?,
+        })
+    }
+
+    fn framework(&self, path: &str, node: &Node) -> Result<FrameworkEntry, MatrixError> {
+        let f = self.fields(node, path, FRAMEWORK_KEYS)?;
+        let url_path = |key: &str| -> Result<Option<At<String>>, MatrixError> {
+            let Some(n) = f.get(key) else { return Ok(None) };
+            let s = self.nonempty_string(&f.field(key), n)?;
+            if !s.value.starts_with('/') {
+                return Err(self.errors.hinted(
+                    n.pos,
+                    format!(
+                        "`{}` must be a URL path starting with `/`, found `{}`",
+                        f.field(key),
+                        s.value
+                    ),
+                    Some(format!("write `/{}`", s.value)),
+                ));
+            }
+            Ok(Some(s))
+        };
+        Ok(FrameworkEntry {
+            pos: node.pos,
+            name: self.name(&f.field("name"), f.req("name")?)?,
+            preset: f
+                .get("preset")
+                .map(|n| self.string(&f.field("preset"), n))
+                .transpose()?,
+            command: f
+                .get("command")
+                .map(|n| self.nonempty_string(&f.field("command"), n))
+                .transpose()?,
+            health: url_path("health")?,
+            metrics: url_path("metrics")?,
+            startup_timeout_ms: f
+                .get("startup_timeout")
+                .map(|n| self.duration_ms(&f.field("startup_timeout"), n))
+                .transpose()?,
+            env: f
+                .get("env")
+                .map(|n| self.string_map(&f.field("env"), n, Some(is_env_name)))
+                .transpose()?
+                .unwrap_or_default(),
+            image: f
+                .get("image")
+                .map(|n| self.nonempty_string(&f.field("image"), n))
+                .transpose()?
+                .map(|s| s.value),
+        })
+    }
+
+    fn quantization(&self, path: &str, node: &Node) -> Result<QuantEntry, MatrixError> {
+        let f = self.fields(node, path, QUANT_KEYS)?;
+        let name = self.name(&f.field("name"), f.req("name")?)?;
+        let bits_node = f.req("bits")?;
+        let bits = self.positive(&f.field("bits"), bits_node, false)?;
+        if bits > MAX_BITS {
+            return Err(self.errors.at(
+                bits_node.pos,
+                format!(
+                    "`{}` must be at most {MAX_BITS}, found {bits}",
+                    f.field("bits")
+                ),
+            ));
+        }
+        let mut args = Vec::new();
+        if let Some(n) = f.get("args") {
+            let Value::Map(entries) = &n.value else {
+                return Err(self.type_error(
+                    &f.field("args"),
+                    n,
+                    "a mapping of framework name to arguments",
+                ));
+            };
+            for (key, value) in entries {
+                let text = match &value.value {
+                    Value::Null => String::new(),
+                    _ => {
+                        self.string(&format!("{}.{}", f.field("args"), key.name), value)?
+                            .value
+                    }
+                };
+                args.push((At::new(key.name.clone(), key.pos), text));
+            }
+        }
+        Ok(QuantEntry {
+            pos: node.pos,
+            name,
+            bits,
+            args,
+        })
+    }
+
+    fn workload(&self, path: &str, node: &Node) -> Result<WorkloadEntry, MatrixError> {
+        let f = self.fields(node, path, WORKLOAD_KEYS)?;
+        let name = self.name(&f.field("name"), f.req("name")?)?;
+        let api = match f.get("api") {
+            None => Api::Chat,
+            Some(n) => {
+                let s = self.string(&f.field("api"), n)?;
+                match s.value.as_str() {
+                    "chat" => Api::Chat,
+                    "completions" => Api::Completions,
+                    "command" => Api::Command,
+                    other => {
+                        return Err(self.errors.unknown(
+                            n.pos,
+                            &format!("`{}` value", f.field("api")),
+                            other,
+                            APIS.iter().copied(),
+                        ));
+                    }
+                }
+            }
+        };
+        let is_command = api == Api::Command;
+        let misplaced = if is_command {
+            NOT_FOR_COMMAND_KEYS.iter().find(|k| f.get(k).is_some())
+        } else {
+            COMMAND_ONLY_KEYS.iter().find(|k| f.get(k).is_some())
+        };
+        if let Some(key) = misplaced {
+            let pos = f.key_pos(key).unwrap_or(node.pos);
+            let message = if is_command {
+                format!("`{}` is not used with `api: command`", f.field(key))
+            } else {
+                format!("`{}` is only used with `api: command`", f.field(key))
+            };
+            return Err(self.errors.at(pos, message));
+        }
+
+        let dataset = if is_command {
+            None
+        } else {
+            Some(self.dataset(&f.field("dataset"), f.req("dataset")?)?)
+        };
+        let load = match f.get("load") {
+            Some(n) => self.load(&f.field("load"), n)?,
+            None if is_command => vec![LoadPoint::Concurrency(1)],
+            None => return Err(f.missing("load")),
+        };
+        let stop = match (f.get("requests"), f.get("duration")) {
+            (Some(_), Some(_)) => {
+                let pos = f.key_pos("duration").unwrap_or(node.pos);
+                return Err(self.errors.hinted(
+                    pos,
+                    format!("`{path}` gives both `requests` and `duration`; a workload stops on exactly one"),
+                    Some("remove one of them"),
+                ));
+            }
+            (Some(n), None) => StopCondition::Requests(self.uint64(&f.field("requests"), n, 1)?),
+            (None, Some(n)) => {
+                StopCondition::DurationMs(self.duration_ms(&f.field("duration"), n)?)
+            }
+            (None, None) if is_command => StopCondition::DurationMs(DEFAULT_HARNESS_TIMEOUT_MS),
+            (None, None) => {
+                return Err(self.errors.hinted(
+                    node.pos,
+                    format!("`{path}` needs `requests` or `duration` to know when to stop"),
+                    Some("add e.g. `requests: 200` or `duration: 2m`"),
+                ));
+            }
+        };
+        let command = if is_command {
+            Some(self.nonempty_string(&f.field("command"), f.req("command")?)?)
+        } else {
+            None
+        };
+        let metrics = match f.get("metrics") {
+            None => BTreeMap::new(),
+            Some(n) => {
+                let map = self.string_map(&f.field("metrics"), n, None)?;
+                if let Value::Map(entries) = &n.value {
+                    for (key, value) in entries {
+                        let pointer = &map[&key.name];
+                        if !is_json_pointer(pointer) {
+                            return Err(self.errors.hinted(
+                                value.pos,
+                                format!(
+                                    "`{}.{}`: `{pointer}` is not a JSON pointer",
+                                    f.field("metrics"),
+                                    key.name
+                                ),
+                                Some("a JSON pointer is empty or starts with `/`, e.g. `/results/accuracy`"),
+                            ));
+                        }
+                    }
+                }
+                map
+            }
+        };
+        Ok(WorkloadEntry {
+            pos: node.pos,
+            name,
+            api,
+            dataset,
+            load,
+            stop,
+            warmup: f
+                .get("warmup")
+                .map(|n| self.uint64(&f.field("warmup"), n, 0))
+                .transpose()?
+                .unwrap_or(0),
+            slo: match f.get("slo") {
+                None => Slo::default(),
+                Some(n) => self.slo(&f.field("slo"), n)?,
+            },
+            seed: f
+                .get("seed")
+                .map(|n| self.uint64(&f.field("seed"), n, 0))
+                .transpose()?,
+            command,
+            metrics,
+        })
+    }
+
+    fn dataset(&self, path: &str, node: &Node) -> Result<At<DatasetSpec>, MatrixError> {
+        if !matches!(node.value, Value::Map(_)) {
+            return Err(self.type_error(
+                path,
+                node,
+                "a mapping with `kind: random | sharegpt | jsonl`",
+            ));
+        }
+        let Value::Map(entries) = &node.value else {
+            unreachable!("checked above")
+        };
+        // Unknown keys are reported against the kind's own list, so read `kind` first.
+        let Some(kind_node) = entries
+            .iter()
+            .find(|(k, _)| k.name == "kind")
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+        else {
+            return Err(self.errors.hinted(
+                node.pos,
+                format!("missing required key `kind` in `{path}`"),
+                Some("one of `random`, `sharegpt`, `jsonl`"),
+            ));
+        };
+        let kind = self.string(&format!("{path}.kind"), kind_node)?;
+        let spec = match kind.value.as_str() {
+            "random" => {
+                let f = self.fields(node, path, RANDOM_KEYS)?;
+                DatasetSpec::Random {
+                    input_tokens: self.uint32(
+                        &f.field("input_tokens"),
+                        f.req("input_tokens")?,
+                        1,
+                    )?,
+                    output_tokens: self.uint32(
+                        &f.field("output_tokens"),
+                        f.req("output_tokens")?,
+                        1,
+                    )?,
+                }
+            }
+            "sharegpt" | "jsonl" => {
+                let f = self.fields(node, path, FILE_DATASET_KEYS)?;
+                let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
+                let output_tokens = f
+                    .get("output_tokens")
+                    .map(|n| self.uint32(&f.field("output_tokens"), n, 1))
+                    .transpose()?;
+                let spec = if kind.value == "sharegpt" {
+                    DatasetSpec::Sharegpt {
+                        path: file.value.clone(),
+                        output_tokens,
+                    }
+                } else {
+                    DatasetSpec::Jsonl {
+                        path: file.value.clone(),
+                        output_tokens,
+                    }
+                };
+                return Ok(At {
+                    value: spec,
+                    pos: file.pos,
+                    span: file.span,
+                });
+            }
+            other => {
+                return Err(self.errors.unknown(
+                    kind_node.pos,
+                    &format!("`{path}.kind`"),
+                    other,
+                    DATASET_KINDS.iter().copied(),
+                ));
+            }
+        };
+        Ok(At::new(spec, node.pos))
+    }
+
+    fn load(&self, path: &str, node: &Node) -> Result<Vec<LoadPoint>, MatrixError> {
+        let f = self.fields(node, path, LOAD_KEYS)?;
+        match (f.get("concurrency"), f.get("rate")) {
+            (Some(_), Some(_)) => Err(self.errors.hinted(
+                f.key_pos("rate").unwrap_or(node.pos),
+                format!("`{path}` gives both `concurrency` and `rate`"),
+                Some("sweep one of them per workload; add a second workload for the other"),
+            )),
+            (None, None) => Err(self.errors.hinted(
+                node.pos,
+                format!("`{path}` needs `concurrency` or `rate`"),
+                Some("e.g. `load: { concurrency: [1, 16] }` or `load: { rate: [2, 8, inf] }`"),
+            )),
+            (Some(n), None) => {
+                for key in ["arrival", "burstiness"] {
+                    if let Some(pos) = f.get(key).and(f.key_pos(key)) {
+                        return Err(self
+                            .errors
+                            .at(pos, format!("`{}` is only used with `rate`", f.field(key))));
+                    }
+                }
+                let field = f.field("concurrency");
+                let items = self.nonempty_list(&field, n)?;
+                let mut points = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let c = self.uint32(&format!("{field}[{i}]"), item, 1)?;
+                    let point = LoadPoint::Concurrency(c);
+                    if points.contains(&point) {
+                        return Err(self
+                            .errors
+                            .at(item.pos, format!("`{field}`: {c} is listed twice")));
+                    }
+                    points.push(point);
+                }
+                Ok(points)
+            }
+            (None, Some(n)) => {
+                let arrival = match f.get("arrival") {
+                    None => Arrival::Poisson,
+                    Some(a) => {
+                        let s = self.string(&f.field("arrival"), a)?;
+                        match s.value.as_str() {
+                            "poisson" => Arrival::Poisson,
+                            "gamma" => Arrival::Gamma,
+                            "constant" => Arrival::Constant,
+                            other => {
+                                return Err(self.errors.unknown(
+                                    a.pos,
+                                    &format!("`{}` value", f.field("arrival")),
+                                    other,
+                                    ARRIVALS.iter().copied(),
+                                ));
+                            }
+                        }
+                    }
+                };
+                let burstiness = match (f.get("burstiness"), arrival) {
+                    (Some(b), Arrival::Gamma) => {
+                        Some(self.positive(&f.field("burstiness"), b, false)?)
+                    }
+                    (Some(_), _) => {
+                        return Err(self.errors.at(
+                            f.key_pos("burstiness").unwrap_or(node.pos),
+                            format!(
+                                "`{}` is only used with `arrival: gamma`",
+                                f.field("burstiness")
+                            ),
+                        ));
+                    }
+                    (None, Arrival::Gamma) => {
+                        return Err(self.errors.hinted(
+                            node.pos,
+                            format!("`{path}` with `arrival: gamma` needs `burstiness`"),
+                            Some("the gamma shape: 1.0 behaves like poisson, lower is burstier"),
+                        ));
+                    }
+                    (None, _) => None,
+                };
+                let field = f.field("rate");
+                let items = self.nonempty_list(&field, n)?;
+                let mut points = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    let rps = self.rate(&format!("{field}[{i}]"), item)?;
+                    let point = LoadPoint::Rate {
+                        rps,
+                        arrival,
+                        burstiness,
+                    };
+                    if points.contains(&point) {
+                        return Err(self.errors.at(
+                            item.pos,
+                            format!("`{field}`: {} is listed twice", self.raw_text(item)),
+                        ));
+                    }
+                    points.push(point);
+                }
+                Ok(points)
+            }
+        }
+    }
+
+    fn nonempty_list<'n>(&self, path: &str, node: &'n Node) -> Result<&'n [Node], MatrixError> {
+        let items = self.list(path, node)?;
+        if items.is_empty() {
+            return Err(self
+                .errors
+                .at(node.pos, format!("`{path}` must list at least one value")));
+        }
+        Ok(items)
+    }
+
+    /// Requests per second: a number greater than zero, or `inf`.
+    fn rate(&self, path: &str, node: &Node) -> Result<f64, MatrixError> {
+        if let Value::Str(s) = &node.value
+            && matches!(
+                s.to_ascii_lowercase().as_str(),
+                "inf" | ".inf" | "+.inf" | "infinity"
+            )
+        {
+            return Ok(f64::INFINITY);
+        }
+        match node.value {
+            Value::Int(_) | Value::Float(_) => self.positive(path, node, false),
+            _ => Err(self.type_error(
+                path,
+                node,
+                "requests per second (a number greater than 0, or `inf`)",
+            )),
+        }
+    }
+
+    fn slo(&self, path: &str, node: &Node) -> Result<Slo, MatrixError> {
+        let f = self.fields(node, path, SLO_KEYS)?;
+        let ms = |key: &str| {
+            f.get(key)
+                .map(|n| self.positive(&f.field(key), n, false))
+                .transpose()
+        };
+        Ok(Slo {
+            ttft_ms: ms("ttft_ms")?,
+            tpot_ms: ms("tpot_ms")?,
+            e2el_ms: ms("e2el_ms")?,
+        })
+    }
+
+    /// The dimension keys of an exclude or include entry; `extra` keys are left to the caller.
+    fn match_entry(
+        &self,
+        path: &str,
+        index: usize,
+        node: &Node,
+        extra: &[&str],
+    ) -> Result<MatchEntry, MatrixError> {
+        let allowed: Vec<&str> = Dim::ALL
+            .iter()
+            .map(|d| d.key())
+            .chain(extra.iter().copied())
+            .collect();
+        let f = self.fields(node, path, &allowed)?;
+        let mut dims = Vec::new();
+        for (key, value) in f.entries {
+            let Some(dim) = Dim::from_key(&key.name) else {
+                continue;
+            };
+            let field = f.field(&key.name);
+            let v = match dim {
+                Dim::GpuCount => DimValue::Count(self.uint32(&field, value, 1)?),
+                _ => DimValue::Name(self.name(&field, value)?.value),
+            };
+            dims.push((
+                dim,
+                At {
+                    value: v,
+                    pos: value.pos,
+                    span: value.span,
+                },
+            ));
+        }
+        if dims.is_empty() && f.entries.is_empty() {
+            return Err(self.errors.hinted(
+                node.pos,
+                format!("`{path}` is empty"),
+                Some(format!(
+                    "name at least one of {}",
+                    quoted_list(Dim::ALL.iter().map(|d| d.key()))
+                )),
+            ));
+        }
+        Ok(MatchEntry {
+            pos: node.pos,
+            index,
+            dims,
+        })
+    }
+
+    fn exclude(&self, path: &str, index: usize, node: &Node) -> Result<MatchEntry, MatrixError> {
+        self.match_entry(path, index, node, &[])
+    }
+
+    fn include(&self, path: &str, index: usize, node: &Node) -> Result<IncludeEntry, MatrixError> {
+        let matcher = self.match_entry(path, index, node, EXTENSION_KEYS)?;
+        let f = self.fields(
+            node,
+            path,
+            &[Dim::ALL.map(|d| d.key()).as_slice(), EXTENSION_KEYS].concat(),
+        )?;
+        let workloads = match f.get("workloads") {
+            None => None,
+            Some(n) => {
+                let field = f.field("workloads");
+                let items = self.nonempty_list(&field, n)?;
+                Some(
+                    items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| self.name(&format!("{field}[{i}]"), item))
+                        .collect::<Result<Vec<_>, _>>()?,
+                )
+            }
+        };
+        Ok(IncludeEntry {
+            matcher,
+            extra_args: f
+                .get("extra_args")
+                .map(|n| self.string(&f.field("extra_args"), n))
+                .transpose()?,
+            env: f
+                .get("env")
+                .map(|n| self.string_map(&f.field("env"), n, Some(is_env_name)))
+                .transpose()?,
+            labels: f
+                .get("labels")
+                .map(|n| self.string_map(&f.field("labels"), n, None))
+                .transpose()?,
+            workloads,
+        })
+    }
+}
+
+/// `[A-Za-z_][A-Za-z0-9_]*`.
+pub(crate) fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// RFC 6901: empty, or `/`-separated tokens where `~` is followed by `0` or `1`.
+fn is_json_pointer(pointer: &str) -> bool {
+    if pointer.is_empty() {
+        return true;
+    }
+    pointer.starts_with('/')
+        && pointer
+            .split('~')
+            .skip(1)
+            .all(|rest| rest.starts_with('0') || rest.starts_with('1'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_and_json_pointers() {
+        assert!(is_env_name("CUDA_VISIBLE_DEVICES"));
+        assert!(is_env_name("_X1"));
+        assert!(!is_env_name("1X"));
+        assert!(!is_env_name("A-B"));
+        assert!(!is_env_name(""));
+        assert!(is_json_pointer(""));
+        assert!(is_json_pointer("/results/acc"));
+        assert!(is_json_pointer("/a~1b/c~0d"));
+        assert!(!is_json_pointer("results"));
+        assert!(!is_json_pointer("/a~2"));
+    }
+}

@@ -1,0 +1,253 @@
+//! Built-in framework presets: how to launch and probe each known inference server, how
+//! it spells tensor parallelism, and which arguments common quantization names need.
+//!
+//! A `frameworks` entry whose `name` (or `preset:`) names a preset starts from it; every
+//! field the entry gives overrides the preset's. docs/frameworks.md documents the table;
+//! a test keeps the two in step.
+
+/// One built-in framework.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Preset {
+    /// Preset name, e.g. `vllm`.
+    pub name: &'static str,
+    /// What it is, for docs and messages.
+    pub title: &'static str,
+    /// Command template (placeholders rendered by the agent).
+    pub command: &'static str,
+    /// Health path.
+    pub health: &'static str,
+    /// Prometheus metrics path, when the server has one.
+    pub metrics: Option<&'static str>,
+    /// Default startup timeout in milliseconds.
+    pub startup_timeout_ms: u64,
+    /// The flag that sets tensor parallelism (followed by `{gpu.count}` in `command`).
+    pub tensor_parallel_flag: Option<&'static str>,
+    /// Default `{quant.args}` for quantization names; a quantization's own `args` win.
+    pub quant_args: &'static [(&'static str, &'static str)],
+}
+
+const MINUTE_MS: u64 = 60 * 1000;
+
+/// Quantization arguments shared by vLLM and SGLang, which spell them the same way.
+/// AWQ/GPTQ (and `int4`, taken as AWQ) checkpoints carry their `quantization_config` and
+/// both servers detect it; passing `--quantization awq` would force the slower non-Marlin
+/// kernels, so nothing is added for them.
+const VLLM_LIKE_QUANT_ARGS: &[(&str, &str)] = &[
+    ("bf16", "--dtype bfloat16"),
+    ("fp16", "--dtype float16"),
+    ("fp8", "--quantization fp8"),
+    ("awq", ""),
+    ("gptq", ""),
+    ("int4", ""),
+];
+
+/// All presets, in documentation order.
+pub(crate) const PRESETS: &[Preset] = &[
+    Preset {
+        name: "vllm",
+        title: "vLLM (`vllm serve`)",
+        command: "vllm serve {model.path} --host {host} --port {port} --tensor-parallel-size {gpu.count} {quant.args}",
+        health: "/health",
+        metrics: Some("/metrics"),
+        startup_timeout_ms: 20 * MINUTE_MS,
+        tensor_parallel_flag: Some("--tensor-parallel-size"),
+        quant_args: VLLM_LIKE_QUANT_ARGS,
+    },
+    Preset {
+        name: "sglang",
+        title: "SGLang (`python3 -m sglang.launch_server`)",
+        command: "python3 -m sglang.launch_server --model-path {model.path} --host {host} --port {port} --tp {gpu.count} --enable-metrics {quant.args}",
+        health: "/health",
+        metrics: Some("/metrics"),
+        startup_timeout_ms: 20 * MINUTE_MS,
+        tensor_parallel_flag: Some("--tp"),
+        quant_args: VLLM_LIKE_QUANT_ARGS,
+    },
+    Preset {
+        name: "tgi",
+        title: "Hugging Face Text Generation Inference (`text-generation-launcher`)",
+        command: "text-generation-launcher --model-id {model.path} --hostname {host} --port {port} --num-shard {gpu.count} {quant.args}",
+        health: "/health",
+        metrics: Some("/metrics"),
+        startup_timeout_ms: 20 * MINUTE_MS,
+        tensor_parallel_flag: Some("--num-shard"),
+        quant_args: &[
+            ("bf16", "--dtype bfloat16"),
+            ("fp16", "--dtype float16"),
+            ("fp8", "--quantize fp8"),
+            ("awq", "--quantize awq"),
+            ("gptq", "--quantize gptq"),
+            ("int4", "--quantize awq"),
+            ("eetq", "--quantize eetq"),
+            ("int8", "--quantize bitsandbytes"),
+            ("nf4", "--quantize bitsandbytes-nf4"),
+        ],
+    },
+    Preset {
+        name: "llamacpp",
+        title: "llama.cpp (`llama-server`)",
+        command: "llama-server -m {model.path} --host {host} --port {port} --metrics {quant.args}",
+        health: "/health",
+        metrics: Some("/metrics"),
+        startup_timeout_ms: 5 * MINUTE_MS,
+        tensor_parallel_flag: None,
+        quant_args: &[],
+    },
+    Preset {
+        name: "trtllm",
+        title: "TensorRT-LLM (`trtllm-serve`)",
+        command: "trtllm-serve {model.path} --host {host} --port {port} --tp_size {gpu.count} {quant.args}",
+        health: "/health",
+        // trtllm-serve's /metrics answers JSON iteration statistics, not Prometheus text.
+        metrics: None,
+        startup_timeout_ms: 30 * MINUTE_MS,
+        tensor_parallel_flag: Some("--tp_size"),
+        quant_args: &[],
+    },
+    Preset {
+        name: "ollama",
+        title: "Ollama (`ollama serve`)",
+        command: "env OLLAMA_HOST={host}:{port} ollama serve",
+        health: "/api/version",
+        metrics: None,
+        startup_timeout_ms: 5 * MINUTE_MS,
+        tensor_parallel_flag: None,
+        quant_args: &[],
+    },
+    Preset {
+        name: "sim",
+        title: "evalctl's simulated server (`evalctl-agent sim-server`)",
+        command: "evalctl-agent sim-server --port {port} --model {model.name}",
+        health: "/health",
+        metrics: Some("/metrics"),
+        startup_timeout_ms: MINUTE_MS,
+        tensor_parallel_flag: None,
+        quant_args: &[],
+    },
+];
+
+/// Startup timeout of a framework with neither a preset nor its own `startup_timeout`.
+pub(crate) const DEFAULT_STARTUP_TIMEOUT_MS: u64 = 10 * MINUTE_MS;
+
+/// Health path of a framework with neither a preset nor its own `health`.
+pub(crate) const DEFAULT_HEALTH: &str = "/health";
+
+/// The preset called `name`.
+pub(crate) fn preset(name: &str) -> Option<&'static Preset> {
+    PRESETS.iter().find(|p| p.name == name)
+}
+
+/// Preset names, for messages.
+pub(crate) fn names() -> impl Iterator<Item = &'static str> + Clone {
+    PRESETS.iter().map(|p| p.name)
+}
+
+impl Preset {
+    /// Default `{quant.args}` for the quantization called `quant`, if the preset knows it.
+    pub(crate) fn quant_args(&self, quant: &str) -> Option<&'static str> {
+        self.quant_args
+            .iter()
+            .find(|(q, _)| *q == quant)
+            .map(|(_, args)| *args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::placeholders::{self, SERVER};
+    use super::*;
+
+    #[test]
+    fn preset_commands_use_only_server_placeholders() {
+        for p in PRESETS {
+            let segments = placeholders::parse(p.command).expect("preset command parses");
+            for s in segments {
+                if let placeholders::Segment::Placeholder { name, .. } = s {
+                    assert!(SERVER.contains(&name), "{}: {name}", p.name);
+                }
+            }
+            assert!(
+                p.command.contains("{port}"),
+                "{} must bind {{port}}",
+                p.name
+            );
+            assert!(p.health.starts_with('/'));
+        }
+    }
+
+    #[test]
+    fn tensor_parallel_flags_take_the_gpu_count() {
+        for p in PRESETS {
+            match p.tensor_parallel_flag {
+                Some(flag) => assert!(
+                    p.command.contains(&format!("{flag} {{gpu.count}}")),
+                    "{}: {flag}",
+                    p.name
+                ),
+                None => assert!(!p.command.contains("{gpu.count}"), "{}", p.name),
+            }
+        }
+        let expected = [
+            ("vllm", Some("--tensor-parallel-size")),
+            ("sglang", Some("--tp")),
+            ("tgi", Some("--num-shard")),
+            ("llamacpp", None),
+            ("trtllm", Some("--tp_size")),
+        ];
+        for (name, flag) in expected {
+            assert_eq!(preset(name).unwrap().tensor_parallel_flag, flag, "{name}");
+        }
+    }
+
+    #[test]
+    fn presets_with_quant_defaults_render_quant_args() {
+        for p in PRESETS.iter().filter(|p| !p.quant_args.is_empty()) {
+            assert!(placeholders::uses(p.command, "quant.args"), "{}", p.name);
+        }
+        assert_eq!(
+            preset("vllm").unwrap().quant_args("fp8"),
+            Some("--quantization fp8")
+        );
+        assert_eq!(
+            preset("tgi").unwrap().quant_args("awq"),
+            Some("--quantize awq")
+        );
+        assert_eq!(preset("sglang").unwrap().quant_args("awq"), Some(""));
+        assert_eq!(preset("llamacpp").unwrap().quant_args("q8_0"), None);
+    }
+
+    #[test]
+    fn sim_preset_is_the_agents_simulator() {
+        let sim = preset("sim").unwrap();
+        assert_eq!(
+            sim.command,
+            "evalctl-agent sim-server --port {port} --model {model.name}"
+        );
+        assert_eq!(sim.health, "/health");
+        assert_eq!(sim.metrics, Some("/metrics"));
+    }
+
+    #[test]
+    fn docs_list_every_preset_and_flag() {
+        let docs = include_str!("../../../docs/frameworks.md");
+        for p in PRESETS {
+            assert!(
+                docs.contains(&format!("`{}`", p.name)),
+                "docs/frameworks.md lacks {}",
+                p.name
+            );
+            assert!(
+                docs.contains(p.command),
+                "docs/frameworks.md lacks the {} command",
+                p.name
+            );
+            for (quant, args) in p.quant_args.iter().filter(|(_, a)| !a.is_empty()) {
+                assert!(
+                    docs.contains(&format!("`{args}`")),
+                    "docs/frameworks.md lacks {} {quant} args `{args}`",
+                    p.name
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1077 @@
+//! End-to-end tests of matrix expansion: text in, [`Expansion`] or [`MatrixError`] out.
+//! Per-stage tests live next to each stage; the fixture files are tested from
+//! `coordinator/tests/matrix_files.rs`.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use crate::domain::{Api, Arrival, DatasetSpec, DropKind, Expansion, LoadPoint, StopCondition};
+
+use super::{MAX_STEPS, MAX_UNITS, MatrixError, expand_with_env};
+
+/// Two models, one GPU type with counts [1, 2], two preset frameworks, two quantizations
+/// and one workload with two load points: 16 combinations, 6 of them pruned.
+const BASE: &str = "\
+campaign: t
+models:
+  - { name: small, path: org/small, params_b: 8 }
+  - { name: big, path: org/big, params_b: 70 }
+gpus:
+  - { type: H100-80GB, memory_gb: 80, counts: [1, 2] }
+frameworks:
+  - { name: vllm }
+  - { name: sglang }
+quantizations:
+  - { name: bf16, bits: 16 }
+  - { name: fp8, bits: 8 }
+workloads:
+  - name: chat
+    dataset: { kind: random, input_tokens: 128, output_tokens: 64 }
+    load: { concurrency: [1, 8] }
+    requests: 10
+";
+
+fn test_env() -> BTreeMap<String, String> {
+    [("HOME", "/home/t"), ("MODELS", "/mnt/models")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn expand(yaml: &str) -> Expansion {
+    match expand_with_env("t.yaml", yaml, &test_env()) {
+        Ok(e) => e,
+        Err(err) => panic!("expected the matrix to expand, got: {err}\n{yaml}"),
+    }
+}
+
+fn fail(yaml: &str) -> MatrixError {
+    match expand_with_env("t.yaml", yaml, &test_env()) {
+        Ok(_) => panic!("expected an error for:\n{yaml}"),
+        Err(err) => err,
+    }
+}
+
+fn labels(e: &Expansion) -> Vec<String> {
+    e.units.iter().map(|u| u.config.label()).collect()
+}
+
+fn dropped(e: &Expansion, kind: DropKind) -> Vec<String> {
+    e.dropped
+        .iter()
+        .filter(|d| d.kind == kind)
+        .map(|d| d.label.clone())
+        .collect()
+}
+
+fn assert_err(err: &MatrixError, line_col: (usize, usize), fragment: &str) {
+    assert_eq!(err.line_col(), Some(line_col), "{err}");
+    assert!(
+        err.to_string().contains(fragment),
+        "`{fragment}` not in: {err}"
+    );
+}
+
+#[test]
+fn base_matrix_expands_in_file_order_with_pruning() {
+    let e = expand(BASE);
+    assert_eq!(e.campaign.name, "t");
+    assert_eq!(e.campaign.priority, 0);
+    assert_eq!(e.campaign.max_attempts, 3);
+    assert_eq!(
+        labels(&e),
+        vec![
+            "small / H100-80GB x1 / vllm / bf16",
+            "small / H100-80GB x1 / vllm / fp8",
+            "small / H100-80GB x1 / sglang / bf16",
+            "small / H100-80GB x1 / sglang / fp8",
+            "small / H100-80GB x2 / vllm / bf16",
+            "small / H100-80GB x2 / vllm / fp8",
+            "small / H100-80GB x2 / sglang / bf16",
+            "small / H100-80GB x2 / sglang / fp8",
+            "big / H100-80GB x2 / vllm / fp8",
+            "big / H100-80GB x2 / sglang / fp8",
+        ]
+    );
+    assert_eq!(
+        dropped(&e, DropKind::Pruned),
+        vec![
+            "big / H100-80GB x1 / vllm / bf16",
+            "big / H100-80GB x1 / vllm / fp8",
+            "big / H100-80GB x1 / sglang / bf16",
+            "big / H100-80GB x1 / sglang / fp8",
+            "big / H100-80GB x2 / vllm / bf16",
+            "big / H100-80GB x2 / sglang / bf16",
+        ]
+    );
+    assert_eq!(
+        e.dropped[0].reason,
+        "weights need 168.0 GB (70B × 16 bit × 1.2), 1 × H100-80GB has 80 GB"
+    );
+    assert_eq!(e.step_count(), 20);
+    for unit in &e.units {
+        assert_eq!(unit.id, unit.config.unit_id());
+    }
+    let mut ids: Vec<_> = e.units.iter().map(|u| u.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), e.units.len(), "unit ids are unique");
+}
+
+#[test]
+fn exclude_by_a_single_key() {
+    let e = expand(&format!("{BASE}exclude:\n  - {{ framework: sglang }}\n"));
+    assert!(
+        labels(&e).iter().all(|l| l.contains("/ vllm /")),
+        "{:?}",
+        labels(&e)
+    );
+    assert_eq!(e.units.len(), 5);
+    let excluded = dropped(&e, DropKind::Excluded);
+    assert_eq!(excluded.len(), 8);
+    assert!(excluded.iter().all(|l| l.contains("/ sglang /")));
+    assert_eq!(
+        e.dropped[0].reason,
+        "excluded by exclude[0] (framework=sglang)"
+    );
+}
+
+#[test]
+fn exclude_by_two_keys() {
+    let e = expand(&format!(
+        "{BASE}exclude:\n  - {{ model: small, quantization: bf16 }}\n"
+    ));
+    let excluded = dropped(&e, DropKind::Excluded);
+    assert_eq!(
+        excluded,
+        vec![
+            "small / H100-80GB x1 / vllm / bf16",
+            "small / H100-80GB x1 / sglang / bf16",
+            "small / H100-80GB x2 / vllm / bf16",
+            "small / H100-80GB x2 / sglang / bf16",
+        ]
+    );
+    assert_eq!(e.units.len(), 6);
+}
+
+#[test]
+fn exclude_by_gpu_count() {
+    let e = expand(&format!(
+        "{BASE}exclude:\n  - {{ gpu.count: 2, framework: vllm }}\n  - {{ gpu: H100-80GB, gpu.count: 1, model: small }}\n"
+    ));
+    assert_eq!(
+        labels(&e),
+        vec![
+            "small / H100-80GB x2 / sglang / bf16",
+            "small / H100-80GB x2 / sglang / fp8",
+            "big / H100-80GB x2 / sglang / fp8",
+        ]
+    );
+    let reasons: Vec<_> = e
+        .dropped
+        .iter()
+        .filter(|d| d.kind == DropKind::Excluded)
+        .map(|d| d.reason.as_str())
+        .collect();
+    assert!(reasons.contains(&"excluded by exclude[0] (gpu.count=2, framework=vllm)"));
+    assert!(reasons.contains(&"excluded by exclude[1] (model=small, gpu=H100-80GB, gpu.count=1)"));
+    // Excluded combinations are not pruned as well.
+    assert_eq!(dropped(&e, DropKind::Pruned).len(), 5);
+}
+
+#[test]
+fn include_extends_matching_combinations() {
+    let e = expand(&format!(
+        "{BASE}include:
+  - {{ framework: vllm, extra_args: --enforce-eager, labels: {{ pool: a }} }}
+  - {{ model: small, framework: vllm, quantization: fp8, env: {{ VLLM_X: '1' }}, labels: {{ pool: b }} }}
+  - {{ model: small, workloads: [chat] }}
+"
+    ));
+    assert_eq!(e.units.len(), 10, "includes that match add no units");
+    for unit in &e.units {
+        let c = &unit.config;
+        if c.framework.name == "vllm" {
+            assert_eq!(c.extra_args, "--enforce-eager", "{}", c.label());
+            let pool = if c.model.name == "small" && c.quantization.name == "fp8" {
+                "b"
+            } else {
+                "a"
+            };
+            assert_eq!(
+                c.labels.get("pool").map(String::as_str),
+                Some(pool),
+                "{}",
+                c.label()
+            );
+            let has_env = c.framework.env.contains_key("VLLM_X");
+            assert_eq!(has_env, pool == "b", "{}", c.label());
+        } else {
+            assert_eq!(c.extra_args, "");
+            assert!(c.labels.is_empty());
+        }
+    }
+}
+
+#[test]
+fn include_adds_a_new_combination_after_the_others() {
+    let e = expand(&format!(
+        "{BASE}exclude:
+  - {{ model: small, gpu.count: 2 }}
+include:
+  - {{ model: big, gpu: H100-80GB, gpu.count: 4, framework: vllm, quantization: bf16, labels: {{ tp: '4' }} }}
+  - {{ model: small, gpu: H100-80GB, gpu.count: 2, framework: sglang, quantization: fp8 }}
+"
+    ));
+    let l = labels(&e);
+    assert_eq!(l[l.len() - 2], "big / H100-80GB x4 / vllm / bf16");
+    assert_eq!(l[l.len() - 1], "small / H100-80GB x2 / sglang / fp8");
+    assert_eq!(e.units[l.len() - 2].config.labels["tp"], "4");
+    // The second include re-adds an excluded combination: it is no longer listed as dropped.
+    let excluded = dropped(&e, DropKind::Excluded);
+    assert_eq!(excluded.len(), 3);
+    assert!(!excluded.contains(&"small / H100-80GB x2 / sglang / fp8".to_owned()));
+}
+
+#[test]
+fn include_naming_too_few_dimensions_is_an_error() {
+    let yaml = format!("{BASE}include:\n  - {{ model: big, gpu.count: 4, framework: vllm }}\n");
+    let err = fail(&yaml);
+    assert_err(&err, (19, 5), "include[0] matches no combination");
+    assert!(
+        err.to_string()
+            .contains("does not name `gpu`, `quantization`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn include_restricts_workloads() {
+    let yaml = BASE.replace(
+        "    requests: 10\n",
+        "    requests: 10\n  - name: long\n    dataset: { kind: random, input_tokens: 4096, output_tokens: 64 }\n    load: { rate: [1, inf] }\n    duration: 90s\n",
+    );
+    let e = expand(&format!(
+        "{yaml}include:\n  - {{ model: big, workloads: [long] }}\n"
+    ));
+    for unit in &e.units {
+        let names: Vec<_> = unit
+            .steps
+            .iter()
+            .map(|s| s.workload.name.as_str())
+            .collect();
+        if unit.config.model.name == "big" {
+            assert_eq!(names, vec!["long", "long"]);
+        } else {
+            assert_eq!(names, vec!["chat", "chat", "long", "long"]);
+        }
+    }
+    let err = fail(&format!(
+        "{yaml}include:\n  - {{ model: big, workloads: [lng] }}\n"
+    ));
+    assert!(err.to_string().contains("did you mean `long`?"), "{err}");
+}
+
+#[test]
+fn identical_include_entries_are_duplicate_units() {
+    let entry =
+        "  - { model: big, gpu: H100-80GB, gpu.count: 4, framework: vllm, quantization: bf16 }\n";
+    let err = fail(&format!("{BASE}include:\n{entry}{entry}"));
+    assert_err(
+        &err,
+        (20, 5),
+        "duplicate unit `big / H100-80GB x4 / vllm / bf16`",
+    );
+}
+
+#[test]
+fn repeats_multiply_steps_in_order() {
+    let e = expand(&format!("repeats: 3\nseed: 42\n{BASE}"));
+    let unit = &e.units[0];
+    let steps: Vec<_> = unit
+        .steps
+        .iter()
+        .map(|s| (s.index, s.load.clone(), s.repeat))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (0, LoadPoint::Concurrency(1), 0),
+            (1, LoadPoint::Concurrency(1), 1),
+            (2, LoadPoint::Concurrency(1), 2),
+            (3, LoadPoint::Concurrency(8), 0),
+            (4, LoadPoint::Concurrency(8), 1),
+            (5, LoadPoint::Concurrency(8), 2),
+        ]
+    );
+    assert_eq!(e.step_count(), 60);
+    assert_eq!(
+        unit.steps[0].workload.seed, 42,
+        "workloads inherit the campaign seed"
+    );
+    let mut ids: Vec<_> = e
+        .units
+        .iter()
+        .flat_map(|u| u.steps.iter().map(|s| s.id.clone()))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "step ids are unique");
+    // Repeats change steps, not units.
+    let once = expand(BASE);
+    assert_eq!(
+        once.units.iter().map(|u| &u.id).collect::<Vec<_>>(),
+        e.units.iter().map(|u| &u.id).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn pruning_keeps_an_exact_fit_and_drops_just_over() {
+    // 50B × 16 bit / 8 × 1.2 = 120 GB on 1 × 120 GB: fits exactly.
+    let yaml = "\
+campaign: fit
+models:
+  - { name: exact, path: a, params_b: 50 }
+  - { name: over, path: b, params_b: 50.1 }
+  - { name: unknown, path: c }
+gpus:
+  - { type: X-120GB, memory_gb: 120, counts: [1] }
+frameworks: [{ name: sim }]
+quantizations: [{ name: bf16, bits: 16 }]
+workloads:
+  - { name: w, dataset: { kind: random, input_tokens: 1, output_tokens: 1 }, load: { concurrency: [1] }, requests: 1 }
+";
+    let e = expand(yaml);
+    assert_eq!(
+        labels(&e),
+        vec![
+            "exact / X-120GB x1 / sim / bf16",
+            "unknown / X-120GB x1 / sim / bf16"
+        ]
+    );
+    assert_eq!(e.dropped.len(), 1);
+    assert_eq!(e.dropped[0].label, "over / X-120GB x1 / sim / bf16");
+    assert_eq!(e.dropped[0].kind, DropKind::Pruned);
+    assert_eq!(
+        e.dropped[0].reason,
+        "weights need 120.2 GB (50.1B × 16 bit × 1.2), 1 × X-120GB has 120 GB"
+    );
+}
+
+#[test]
+fn omitted_gpus_mean_cpu_units() {
+    let yaml = "\
+campaign: cpu
+models: [{ name: m, path: m, params_b: 1000 }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - { name: w, dataset: { kind: random, input_tokens: 1, output_tokens: 1 }, load: { concurrency: [1] }, requests: 1 }
+";
+    let e = expand(yaml);
+    assert_eq!(
+        labels(&e),
+        vec!["m / cpu x1 / sim / q"],
+        "CPU units without memory_gb are never pruned"
+    );
+    let gpu = &e.units[0].config.gpu;
+    assert_eq!(
+        (gpu.gpu_type.as_str(), gpu.memory_gb, gpu.count),
+        ("cpu", 0.0, 1)
+    );
+    // With memory_gb, CPU units are pruned like GPU units.
+    let with_memory = yaml.replace(
+        "frameworks:",
+        "gpus: [{ type: CPU, memory_gb: 64 }]\nframeworks:",
+    );
+    let e = expand(&with_memory);
+    assert!(e.units.is_empty());
+    assert_eq!(
+        e.dropped[0].reason,
+        "weights need 2400.0 GB (1000B × 16 bit × 1.2), 1 × cpu has 64 GB"
+    );
+}
+
+#[test]
+fn presets_fill_fields_and_entries_override_them() {
+    let yaml = BASE.replace(
+        "  - { name: sglang }\n",
+        "  - { name: sglang, health: /ready, startup_timeout: 45m, env: { SGL: 1 }, image: lmsys/sglang:v1 }
+  - { name: vllm-eager, preset: vllm, command: 'vllm serve {model.path} --port {port} --enforce-eager {quant.args}' }
+  - { name: custom, command: 'srv --port {port}' }
+",
+    );
+    let e = expand(&yaml);
+    let fw = |name: &str| {
+        e.units
+            .iter()
+            .map(|u| &u.config.framework)
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("no unit with framework {name}"))
+            .clone()
+    };
+    let vllm = fw("vllm");
+    assert_eq!(
+        vllm.command,
+        "vllm serve {model.path} --host {host} --port {port} --tensor-parallel-size {gpu.count} {quant.args}"
+    );
+    assert_eq!(vllm.health_path, "/health");
+    assert_eq!(vllm.metrics_path.as_deref(), Some("/metrics"));
+    assert_eq!(vllm.startup_timeout_ms, 20 * 60 * 1000);
+    let sglang = fw("sglang");
+    assert!(
+        sglang.command.contains("--tp {gpu.count}"),
+        "{}",
+        sglang.command
+    );
+    assert_eq!(sglang.health_path, "/ready");
+    assert_eq!(sglang.startup_timeout_ms, 45 * 60 * 1000);
+    assert_eq!(sglang.env["SGL"], "1");
+    assert_eq!(sglang.image.as_deref(), Some("lmsys/sglang:v1"));
+    let eager = fw("vllm-eager");
+    assert_eq!(
+        eager.command,
+        "vllm serve {model.path} --port {port} --enforce-eager {quant.args}"
+    );
+    assert_eq!(
+        eager.startup_timeout_ms,
+        20 * 60 * 1000,
+        "preset default kept"
+    );
+    let custom = fw("custom");
+    assert_eq!(custom.health_path, "/health");
+    assert_eq!(custom.metrics_path, None);
+    assert_eq!(custom.startup_timeout_ms, 10 * 60 * 1000);
+
+    let err = fail(&BASE.replace("  - { name: sglang }\n", "  - { name: sglng }\n"));
+    assert_err(
+        &err,
+        (9, 13),
+        "framework `sglng` has no `command` and is not a built-in preset",
+    );
+    assert!(
+        err.to_string()
+            .contains("did you mean the preset `sglang`?"),
+        "{err}"
+    );
+    let err = fail(&BASE.replace("  - { name: sglang }\n", "  - { name: s, preset: vlm }\n"));
+    assert_err(&err, (9, 24), "unknown `frameworks[1].preset` `vlm`");
+    assert!(err.to_string().contains("did you mean `vllm`?"), "{err}");
+}
+
+#[test]
+fn quantization_args_per_framework() {
+    let yaml = BASE
+        .replace("  - { name: sglang }\n", "  - { name: tgi }\n  - { name: llamacpp }\n")
+        .replace(
+            "  - { name: fp8, bits: 8 }\n",
+            "  - { name: fp8, bits: 8, args: { tgi: '--quantize fp8 --dtype bfloat16' } }\n  - { name: int4, bits: 4 }\n",
+        );
+    let e = expand(&yaml);
+    let args = |framework: &str, quant: &str| {
+        e.units
+            .iter()
+            .find(|u| u.config.framework.name == framework && u.config.quantization.name == quant)
+            .map(|u| u.config.quantization.args.clone())
+            .unwrap_or_else(|| panic!("no unit {framework}/{quant}"))
+    };
+    assert_eq!(args("vllm", "bf16"), "--dtype bfloat16");
+    assert_eq!(args("vllm", "fp8"), "--quantization fp8");
+    assert_eq!(args("vllm", "int4"), "");
+    assert_eq!(args("tgi", "bf16"), "--dtype bfloat16");
+    assert_eq!(
+        args("tgi", "fp8"),
+        "--quantize fp8 --dtype bfloat16",
+        "explicit args win"
+    );
+    assert_eq!(args("tgi", "int4"), "--quantize awq");
+    assert_eq!(args("llamacpp", "fp8"), "");
+
+    let err = fail(&BASE.replace(
+        "{ name: fp8, bits: 8 }",
+        "{ name: fp8, bits: 8, args: { vlm: x } }",
+    ));
+    assert_err(
+        &err,
+        (12, 35),
+        "unknown framework in `quantizations[1].args`: `vlm`",
+    );
+    let err = fail(
+        &BASE
+            .replace("  - { name: sglang }\n", "  - { name: sim }\n")
+            .replace(
+                "{ name: fp8, bits: 8 }",
+                "{ name: fp8, bits: 8, args: { sim: --fp8 } }",
+            ),
+    );
+    assert_err(&err, (12, 35), "has no `{quant.args}` placeholder");
+}
+
+#[test]
+fn placeholder_errors_point_into_the_string() {
+    let yaml = BASE.replace(
+        "  - { name: sglang }\n",
+        "  - name: mine\n    command: srv --port {port} --tp {gpu.cnt}\n",
+    );
+    let err = fail(&yaml);
+    assert_err(&err, (10, 37), "unknown placeholder `{gpu.cnt}`");
+    assert!(
+        err.to_string().contains("did you mean `{gpu.count}`?"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("{model.name} {model.path}"),
+        "{err}"
+    );
+
+    let err = fail(&BASE.replace("path: org/small", "path: 'org/small-{quant}'"));
+    assert_err(
+        &err,
+        (3, 37),
+        "unknown placeholder `{quant}`; valid here: {quant.name}",
+    );
+
+    let err = fail(&format!(
+        "{BASE}include:\n  - {{ extra_args: '--x {{port' }}\n"
+    ));
+    assert_err(&err, (19, 24), "unclosed `{`");
+
+    let harness = "\
+campaign: h
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: eval
+    api: command
+    command: lm_eval --base_url {url} --out {output}
+";
+    let err = fail(harness);
+    assert_err(
+        &err,
+        (8, 45),
+        "unknown placeholder `{output}`; valid here: {url} {model.path} {model.name} {out}",
+    );
+}
+
+#[test]
+fn model_paths_expand_environment_and_quant_name() {
+    let yaml = BASE
+        .replace("path: org/small", "path: '${MODELS}/small-{quant.name}'")
+        .replace("path: org/big", "path: '${NOT_SET:-~/m}/big'");
+    let e = expand(&yaml);
+    let paths: Vec<_> = e
+        .units
+        .iter()
+        .map(|u| u.config.model.path.as_str())
+        .collect();
+    assert_eq!(paths[0], "/mnt/models/small-bf16");
+    assert_eq!(paths[1], "/mnt/models/small-fp8");
+    assert_eq!(paths[8], "/home/t/m/big");
+    let err = fail(&BASE.replace("path: org/small", "path: '${NOT_SET}/x'"));
+    assert_err(&err, (3, 27), "environment variable `NOT_SET` is not set");
+}
+
+#[test]
+fn durations_and_stop_conditions() {
+    let yaml = BASE
+        .replace(
+            "  - { name: sglang }\n",
+            "  - { name: sglang, startup_timeout: 1h 30m }\n",
+        )
+        .replace("    requests: 10\n", "    duration: 90s\n    warmup: 5\n");
+    let e = expand(&yaml);
+    let unit = e
+        .units
+        .iter()
+        .find(|u| u.config.framework.name == "sglang")
+        .unwrap();
+    assert_eq!(unit.config.framework.startup_timeout_ms, 90 * 60 * 1000);
+    assert_eq!(
+        unit.steps[0].workload.stop,
+        StopCondition::DurationMs(90_000)
+    );
+    assert_eq!(unit.steps[0].workload.warmup, 5);
+
+    let err = fail(&BASE.replace("requests: 10", "duration: 20 minutes please"));
+    assert_err(
+        &err,
+        (17, 15),
+        "`workloads[0].duration`: invalid duration `20 minutes please`",
+    );
+    let err = fail(&BASE.replace(
+        "  - { name: sglang }",
+        "  - { name: sglang, startup_timeout: 600 }",
+    ));
+    assert_err(
+        &err,
+        (9, 38),
+        "expected a duration, found the integer `600` without a unit",
+    );
+    let err = fail(&BASE.replace("requests: 10", "duration: 0s"));
+    assert_err(&err, (17, 15), "must be longer than zero");
+}
+
+#[test]
+fn rate_sweeps_with_inf_and_arrivals() {
+    let yaml = BASE.replace(
+        "load: { concurrency: [1, 8] }",
+        "load: { rate: [2, 8.5, inf], arrival: gamma, burstiness: 0.5 }",
+    );
+    let e = expand(&yaml);
+    let loads: Vec<_> = e.units[0].steps.iter().map(|s| s.load.clone()).collect();
+    let rate = |rps| LoadPoint::Rate {
+        rps,
+        arrival: Arrival::Gamma,
+        burstiness: Some(0.5),
+    };
+    assert_eq!(loads, vec![rate(2.0), rate(8.5), rate(f64::INFINITY)]);
+    assert_eq!(e.units[0].steps[2].label(), "chat rate=inf #0");
+
+    let e = expand(&BASE.replace("load: { concurrency: [1, 8] }", "load: { rate: [.inf] }"));
+    assert_eq!(
+        e.units[0].steps[0].load,
+        LoadPoint::Rate {
+            rps: f64::INFINITY,
+            arrival: Arrival::Poisson,
+            burstiness: None
+        }
+    );
+    let err = fail(&BASE.replace(
+        "load: { concurrency: [1, 8] }",
+        "load: { rate: [2], arrival: gamma }",
+    ));
+    assert_err(&err, (16, 11), "needs `burstiness`");
+    let err = fail(&BASE.replace("load: { concurrency: [1, 8] }", "load: { rate: [2, 0] }"));
+    assert_err(
+        &err,
+        (16, 23),
+        "`workloads[0].load.rate[1]` must be greater than 0, found 0",
+    );
+    let err = fail(&BASE.replace(
+        "load: { concurrency: [1, 8] }",
+        "load: { concurrency: [1], arrival: poisson }",
+    ));
+    assert_err(&err, (16, 31), "is only used with `rate`");
+}
+
+#[test]
+fn datasets_and_command_workloads() {
+    let yaml = "\
+campaign: ds
+seed: 7
+models: [{ name: m, path: m, tokenizer: '~/tok.json' }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: share
+    api: completions
+    dataset: { kind: sharegpt, path: '${MODELS}/sharegpt.json' }
+    load: { concurrency: [4] }
+    requests: 100
+    slo: { ttft_ms: 500, e2el_ms: 2000 }
+    seed: 3
+  - name: eval
+    api: command
+    command: lm_eval --base_url {url} --model {model.name} --output {out}
+    metrics: { accuracy: /results/gsm8k/acc }
+";
+    let e = expand(yaml);
+    assert_eq!(
+        e.units[0].config.model.tokenizer.as_deref(),
+        Some("/home/t/tok.json")
+    );
+    let steps = &e.units[0].steps;
+    assert_eq!(steps.len(), 2);
+    let share = &steps[0].workload;
+    assert_eq!(share.api, Api::Completions);
+    assert_eq!(
+        share.dataset,
+        Some(DatasetSpec::Sharegpt {
+            path: "/mnt/models/sharegpt.json".into(),
+            output_tokens: None
+        })
+    );
+    assert_eq!(share.seed, 3);
+    assert_eq!(share.slo.ttft_ms, Some(500.0));
+    assert_eq!(share.slo.tpot_ms, None);
+    let eval = &steps[1].workload;
+    assert_eq!(eval.api, Api::Command);
+    assert_eq!(eval.dataset, None);
+    assert_eq!(eval.seed, 7);
+    assert_eq!(eval.stop, StopCondition::DurationMs(60 * 60 * 1000));
+    assert_eq!(eval.metrics["accuracy"], "/results/gsm8k/acc");
+    assert_eq!(steps[1].load, LoadPoint::Concurrency(1));
+
+    let err = fail(&yaml.replace(
+        "    metrics: { accuracy: /results/gsm8k/acc }\n",
+        "    requests: 5\n",
+    ));
+    assert_err(
+        &err,
+        (17, 5),
+        "`workloads[1].requests` is not used with `api: command`",
+    );
+    let err = fail(&yaml.replace("kind: sharegpt, path", "kind: sharegpt, file"));
+    assert_err(
+        &err,
+        (9, 32),
+        "unknown key in `workloads[0].dataset`: `file`",
+    );
+}
+
+#[test]
+fn size_limits_name_the_counts() {
+    // One unit with 2,001 load points × 1,000 repeats = 2,001,000 steps.
+    let points: Vec<String> = (1..=2001).map(|c| c.to_string()).collect();
+    let yaml = format!(
+        "campaign: big\nrepeats: 1000\nmodels: [{{ name: m, path: m }}]\nframeworks: [{{ name: sim }}]\nquantizations: [{{ name: q, bits: 16 }}]\nworkloads:\n  - {{ name: w, dataset: {{ kind: random, input_tokens: 1, output_tokens: 1 }}, load: {{ concurrency: [{}] }}, requests: 1 }}\n",
+        points.join(", ")
+    );
+    let err = fail(&yaml);
+    assert_err(
+        &err,
+        (1, 1),
+        &format!(
+            "expands to 1 units and 2001000 steps; the limits are {MAX_UNITS} units and {MAX_STEPS} steps"
+        ),
+    );
+
+    // 501 models × 400 quantizations = 200,400 units.
+    let mut yaml = String::from("campaign: wide\nmodels:\n");
+    for m in 0..501 {
+        yaml.push_str(&format!("  - {{ name: m{m}, path: m }}\n"));
+    }
+    yaml.push_str("frameworks: [{ name: sim }]\nquantizations:\n");
+    for q in 0..400 {
+        yaml.push_str(&format!("  - {{ name: q{q}, bits: 16 }}\n"));
+    }
+    yaml.push_str("workloads:\n  - { name: w, dataset: { kind: random, input_tokens: 1, output_tokens: 1 }, load: { concurrency: [1] }, requests: 1 }\n");
+    let err = fail(&yaml);
+    assert!(
+        err.to_string()
+            .contains("expands to 200400 units and 200400 steps"),
+        "{err}"
+    );
+
+    // The cross product itself is bounded before anything is built.
+    let yaml = yaml.replace("frameworks: [{ name: sim }]", "frameworks: [{ name: sim }, { name: vllm }, { name: tgi }, { name: sglang }, { name: trtllm }]");
+    let err = fail(&yaml);
+    assert!(
+        err.to_string()
+            .contains("the matrix has 1002000 combinations before `exclude`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn dropped_labels_match_unit_labels() {
+    let e = expand(&format!("{BASE}exclude:\n  - {{ model: small }}\n"));
+    let all = expand(BASE);
+    for d in &e.dropped {
+        if d.kind == DropKind::Excluded {
+            assert!(labels(&all).contains(&d.label), "{}", d.label);
+        }
+    }
+}
+
+// ---- property tests --------------------------------------------------------------------
+
+/// A YAML value as a structure, rendered with a chosen key order.
+#[derive(Debug, Clone)]
+enum Y {
+    Scalar(String),
+    Seq(Vec<Y>),
+    Map(Vec<(&'static str, Y)>),
+}
+
+fn s(v: impl ToString) -> Y {
+    Y::Scalar(v.to_string())
+}
+
+/// Renders `y` in block style at `indent`, shuffling every mapping's keys with `order`
+/// (a stream of numbers; empty = file order). Flow style for short leaf lists.
+fn render(y: &Y, indent: usize, order: &mut impl Iterator<Item = usize>, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match y {
+        Y::Scalar(v) => {
+            out.push(' ');
+            out.push_str(v);
+            out.push('\n');
+        }
+        Y::Seq(items) if items.iter().all(|i| matches!(i, Y::Scalar(_))) => {
+            let items: Vec<_> = items
+                .iter()
+                .map(|i| match i {
+                    Y::Scalar(v) => v.clone(),
+                    _ => unreachable!(),
+                })
+                .collect();
+            out.push_str(&format!(" [{}]\n", items.join(", ")));
+        }
+        Y::Seq(items) => {
+            out.push('\n');
+            for item in items {
+                out.push_str(&format!("{pad}- "));
+                let mut inner = String::new();
+                render(item, indent + 2, order, &mut inner);
+                // The first line of a mapping item follows the dash.
+                out.push_str(inner.trim_start());
+            }
+        }
+        Y::Map(entries) => {
+            let mut entries = entries.clone();
+            // Fisher-Yates with the supplied numbers.
+            for i in (1..entries.len()).rev() {
+                if let Some(r) = order.next() {
+                    entries.swap(i, r % (i + 1));
+                }
+            }
+            if indent > 0 || !out.is_empty() {
+                out.push('\n');
+            }
+            for (key, value) in entries {
+                out.push_str(&format!("{pad}{key}:"));
+                render(&value, indent + 2, order, out);
+            }
+        }
+    }
+}
+
+fn to_yaml(y: &Y, order: &[usize]) -> String {
+    let mut out = String::new();
+    let mut it = order
+        .iter()
+        .copied()
+        .cycle()
+        .take(if order.is_empty() { 0 } else { 10_000 });
+    render(y, 0, &mut it, &mut out);
+    out
+}
+
+#[derive(Debug, Clone)]
+struct Shape {
+    models: Vec<(u8, Option<u16>)>,
+    gpus: Vec<(u16, Vec<u32>)>,
+    frameworks: Vec<&'static str>,
+    quants: Vec<u8>,
+    concurrency: Vec<u32>,
+    rate: Vec<u16>,
+    repeats: u32,
+    seed: u64,
+    exclude_framework: bool,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    (
+        prop::collection::vec((any::<u8>(), prop::option::of(1u16..500)), 1..4),
+        prop::collection::vec(
+            (
+                16u16..200,
+                prop::sample::subsequence(vec![1u32, 2, 4, 8], 1..=4),
+            ),
+            0..3,
+        ),
+        prop::sample::subsequence(
+            vec!["vllm", "sglang", "tgi", "llamacpp", "trtllm", "sim"],
+            1..=3,
+        ),
+        prop::sample::subsequence(vec![4u8, 8, 16], 1..=3),
+        prop::sample::subsequence(vec![1u32, 4, 16, 64], 1..=4),
+        prop::sample::subsequence(vec![1u16, 5, 20], 0..=3),
+        1u32..3,
+        any::<u64>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                models,
+                gpus,
+                frameworks,
+                quants,
+                concurrency,
+                rate,
+                repeats,
+                seed,
+                exclude_framework,
+            )| Shape {
+                models,
+                gpus,
+                frameworks,
+                quants,
+                concurrency,
+                rate,
+                repeats,
+                seed,
+                exclude_framework,
+            },
+        )
+}
+
+fn matrix(shape: &Shape) -> Y {
+    let models = shape
+        .models
+        .iter()
+        .enumerate()
+        .map(|(i, (tag, params))| {
+            let mut m = vec![
+                ("name", s(format!("m{i}-{tag}"))),
+                ("path", s(format!("org/m{i}"))),
+            ];
+            if let Some(p) = params {
+                m.push(("params_b", s(p)));
+            }
+            Y::Map(m)
+        })
+        .collect();
+    let quants = shape
+        .quants
+        .iter()
+        .map(|bits| Y::Map(vec![("name", s(format!("q{bits}"))), ("bits", s(bits))]))
+        .collect();
+    let mut workloads = vec![Y::Map(vec![
+        ("name", s("chat")),
+        ("api", s("chat")),
+        (
+            "dataset",
+            Y::Map(vec![
+                ("kind", s("random")),
+                ("input_tokens", s(128)),
+                ("output_tokens", s(32)),
+            ]),
+        ),
+        (
+            "load",
+            Y::Map(vec![(
+                "concurrency",
+                Y::Seq(shape.concurrency.iter().map(s).collect()),
+            )]),
+        ),
+        ("requests", s(20)),
+        ("warmup", s(2)),
+    ])];
+    if !shape.rate.is_empty() {
+        let mut rates: Vec<Y> = shape.rate.iter().map(s).collect();
+        rates.push(s("inf"));
+        workloads.push(Y::Map(vec![
+            ("name", s("sweep")),
+            (
+                "dataset",
+                Y::Map(vec![
+                    ("kind", s("random")),
+                    ("input_tokens", s(64)),
+                    ("output_tokens", s(16)),
+                ]),
+            ),
+            (
+                "load",
+                Y::Map(vec![("rate", Y::Seq(rates)), ("arrival", s("poisson"))]),
+            ),
+            ("duration", s("30s")),
+            ("slo", Y::Map(vec![("ttft_ms", s(200)), ("tpot_ms", s(20))])),
+        ]));
+    }
+    let mut top = vec![
+        ("campaign", s("prop")),
+        ("repeats", s(shape.repeats)),
+        ("seed", s(shape.seed)),
+        ("models", Y::Seq(models)),
+        (
+            "frameworks",
+            Y::Seq(
+                shape
+                    .frameworks
+                    .iter()
+                    .map(|f| Y::Map(vec![("name", s(f))]))
+                    .collect(),
+            ),
+        ),
+        ("quantizations", Y::Seq(quants)),
+        ("workloads", Y::Seq(workloads)),
+    ];
+    if !shape.gpus.is_empty() {
+        let gpus = shape
+            .gpus
+            .iter()
+            .enumerate()
+            .map(|(i, (memory, counts))| {
+                Y::Map(vec![
+                    ("type", s(format!("G{i}-{memory}GB"))),
+                    ("memory_gb", s(memory)),
+                    ("counts", Y::Seq(counts.iter().map(s).collect())),
+                    ("price_per_hour", s("1.5")),
+                ])
+            })
+            .collect();
+        top.push(("gpus", Y::Seq(gpus)));
+    }
+    if shape.exclude_framework && shape.frameworks.len() > 1 {
+        top.push((
+            "exclude",
+            Y::Seq(vec![Y::Map(vec![
+                ("framework", s(shape.frameworks[0])),
+                ("quantization", s(format!("q{}", shape.quants[0]))),
+            ])]),
+        ));
+    }
+    // Extends the last framework's combinations (the exclude above takes from the first).
+    top.push((
+        "include",
+        Y::Seq(vec![Y::Map(vec![
+            ("framework", s(shape.frameworks[shape.frameworks.len() - 1])),
+            ("labels", Y::Map(vec![("pool", s("a")), ("zone", s("b"))])),
+            ("env", Y::Map(vec![("A_VAR", s("1")), ("B_VAR", s("two"))])),
+        ])]),
+    ));
+    Y::Map(top)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn expansion_is_deterministic(shape in shape()) {
+        let yaml = to_yaml(&matrix(&shape), &[]);
+        let first = expand(&yaml);
+        let second = expand(&yaml);
+        prop_assert_eq!(first, second);
+    }
+
+    #[test]
+    fn ids_do_not_depend_on_key_order(shape in shape(), order in prop::collection::vec(any::<usize>(), 1..64)) {
+        let y = matrix(&shape);
+        let canonical = expand(&to_yaml(&y, &[]));
+        let shuffled_text = to_yaml(&y, &order);
+        let shuffled = expand(&shuffled_text);
+        let ids = |e: &Expansion| -> Vec<(String, Vec<String>)> {
+            e.units
+                .iter()
+                .map(|u| (u.id.to_string(), u.steps.iter().map(|s| s.id.to_string()).collect()))
+                .collect()
+        };
+        prop_assert_eq!(ids(&canonical), ids(&shuffled), "{}", shuffled_text);
+        prop_assert_eq!(canonical, shuffled);
+    }
+}
+
+#[test]
+fn the_example_in_docs_matrix_md_expands_as_described() {
+    let docs = include_str!("../../../docs/matrix.md");
+    let start = docs
+        .find("```yaml\ncampaign:")
+        .expect("docs/matrix.md has a complete example")
+        + "```yaml\n".len();
+    let end = start + docs[start..].find("```").expect("the example block ends");
+    let e = expand(&docs[start..end]);
+    assert_eq!(
+        labels(&e),
+        vec![
+            "llama-3.1-8b / H100-80GB x1 / vllm / bf16",
+            "llama-3.1-8b / H100-80GB x1 / vllm / fp8",
+            "llama-3.1-8b / H100-80GB x2 / vllm / bf16",
+        ]
+    );
+    assert_eq!(e.step_count(), 9);
+    assert_eq!(e.units[1].config.quantization.args, "--quantization fp8");
+}

@@ -1,0 +1,515 @@
+//! Checks the entries of a [`MatrixFile`] against each other and resolves them into what
+//! expansion needs: names are unique, every reference (`exclude`, `include`, a
+//! quantization's `args`, an include's `workloads`) names a defined entry, presets are
+//! applied, placeholders are valid for their field, and path fields are expanded.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::domain::{CampaignSpec, DatasetSpec, FrameworkSpec, LoadPoint, WorkloadSpec};
+
+use super::error::{Errors, MatrixError, did_you_mean, quoted_list};
+use super::model::{At, Dim, DimValue, GpuEntry, MatchEntry, MatrixFile};
+use super::paths::{self, Env, ExpandError};
+use super::placeholders::{self, HARNESS, MODEL_PATH, SERVER};
+use super::presets::{self, DEFAULT_HEALTH, DEFAULT_STARTUP_TIMEOUT_MS};
+use super::yaml::{Pos, Source};
+
+/// A matrix whose entries are checked and resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    /// Position of the top-level mapping.
+    pub pos: Pos,
+    /// Campaign settings.
+    pub campaign: CampaignSpec,
+    /// Steps per workload load point.
+    pub repeats: u32,
+    /// Models.
+    pub models: Vec<Model>,
+    /// GPU types.
+    pub gpus: Vec<GpuEntry>,
+    /// Frameworks, presets applied.
+    pub frameworks: Vec<FrameworkSpec>,
+    /// Quantizations.
+    pub quants: Vec<Quant>,
+    /// Workloads and their load points, in file order.
+    pub workloads: Vec<(WorkloadSpec, Vec<LoadPoint>)>,
+    /// Exclude entries.
+    pub exclude: Vec<Matcher>,
+    /// Include entries.
+    pub include: Vec<Include>,
+}
+
+/// A model, its paths expanded.
+#[derive(Debug, Clone)]
+pub(crate) struct Model {
+    /// Name.
+    pub name: String,
+    /// Path, environment expanded; may still hold `{quant.name}`.
+    pub path: String,
+    /// Parameters in billions.
+    pub params_b: Option<f64>,
+    /// Tokenizer path, environment expanded.
+    pub tokenizer: Option<String>,
+}
+
+/// A quantization with its `{quant.args}` for each framework (by framework index).
+#[derive(Debug, Clone)]
+pub(crate) struct Quant {
+    /// Name.
+    pub name: String,
+    /// Bits per weight.
+    pub bits: f64,
+    /// Resolved arguments, one per framework.
+    pub args: Vec<String>,
+}
+
+/// The value of one dimension, by index into its list (or the count itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum DimRef {
+    /// Index into `models`.
+    Model(usize),
+    /// Index into `gpus`.
+    Gpu(usize),
+    /// GPU count.
+    GpuCount(u32),
+    /// Index into `frameworks`.
+    Framework(usize),
+    /// Index into `quantizations`.
+    Quantization(usize),
+}
+
+/// The dimension keys of an exclude or include entry, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    /// Where the entry is.
+    pub pos: Pos,
+    /// Index in its list.
+    pub index: usize,
+    /// Resolved values, in file order.
+    pub dims: Vec<DimRef>,
+    /// `model=a, gpu.count=2`, for messages.
+    pub text: String,
+}
+
+/// An include entry, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Include {
+    /// Its dimension keys.
+    pub matcher: Matcher,
+    /// `extra_args`.
+    pub extra_args: Option<String>,
+    /// `env`.
+    pub env: Option<BTreeMap<String, String>>,
+    /// `labels`.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `workloads`, as indices into the workload list.
+    pub workloads: Option<Vec<usize>>,
+}
+
+/// Checks `file` and resolves it.
+pub(crate) fn validate(
+    errors: &Errors,
+    source: &Source<'_>,
+    env: &dyn Env,
+    file: MatrixFile,
+) -> Result<Resolved, MatrixError> {
+    let v = Validator {
+        errors,
+        source,
+        env,
+    };
+    v.unique("model", file.models.iter().map(|m| &m.name))?;
+    v.unique("GPU type", file.gpus.iter().map(|g| &g.gpu_type))?;
+    v.unique("framework", file.frameworks.iter().map(|f| &f.name))?;
+    v.unique("quantization", file.quantizations.iter().map(|q| &q.name))?;
+    v.unique("workload", file.workloads.iter().map(|w| &w.name))?;
+
+    let mut models = Vec::with_capacity(file.models.len());
+    for (i, m) in file.models.iter().enumerate() {
+        let field = format!("models[{i}].path");
+        let path = v.expand_path(&field, &m.path)?;
+        placeholders::check(
+            errors,
+            source,
+            &field,
+            &At {
+                value: path.clone(),
+                ..m.path.clone()
+            },
+            MODEL_PATH,
+        )?;
+        let tokenizer = m
+            .tokenizer
+            .as_ref()
+            .map(|t| v.expand_path(&format!("models[{i}].tokenizer"), t))
+            .transpose()?;
+        models.push(Model {
+            name: m.name.value.clone(),
+            path,
+            params_b: m.params_b,
+            tokenizer,
+        });
+    }
+
+    let mut frameworks = Vec::with_capacity(file.frameworks.len());
+    let mut framework_presets = Vec::with_capacity(file.frameworks.len());
+    for (i, f) in file.frameworks.iter().enumerate() {
+        let preset = match &f.preset {
+            Some(p) => Some(presets::preset(&p.value).ok_or_else(|| {
+                errors.unknown(
+                    p.pos,
+                    &format!("`frameworks[{i}].preset`"),
+                    &p.value,
+                    presets::names(),
+                )
+            })?),
+            None => presets::preset(&f.name.value),
+        };
+        let command = match (&f.command, preset) {
+            (Some(c), _) => {
+                placeholders::check(
+                    errors,
+                    source,
+                    &format!("frameworks[{i}].command"),
+                    c,
+                    SERVER,
+                )?;
+                c.value.clone()
+            }
+            (None, Some(p)) => p.command.to_owned(),
+            (None, None) => {
+                let hint = match presets::names()
+                    .find(|p| did_you_mean(&f.name.value, [*p]).is_some())
+                {
+                    Some(p) => format!("did you mean the preset `{p}`? otherwise add `command:`"),
+                    None => format!(
+                        "add `command:`, or `preset:` naming one of {}",
+                        quoted_list(presets::names())
+                    ),
+                };
+                return Err(errors.hinted(
+                    f.name.pos,
+                    format!(
+                        "framework `{}` has no `command` and is not a built-in preset",
+                        f.name.value
+                    ),
+                    Some(hint),
+                ));
+            }
+        };
+        frameworks.push(FrameworkSpec {
+            name: f.name.value.clone(),
+            command,
+            health_path: f
+                .health
+                .as_ref()
+                .map(|h| h.value.clone())
+                .or_else(|| preset.map(|p| p.health.to_owned()))
+                .unwrap_or_else(|| DEFAULT_HEALTH.to_owned()),
+            metrics_path: f
+                .metrics
+                .as_ref()
+                .map(|m| m.value.clone())
+                .or_else(|| preset.and_then(|p| p.metrics.map(str::to_owned))),
+            startup_timeout_ms: f
+                .startup_timeout_ms
+                .or_else(|| preset.map(|p| p.startup_timeout_ms))
+                .unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
+            env: f.env.clone(),
+            image: f.image.clone(),
+        });
+        framework_presets.push(preset);
+    }
+    let framework_index: HashMap<&str, usize> = file
+        .frameworks
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name.value.as_str(), i))
+        .collect();
+
+    let mut quants = Vec::with_capacity(file.quantizations.len());
+    for (qi, q) in file.quantizations.iter().enumerate() {
+        let mut explicit: HashMap<usize, String> = HashMap::new();
+        for (name, args) in &q.args {
+            let Some(&fi) = framework_index.get(name.value.as_str()) else {
+                return Err(errors.unknown(
+                    name.pos,
+                    &format!("framework in `quantizations[{qi}].args`:"),
+                    &name.value,
+                    file.frameworks.iter().map(|f| f.name.value.as_str()),
+                ));
+            };
+            if !args.trim().is_empty() && !placeholders::uses(&frameworks[fi].command, "quant.args")
+            {
+                return Err(errors.hinted(
+                    name.pos,
+                    format!(
+                        "`quantizations[{qi}].args.{}` is set, but the command of framework `{}` has no `{{quant.args}}` placeholder, so the arguments would be dropped",
+                        name.value, name.value
+                    ),
+                    Some("add `{quant.args}` to the framework's command"),
+                ));
+            }
+            explicit.insert(fi, args.trim().to_owned());
+        }
+        let args = (0..frameworks.len())
+            .map(|fi| {
+                explicit.get(&fi).cloned().unwrap_or_else(|| {
+                    framework_presets[fi]
+                        .and_then(|p| p.quant_args(&q.name.value))
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+            })
+            .collect();
+        quants.push(Quant {
+            name: q.name.value.clone(),
+            bits: q.bits,
+            args,
+        });
+    }
+
+    let mut workloads = Vec::with_capacity(file.workloads.len());
+    for (i, w) in file.workloads.iter().enumerate() {
+        if let Some(command) = &w.command {
+            placeholders::check(
+                errors,
+                source,
+                &format!("workloads[{i}].command"),
+                command,
+                HARNESS,
+            )?;
+        }
+        let dataset = match &w.dataset {
+            None => None,
+            Some(d) => Some(match &d.value {
+                DatasetSpec::Random { .. } => d.value.clone(),
+                DatasetSpec::Sharegpt {
+                    path,
+                    output_tokens,
+                } => DatasetSpec::Sharegpt {
+                    path: v.expand_path(
+                        &format!("workloads[{i}].dataset.path"),
+                        &At {
+                            value: path.clone(),
+                            pos: d.pos,
+                            span: d.span,
+                        },
+                    )?,
+                    output_tokens: *output_tokens,
+                },
+                DatasetSpec::Jsonl {
+                    path,
+                    output_tokens,
+                } => DatasetSpec::Jsonl {
+                    path: v.expand_path(
+                        &format!("workloads[{i}].dataset.path"),
+                        &At {
+                            value: path.clone(),
+                            pos: d.pos,
+                            span: d.span,
+                        },
+                    )?,
+                    output_tokens: *output_tokens,
+                },
+            }),
+        };
+        let spec = WorkloadSpec {
+            name: w.name.value.clone(),
+            api: w.api,
+            dataset,
+            seed: w.seed.unwrap_or(file.seed),
+            stop: w.stop.clone(),
+            warmup: w.warmup,
+            slo: w.slo.clone(),
+            command: w.command.as_ref().map(|c| c.value.clone()),
+            metrics: w.metrics.clone(),
+        };
+        workloads.push((spec, w.load.clone()));
+    }
+
+    let exclude = file
+        .exclude
+        .iter()
+        .map(|e| v.matcher("exclude", &file, e))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut include = Vec::with_capacity(file.include.len());
+    for entry in &file.include {
+        let index = entry.matcher.index;
+        if let Some(extra) = &entry.extra_args {
+            placeholders::check(
+                errors,
+                source,
+                &format!("include[{index}].extra_args"),
+                extra,
+                SERVER,
+            )?;
+        }
+        let workloads = entry
+            .workloads
+            .as_ref()
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        file.workloads
+                            .iter()
+                            .position(|w| w.name.value == n.value)
+                            .ok_or_else(|| {
+                                errors.unknown(
+                                    n.pos,
+                                    &format!("workload in `include[{index}].workloads`:"),
+                                    &n.value,
+                                    file.workloads.iter().map(|w| w.name.value.as_str()),
+                                )
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        include.push(Include {
+            matcher: v.matcher("include", &file, &entry.matcher)?,
+            extra_args: entry.extra_args.as_ref().map(|e| e.value.trim().to_owned()),
+            env: entry.env.clone(),
+            labels: entry.labels.clone(),
+            workloads,
+        });
+    }
+
+    Ok(Resolved {
+        pos: file.pos,
+        campaign: CampaignSpec {
+            name: file.campaign.value.clone(),
+            description: file.description.clone(),
+            priority: file.priority,
+            max_attempts: file.max_attempts,
+        },
+        repeats: file.repeats,
+        models,
+        gpus: file.gpus,
+        frameworks,
+        quants,
+        workloads,
+        exclude,
+        include,
+    })
+}
+
+struct Validator<'a> {
+    errors: &'a Errors,
+    source: &'a Source<'a>,
+    env: &'a dyn Env,
+}
+
+impl Validator<'_> {
+    /// Rejects the second use of a name in one list.
+    fn unique<'n>(
+        &self,
+        what: &str,
+        names: impl Iterator<Item = &'n At<String>>,
+    ) -> Result<(), MatrixError> {
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for name in names {
+            if let Some(first) = seen.insert(name.value.as_str(), name.pos) {
+                return Err(self.errors.at(
+                    name.pos,
+                    format!(
+                        "duplicate {what} `{}` (first defined at {first})",
+                        name.value
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Expands `${VAR}`, `${VAR:-default}` and `~` in a path field.
+    fn expand_path(&self, field: &str, text: &At<String>) -> Result<String, MatrixError> {
+        paths::expand(&text.value, self.env).map_err(|e| match e {
+            ExpandError::Unset { name, .. } => self.errors.hinted(
+                self.source
+                    .find_in(text.pos, text.span, &format!("${{{name}")),
+                format!("`{field}`: environment variable `{name}` is not set"),
+                Some(format!(
+                    "set it, or give a default: `${{{name}:-/some/path}}`"
+                )),
+            ),
+            ExpandError::Malformed { offset } => self.errors.hinted(
+                self.source.find_in(
+                    text.pos,
+                    text.span,
+                    text.value.get(offset..offset + 2).unwrap_or("${"),
+                ),
+                format!("`{field}`: malformed `${{…}}` reference"),
+                Some("write `${NAME}` or `${NAME:-default}`"),
+            ),
+            ExpandError::NoHome => self.errors.at(
+                text.pos,
+                format!("`{field}` starts with `~`, but HOME is not set"),
+            ),
+        })
+    }
+
+    /// Resolves the names of an exclude or include entry.
+    fn matcher(
+        &self,
+        list: &str,
+        file: &MatrixFile,
+        entry: &MatchEntry,
+    ) -> Result<Matcher, MatrixError> {
+        let mut dims = Vec::with_capacity(entry.dims.len());
+        for (dim, value) in &entry.dims {
+            let field = format!("`{list}[{}].{dim}`", entry.index);
+            let find = |names: Vec<&str>, what: &str| -> Result<usize, MatrixError> {
+                let DimValue::Name(name) = &value.value else {
+                    unreachable!("only gpu.count holds a count")
+                };
+                names.iter().position(|n| n == name).ok_or_else(|| {
+                    self.errors.unknown(
+                        value.pos,
+                        &format!("{what} in {field}:"),
+                        name,
+                        names.iter().copied(),
+                    )
+                })
+            };
+            dims.push(match dim {
+                Dim::Model => DimRef::Model(find(
+                    file.models.iter().map(|m| m.name.value.as_str()).collect(),
+                    "model",
+                )?),
+                Dim::Gpu => DimRef::Gpu(find(
+                    file.gpus
+                        .iter()
+                        .map(|g| g.gpu_type.value.as_str())
+                        .collect(),
+                    "GPU type",
+                )?),
+                Dim::GpuCount => match value.value {
+                    DimValue::Count(c) => DimRef::GpuCount(c),
+                    DimValue::Name(_) => unreachable!("gpu.count is read as a count"),
+                },
+                Dim::Framework => DimRef::Framework(find(
+                    file.frameworks
+                        .iter()
+                        .map(|f| f.name.value.as_str())
+                        .collect(),
+                    "framework",
+                )?),
+                Dim::Quantization => DimRef::Quantization(find(
+                    file.quantizations
+                        .iter()
+                        .map(|q| q.name.value.as_str())
+                        .collect(),
+                    "quantization",
+                )?),
+            });
+        }
+        Ok(Matcher {
+            pos: entry.pos,
+            index: entry.index,
+            dims,
+            text: entry.describe(),
+        })
+    }
+}

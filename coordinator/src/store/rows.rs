@@ -1,0 +1,340 @@
+//! What the store hands out: states, counts and rows of campaigns, units and steps.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::domain::{CampaignId, StepSpec, UnitConfig, UnitId};
+
+/// A state string the store does not know (the CHECK constraints keep these out).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{0}`")]
+pub struct UnknownState(pub String);
+
+macro_rules! state_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),*
+        }
+
+        impl $name {
+            /// Every state, in lifecycle order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),*];
+
+            /// The name stored in the database and shown to users.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),*
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)*
+                    other => Err(UnknownState(other.to_owned())),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+state_enum! {
+    /// State of a campaign, derived from its units and whether it was cancelled.
+    CampaignState {
+        /// Some unit is pending or leased.
+        Active => "active",
+        /// Every unit succeeded (also a campaign without units).
+        Succeeded => "succeeded",
+        /// Nothing left to run and some unit failed.
+        Failed => "failed",
+        /// Cancelled by an operator (or nothing left to run and some unit cancelled).
+        Cancelled => "cancelled",
+    }
+}
+
+state_enum! {
+    /// State of a unit; the values of the `units.state` CHECK constraint.
+    UnitState {
+        /// Waiting for an agent.
+        Pending => "pending",
+        /// Held by an agent under a live lease.
+        Leased => "leased",
+        /// Every step succeeded.
+        Succeeded => "succeeded",
+        /// Out of attempts; carries its last error.
+        Failed => "failed",
+        /// Cancelled with its campaign.
+        Cancelled => "cancelled",
+    }
+}
+
+state_enum! {
+    /// State of a step; the values of the `steps.state` CHECK constraint.
+    StepState {
+        /// Not run yet (or running under the unit's lease).
+        Pending => "pending",
+        /// Its result is stored.
+        Succeeded => "succeeded",
+        /// It ran and failed.
+        Failed => "failed",
+        /// Cancelled with its campaign before it ran.
+        Cancelled => "cancelled",
+    }
+}
+
+impl CampaignState {
+    /// Derives a campaign's state from its unit counts and its cancelled flag.
+    ///
+    /// Pending or leased units make it active (the store never leaves such units in a
+    /// cancelled campaign); otherwise a cancelled campaign is cancelled, any failed unit
+    /// makes it failed, any cancelled unit cancelled, and else it succeeded.
+    pub fn derive(units: &StateCounts, cancelled: bool) -> CampaignState {
+        if units.pending + units.leased > 0 {
+            CampaignState::Active
+        } else if cancelled {
+            CampaignState::Cancelled
+        } else if units.failed > 0 {
+            CampaignState::Failed
+        } else if units.cancelled > 0 {
+            CampaignState::Cancelled
+        } else {
+            CampaignState::Succeeded
+        }
+    }
+}
+
+/// Numbers of units or steps in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StateCounts {
+    /// Pending.
+    pub pending: u64,
+    /// Leased (always 0 for steps).
+    pub leased: u64,
+    /// Succeeded.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// All of them.
+    pub total: u64,
+}
+
+impl StateCounts {
+    /// Adds `n` to the counter of the state named `state` (a unit or step state).
+    pub(crate) fn add(&mut self, state: &str, n: u64) -> Result<(), UnknownState> {
+        let counter = match state {
+            "pending" => &mut self.pending,
+            "leased" => &mut self.leased,
+            "succeeded" => &mut self.succeeded,
+            "failed" => &mut self.failed,
+            "cancelled" => &mut self.cancelled,
+            other => return Err(UnknownState(other.to_owned())),
+        };
+        *counter += n;
+        self.total += n;
+        Ok(())
+    }
+}
+
+/// A campaign with its progress.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignInfo {
+    /// Id (UUID).
+    pub id: CampaignId,
+    /// Unique name.
+    pub name: String,
+    /// Free text from the matrix.
+    pub description: Option<String>,
+    /// Derived state.
+    pub state: CampaignState,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Attempts a unit gets for its own failures.
+    pub max_attempts: u32,
+    /// First submission, Unix ms.
+    pub created_at_ms: i64,
+    /// Last change of the campaign row (submission, cancel, retry), Unix ms.
+    pub updated_at_ms: i64,
+    /// Units by state.
+    pub units: StateCounts,
+    /// Steps by state.
+    pub steps: StateCounts,
+    /// Combinations the latest expansion dropped.
+    pub dropped: u64,
+    /// Who submitted it first.
+    pub submitted_by: String,
+    /// Attempts that ended in a preemption.
+    pub preemptions: u64,
+}
+
+/// A unit with its progress.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UnitRow {
+    /// Id (hash of the config).
+    pub id: UnitId,
+    /// Human label.
+    pub label: String,
+    /// Server configuration.
+    pub config: UnitConfig,
+    /// State.
+    pub state: UnitState,
+    /// Attempts spent on the unit's own failures.
+    pub attempts: u32,
+    /// Last error, kept across retries.
+    pub last_error: Option<String>,
+    /// Steps of the unit.
+    pub steps_total: u32,
+    /// Steps with a stored result.
+    pub steps_succeeded: u32,
+    /// Agent holding the live lease, if any.
+    pub agent_id: Option<String>,
+    /// Fencing token of the latest lease (0 before the first).
+    pub epoch: u64,
+}
+
+/// A step with its state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRow {
+    /// The step as expanded.
+    pub spec: StepSpec,
+    /// State.
+    pub state: StepState,
+}
+
+/// One entry of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    /// When, Unix ms.
+    pub at_ms: i64,
+    /// Who (operator or agent identity).
+    pub actor: String,
+    /// What, e.g. `submit`, `resubmit`, `cancel`, `retry_failed`.
+    pub action: String,
+    /// On what, e.g. `campaign/nightly-h100`.
+    pub target: String,
+    /// Details as a compact JSON object.
+    pub detail: String,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SubmitOutcome {
+    /// The campaign (new or existing).
+    pub campaign_id: CampaignId,
+    /// True when the campaign did not exist before.
+    pub created: bool,
+    /// Units of the expansion that were new.
+    pub units_added: u64,
+    /// Units of the expansion that existed already and were kept as they were.
+    pub units_kept: u64,
+    /// Steps of the expansion that were new (also new steps of existing units).
+    pub steps_added: u64,
+    /// Steps of the expansion that existed already.
+    pub steps_kept: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in UnitState::ALL {
+            assert_eq!(s.as_str().parse::<UnitState>(), Ok(*s));
+        }
+        for s in StepState::ALL {
+            assert_eq!(s.as_str().parse::<StepState>(), Ok(*s));
+        }
+        for s in CampaignState::ALL {
+            assert_eq!(s.as_str().parse::<CampaignState>(), Ok(*s));
+        }
+        assert_eq!(
+            "running".parse::<UnitState>(),
+            Err(UnknownState("running".into()))
+        );
+    }
+
+    #[test]
+    fn state_names_are_the_values_the_check_constraints_allow() {
+        let mut conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrations::migrate(&mut conn).unwrap();
+        // Only the CHECKs are under test here.
+        conn.pragma_update(None, "foreign_keys", false).unwrap();
+        let unit = |key: i64, state: &str| {
+            conn.execute(
+                "INSERT INTO units (unit_key, campaign_key, unit_id, position, label,
+                     model_spec, gpu_spec, framework_spec, quantization_spec, extra_args,
+                     labels_json, state, created_at_ms, updated_at_ms)
+                 VALUES (?1, 1, ?1, ?1, '', 1, 1, 1, 1, '', '{}', ?2, 0, 0)",
+                (key, state),
+            )
+        };
+        for (key, s) in UnitState::ALL.iter().enumerate() {
+            unit(key as i64, s.as_str()).unwrap();
+        }
+        assert!(unit(99, "running").is_err());
+        let step = |id: &str, state: &str| {
+            conn.execute(
+                "INSERT INTO steps (unit_key, step_id, idx, workload_spec, load_spec, repeat,
+                     state)
+                 VALUES (1, ?1, 0, 1, 1, 0, ?2)",
+                (id, state),
+            )
+        };
+        for s in StepState::ALL {
+            step(s.as_str(), s.as_str()).unwrap();
+        }
+        assert!(step("x", "leased").is_err());
+    }
+
+    #[test]
+    fn campaign_state_derivation() {
+        let counts = |pending, leased, succeeded, failed, cancelled| StateCounts {
+            pending,
+            leased,
+            succeeded,
+            failed,
+            cancelled,
+            total: pending + leased + succeeded + failed + cancelled,
+        };
+        use CampaignState::*;
+        assert_eq!(CampaignState::derive(&counts(1, 0, 5, 1, 0), false), Active);
+        assert_eq!(CampaignState::derive(&counts(0, 1, 0, 0, 0), false), Active);
+        assert_eq!(
+            CampaignState::derive(&counts(0, 0, 5, 0, 0), false),
+            Succeeded
+        );
+        assert_eq!(
+            CampaignState::derive(&counts(0, 0, 0, 0, 0), false),
+            Succeeded
+        );
+        assert_eq!(CampaignState::derive(&counts(0, 0, 5, 1, 0), false), Failed);
+        assert_eq!(
+            CampaignState::derive(&counts(0, 0, 5, 0, 2), true),
+            Cancelled
+        );
+        assert_eq!(
+            CampaignState::derive(&counts(0, 0, 5, 1, 2), true),
+            Cancelled
+        );
+        assert_eq!(
+            CampaignState::derive(&counts(0, 0, 5, 0, 2), false),
+            Cancelled
+        );
+    }
+}

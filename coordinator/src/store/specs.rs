@@ -1,0 +1,298 @@
+//! Configuration parts stored once per campaign (`specs` table): models, GPUs, frameworks,
+//! quantizations, workloads and load points. A 100,000-unit campaign has a few hundred
+//! distinct parts; units and steps refer to them by `spec_id`.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use rusqlite::Connection;
+use serde::de::DeserializeOwned;
+
+use super::error::{SqlContext, StoreError};
+use crate::domain::{
+    FrameworkSpec, GpuRequirement, LoadPoint, ModelSpec, QuantizationSpec, UnitConfig, WorkloadSpec,
+};
+
+/// The `specs.kind` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SpecKind {
+    Model,
+    Gpu,
+    Framework,
+    Quantization,
+    Workload,
+    Load,
+}
+
+impl SpecKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            SpecKind::Model => "model",
+            SpecKind::Gpu => "gpu",
+            SpecKind::Framework => "framework",
+            SpecKind::Quantization => "quantization",
+            SpecKind::Workload => "workload",
+            SpecKind::Load => "load",
+        }
+    }
+}
+
+/// A part that can be stored in `specs`.
+pub(crate) trait Spec: PartialEq + serde::Serialize {
+    const KIND: SpecKind;
+    /// A hash of fields that usually tell values apart; equal values must hash equal.
+    fn bucket(&self, h: &mut Fnv);
+}
+
+impl Spec for ModelSpec {
+    const KIND: SpecKind = SpecKind::Model;
+    fn bucket(&self, h: &mut Fnv) {
+        (&self.name, &self.path).hash(h);
+    }
+}
+
+impl Spec for GpuRequirement {
+    const KIND: SpecKind = SpecKind::Gpu;
+    fn bucket(&self, h: &mut Fnv) {
+        (&self.gpu_type, self.count).hash(h);
+    }
+}
+
+impl Spec for FrameworkSpec {
+    const KIND: SpecKind = SpecKind::Framework;
+    fn bucket(&self, h: &mut Fnv) {
+        (&self.name, &self.command).hash(h);
+    }
+}
+
+impl Spec for QuantizationSpec {
+    const KIND: SpecKind = SpecKind::Quantization;
+    fn bucket(&self, h: &mut Fnv) {
+        (&self.name, &self.args).hash(h);
+    }
+}
+
+impl Spec for WorkloadSpec {
+    const KIND: SpecKind = SpecKind::Workload;
+    fn bucket(&self, h: &mut Fnv) {
+        (&self.name, self.seed).hash(h);
+    }
+}
+
+impl Spec for LoadPoint {
+    const KIND: SpecKind = SpecKind::Load;
+    fn bucket(&self, h: &mut Fnv) {
+        match self {
+            LoadPoint::Concurrency(n) => (0u8, u64::from(*n)).hash(h),
+            LoadPoint::Rate { rps, .. } => (1u8, rps.to_bits()).hash(h),
+        }
+    }
+}
+
+/// FNV-1a: the bucket hash of [`Interner`], a few instructions per byte on short strings
+/// (SipHash's flooding resistance buys nothing for a submitter's own matrix).
+pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Deduplicates parts by value without serializing every copy: a matrix has a handful of
+/// frameworks or workloads, each copied into thousands of units or steps.
+pub(crate) struct Interner<'a, T> {
+    distinct: Vec<&'a T>,
+    buckets: HashMap<u64, Vec<u32>, BuildHasherDefault<Fnv>>,
+    /// The index returned last: consecutive units mostly share their model, GPU and
+    /// framework, consecutive steps their workload.
+    last: Option<u32>,
+}
+
+impl<T> Default for Interner<'_, T> {
+    fn default() -> Self {
+        Interner {
+            distinct: Vec::new(),
+            buckets: HashMap::default(),
+            last: None,
+        }
+    }
+}
+
+impl<'a, T: Spec> Interner<'a, T> {
+    /// The index of `value` among the distinct values seen so far.
+    pub(crate) fn intern(&mut self, value: &'a T) -> u32 {
+        if let Some(last) = self.last
+            && self.distinct[last as usize] == value
+        {
+            return last;
+        }
+        let i = self.lookup(value);
+        self.last = Some(i);
+        i
+    }
+
+    fn lookup(&mut self, value: &'a T) -> u32 {
+        let mut h = Fnv::default();
+        value.bucket(&mut h);
+        let bucket = self.buckets.entry(h.finish()).or_default();
+        if let Some(&i) = bucket.iter().find(|&&i| self.distinct[i as usize] == value) {
+            return i;
+        }
+        // A value unequal to itself (NaN) lands here each time; the writer still stores
+        // equal JSON once.
+        let i = u32::try_from(self.distinct.len()).expect("fewer than 4 billion distinct parts");
+        self.distinct.push(value);
+        bucket.push(i);
+        i
+    }
+
+    /// The distinct values as `(kind, JSON)`, in index order.
+    pub(crate) fn encode(&self) -> Result<Vec<(SpecKind, String)>, StoreError> {
+        self.distinct
+            .iter()
+            .map(|v| {
+                serde_json::to_string(v)
+                    .map(|json| (T::KIND, json))
+                    .map_err(|source| StoreError::Json {
+                        action: "encode a configuration part",
+                        source,
+                    })
+            })
+            .collect()
+    }
+}
+
+/// A decoded `specs` row.
+#[derive(Debug, Clone)]
+pub(crate) enum Part {
+    Model(ModelSpec),
+    Gpu(GpuRequirement),
+    Framework(FrameworkSpec),
+    Quantization(QuantizationSpec),
+    Workload(WorkloadSpec),
+    Load(LoadPoint),
+}
+
+/// The decoded parts of one campaign, for assembling unit configs and steps.
+pub(crate) struct Parts(HashMap<i64, Part>);
+
+impl Parts {
+    /// Loads every part of a campaign.
+    pub(crate) fn load(conn: &Connection, campaign_key: i64) -> Result<Parts, StoreError> {
+        let mut stmt = conn
+            .prepare_cached("SELECT spec_id, kind, spec_json FROM specs WHERE campaign_key = ?1")
+            .sql("read configuration parts")?;
+        let mut rows = stmt.query([campaign_key]).sql("read configuration parts")?;
+        let mut parts = HashMap::new();
+        while let Some(r) = rows.next().sql("read configuration parts")? {
+            let id: i64 = r.get(0).sql("read configuration parts")?;
+            let kind: String = r.get(1).sql("read configuration parts")?;
+            let json: String = r.get(2).sql("read configuration parts")?;
+            let part = match kind.as_str() {
+                "model" => Part::Model(decode(&json)?),
+                "gpu" => Part::Gpu(decode(&json)?),
+                "framework" => Part::Framework(decode(&json)?),
+                "quantization" => Part::Quantization(decode(&json)?),
+                "workload" => Part::Workload(decode(&json)?),
+                "load" => Part::Load(decode(&json)?),
+                _ => {
+                    return Err(StoreError::BadValue {
+                        column: "specs.kind",
+                        value: kind,
+                    });
+                }
+            };
+            parts.insert(id, part);
+        }
+        Ok(Parts(parts))
+    }
+
+    fn get(&self, id: i64, column: &'static str) -> Result<&Part, StoreError> {
+        self.0.get(&id).ok_or_else(|| StoreError::BadValue {
+            column,
+            value: format!("spec {id} (missing)"),
+        })
+    }
+
+    /// Assembles a unit config from its parts.
+    pub(crate) fn config(
+        &self,
+        [model, gpu, framework, quantization]: [i64; 4],
+        extra_args: String,
+        labels_json: &str,
+    ) -> Result<UnitConfig, StoreError> {
+        let wrong = |column: &'static str, id: i64| StoreError::BadValue {
+            column,
+            value: format!("spec {id} (wrong kind)"),
+        };
+        let Part::Model(model_spec) = self.get(model, "units.model_spec")? else {
+            return Err(wrong("units.model_spec", model));
+        };
+        let Part::Gpu(gpu_spec) = self.get(gpu, "units.gpu_spec")? else {
+            return Err(wrong("units.gpu_spec", gpu));
+        };
+        let Part::Framework(framework_spec) = self.get(framework, "units.framework_spec")? else {
+            return Err(wrong("units.framework_spec", framework));
+        };
+        let Part::Quantization(quantization_spec) =
+            self.get(quantization, "units.quantization_spec")?
+        else {
+            return Err(wrong("units.quantization_spec", quantization));
+        };
+        let labels = if labels_json == "{}" {
+            Default::default()
+        } else {
+            decode(labels_json)?
+        };
+        Ok(UnitConfig {
+            model: model_spec.clone(),
+            gpu: gpu_spec.clone(),
+            framework: framework_spec.clone(),
+            quantization: quantization_spec.clone(),
+            extra_args,
+            labels,
+        })
+    }
+
+    /// A step's workload.
+    pub(crate) fn workload(&self, id: i64) -> Result<&WorkloadSpec, StoreError> {
+        match self.get(id, "steps.workload_spec")? {
+            Part::Workload(w) => Ok(w),
+            _ => Err(StoreError::BadValue {
+                column: "steps.workload_spec",
+                value: format!("spec {id} (wrong kind)"),
+            }),
+        }
+    }
+
+    /// A step's load point.
+    pub(crate) fn load_point(&self, id: i64) -> Result<&LoadPoint, StoreError> {
+        match self.get(id, "steps.load_spec")? {
+            Part::Load(l) => Ok(l),
+            _ => Err(StoreError::BadValue {
+                column: "steps.load_spec",
+                value: format!("spec {id} (wrong kind)"),
+            }),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|source| StoreError::Json {
+        action: "decode a configuration part",
+        source,
+    })
+}

@@ -1,1 +1,0 @@
-//! Load generator: the measuring instrument (in progress).

@@ -1,1 +1,0 @@
-//! Simulated OpenAI-compatible streaming server (in progress).

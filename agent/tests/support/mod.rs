@@ -1,0 +1,25 @@
+//! Helpers shared by the agent's integration test binaries. Each binary uses a part of them.
+
+pub mod http;
+pub mod scripted_server;
+
+use std::time::Duration;
+
+/// Polls `check` every 10 ms until it returns true, panicking with `what` after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not true after {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,235 @@
+//! Conversions between domain/store types and `evalctl.v1` messages. This is the only
+//! place in the coordinator that knows both.
+
+use evalctl_proto::v1 as pb;
+
+use crate::domain::{
+    Api, Arrival, DatasetSpec, Dropped, FrameworkSpec, GpuRequirement, LoadPoint, ModelSpec,
+    QuantizationSpec, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
+};
+use crate::store::{CampaignInfo, CampaignState, StateCounts, UnitRow, UnitState};
+
+/// Campaign state to its wire enum.
+pub fn campaign_state(state: CampaignState) -> pb::CampaignState {
+    match state {
+        CampaignState::Active => pb::CampaignState::Active,
+        CampaignState::Succeeded => pb::CampaignState::Succeeded,
+        CampaignState::Failed => pb::CampaignState::Failed,
+        CampaignState::Cancelled => pb::CampaignState::Cancelled,
+    }
+}
+
+/// Unit state to its wire enum.
+pub fn unit_state(state: UnitState) -> pb::UnitState {
+    match state {
+        UnitState::Pending => pb::UnitState::Pending,
+        UnitState::Leased => pb::UnitState::Leased,
+        UnitState::Succeeded => pb::UnitState::Succeeded,
+        UnitState::Failed => pb::UnitState::Failed,
+        UnitState::Cancelled => pb::UnitState::Cancelled,
+    }
+}
+
+/// State counts to the wire.
+pub fn counts(c: &StateCounts) -> pb::StateCounts {
+    pb::StateCounts {
+        pending: c.pending,
+        leased: c.leased,
+        succeeded: c.succeeded,
+        failed: c.failed,
+        cancelled: c.cancelled,
+        total: c.total,
+    }
+}
+
+/// A campaign with its counts to the wire.
+pub fn campaign_info(c: &CampaignInfo) -> pb::CampaignInfo {
+    pb::CampaignInfo {
+        campaign_id: c.id.to_string(),
+        name: c.name.clone(),
+        state: campaign_state(c.state) as i32,
+        priority: c.priority,
+        created_at_ms: c.created_at_ms,
+        updated_at_ms: c.updated_at_ms,
+        units: Some(counts(&c.units)),
+        steps: Some(counts(&c.steps)),
+        dropped: c.dropped,
+        submitted_by: c.submitted_by.clone(),
+        preemptions: c.preemptions,
+    }
+}
+
+/// A dropped combination to the wire.
+pub fn dropped(d: &Dropped) -> pb::DroppedCombination {
+    pb::DroppedCombination {
+        label: d.label.clone(),
+        kind: d.kind.to_string(),
+        reason: d.reason.clone(),
+    }
+}
+
+/// A stored unit to its wire summary.
+pub fn unit_row(u: &UnitRow) -> pb::UnitSummary {
+    pb::UnitSummary {
+        unit_id: u.id.to_string(),
+        label: u.label.clone(),
+        config: Some(unit_config(&u.config)),
+        steps: u.steps_total,
+        state: unit_state(u.state) as i32,
+        attempts: u.attempts,
+        last_error: u.last_error.clone().unwrap_or_default(),
+        steps_succeeded: u.steps_succeeded,
+        agent_id: u.agent_id.clone().unwrap_or_default(),
+    }
+}
+
+/// A unit configuration to the wire.
+pub fn unit_config(c: &UnitConfig) -> pb::UnitConfig {
+    pb::UnitConfig {
+        model: Some(model(&c.model)),
+        gpu: Some(gpu(&c.gpu)),
+        framework: Some(framework(&c.framework)),
+        quantization: Some(quantization(&c.quantization)),
+        extra_args: c.extra_args.clone(),
+        labels: c.labels.clone().into_iter().collect(),
+    }
+}
+
+fn model(m: &ModelSpec) -> pb::ModelSpec {
+    pb::ModelSpec {
+        name: m.name.clone(),
+        path: m.path.clone(),
+        params_b: m.params_b.unwrap_or(0.0),
+        tokenizer: m.tokenizer.clone().unwrap_or_default(),
+    }
+}
+
+fn gpu(g: &GpuRequirement) -> pb::GpuRequirement {
+    pb::GpuRequirement {
+        gpu_type: g.gpu_type.clone(),
+        memory_gb: g.memory_gb,
+        count: g.count,
+        price_per_hour: g.price_per_hour.unwrap_or(0.0),
+    }
+}
+
+fn framework(f: &FrameworkSpec) -> pb::FrameworkSpec {
+    pb::FrameworkSpec {
+        name: f.name.clone(),
+        command: f.command.clone(),
+        health_path: f.health_path.clone(),
+        metrics_path: f.metrics_path.clone().unwrap_or_default(),
+        startup_timeout_ms: f.startup_timeout_ms,
+        env: f.env.clone().into_iter().collect(),
+        image: f.image.clone().unwrap_or_default(),
+    }
+}
+
+fn quantization(q: &QuantizationSpec) -> pb::QuantizationSpec {
+    pb::QuantizationSpec {
+        name: q.name.clone(),
+        bits: q.bits,
+        args: q.args.clone(),
+    }
+}
+
+/// A step to the wire.
+pub fn step(s: &StepSpec) -> pb::StepSpec {
+    pb::StepSpec {
+        step_id: s.id.to_string(),
+        index: s.index,
+        workload: Some(workload(&s.workload)),
+        load: Some(load_point(&s.load)),
+        repeat: s.repeat,
+    }
+}
+
+fn workload(w: &WorkloadSpec) -> pb::WorkloadSpec {
+    let (requests, duration_ms) = match w.stop {
+        StopCondition::Requests(n) => (n, 0),
+        StopCondition::DurationMs(ms) => (0, ms),
+    };
+    pb::WorkloadSpec {
+        name: w.name.clone(),
+        api: match w.api {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+            Api::Command => "command",
+        }
+        .to_owned(),
+        dataset: w.dataset.as_ref().map(|d| dataset(d, w.seed)),
+        requests,
+        duration_ms,
+        warmup: w.warmup,
+        slo: Some(slo(&w.slo)),
+        command: w.command.clone().unwrap_or_default(),
+        metrics: w.metrics.clone().into_iter().collect(),
+    }
+}
+
+fn dataset(d: &DatasetSpec, seed: u64) -> pb::DatasetSpec {
+    match d {
+        DatasetSpec::Random {
+            input_tokens,
+            output_tokens,
+        } => pb::DatasetSpec {
+            kind: "random".into(),
+            path: String::new(),
+            input_tokens: *input_tokens,
+            output_tokens: *output_tokens,
+            seed,
+        },
+        DatasetSpec::Sharegpt {
+            path,
+            output_tokens,
+        } => pb::DatasetSpec {
+            kind: "sharegpt".into(),
+            path: path.clone(),
+            input_tokens: 0,
+            output_tokens: output_tokens.unwrap_or(0),
+            seed,
+        },
+        DatasetSpec::Jsonl {
+            path,
+            output_tokens,
+        } => pb::DatasetSpec {
+            kind: "jsonl".into(),
+            path: path.clone(),
+            input_tokens: 0,
+            output_tokens: output_tokens.unwrap_or(0),
+            seed,
+        },
+    }
+}
+
+fn slo(s: &Slo) -> pb::Slo {
+    pb::Slo {
+        ttft_ms: s.ttft_ms.unwrap_or(0.0),
+        tpot_ms: s.tpot_ms.unwrap_or(0.0),
+        e2el_ms: s.e2el_ms.unwrap_or(0.0),
+    }
+}
+
+fn load_point(l: &LoadPoint) -> pb::LoadPoint {
+    match l {
+        LoadPoint::Concurrency(n) => pb::LoadPoint {
+            kind: Some(pb::load_point::Kind::Concurrency(*n)),
+            arrival: String::new(),
+            burstiness: 0.0,
+        },
+        LoadPoint::Rate {
+            rps,
+            arrival,
+            burstiness,
+        } => pb::LoadPoint {
+            kind: Some(pb::load_point::Kind::Rate(*rps)),
+            arrival: match arrival {
+                Arrival::Poisson => "poisson",
+                Arrival::Gamma => "gamma",
+                Arrival::Constant => "constant",
+            }
+            .to_owned(),
+            burstiness: burstiness.unwrap_or(0.0),
+        },
+    }
+}

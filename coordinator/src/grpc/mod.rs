@@ -1,0 +1,8 @@
+//! The coordinator's gRPC layer: service implementations and the conversions between
+//! wire messages and domain types. Nothing outside this module sees prost types.
+
+pub mod campaign;
+pub mod convert;
+pub mod status;
+
+pub use campaign::CampaignApi;

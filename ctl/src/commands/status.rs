@@ -1,0 +1,161 @@
+//! `evalctl status`: all campaigns, or one with its units and dropped combinations.
+
+use std::process::ExitCode;
+
+use evalctl_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, StatusArgs};
+use crate::client;
+use crate::error::CliError;
+use crate::render::{self, CampaignJson, DroppedJson};
+
+#[derive(Debug, Serialize)]
+struct UnitJson {
+    unit_id: String,
+    label: String,
+    state: &'static str,
+    steps_done: u32,
+    steps: u32,
+    attempts: u32,
+    agent: String,
+    last_error: String,
+}
+
+#[derive(Debug, Serialize)]
+struct DetailJson {
+    campaign: CampaignJson,
+    units: Vec<UnitJson>,
+    dropped: Vec<DroppedJson>,
+}
+
+/// Runs `evalctl status`.
+pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, CliError> {
+    let mut client = client::connect(&global.coordinator).await?;
+    match &args.campaign {
+        None => {
+            let campaigns = client
+                .list_campaigns(pb::ListCampaignsRequest {})
+                .await
+                .map_err(CliError::rpc("list campaigns"))?
+                .into_inner()
+                .campaigns;
+            if global.json {
+                let list: Vec<CampaignJson> = campaigns.iter().map(CampaignJson::from).collect();
+                render::emit_json(&list)?;
+            } else if campaigns.is_empty() {
+                render::emit("No campaigns yet (hint: `evalctl submit MATRIX.yaml`).\n")?;
+            } else {
+                let mut table = render::table([
+                    "CAMPAIGN", "STATE", "UNITS", "STEPS", "FAILED", "DROPPED", "PREEMPTED",
+                    "CREATED",
+                ]);
+                for c in &campaigns {
+                    table.add_row([
+                        c.name.clone(),
+                        render::campaign_state(c.state).to_owned(),
+                        render::progress(c.units.as_ref()),
+                        render::progress(c.steps.as_ref()),
+                        c.units.as_ref().map_or(0, |u| u.failed).to_string(),
+                        c.dropped.to_string(),
+                        c.preemptions.to_string(),
+                        render::timestamp(c.created_at_ms),
+                    ]);
+                }
+                render::emit(&format!("{table}\n"))?;
+            }
+        }
+        Some(name) => {
+            let got = client
+                .get_campaign(pb::GetCampaignRequest {
+                    campaign: name.clone(),
+                })
+                .await
+                .map_err(CliError::rpc("get campaign"))?
+                .into_inner();
+            let units = client
+                .list_units(pb::ListUnitsRequest {
+                    campaign: name.clone(),
+                })
+                .await
+                .map_err(CliError::rpc("list units"))?
+                .into_inner()
+                .units;
+            let campaign = got.campaign.unwrap_or_default();
+            let detail = DetailJson {
+                campaign: CampaignJson::from(&campaign),
+                units: units
+                    .iter()
+                    .map(|u| UnitJson {
+                        unit_id: u.unit_id.clone(),
+                        label: u.label.clone(),
+                        state: render::unit_state(u.state),
+                        steps_done: u.steps_succeeded,
+                        steps: u.steps,
+                        attempts: u.attempts,
+                        agent: u.agent_id.clone(),
+                        last_error: u.last_error.clone(),
+                    })
+                    .collect(),
+                dropped: got
+                    .dropped
+                    .into_iter()
+                    .map(|d| DroppedJson {
+                        combination: d.label,
+                        kind: d.kind,
+                        reason: d.reason,
+                    })
+                    .collect(),
+            };
+            if global.json {
+                render::emit_json(&detail)?;
+            } else {
+                render::emit(&human_detail(&detail))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human_detail(d: &DetailJson) -> String {
+    let c = &d.campaign;
+    let mut out = format!(
+        "Campaign {} ({})  {}\n  units: {} succeeded, {} running, {} pending, {} failed, {} cancelled of {}\n  steps: {} of {} done; {} combinations dropped; {} preemptions\n  submitted by {} at {}\n",
+        c.name,
+        c.id,
+        c.state,
+        c.units.succeeded,
+        c.units.running,
+        c.units.pending,
+        c.units.failed,
+        c.units.cancelled,
+        c.units.total,
+        c.steps.succeeded,
+        c.steps.total,
+        c.dropped,
+        c.preemptions,
+        c.submitted_by,
+        c.created_at,
+    );
+    let mut units = render::table(["UNIT", "CONFIGURATION", "STATE", "STEPS", "ATTEMPTS", "AGENT", "LAST ERROR"]);
+    for u in &d.units {
+        units.add_row([
+            u.unit_id.clone(),
+            u.label.clone(),
+            u.state.to_owned(),
+            format!("{}/{}", u.steps_done, u.steps),
+            u.attempts.to_string(),
+            u.agent.clone(),
+            u.last_error.clone(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&units.to_string());
+    out.push('\n');
+    if let Some(table) = render::dropped_table(&d.dropped) {
+        out.push('\n');
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,190 @@
+//! `evalctl submit`: validate a matrix locally, then store it on the coordinator, or
+//! print its expansion with `--dry-run` without contacting anyone.
+
+use std::process::ExitCode;
+
+use evalctl_coordinator::domain::Expansion;
+use evalctl_coordinator::matrix;
+use evalctl_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, SubmitArgs};
+use crate::client;
+use crate::error::CliError;
+use crate::render::{self, DroppedJson};
+
+/// The submit report, for `--json`.
+#[derive(Debug, Serialize)]
+struct SubmitJson {
+    campaign: String,
+    campaign_id: Option<String>,
+    dry_run: bool,
+    units: u64,
+    steps: u64,
+    units_added: u64,
+    units_kept: u64,
+    steps_added: u64,
+    steps_kept: u64,
+    unit_list: Vec<UnitJson>,
+    dropped: Vec<DroppedJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct UnitJson {
+    unit_id: String,
+    label: String,
+    steps: u64,
+}
+
+/// Runs `evalctl submit`.
+pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<ExitCode, CliError> {
+    let yaml = std::fs::read_to_string(&args.matrix).map_err(|source| CliError::Read {
+        path: args.matrix.clone(),
+        source,
+    })?;
+    let source_name = args.matrix.display().to_string();
+    // Validate here first: a bad file gets its line and column without a coordinator.
+    let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
+    let report = if args.dry_run {
+        dry_run_report(&expansion)
+    } else {
+        let mut client = client::connect(&global.coordinator).await?;
+        let response = client
+            .submit(pb::SubmitRequest {
+                matrix_yaml: yaml,
+                source_name,
+                dry_run: false,
+                submitted_by: local_user(),
+            })
+            .await
+            .map_err(CliError::rpc("submit"))?
+            .into_inner();
+        submitted_report(response)
+    };
+    if global.json {
+        render::emit_json(&report)?;
+    } else {
+        render::emit(&human(&report))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn dry_run_report(expansion: &Expansion) -> SubmitJson {
+    SubmitJson {
+        campaign: expansion.campaign.name.clone(),
+        campaign_id: None,
+        dry_run: true,
+        units: expansion.units.len() as u64,
+        steps: expansion.step_count() as u64,
+        units_added: 0,
+        units_kept: 0,
+        steps_added: 0,
+        steps_kept: 0,
+        unit_list: expansion
+            .units
+            .iter()
+            .map(|u| UnitJson {
+                unit_id: u.id.to_string(),
+                label: u.config.label(),
+                steps: u.steps.len() as u64,
+            })
+            .collect(),
+        dropped: expansion
+            .dropped
+            .iter()
+            .map(|d| DroppedJson {
+                combination: d.label.clone(),
+                kind: d.kind.to_string(),
+                reason: d.reason.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn submitted_report(r: pb::SubmitResponse) -> SubmitJson {
+    SubmitJson {
+        campaign: r.campaign,
+        campaign_id: Some(r.campaign_id),
+        dry_run: false,
+        units: r.units,
+        steps: r.steps,
+        units_added: r.units_added,
+        units_kept: r.units_kept,
+        steps_added: r.steps_added,
+        steps_kept: r.steps_kept,
+        unit_list: r
+            .unit_list
+            .into_iter()
+            .map(|u| UnitJson {
+                unit_id: u.unit_id,
+                label: u.label,
+                steps: u64::from(u.steps),
+            })
+            .collect(),
+        dropped: r
+            .dropped
+            .into_iter()
+            .map(|d| DroppedJson {
+                combination: d.label,
+                kind: d.kind,
+                reason: d.reason,
+            })
+            .collect(),
+    }
+}
+
+fn human(r: &SubmitJson) -> String {
+    let excluded = r.dropped.iter().filter(|d| d.kind == "excluded").count();
+    let pruned = r.dropped.iter().filter(|d| d.kind == "pruned").count();
+    let mut out = String::new();
+    if r.dry_run {
+        out.push_str(&format!(
+            "Campaign {} (dry run: nothing stored)\n",
+            r.campaign
+        ));
+    } else {
+        out.push_str(&format!(
+            "Submitted campaign {} ({})\n",
+            r.campaign,
+            r.campaign_id.as_deref().unwrap_or("-")
+        ));
+    }
+    out.push_str(&format!(
+        "  {} units, {} steps; {} combinations dropped ({excluded} excluded, {pruned} pruned)\n",
+        r.units,
+        r.steps,
+        r.dropped.len()
+    ));
+    if !r.dry_run {
+        out.push_str(&format!(
+            "  stored: {} units and {} steps new, {} units and {} steps kept from earlier submits\n",
+            r.units_added, r.steps_added, r.units_kept, r.steps_kept
+        ));
+    }
+    let mut units = render::table(["UNIT", "CONFIGURATION", "STEPS"]);
+    for u in &r.unit_list {
+        units.add_row([u.unit_id.clone(), u.label.clone(), u.steps.to_string()]);
+    }
+    out.push('\n');
+    out.push_str(&units.to_string());
+    out.push('\n');
+    if let Some(table) = render::dropped_table(&r.dropped) {
+        out.push('\n');
+        out.push_str(&table.to_string());
+        out.push('\n');
+    }
+    if !r.dry_run {
+        out.push_str(&format!(
+            "\nFollow it with: evalctl watch {}\n",
+            r.campaign
+        ));
+    }
+    out
+}
+
+/// The local user name for the audit log.
+fn local_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,122 @@
+//! User-facing errors of `evalctl` and their documented exit codes (docs/cli.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use evalctl_coordinator::matrix::MatrixError;
+
+/// Exit code: a command failed for a reason not listed below.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: the command line itself is wrong (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the coordinator could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit code: the named campaign (or other object) does not exist.
+pub const EXIT_NOT_FOUND: u8 = 4;
+/// Exit code: the matrix file is invalid.
+pub const EXIT_INVALID_MATRIX: u8 = 5;
+/// Exit code: `watch` saw the campaign end failed or cancelled.
+pub const EXIT_CAMPAIGN_FAILED: u8 = 6;
+
+/// Errors a user can see.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The matrix file does not expand.
+    #[error("invalid matrix")]
+    InvalidMatrix(#[source] MatrixError),
+    /// A file could not be read.
+    #[error("failed to read `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The coordinator URL is malformed.
+    #[error("invalid coordinator URL `{url}`")]
+    BadUrl {
+        /// The URL given.
+        url: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// No connection to the coordinator.
+    #[error("failed to connect to the coordinator at {url}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The coordinator answered with an error status.
+    #[error("{what} failed: {}", .status.message())]
+    Rpc {
+        /// The call, e.g. "submit".
+        what: &'static str,
+        /// The status the coordinator answered.
+        status: tonic::Status,
+    },
+    /// Writing output failed.
+    #[error("failed to write output")]
+    Output(#[source] std::io::Error),
+    /// A file could not be written.
+    #[error("failed to write `{path}`")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A benchmark could not run.
+    #[error("benchmark failed")]
+    Bench(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl CliError {
+    /// A one-line hint the user can act on, when there is one.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            CliError::Unreachable { .. } => Some(
+                "start one with `evalctl-coordinator`, or point --coordinator / EVALCTL_COORDINATOR at a running one".into(),
+            ),
+            CliError::Rpc { status, .. } if status.code() == tonic::Code::NotFound => {
+                Some("`evalctl status` lists the campaigns the coordinator knows".into())
+            }
+            CliError::Rpc { status, .. } if status.code() == tonic::Code::Unavailable => {
+                Some("is the coordinator running? check --coordinator / EVALCTL_COORDINATOR".into())
+            }
+            CliError::InvalidMatrix(_) => {
+                Some("docs/matrix.md describes every key of the matrix format".into())
+            }
+            _ => None,
+        }
+    }
+
+    /// The documented exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            CliError::InvalidMatrix(_) => EXIT_INVALID_MATRIX,
+            CliError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CliError::Rpc { status, .. } => match status.code() {
+                tonic::Code::NotFound => EXIT_NOT_FOUND,
+                tonic::Code::InvalidArgument => EXIT_INVALID_MATRIX,
+                tonic::Code::Unavailable => EXIT_UNREACHABLE,
+                _ => EXIT_FAILURE,
+            },
+            CliError::BadUrl { .. } => EXIT_USAGE,
+            CliError::Read { .. }
+            | CliError::Output(_)
+            | CliError::Write { .. }
+            | CliError::Bench(_) => EXIT_FAILURE,
+        })
+    }
+
+    /// Wraps a status from the call `what`.
+    pub fn rpc(what: &'static str) -> impl FnOnce(tonic::Status) -> CliError {
+        move |status| CliError::Rpc { what, status }
+    }
+}

@@ -1,0 +1,44 @@
+//! `evalctl`, the user CLI: submit matrices, follow and steer campaigns.
+//!
+//! The binary is a thin `main.rs`; [`run`] does the work so tests can call it.
+
+pub mod cli;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod render;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command};
+use error::CliError;
+
+/// Runs one `evalctl` invocation and returns its exit code.
+pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Submit(args) => commands::submit::run(global, args).await,
+        Command::Status(args) => commands::status::run(global, args).await,
+        Command::Watch(args) => commands::watch::run(global, args).await,
+        Command::Cancel(args) => commands::control::cancel(global, args).await,
+        Command::Retry(args) => commands::control::retry(global, args).await,
+        Command::Bench(args) => commands::bench::run(global, args).await,
+    }
+}
+
+/// Prints an error with its cause chain and hint to stderr, the way every command does.
+pub fn report(err: &CliError) {
+    let mut text = format!("error: {err}");
+    let mut source = std::error::Error::source(err);
+    if source.is_some() {
+        text.push_str("\n\nCaused by:");
+        while let Some(cause) = source {
+            text.push_str(&format!("\n    {cause}"));
+            source = cause.source();
+        }
+    }
+    if let Some(hint) = err.hint() {
+        text.push_str(&format!("\n\n(hint: {hint})"));
+    }
+    eprintln!("{text}");
+}

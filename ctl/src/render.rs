@@ -1,0 +1,179 @@
+//! Output helpers: tables for people, JSON for scripts, and stdout writes that treat a
+//! closed pipe (`evalctl status | head`) as success.
+
+use std::io::Write;
+
+use comfy_table::{ContentArrangement, Table};
+use evalctl_proto::v1 as pb;
+use serde::Serialize;
+
+use crate::error::CliError;
+
+/// Writes `text` to stdout; a closed pipe is not an error.
+pub fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(err)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes `value` as pretty JSON and a newline to stdout.
+pub fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let mut text = serde_json::to_string_pretty(value).expect("output types serialize to JSON");
+    text.push('\n');
+    emit(&text)
+}
+
+/// comfy-table preset drawing only a rule under the header (a space means "no line").
+const HEADER_RULE_ONLY: &str = "     ──            ";
+
+/// A table with the house style: a rule under the header, wrapped to the terminal.
+pub fn table<I, S>(headers: I) -> Table
+where
+    I: IntoIterator<Item = S>,
+    S: Into<comfy_table::Cell>,
+{
+    let mut table = Table::new();
+    table
+        .load_preset(HEADER_RULE_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(headers);
+    table
+}
+
+/// Lowercase name of a campaign state.
+pub fn campaign_state(state: i32) -> &'static str {
+    match pb::CampaignState::try_from(state).unwrap_or_default() {
+        pb::CampaignState::Active => "active",
+        pb::CampaignState::Succeeded => "succeeded",
+        pb::CampaignState::Failed => "failed",
+        pb::CampaignState::Cancelled => "cancelled",
+        pb::CampaignState::Unspecified => "unknown",
+    }
+}
+
+/// Lowercase name of a unit state.
+pub fn unit_state(state: i32) -> &'static str {
+    match pb::UnitState::try_from(state).unwrap_or_default() {
+        pb::UnitState::Pending => "pending",
+        pb::UnitState::Leased => "running",
+        pb::UnitState::Succeeded => "succeeded",
+        pb::UnitState::Failed => "failed",
+        pb::UnitState::Cancelled => "cancelled",
+        pb::UnitState::Unspecified => "unknown",
+    }
+}
+
+/// "done/total" from counts, where done = succeeded.
+pub fn progress(counts: Option<&pb::StateCounts>) -> String {
+    let c = counts.cloned().unwrap_or_default();
+    format!("{}/{}", c.succeeded, c.total)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time to the second.
+pub fn timestamp(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Counts as a JSON-friendly struct.
+#[derive(Debug, Serialize)]
+pub struct CountsJson {
+    /// Waiting.
+    pub pending: u64,
+    /// Leased to an agent.
+    pub running: u64,
+    /// Finished.
+    pub succeeded: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+    /// All.
+    pub total: u64,
+}
+
+impl From<Option<&pb::StateCounts>> for CountsJson {
+    fn from(c: Option<&pb::StateCounts>) -> Self {
+        let c = c.cloned().unwrap_or_default();
+        CountsJson {
+            pending: c.pending,
+            running: c.leased,
+            succeeded: c.succeeded,
+            failed: c.failed,
+            cancelled: c.cancelled,
+            total: c.total,
+        }
+    }
+}
+
+/// A campaign as JSON output.
+#[derive(Debug, Serialize)]
+pub struct CampaignJson {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// State.
+    pub state: &'static str,
+    /// Priority.
+    pub priority: i32,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last change, RFC 3339.
+    pub updated_at: String,
+    /// Unit counts.
+    pub units: CountsJson,
+    /// Step counts.
+    pub steps: CountsJson,
+    /// Dropped combinations.
+    pub dropped: u64,
+    /// Preemptions suffered.
+    pub preemptions: u64,
+    /// Who submitted.
+    pub submitted_by: String,
+}
+
+impl From<&pb::CampaignInfo> for CampaignJson {
+    fn from(c: &pb::CampaignInfo) -> Self {
+        CampaignJson {
+            id: c.campaign_id.clone(),
+            name: c.name.clone(),
+            state: campaign_state(c.state),
+            priority: c.priority,
+            created_at: timestamp(c.created_at_ms),
+            updated_at: timestamp(c.updated_at_ms),
+            units: c.units.as_ref().into(),
+            steps: c.steps.as_ref().into(),
+            dropped: c.dropped,
+            preemptions: c.preemptions,
+            submitted_by: c.submitted_by.clone(),
+        }
+    }
+}
+
+/// A dropped combination as JSON output.
+#[derive(Debug, Serialize)]
+pub struct DroppedJson {
+    /// Combination label.
+    pub combination: String,
+    /// "excluded" or "pruned".
+    pub kind: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A table of dropped combinations, or `None` when there are none.
+pub fn dropped_table<'a>(dropped: impl IntoIterator<Item = &'a DroppedJson>) -> Option<Table> {
+    let mut table = table(["DROPPED", "COMBINATION", "REASON"]);
+    let mut any = false;
+    for d in dropped {
+        any = true;
+        table.add_row([d.kind.as_str(), d.combination.as_str(), d.reason.as_str()]);
+    }
+    any.then_some(table)
+}

@@ -1,0 +1,68 @@
+//! The CLI's errors: clear messages, hints and documented exit codes.
+
+use evalctl_tests::{CoordinatorProcess, evalctl, json_stdout, workspace_root};
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn unreachable_coordinator_exits_3_with_a_hint() {
+    let output = evalctl(None, &["status"]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("failed to connect to the coordinator at http://127.0.0.1:1"), "{err}");
+    assert!(err.contains("(hint:"), "{err}");
+}
+
+#[test]
+fn invalid_matrix_exits_5_naming_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, "campaign: x\nrepeats: 1\nmodles: []\n").unwrap();
+    let output = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(5), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(err.contains("bad.yaml:3:1"), "{err}");
+    assert!(err.contains("modles"), "{err}");
+}
+
+#[test]
+fn missing_matrix_file_names_the_path() {
+    let output = evalctl(None, &["submit", "--dry-run", "/nonexistent/m.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("/nonexistent/m.yaml"), "{}", stderr(&output));
+}
+
+#[test]
+fn unknown_campaign_exits_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let output = evalctl(Some(&coordinator.url()), &["status", "no-such-campaign"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no-such-campaign"));
+}
+
+#[test]
+fn dry_run_needs_no_coordinator_and_matches_the_library_expansion() {
+    let path = workspace_root().join("matrices/nightly-h100.yaml");
+    let output = evalctl(None, &["submit", "--dry-run", "--json", path.to_str().unwrap()]);
+    let report = json_stdout(&output);
+    let expansion = evalctl_coordinator::matrix::expand_file(&path).unwrap();
+    assert_eq!(report["dry_run"], true);
+    assert_eq!(report["units"], expansion.units.len() as u64);
+    assert_eq!(report["steps"], expansion.step_count() as u64);
+    let pruned = report["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["kind"] == "pruned")
+        .count();
+    assert!(pruned > 0, "nightly-h100 should prune combinations that do not fit");
+
+    let human = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("dry run: nothing stored"), "{text}");
+    assert!(text.contains(&format!("{} units", expansion.units.len())), "{text}");
+    assert!(text.contains("pruned"), "{text}");
+}

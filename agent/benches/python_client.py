@@ -27,17 +27,29 @@ async def one(session, url, max_tokens):
     }
     chunks = 0
     buffer = ""
+    text = ""
+    itl = []
+    last = start = time.perf_counter()
     async with session.post(url + "/v1/completions", json=payload) as response:
         async for raw in response.content.iter_any():
             buffer += raw.decode("utf-8")
             while "\n\n" in buffer:
                 message, buffer = buffer.split("\n\n", 1)
-                data = message.strip().removeprefix("data:").strip()
-                if data and data != "[DONE]":
-                    time.perf_counter()
+                for line in message.strip().splitlines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line.removeprefix("data:").strip()
+                    if data == "[DONE]":
+                        continue
                     chunk = json.loads(data)
-                    if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    if choices := chunk.get("choices"):
+                        now = time.perf_counter()
+                        if chunks:
+                            itl.append(now - last)
+                        last = now
+                        text += choices[0].get("text") or ""
                         chunks += 1
+    _ = (start, itl, text)
     return chunks
 
 
@@ -51,7 +63,8 @@ async def main(url, concurrency, requests, max_tokens):
             nonlocal total
             while queue:
                 queue.pop()
-                total += await one(session, url, max_tokens)
+                chunks = await one(session, url, max_tokens)
+                total += chunks
 
         wall, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -89,8 +89,6 @@ fn truth(log: &[RequestLog]) -> Truth {
     }
 }
 
-/// Runs `requests` requests at `concurrency` against a server that streams 8 tokens `gap_ms`
-/// apart after a first token at 30–42 ms, and compares p50s with the server's log.
 /// Per request: client send stamp → the request's kernel arrival at the server, and the
 /// server's first token write → the client's first token stamp (the client's own delay).
 fn one_way_delays(outcome: &StepOutcome, log: &[RequestLog]) -> (Summary, Summary) {
@@ -122,13 +120,15 @@ fn one_way_delays(outcome: &StepOutcome, log: &[RequestLog]) -> (Summary, Summar
     )
 }
 
+/// Runs `requests` requests at `concurrency` against a server that streams 8 tokens `gap_ms`
+/// apart after a first token at 30–42 ms, and compares p50s with the server's log.
 async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64) {
     // The timing comparisons share two cores with their own server: one at a time.
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = HEAVY.lock().await;
     // Time to first token varies by request, so requests drift apart after the first wave as
-    // they do against a real server, instead of arriving in lockstep bursts that this
-    // single-threaded oracle would read one after another.
+    // they do against a real server, instead of finishing in lockstep bursts whose writes this
+    // one-threaded server would stamp one after another.
     let server = ScriptedServer::start(move |seq, _| {
         let ttft = Duration::from_millis(30 + (seq * 7) % 13);
         let mut steps = steady(8, ttft, Duration::from_millis(gap_ms));
@@ -144,9 +144,7 @@ async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64
         Stop::Requests(requests),
         8,
     );
-    // Open every connection before measuring, as a benchmark's warmup does: the server's log
-    // starts at its read of a request, so a backlog of unaccepted connections would be latency
-    // the client sees and the log does not.
+    // Open every connection before measuring, as a benchmark's warmup does.
     p.warmup = u64::from(concurrency);
     let outcome = run(p).await;
     let m = &outcome.metrics;

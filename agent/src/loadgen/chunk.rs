@@ -233,6 +233,11 @@ impl<'de> Deserialize<'de> for Text {
                     empty: v.is_empty(),
                 })
             }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Text, E> {
+                Ok(Text {
+                    empty: v.is_empty(),
+                })
+            }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text, A::Error> {
                 let mut parts = 0usize;
                 while seq.next_element::<IgnoredAny>()?.is_some() {
@@ -241,7 +246,9 @@ impl<'de> Deserialize<'de> for Text {
                 Ok(Text { empty: parts == 0 })
             }
         }
-        d.deserialize_any(TextVisitor)
+        // serde_json hands a string over as raw bytes here, skipping UTF-8 validation of text
+        // the load generator never looks at; only its emptiness matters.
+        d.deserialize_bytes(TextVisitor)
     }
 }
 
@@ -366,6 +373,18 @@ mod tests {
             chunk(r#"{"error":"plain"}"#).error.as_deref(),
             Some("plain")
         );
+    }
+
+    #[test]
+    fn content_parts_and_wrong_types() {
+        assert!(token(
+            r#"{"choices":[{"delta":{"content":[{"type":"text","text":"x"}]}}]}"#
+        ));
+        assert!(!token(
+            r#"{"choices":[{"delta":{"role":"assistant","content":[]}}]}"#
+        ));
+        assert!(classify(br#"{"choices":[{"delta":{"content":5}}]}"#).is_err());
+        assert!(classify(br#"{"choices":{"text":"a"}}"#).is_err());
     }
 
     #[test]

@@ -172,16 +172,6 @@ impl Client {
         self.opened.load(Ordering::Relaxed)
     }
 
-    /// `http://host:port` plus the path prefix and `path`, for messages.
-    pub fn url(&self, path: &str) -> String {
-        format!(
-            "http://{}{}{}",
-            self.authority.to_str().unwrap_or("?"),
-            self.prefix,
-            path
-        )
-    }
-
     /// POSTs `body` to `path` (e.g. `/v1/chat/completions`) and reads the SSE stream, filling
     /// `record`'s send, token, end, token-count, id and error fields. Instants are recorded
     /// relative to `epoch_ns` (from [`now_ns`]). `expected_tokens` sizes the token vector.
@@ -283,6 +273,7 @@ impl Client {
                 inner: tcp,
                 clock: Arc::clone(&clock),
                 kernel_stamps,
+                scratch: Vec::new(),
             });
             let (sender, conn) = http1::Builder::new()
                 .handshake(io)
@@ -707,6 +698,9 @@ struct TimedStream {
     clock: Arc<IoClock>,
     /// The socket delivers kernel receive timestamps.
     kernel_stamps: bool,
+    /// Where `recvmsg` reads to (hyper hands out uninitialised buffers, and zeroing them on
+    /// every read would cost more than copying what arrived).
+    scratch: Vec<u8>,
 }
 
 impl TimedStream {
@@ -723,7 +717,7 @@ impl AsyncRead for TimedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.kernel_stamps {
-            return kernel_stamps::poll_read(&self, cx, buf);
+            return kernel_stamps::poll_read(&mut self, cx, buf);
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -757,18 +751,28 @@ mod kernel_stamps {
         setsockopt(tcp, sockopt::ReceiveTimestampns, &true).is_ok()
     }
 
+    /// Bytes read per `recvmsg` at most.
+    const SCRATCH_BYTES: usize = 16 * 1024;
+
     /// Reads with `recvmsg` and stamps the read with the arrival time of its bytes.
     pub(super) fn poll_read(
-        stream: &TimedStream,
+        stream: &mut TimedStream,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let fd = stream.inner.as_raw_fd();
+        if stream.scratch.is_empty() {
+            stream.scratch = vec![0; SCRATCH_BYTES];
+        }
+        let room = buf.remaining().min(SCRATCH_BYTES);
+        if room == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             ready!(stream.inner.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
+            let scratch = &mut stream.scratch[..room];
             let read = stream.inner.try_io(Interest::READABLE, || {
-                let mut iov = [io::IoSliceMut::new(&mut *unfilled)];
+                let mut iov = [io::IoSliceMut::new(&mut *scratch)];
                 let mut space = nix::cmsg_space!(TimeSpec);
                 let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::empty())?;
                 let arrived = msg.cmsgs()?.find_map(|c| match c {
@@ -779,7 +783,7 @@ mod kernel_stamps {
             });
             match read {
                 Ok((n, arrived)) => {
-                    buf.advance(n);
+                    buf.put_slice(&stream.scratch[..n]);
                     if n > 0 {
                         stream.stamp_read(monotonic(arrived));
                     }
@@ -826,7 +830,7 @@ mod kernel_stamps {
     }
 
     pub(super) fn poll_read(
-        _: &TimedStream,
+        _: &mut TimedStream,
         _: &mut Context<'_>,
         _: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {

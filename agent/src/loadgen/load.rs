@@ -110,20 +110,19 @@ enum Gaps {
 }
 
 impl Arrivals {
-    /// Arrivals at `rps` per second; `validate` must have accepted the load.
+    /// Arrivals at `rps` per second; `validate` must have accepted the load. A rate too extreme
+    /// for a distribution (its gaps underflow to zero) degrades to constant gaps.
     pub fn new(rps: f64, arrival: Arrival, seed: u64) -> Arrivals {
         let gaps = if rps.is_infinite() {
             Gaps::Zero
         } else {
+            let fixed = Gaps::Fixed(1.0 / rps);
             match arrival {
-                Arrival::Constant => Gaps::Fixed(1.0 / rps),
-                Arrival::Poisson => {
-                    Gaps::Exp(Exp::new(rps).expect("validated: rate is positive and finite"))
+                Arrival::Constant => fixed,
+                Arrival::Poisson => Exp::new(rps).map_or(fixed, Gaps::Exp),
+                Arrival::Gamma { burstiness } => {
+                    Gamma::new(burstiness, 1.0 / (rps * burstiness)).map_or(fixed, Gaps::Gamma)
                 }
-                Arrival::Gamma { burstiness } => Gaps::Gamma(
-                    Gamma::new(burstiness, 1.0 / (rps * burstiness))
-                        .expect("validated: shape and scale are positive"),
-                ),
             }
         };
         Arrivals {

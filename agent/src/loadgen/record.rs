@@ -3,8 +3,6 @@
 //! Instants are nanoseconds since the step's epoch (an `Instant` taken when the step starts), so
 //! records serialise as plain numbers and any metric can be recomputed from them later.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 /// Where a request's output token count came from.
@@ -167,11 +165,6 @@ impl RequestRecord {
     /// Client lag: send − scheduled, in milliseconds.
     pub fn lag_ms(&self) -> Option<f64> {
         Some(ms(self.sent_ns?.saturating_sub(self.scheduled_ns)))
-    }
-
-    /// The scheduled instant as a duration since the step's epoch.
-    pub fn scheduled(&self) -> Duration {
-        Duration::from_nanos(self.scheduled_ns)
     }
 }
 

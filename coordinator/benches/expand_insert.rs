@@ -15,11 +15,19 @@ use evalctl_coordinator::store::Store;
 fn matrix_yaml(models: usize) -> String {
     let mut y = String::from("campaign: bench-100k\nrepeats: 1\nmodels:\n");
     for m in 0..models {
-        writeln!(y, "  - {{ name: model-{m}, path: org/model-{m}, params_b: 1.0 }}").unwrap();
+        writeln!(
+            y,
+            "  - {{ name: model-{m}, path: org/model-{m}, params_b: 1.0 }}"
+        )
+        .unwrap();
     }
     y.push_str("gpus:\n");
     for g in 0..10 {
-        writeln!(y, "  - {{ type: GPU{g}-80GB, memory_gb: 80, counts: [1, 2, 4, 8] }}").unwrap();
+        writeln!(
+            y,
+            "  - {{ type: GPU{g}-80GB, memory_gb: 80, counts: [1, 2, 4, 8] }}"
+        )
+        .unwrap();
     }
     y.push_str("frameworks:\n");
     for f in 0..5 {

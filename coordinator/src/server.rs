@@ -68,12 +68,13 @@ impl Coordinator {
                 path: config.database.clone(),
                 source,
             })?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(Coordinator {
             config,
             store,

@@ -44,7 +44,7 @@ pub enum Command {
     /// Send a campaign's failed units back to the queue.
     Retry(CampaignArg),
     /// Benchmark one OpenAI-compatible server directly, no fleet needed.
-    Bench(crate::commands::bench::BenchArgs),
+    Bench(Box<crate::commands::bench::BenchArgs>),
 }
 
 /// `evalctl submit`.

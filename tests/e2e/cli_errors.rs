@@ -11,7 +11,10 @@ fn unreachable_coordinator_exits_3_with_a_hint() {
     let output = evalctl(None, &["status"]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     let err = stderr(&output);
-    assert!(err.contains("failed to connect to the coordinator at http://127.0.0.1:1"), "{err}");
+    assert!(
+        err.contains("failed to connect to the coordinator at http://127.0.0.1:1"),
+        "{err}"
+    );
     assert!(err.contains("(hint:"), "{err}");
 }
 
@@ -31,7 +34,11 @@ fn invalid_matrix_exits_5_naming_line_and_column() {
 fn missing_matrix_file_names_the_path() {
     let output = evalctl(None, &["submit", "--dry-run", "/nonexistent/m.yaml"]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("/nonexistent/m.yaml"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("/nonexistent/m.yaml"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
@@ -46,7 +53,10 @@ fn unknown_campaign_exits_4() {
 #[test]
 fn dry_run_needs_no_coordinator_and_matches_the_library_expansion() {
     let path = workspace_root().join("matrices/nightly-h100.yaml");
-    let output = evalctl(None, &["submit", "--dry-run", "--json", path.to_str().unwrap()]);
+    let output = evalctl(
+        None,
+        &["submit", "--dry-run", "--json", path.to_str().unwrap()],
+    );
     let report = json_stdout(&output);
     let expansion = evalctl_coordinator::matrix::expand_file(&path).unwrap();
     assert_eq!(report["dry_run"], true);
@@ -58,11 +68,17 @@ fn dry_run_needs_no_coordinator_and_matches_the_library_expansion() {
         .iter()
         .filter(|d| d["kind"] == "pruned")
         .count();
-    assert!(pruned > 0, "nightly-h100 should prune combinations that do not fit");
+    assert!(
+        pruned > 0,
+        "nightly-h100 should prune combinations that do not fit"
+    );
 
     let human = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("dry run: nothing stored"), "{text}");
-    assert!(text.contains(&format!("{} units", expansion.units.len())), "{text}");
+    assert!(
+        text.contains(&format!("{} units", expansion.units.len())),
+        "{text}"
+    );
     assert!(text.contains("pruned"), "{text}");
 }

@@ -45,7 +45,11 @@ fn campaign_survives_coordinator_sigkill() {
     let url = coordinator.url();
 
     let after = json_stdout(&evalctl(Some(&url), &["status", &campaign, "--json"]));
-    assert_eq!(unit_ids(&after), unit_ids(&before), "units changed across SIGKILL");
+    assert_eq!(
+        unit_ids(&after),
+        unit_ids(&before),
+        "units changed across SIGKILL"
+    );
     assert_eq!(after["campaign"]["units"]["total"], units);
     assert_eq!(after["campaign"]["steps"]["total"], steps);
     assert_eq!(after["campaign"]["units"]["pending"], units);
@@ -101,7 +105,8 @@ fn watch_ends_when_the_campaign_is_cancelled() {
 
     let watch_url = url.clone();
     let watch_campaign = campaign.clone();
-    let watcher = std::thread::spawn(move || evalctl(Some(&watch_url), &["watch", &watch_campaign]));
+    let watcher =
+        std::thread::spawn(move || evalctl(Some(&watch_url), &["watch", &watch_campaign]));
     // Give the watcher its snapshot before cancelling; if it arrives later it sees a
     // cancelled snapshot and ends the same way.
     std::thread::sleep(Duration::from_millis(300));
@@ -111,8 +116,14 @@ fn watch_ends_when_the_campaign_is_cancelled() {
     let output = watcher.join().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(6), "watch output:\n{stdout}");
-    assert!(stdout.contains("snapshot") || stdout.contains("cancelled"), "{stdout}");
-    assert!(stdout.lines().last().unwrap_or("").contains("cancelled"), "{stdout}");
+    assert!(
+        stdout.contains("snapshot") || stdout.contains("cancelled"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().last().unwrap_or("").contains("cancelled"),
+        "{stdout}"
+    );
 
     let status = json_stdout(&evalctl(Some(&url), &["status", &campaign, "--json"]));
     assert_eq!(status["campaign"]["state"], "cancelled");
@@ -149,5 +160,9 @@ fn coordinator_stops_gracefully_on_sigterm_and_reports_health() {
 
     let status = coordinator.terminate(Duration::from_secs(20));
     assert!(status.success(), "exit status {status}");
-    assert!(coordinator.log().contains("coordinator stopped"), "{}", coordinator.log());
+    assert!(
+        coordinator.log().contains("coordinator stopped"),
+        "{}",
+        coordinator.log()
+    );
 }

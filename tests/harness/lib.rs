@@ -120,8 +120,7 @@ impl CoordinatorProcess {
 
     /// SIGTERM, then waits up to `timeout` for a graceful exit.
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM)
-            .expect("send SIGTERM");
+        signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
         wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
             let _ = self.child.kill();
             panic!("coordinator did not exit within {timeout:?} of SIGTERM")

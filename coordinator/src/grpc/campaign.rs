@@ -51,7 +51,9 @@ impl CampaignApi {
             .campaign(name_or_id)
             .await
             .map_err(store_error)?
-            .ok_or_else(|| Status::not_found(format!("no campaign named or with id `{name_or_id}`")))
+            .ok_or_else(|| {
+                Status::not_found(format!("no campaign named or with id `{name_or_id}`"))
+            })
     }
 
     fn publish(&self, campaign: &CampaignId, kind: &str, detail: String) {
@@ -236,7 +238,11 @@ impl CampaignService for CampaignApi {
             .await
             .map_err(store_error)?;
         info!(campaign = %info.name, units = retried, "failed units retried");
-        self.publish(&info.id, "retried", format!("{retried} units back in the queue"));
+        self.publish(
+            &info.id,
+            "retried",
+            format!("{retried} units back in the queue"),
+        );
         Ok(Response::new(pb::RetryResponse {
             units_retried: retried,
         }))
@@ -320,7 +326,10 @@ async fn watch_loop(
                 return;
             }
         };
-        let kind = trigger.as_ref().map_or("progress", |e| e.kind.as_str()).to_owned();
+        let kind = trigger
+            .as_ref()
+            .map_or("progress", |e| e.kind.as_str())
+            .to_owned();
         let event = watch_event(&store, &info, &kind, trigger.as_ref()).await;
         // Timer refreshes only go out when something changed.
         let changed = trigger.is_some() || event.campaign != last.campaign;
@@ -361,7 +370,9 @@ async fn watch_event(
         campaign: Some(convert::campaign_info(info)),
         kind: kind.to_owned(),
         unit_id: trigger.and_then(|t| t.unit_id.clone()).unwrap_or_default(),
-        unit_label: trigger.and_then(|t| t.unit_label.clone()).unwrap_or_default(),
+        unit_label: trigger
+            .and_then(|t| t.unit_label.clone())
+            .unwrap_or_default(),
         detail: trigger.map(|t| t.detail.clone()).unwrap_or_default(),
         at_ms: now_ms(),
         running,

@@ -267,11 +267,9 @@ fn progress_bar(json: bool) -> ProgressBar {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{prefix:>8} [{bar:40}] {pos}/{len} {elapsed_precise} {msg}",
-        )
-        .expect("progress template is valid")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{prefix:>8} [{bar:40}] {pos}/{len} {elapsed_precise} {msg}")
+            .expect("progress template is valid")
+            .progress_chars("=> "),
     );
     bar
 }
@@ -307,7 +305,10 @@ fn summary_table(m: &StepMetrics) -> String {
         latency.add_row(row);
     }
     let mut totals = render::table(["SUMMARY", "VALUE"]);
-    totals.add_row(["completed / failed".into(), format!("{} / {}", m.completed, m.failed)]);
+    totals.add_row([
+        "completed / failed".into(),
+        format!("{} / {}", m.completed, m.failed),
+    ]);
     for (kind, count) in &m.errors {
         totals.add_row([format!("  errors: {}", kind.as_str()), count.to_string()]);
     }

@@ -47,7 +47,13 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                 render::emit("No campaigns yet (hint: `evalctl submit MATRIX.yaml`).\n")?;
             } else {
                 let mut table = render::table([
-                    "CAMPAIGN", "STATE", "UNITS", "STEPS", "FAILED", "DROPPED", "PREEMPTED",
+                    "CAMPAIGN",
+                    "STATE",
+                    "UNITS",
+                    "STEPS",
+                    "FAILED",
+                    "DROPPED",
+                    "PREEMPTED",
                     "CREATED",
                 ]);
                 for c in &campaigns {
@@ -137,7 +143,15 @@ fn human_detail(d: &DetailJson) -> String {
         c.submitted_by,
         c.created_at,
     );
-    let mut units = render::table(["UNIT", "CONFIGURATION", "STATE", "STEPS", "ATTEMPTS", "AGENT", "LAST ERROR"]);
+    let mut units = render::table([
+        "UNIT",
+        "CONFIGURATION",
+        "STATE",
+        "STEPS",
+        "ATTEMPTS",
+        "AGENT",
+        "LAST ERROR",
+    ]);
     for u in &d.units {
         units.add_row([
             u.unit_id.clone(),

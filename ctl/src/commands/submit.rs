@@ -174,10 +174,7 @@ fn human(r: &SubmitJson) -> String {
         out.push('\n');
     }
     if !r.dry_run {
-        out.push_str(&format!(
-            "\nFollow it with: evalctl watch {}\n",
-            r.campaign
-        ));
+        out.push_str(&format!("\nFollow it with: evalctl watch {}\n", r.campaign));
     }
     out
 }

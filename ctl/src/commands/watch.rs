@@ -69,8 +69,8 @@ impl View {
 
     fn show(&mut self, event: &pb::WatchEvent) -> Result<(), CliError> {
         let campaign = event.campaign.clone().unwrap_or_default();
-        let steps = campaign.steps.clone().unwrap_or_default();
-        let units = campaign.units.clone().unwrap_or_default();
+        let steps = campaign.steps.unwrap_or_default();
+        let units = campaign.units.unwrap_or_default();
         let summary = format!(
             "{} | units {} done, {} running, {} pending, {} failed",
             render::campaign_state(campaign.state),

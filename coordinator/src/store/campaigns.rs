@@ -216,13 +216,7 @@ fn complete(conn: &Connection, base: CampaignBase) -> Result<CampaignInfo, Store
         key,
         "units.state",
     )?;
-    info.steps = state_counts(
-        conn,
-        "SELECT s.state, COUNT(*) FROM units u JOIN steps s ON s.unit_key = u.unit_key
-         WHERE u.campaign_key = ?1 GROUP BY s.state",
-        key,
-        "steps.state",
-    )?;
+    info.steps = step_counts(conn, key)?;
     info.dropped = count(
         conn,
         "SELECT COUNT(*) FROM dropped WHERE campaign_key = ?1",
@@ -255,6 +249,41 @@ fn state_counts(
         counts
             .add(&state, n)
             .map_err(|e| StoreError::BadValue { column, value: e.0 })?;
+    }
+    Ok(counts)
+}
+
+/// Steps of a campaign by state, in one pass without grouping: a `GROUP BY state` over a
+/// join sorts every step into a temporary B-tree first, which doubled the time of
+/// `campaign()` for a large campaign.
+fn step_counts(conn: &Connection, campaign_key: i64) -> Result<StateCounts, StoreError> {
+    let counts = conn
+        .prepare_cached(
+            "SELECT COUNT(*), COALESCE(SUM(s.state = 'pending'), 0),
+                 COALESCE(SUM(s.state = 'succeeded'), 0), COALESCE(SUM(s.state = 'failed'), 0),
+                 COALESCE(SUM(s.state = 'cancelled'), 0)
+             FROM units u JOIN steps s ON s.unit_key = u.unit_key
+             WHERE u.campaign_key = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([campaign_key], |r| {
+                Ok(StateCounts {
+                    total: r.get(0)?,
+                    pending: r.get(1)?,
+                    leased: 0,
+                    succeeded: r.get(2)?,
+                    failed: r.get(3)?,
+                    cancelled: r.get(4)?,
+                })
+            })
+        })
+        .sql("count steps")?;
+    let known = counts.pending + counts.succeeded + counts.failed + counts.cancelled;
+    if known != counts.total {
+        return Err(StoreError::BadValue {
+            column: "steps.state",
+            value: format!("{} steps in no known state", counts.total - known),
+        });
     }
     Ok(counts)
 }
@@ -318,11 +347,10 @@ pub(crate) fn units(conn: &Connection, campaign: &CampaignId) -> Result<Vec<Unit
                  (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
                  (SELECT COUNT(*) FROM steps s
                   WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
-                 l.agent_id
+                 l.agent_id, u.position, u.unit_key
              FROM units u
              LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL
-             WHERE u.campaign_key = ?1
-             ORDER BY u.position, u.unit_key",
+             WHERE u.campaign_key = ?1",
         )
         .sql("read units")?;
     let mut rows = stmt.query([key]).sql("read units")?;
@@ -330,20 +358,25 @@ pub(crate) fn units(conn: &Connection, campaign: &CampaignId) -> Result<Vec<Unit
     while let Some(r) = rows.next().sql("read units")? {
         let row = read_unit(r).sql("read units")?;
         let config = parts.config(row.parts, row.extra_args, &row.labels_json)?;
-        out.push(UnitRow {
-            id: UnitId(row.id),
-            label: row.label,
-            config,
-            state: parse_unit_state(&row.state)?,
-            attempts: row.attempts,
-            last_error: row.last_error,
-            steps_total: row.steps_total,
-            steps_succeeded: row.steps_succeeded,
-            agent_id: row.agent_id,
-            epoch: row.epoch,
-        });
+        out.push((
+            row.order,
+            UnitRow {
+                id: UnitId(row.id),
+                label: row.label,
+                config,
+                state: parse_unit_state(&row.state)?,
+                attempts: row.attempts,
+                last_error: row.last_error,
+                steps_total: row.steps_total,
+                steps_succeeded: row.steps_succeeded,
+                agent_id: row.agent_id,
+                epoch: row.epoch,
+            },
+        ));
     }
-    Ok(out)
+    // Sorting here is cheaper than `ORDER BY`, which sorts whole rows in SQLite's sorter.
+    out.sort_unstable_by_key(|&(order, _)| order);
+    Ok(out.into_iter().map(|(_, unit)| unit).collect())
 }
 
 /// The columns of a `units` row as read by [`units`].
@@ -360,6 +393,8 @@ struct RawUnit {
     steps_total: u32,
     steps_succeeded: u32,
     agent_id: Option<String>,
+    /// `(position, unit_key)`: the order of first submission.
+    order: (i64, i64),
 }
 
 fn read_unit(r: &Row<'_>) -> rusqlite::Result<RawUnit> {
@@ -376,6 +411,7 @@ fn read_unit(r: &Row<'_>) -> rusqlite::Result<RawUnit> {
         steps_total: r.get(12)?,
         steps_succeeded: r.get(13)?,
         agent_id: r.get(14)?,
+        order: (r.get(15)?, r.get(16)?),
     })
 }
 

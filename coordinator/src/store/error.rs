@@ -108,6 +108,11 @@ pub enum StoreError {
         value: String,
     },
 
+    /// The caller stopped sending a submission's units before the end (an encoding error
+    /// or a panic); nothing of it is stored.
+    #[error("failed to submit the campaign: its units stopped arriving")]
+    SubmitAbandoned,
+
     /// The writer thread has stopped (it panicked, or the store is being dropped).
     #[error("failed to reach the store's writer thread: it has stopped")]
     WriterStopped,

@@ -3,16 +3,24 @@
 //! database can replace SQLite without touching the scheduler or the services.
 //!
 //! Architecture (after effectum):
-//! - [`writer`]: one thread owns the read-write connection; every write is an operation sent
+//! - `writer`: one thread owns the read-write connection; every write is an operation sent
 //!   to it over a channel. Queued operations share one transaction, a savepoint each, and are
-//!   answered after the commit.
-//! - [`readers`]: a few read-only connections used on tokio's blocking pool; WAL lets them
-//!   read while the writer writes.
-//! - [`migrations`]: numbered `.sql` files, versioned by `PRAGMA user_version`.
-//! - [`connection`]: the pragmas (WAL, `synchronous = NORMAL`, foreign keys, busy timeout)
+//!   answered after the commit. The writer also checkpoints the WAL, after answering.
+//! - `readers`: a few read-only connections used on tokio's blocking pool; WAL lets them
+//!   read while the writer writes. Each read is one snapshot.
+//! - `migrations`: numbered `.sql` files, versioned by `PRAGMA user_version`; the first one
+//!   explains the schema's conventions (integer keys, configuration parts stored once).
+//! - `connection`: the pragmas (WAL, `synchronous = NORMAL`, foreign keys, busy timeout)
 //!   and why a returned write survives `kill -9`.
-//! - [`submit`], [`campaigns`], [`specs`], [`audit`]: the SQL of each concern; [`rows`]:
-//!   what reads return.
+//! - `submit` (encoding an expansion while the writer inserts it), `campaigns` (cancel,
+//!   retry, status reads), `specs` (configuration parts), `audit`: the SQL of each
+//!   concern; `rows`: what reads return; `clock`: the one source of `*_ms` times.
+//!
+//! Adding an operation (leases, results, agents): write a function taking `&Connection`
+//! (and `now_ms` for writes) next to the others, and call it through `Store::write` or
+//! `Store::read`. Writes record who did what with `audit::append` where an operator
+//! acted. Rows refer to campaigns and units by `campaign_key` / `unit_key`;
+//! `campaigns::campaign_key` maps a public [`CampaignId`] to its key.
 //!
 //! Resubmission (same campaign name) extends a campaign and never loses work:
 //! - existing units keep their state, attempts, epoch and results; existing steps keep their
@@ -56,8 +64,11 @@ pub use self::rows::{
     AuditEntry, CampaignInfo, CampaignState, StateCounts, StepRow, StepState, SubmitOutcome,
     UnitRow, UnitState, UnknownState,
 };
-use self::writer::{Command, Op};
+use self::writer::Command;
 use crate::domain::{CampaignId, Dropped, Expansion, UnitId};
+
+/// Where the answer of a queued write arrives.
+type Reply<T> = oneshot::Receiver<Result<T, StoreError>>;
 
 /// Handle to the store. Cheap to clone; every clone talks to the same writer thread and
 /// reader pool. The writer stops, and the database closes, when the last clone is dropped.
@@ -78,10 +89,13 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.readers.close_idle();
         self.tx.take();
         // The writer finishes what is queued (writes whose callers gave up waiting) and
-        // closes its connection; joining makes "dropped" mean "closed" for a reopen.
+        // closes its connection; joining makes "dropped" mean "closed" for a reopen. (Not
+        // when the last handle goes away inside a write, on the writer thread itself.)
         if let Some(handle) = self.writer.take()
+            && handle.thread().id() != std::thread::current().id()
             && handle.join().is_err()
         {
             tracing::error!("the store writer thread panicked");
@@ -177,15 +191,22 @@ impl Store {
         source_yaml: &str,
         actor: &str,
     ) -> Result<SubmitOutcome, StoreError> {
-        let encode = || submit::encode(expansion, source_yaml, actor);
-        let encoded = if expansion.units.len() >= LARGE_SUBMIT_UNITS {
-            cpu_bound(encode)?
-        } else {
-            encode()?
-        };
-        let outcome = self
-            .write(move |conn, now_ms| submit::submit(conn, now_ms, &encoded))
+        let header = submit::Header::new(expansion, source_yaml, actor);
+        let (pieces, received) = std::sync::mpsc::channel();
+        let reply = self
+            .queue_write(move |conn, now_ms| submit::submit(conn, now_ms, &header, &received))
             .await?;
+        // Encoding overlaps the writer's inserts: it takes the chunks as they come.
+        let encode = || submit::encode(expansion, &pieces);
+        let encoded = if expansion.units.len() >= LARGE_SUBMIT_UNITS {
+            cpu_bound(encode)
+        } else {
+            encode()
+        };
+        // Without `Piece::Done` (an encoding error) the writer rolls the submission back.
+        drop(pieces);
+        encoded?;
+        let outcome = reply.await.map_err(|_| StoreError::WriterStopped)??;
         tracing::info!(
             campaign = %expansion.campaign.name,
             campaign_id = %outcome.campaign_id,
@@ -293,12 +314,22 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
     {
-        let (job, rx) = Op::new(Box::new(f));
+        let reply = self.queue_write(f).await?;
+        reply.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Queues a write like [`Store::write`] and returns where its answer will arrive.
+    async fn queue_write<T, F>(&self, f: F) -> Result<Reply<T>, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, i64) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (job, reply) = writer::job(Box::new(f));
         self.sender()
             .send(Command::Write(job))
             .await
             .map_err(|_| StoreError::WriterStopped)?;
-        rx.await.map_err(|_| StoreError::WriterStopped)?
+        Ok(reply)
     }
 
     /// Runs `f` on a read-only connection inside one read transaction (one snapshot).

@@ -54,6 +54,15 @@ impl ReaderPool {
         .map_err(|source| StoreError::BlockingTask { source })?
     }
 
+    /// Closes the idle connections (the store is being dropped): the writer's connection
+    /// is then the last one, and closing it checkpoints and removes the WAL file.
+    pub(crate) fn close_idle(&self) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
+    }
+
     fn take(&self) -> Result<Connection, StoreError> {
         let idle = self
             .idle

@@ -111,14 +111,33 @@ impl Hasher for Fnv {
     }
 }
 
+/// Distinct parts found while encoding, waiting to be stored: each gets the next index of
+/// one numbering shared by every kind, which units and steps refer to.
+#[derive(Default)]
+pub(crate) struct NewSpecs {
+    /// Index the next new part gets.
+    next: usize,
+    /// `(kind, JSON)` of the parts numbered since the last [`NewSpecs::take`], in order.
+    pending: Vec<(SpecKind, String)>,
+}
+
+impl NewSpecs {
+    /// The parts numbered since the last call, in index order.
+    pub(crate) fn take(&mut self) -> Vec<(SpecKind, String)> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
 /// Deduplicates parts by value without serializing every copy: a matrix has a handful of
 /// frameworks or workloads, each copied into thousands of units or steps.
 pub(crate) struct Interner<'a, T> {
-    distinct: Vec<&'a T>,
-    buckets: HashMap<u64, Vec<u32>, BuildHasherDefault<Fnv>>,
-    /// The index returned last: consecutive units mostly share their model, GPU and
-    /// framework, consecutive steps their workload.
-    last: Option<u32>,
+    /// Distinct values and their shared index.
+    distinct: Vec<(&'a T, usize)>,
+    /// Bucket hash → positions in `distinct`.
+    buckets: HashMap<u64, Vec<usize>, BuildHasherDefault<Fnv>>,
+    /// Position in `distinct` of the value returned last: consecutive units mostly share
+    /// their model, GPU and framework, consecutive steps their workload.
+    last: Option<usize>,
 }
 
 impl<T> Default for Interner<'_, T> {
@@ -132,46 +151,35 @@ impl<T> Default for Interner<'_, T> {
 }
 
 impl<'a, T: Spec> Interner<'a, T> {
-    /// The index of `value` among the distinct values seen so far.
-    pub(crate) fn intern(&mut self, value: &'a T) -> u32 {
+    /// The shared index of `value`; a value not seen before is numbered, encoded and
+    /// queued in `new`.
+    pub(crate) fn intern(&mut self, value: &'a T, new: &mut NewSpecs) -> Result<usize, StoreError> {
         if let Some(last) = self.last
-            && self.distinct[last as usize] == value
+            && self.distinct[last].0 == value
         {
-            return last;
+            return Ok(self.distinct[last].1);
         }
-        let i = self.lookup(value);
-        self.last = Some(i);
-        i
-    }
-
-    fn lookup(&mut self, value: &'a T) -> u32 {
         let mut h = Fnv::default();
         value.bucket(&mut h);
         let bucket = self.buckets.entry(h.finish()).or_default();
-        if let Some(&i) = bucket.iter().find(|&&i| self.distinct[i as usize] == value) {
-            return i;
-        }
-        // A value unequal to itself (NaN) lands here each time; the writer still stores
-        // equal JSON once.
-        let i = u32::try_from(self.distinct.len()).expect("fewer than 4 billion distinct parts");
-        self.distinct.push(value);
-        bucket.push(i);
-        i
-    }
-
-    /// The distinct values as `(kind, JSON)`, in index order.
-    pub(crate) fn encode(&self) -> Result<Vec<(SpecKind, String)>, StoreError> {
-        self.distinct
-            .iter()
-            .map(|v| {
-                serde_json::to_string(v)
-                    .map(|json| (T::KIND, json))
-                    .map_err(|source| StoreError::Json {
-                        action: "encode a configuration part",
-                        source,
-                    })
-            })
-            .collect()
+        let position = match bucket.iter().find(|&&i| self.distinct[i].0 == value) {
+            Some(&i) => i,
+            // A value unequal to itself (NaN) lands here each time; the writer still
+            // stores equal JSON once.
+            None => {
+                let json = serde_json::to_string(value).map_err(|source| StoreError::Json {
+                    action: "encode a configuration part",
+                    source,
+                })?;
+                new.pending.push((T::KIND, json));
+                self.distinct.push((value, new.next));
+                new.next += 1;
+                bucket.push(self.distinct.len() - 1);
+                self.distinct.len() - 1
+            }
+        };
+        self.last = Some(position);
+        Ok(self.distinct[position].1)
     }
 }
 

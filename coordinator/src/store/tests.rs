@@ -153,6 +153,26 @@ async fn step_states(store: &Store, campaign: &CampaignId, unit: &UnitId) -> Vec
 
 // ---- connections ----
 
+#[test]
+fn the_store_and_its_futures_can_cross_threads() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = runtime.block_on(open(&dir));
+    send_sync(&store);
+    let exp = expansion("c", vec![], vec![]);
+    let id = CampaignId("x".into());
+    send(store.submit(&exp, "", "ci"));
+    send(store.list_campaigns());
+    send(store.campaign("c"));
+    send(store.units(&id));
+    send(store.cancel(&id, "ci", "x"));
+    send(store.checkpoint());
+}
+
 #[tokio::test]
 async fn pragmas_read_back_on_writer_and_readers() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,6 +372,113 @@ async fn list_is_newest_first() {
         first.created_at_ms, 1_000,
         "timestamps come from the store's clock"
     );
+}
+
+#[tokio::test]
+async fn units_keep_expansion_order_across_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    // More units than one chunk of the encoder, in an order unrelated to their ids.
+    let units: Vec<Unit> = (0..4100)
+        .map(|i| unit(&format!("model-{i}"), 1, &["chat"]))
+        .collect();
+    let out = store
+        .submit(&expansion("big", units.clone(), vec![]), "", "ci")
+        .await
+        .unwrap();
+    assert_eq!((out.units_added, out.steps_added), (4100, 8200));
+    let ids: Vec<UnitId> = store
+        .units(&out.campaign_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    let expected: Vec<UnitId> = units.iter().map(|u| u.id.clone()).collect();
+    assert_eq!(ids, expected);
+
+    // New units of a resubmission come after the existing ones, in their expansion order.
+    let mut more: Vec<Unit> = (0..3)
+        .map(|i| unit(&format!("late-{i}"), 2, &["chat"]))
+        .collect();
+    more.extend(units.iter().take(10).cloned());
+    let again = store
+        .submit(&expansion("big", more.clone(), vec![]), "", "ci")
+        .await
+        .unwrap();
+    assert_eq!((again.units_added, again.units_kept), (3, 10));
+    let ids: Vec<UnitId> = store
+        .units(&out.campaign_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(ids.len(), 4103);
+    assert_eq!(&ids[..4100], &expected[..]);
+    assert_eq!(
+        &ids[4100..],
+        &[more[0].id.clone(), more[1].id.clone(), more[2].id.clone()]
+    );
+}
+
+#[tokio::test]
+async fn a_unit_listed_twice_is_stored_once_with_all_its_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let a = unit("llama-8b", 1, &["chat"]);
+    let a_more = unit("llama-8b", 1, &["chat", "long"]);
+    let out = store
+        .submit(&expansion("dup", vec![a.clone(), a_more], vec![]), "", "ci")
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            out.units_added,
+            out.units_kept,
+            out.steps_added,
+            out.steps_kept
+        ),
+        (1, 1, 4, 2)
+    );
+    assert_eq!(
+        store
+            .unit_steps(&out.campaign_id, &a.id)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+}
+
+#[tokio::test]
+async fn an_abandoned_submission_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let exp = expansion(
+        "c",
+        vec![unit("m", 1, &["chat"]), unit("m", 2, &["chat"])],
+        vec![],
+    );
+    // Every piece but the final `Done`, as when encoding fails half-way.
+    let (all, encoded) = std::sync::mpsc::channel();
+    submit::encode(&exp, &all).unwrap();
+    drop(all);
+    let (pieces, received) = std::sync::mpsc::channel();
+    for piece in encoded.iter() {
+        if !matches!(piece, submit::Piece::Done) {
+            pieces.send(piece).unwrap();
+        }
+    }
+    drop(pieces);
+    let header = submit::Header::new(&exp, "", "alice");
+    let err = store
+        .write(move |conn, now_ms| submit::submit(conn, now_ms, &header, &received))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::SubmitAbandoned), "{err}");
+    assert!(store.list_campaigns().await.unwrap().is_empty());
+    assert!(store.audit(10).await.unwrap().is_empty());
 }
 
 // ---- resubmission ----
@@ -953,6 +1080,10 @@ async fn reopen_after_drop_sees_everything() {
             store.audit(100).await.unwrap(),
         )
     };
+    assert!(
+        !path.with_extension("sqlite-wal").exists(),
+        "a dropped store checkpoints and removes its WAL"
+    );
     let store = Store::open(&path).await.unwrap();
     let id = campaigns[1].id.clone();
     assert_eq!(store.list_campaigns().await.unwrap(), campaigns);

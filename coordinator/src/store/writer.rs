@@ -64,17 +64,17 @@ pub(crate) struct Op<T> {
     reply: oneshot::Sender<Result<T, StoreError>>,
 }
 
-impl<T: Send + 'static> Op<T> {
-    /// Wraps `f`; the answer arrives on the returned receiver.
-    pub(crate) fn new(f: WriteFn<T>) -> (Box<dyn Job>, oneshot::Receiver<Result<T, StoreError>>) {
-        let (reply, rx) = oneshot::channel();
-        let op = Op {
-            f: Some(f),
-            out: None,
-            reply,
-        };
-        (Box::new(op), rx)
-    }
+/// Wraps the write `f` as a job for the writer; its answer arrives on the receiver.
+pub(crate) fn job<T: Send + 'static>(
+    f: WriteFn<T>,
+) -> (Box<dyn Job>, oneshot::Receiver<Result<T, StoreError>>) {
+    let (reply, rx) = oneshot::channel();
+    let op = Op {
+        f: Some(f),
+        out: None,
+        reply,
+    };
+    (Box::new(op), rx)
 }
 
 impl<T: Send> Job for Op<T> {

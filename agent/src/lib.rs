@@ -2,4 +2,5 @@
 //! inference servers, drives load at them, samples telemetry and streams results back.
 
 pub mod loadgen;
+pub mod signal;
 pub mod sim_server;

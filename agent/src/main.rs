@@ -105,6 +105,8 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::SimServer(args) => {
+            // Handlers first: a SIGTERM that arrives once the address is out must be graceful.
+            let shutdown = evalctl_agent::signal::shutdown_signal();
             let config = args.config();
             config.validate()?;
             let addr = SocketAddr::new(args.host, args.port);
@@ -115,38 +117,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .local_addr()
                 .context("failed to read the bound address")?;
             println!("listening on http://{bound}");
-            sim_server::run(config, listener, shutdown_signal()).await?;
+            sim_server::run(config, listener, shutdown).await?;
             Ok(())
         }
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "failed to listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "failed to listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
     }
 }
 

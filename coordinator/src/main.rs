@@ -21,9 +21,11 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let (config, log_format) = args.resolve()?;
     logging::init(log_format);
+    // Handlers first: a SIGTERM that arrives once the address is out must be graceful.
+    let shutdown = signal::shutdown_signal();
     let coordinator = Coordinator::bind(config).await?;
     // The first stdout line is machine-readable so scripts and tests can use port 0.
     println!("listening on {}", coordinator.local_addr());
-    coordinator.serve(signal::shutdown_signal()).await?;
+    coordinator.serve(shutdown).await?;
     Ok(())
 }

@@ -167,6 +167,16 @@ pub struct DroppedJson {
     pub reason: String,
 }
 
+impl From<pb::DroppedCombination> for DroppedJson {
+    fn from(d: pb::DroppedCombination) -> Self {
+        DroppedJson {
+            combination: d.label,
+            kind: d.kind,
+            reason: d.reason,
+        }
+    }
+}
+
 /// A table of dropped combinations, or `None` when there are none.
 pub fn dropped_table<'a>(dropped: impl IntoIterator<Item = &'a DroppedJson>) -> Option<Table> {
     let mut table = table(["DROPPED", "COMBINATION", "REASON"]);

@@ -103,15 +103,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                         last_error: u.last_error.clone(),
                     })
                     .collect(),
-                dropped: got
-                    .dropped
-                    .into_iter()
-                    .map(|d| DroppedJson {
-                        combination: d.label,
-                        kind: d.kind,
-                        reason: d.reason,
-                    })
-                    .collect(),
+                dropped: got.dropped.into_iter().map(DroppedJson::from).collect(),
             };
             if global.json {
                 render::emit_json(&detail)?;

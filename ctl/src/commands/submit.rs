@@ -121,15 +121,7 @@ fn submitted_report(r: pb::SubmitResponse) -> SubmitJson {
                 steps: u64::from(u.steps),
             })
             .collect(),
-        dropped: r
-            .dropped
-            .into_iter()
-            .map(|d| DroppedJson {
-                combination: d.label,
-                kind: d.kind,
-                reason: d.reason,
-            })
-            .collect(),
+        dropped: r.dropped.into_iter().map(DroppedJson::from).collect(),
     }
 }
 

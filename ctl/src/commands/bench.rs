@@ -31,12 +31,13 @@ pub struct BenchArgs {
     /// Endpoint flavour.
     #[arg(long, value_enum, default_value_t = ApiArg::Chat)]
     pub api: ApiArg,
-    /// Requests kept in flight (the default load: 1).
-    #[arg(long, conflicts_with = "rate")]
-    pub concurrency: Option<u32>,
-    /// Requests per second ("inf" sends everything at once).
-    #[arg(long)]
-    pub rate: Option<f64>,
+    /// Requests kept in flight; a list ("1,8,64") runs a sweep, one step per value
+    /// [default: 1].
+    #[arg(long, value_delimiter = ',', conflicts_with = "rate")]
+    pub concurrency: Vec<u32>,
+    /// Requests per second ("inf" sends everything at once); a list ("2,8,inf") runs a sweep.
+    #[arg(long, value_delimiter = ',')]
+    pub rate: Vec<f64>,
     /// Arrival process in rate mode.
     #[arg(long, value_enum, default_value_t = ArrivalArg::Poisson)]
     pub arrival: ArrivalArg,
@@ -131,20 +132,31 @@ fn parse_slo(text: &str) -> Result<Slo, String> {
 }
 
 impl BenchArgs {
-    fn load(&self) -> Load {
-        match self.rate {
-            Some(rps) => Load::Rate {
-                rps,
-                arrival: match self.arrival {
-                    ArrivalArg::Poisson => Arrival::Poisson,
-                    ArrivalArg::Gamma => Arrival::Gamma {
-                        burstiness: self.burstiness,
-                    },
-                    ArrivalArg::Constant => Arrival::Constant,
-                },
-                max_in_flight: None,
+    /// The load points to run, in order: the rates, else the concurrencies, else c=1.
+    fn loads(&self) -> Vec<Load> {
+        let arrival = match self.arrival {
+            ArrivalArg::Poisson => Arrival::Poisson,
+            ArrivalArg::Gamma => Arrival::Gamma {
+                burstiness: self.burstiness,
             },
-            None => Load::Concurrency(self.concurrency.unwrap_or(1)),
+            ArrivalArg::Constant => Arrival::Constant,
+        };
+        if !self.rate.is_empty() {
+            self.rate
+                .iter()
+                .map(|&rps| Load::Rate {
+                    rps,
+                    arrival,
+                    max_in_flight: None,
+                })
+                .collect()
+        } else if !self.concurrency.is_empty() {
+            self.concurrency
+                .iter()
+                .map(|&n| Load::Concurrency(n))
+                .collect()
+        } else {
+            vec![Load::Concurrency(1)]
         }
     }
 
@@ -201,58 +213,82 @@ pub async fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode, CliE
     .await
     .map_err(|e| CliError::Bench(Box::new(e)))?;
     let tokenization = dataset.tokenization;
-    let mut plan = StepPlan::new(
-        args.url.clone(),
-        api,
-        args.model.clone(),
-        dataset,
-        args.load(),
-        args.stop(),
-    );
-    plan.warmup = args.warmup;
-    plan.slo = args.slo.unwrap_or_default();
-    plan.seed = args.seed;
-    plan.client.request_timeout = args.request_timeout;
-    plan.client.stall_timeout = args.stall_timeout;
-    plan.client.api_key = args.api_key.clone();
-
-    let config = json!({
-        "url": args.url,
-        "model": args.model,
-        "api": format!("{:?}", args.api).to_lowercase(),
-        "load": plan.load,
-        "stop": plan.stop,
-        "warmup": plan.warmup,
-        "dataset": plan_source_json(&args.source()),
-        "tokenization": tokenization,
-        "slo": plan.slo,
-        "seed": plan.seed,
-    });
-
+    let loads = args.loads();
     let bar = progress_bar(global.json);
-    let bar_in = bar.clone();
-    let outcome = run_step(plan, move |p| show_progress(&bar_in, &p))
-        .await
-        .map_err(|e| CliError::Bench(Box::new(e)))?;
+    let mut steps = Vec::with_capacity(loads.len());
+    for load in loads {
+        let mut plan = StepPlan::new(
+            args.url.clone(),
+            api,
+            args.model.clone(),
+            dataset.clone(),
+            load,
+            args.stop(),
+        );
+        plan.warmup = args.warmup;
+        plan.slo = args.slo.unwrap_or_default();
+        plan.seed = args.seed;
+        plan.client.request_timeout = args.request_timeout;
+        plan.client.stall_timeout = args.stall_timeout;
+        plan.client.api_key = args.api_key.clone();
+        let config = json!({
+            "url": args.url,
+            "model": args.model,
+            "api": format!("{:?}", args.api).to_lowercase(),
+            "load": plan.load,
+            "stop": plan.stop,
+            "warmup": plan.warmup,
+            "dataset": plan_source_json(&args.source()),
+            "tokenization": tokenization,
+            "slo": plan.slo,
+            "seed": plan.seed,
+        });
+        bar.reset();
+        let bar_in = bar.clone();
+        let outcome = run_step(plan, move |p| show_progress(&bar_in, &p))
+            .await
+            .map_err(|e| CliError::Bench(Box::new(e)))?;
+        steps.push((load, config, outcome));
+    }
     bar.finish_and_clear();
 
-    let document = json!({ "config": config, "metrics": outcome.metrics });
+    // One load point: one result document (the shape a step result has); a sweep: a list.
+    let documents: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|(_, config, outcome)| json!({ "config": config, "metrics": outcome.metrics }))
+        .collect();
     if let Some(path) = &args.out {
-        let full = json!({
-            "config": document["config"],
-            "metrics": document["metrics"],
-            "records": outcome.records,
-        });
-        let text = serde_json::to_string_pretty(&full).expect("result document serializes");
+        let full: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|(_, config, outcome)| {
+                json!({ "config": config, "metrics": outcome.metrics, "records": outcome.records })
+            })
+            .collect();
+        let value = if full.len() == 1 {
+            &full[0]
+        } else {
+            &json!(full)
+        };
+        let text = serde_json::to_string_pretty(value).expect("result document serializes");
         std::fs::write(path, text).map_err(|source| CliError::Write {
             path: path.clone(),
             source,
         })?;
     }
     if global.json {
-        render::emit_json(&document)?;
-    } else {
+        if documents.len() == 1 {
+            render::emit_json(&documents[0])?;
+        } else {
+            render::emit_json(&documents)?;
+        }
+    } else if let [(_, _, outcome)] = steps.as_slice() {
         render::emit(&summary_table(&outcome.metrics))?;
+    } else {
+        let sweep: Vec<(Load, &StepMetrics)> = steps
+            .iter()
+            .map(|(load, _, o)| (*load, &o.metrics))
+            .collect();
+        render::emit(&sweep_table(&sweep))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -328,6 +364,50 @@ fn summary_table(m: &StepMetrics) -> String {
     format!("{latency}\n\n{totals}\n")
 }
 
+/// One row per load point of a sweep.
+fn sweep_table(steps: &[(Load, &StepMetrics)]) -> String {
+    let mut table = render::table([
+        "LOAD",
+        "OK",
+        "FAILED",
+        "REQ/S",
+        "OUT TOK/S",
+        "TTFT P50",
+        "TTFT P99",
+        "TPOT P50",
+        "TPOT P99",
+        "ITL P50",
+        "E2EL P50",
+        "GOODPUT",
+    ]);
+    let ms = |s: &Option<Summary>, pick: fn(&Summary) -> f64| {
+        s.as_ref()
+            .map_or("-".to_owned(), |s| format!("{:.2}", pick(s)))
+    };
+    for (load, m) in steps {
+        let label = match load {
+            Load::Concurrency(n) => format!("c={n}"),
+            Load::Rate { rps, .. } if rps.is_infinite() => "rate=inf".to_owned(),
+            Load::Rate { rps, .. } => format!("rate={rps}"),
+        };
+        table.add_row([
+            label,
+            m.completed.to_string(),
+            m.failed.to_string(),
+            format!("{:.2}", m.request_throughput),
+            format!("{:.1}", m.output_token_throughput),
+            ms(&m.ttft_ms, |s| s.p50),
+            ms(&m.ttft_ms, |s| s.p99),
+            ms(&m.tpot_ms, |s| s.p50),
+            ms(&m.tpot_ms, |s| s.p99),
+            ms(&m.itl_ms, |s| s.p50),
+            ms(&m.e2el_ms, |s| s.p50),
+            m.goodput.map_or("-".to_owned(), |g| format!("{g:.2}")),
+        ]);
+    }
+    format!("latencies in ms\n{table}\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,5 +421,36 @@ mod tests {
         assert!(parse_slo("ttfb_ms=1").unwrap_err().contains("ttfb_ms"));
         assert!(parse_slo("ttft_ms").unwrap_err().contains("KEY=MS"));
         assert!(parse_slo("ttft_ms=fast").unwrap_err().contains("fast"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn loads(args: &[&str]) -> Vec<Load> {
+        let mut argv = vec!["bench", "--url", "http://127.0.0.1:1", "--model", "m"];
+        argv.extend_from_slice(args);
+        <Wrapper as clap::Parser>::parse_from(argv).bench.loads()
+    }
+
+    #[test]
+    fn load_lists_become_sweeps_in_order() {
+        assert_eq!(loads(&[]), vec![Load::Concurrency(1)]);
+        assert_eq!(
+            loads(&["--concurrency", "1,8,64"]),
+            vec![
+                Load::Concurrency(1),
+                Load::Concurrency(8),
+                Load::Concurrency(64)
+            ]
+        );
+        let rates = loads(&["--rate", "2,inf", "--arrival", "constant"]);
+        assert_eq!(rates.len(), 2);
+        assert!(
+            matches!(rates[0], Load::Rate { rps, arrival: Arrival::Constant, .. } if rps == 2.0)
+        );
+        assert!(matches!(rates[1], Load::Rate { rps, .. } if rps.is_infinite()));
     }
 }

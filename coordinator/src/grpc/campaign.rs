@@ -353,15 +353,9 @@ async fn watch_event(
 ) -> pb::WatchEvent {
     let running = if info.units.leased > 0 {
         store
-            .units(&info.id)
+            .units_in_state(&info.id, UnitState::Leased)
             .await
-            .map(|units| {
-                units
-                    .iter()
-                    .filter(|u| u.state == UnitState::Leased)
-                    .map(convert::unit_row)
-                    .collect()
-            })
+            .map(|units| units.iter().map(convert::unit_row).collect())
             .unwrap_or_default()
     } else {
         Vec::new()

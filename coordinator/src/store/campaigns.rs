@@ -334,26 +334,45 @@ pub(crate) fn dropped(
 }
 
 /// The units of a campaign in the order they were first submitted.
-pub(crate) fn units(conn: &Connection, campaign: &CampaignId) -> Result<Vec<UnitRow>, StoreError> {
+/// The columns and joins every unit listing reads.
+macro_rules! units_select {
+    () => {
+        "SELECT u.unit_id, u.label, u.model_spec, u.gpu_spec, u.framework_spec,
+             u.quantization_spec, u.extra_args, u.labels_json, u.state, u.attempts,
+             u.last_error, u.epoch,
+             (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
+             (SELECT COUNT(*) FROM steps s
+              WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
+             l.agent_id, u.position, u.unit_key
+         FROM units u
+         LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL"
+    };
+}
+
+pub(crate) fn units(
+    conn: &Connection,
+    campaign: &CampaignId,
+    state: Option<UnitState>,
+) -> Result<Vec<UnitRow>, StoreError> {
     let Some((key, _)) = campaign_key(conn, campaign)? else {
         return Ok(Vec::new());
     };
     let parts = Parts::load(conn, key)?;
     let mut stmt = conn
-        .prepare_cached(
-            "SELECT u.unit_id, u.label, u.model_spec, u.gpu_spec, u.framework_spec,
-                 u.quantization_spec, u.extra_args, u.labels_json, u.state, u.attempts,
-                 u.last_error, u.epoch,
-                 (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
-                 (SELECT COUNT(*) FROM steps s
-                  WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
-                 l.agent_id, u.position, u.unit_key
-             FROM units u
-             LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL
-             WHERE u.campaign_key = ?1",
-        )
+        .prepare_cached(match state {
+            None => concat!(units_select!(), " WHERE u.campaign_key = ?1"),
+            // Its own statement, so SQLite can use the (campaign, state) index.
+            Some(_) => concat!(
+                units_select!(),
+                " WHERE u.campaign_key = ?1 AND u.state = ?2"
+            ),
+        })
         .sql("read units")?;
-    let mut rows = stmt.query([key]).sql("read units")?;
+    let mut rows = match state {
+        None => stmt.query(rusqlite::params![key]),
+        Some(state) => stmt.query(rusqlite::params![key, state.as_str()]),
+    }
+    .sql("read units")?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().sql("read units")? {
         let row = read_unit(r).sql("read units")?;

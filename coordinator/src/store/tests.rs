@@ -689,6 +689,42 @@ async fn resubmit_without_a_unit_keeps_it() {
     assert_eq!(results, 1);
 }
 
+#[tokio::test]
+async fn units_in_state_lists_only_that_state_in_submission_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let units: Vec<Unit> = (1..=4).map(|g| unit("llama-8b", g, &["chat"])).collect();
+    let id = store
+        .submit(&expansion("nightly", units.clone(), vec![]), "", "alice")
+        .await
+        .unwrap()
+        .campaign_id;
+    exec(
+        &store,
+        &format!(
+            "UPDATE units SET state = 'leased', epoch = 1 WHERE unit_key IN ({}, {});",
+            key(&units[3]),
+            key(&units[1]),
+        ),
+    )
+    .await;
+
+    let leased = store.units_in_state(&id, UnitState::Leased).await.unwrap();
+    let ids: Vec<&UnitId> = leased.iter().map(|u| &u.id).collect();
+    assert_eq!(ids, vec![&units[1].id, &units[3].id]);
+    assert!(leased.iter().all(|u| u.state == UnitState::Leased));
+    assert_eq!(leased[0], unit_row(&store, &id, &units[1].id).await);
+    let pending = store.units_in_state(&id, UnitState::Pending).await.unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(
+        store
+            .units_in_state(&id, UnitState::Failed)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 // ---- cancel and retry ----
 
 #[tokio::test]

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --workspace --bins --locked --quiet
-bin=target/debug
+bin="${CARGO_TARGET_DIR:-target}/debug"
 data=$(mktemp -d "${TMPDIR:-/tmp}/evalctl-quickstart.XXXXXX")
 coordinator_pid=
 cleanup() {

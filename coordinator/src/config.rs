@@ -11,6 +11,10 @@ use serde::Deserialize;
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7717";
 
+/// Shortest lease TTL accepted (tests use sub-second TTLs; production wants tens of
+/// seconds).
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +78,15 @@ impl Config {
         self.lease_ttl / 3
     }
 
+    /// Refuses a lease TTL under [`MIN_LEASE_TTL`]: agents heartbeat every third of it.
+    pub fn check_lease_ttl(&self) -> Result<(), ConfigError> {
+        if self.lease_ttl < MIN_LEASE_TTL {
+            Err(ConfigError::LeaseTtlTooShort(self.lease_ttl))
+        } else {
+            Ok(())
+        }
+    }
+
     /// Refuses plain text on a non-loopback address unless `insecure` is set.
     pub fn check_transport(&self) -> Result<(), ConfigError> {
         if self.listen.ip().is_loopback() || self.insecure {
@@ -105,6 +118,11 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// A lease TTL too short for agents to keep up with.
+    #[error(
+        "lease TTL {0:?} is too short: agents heartbeat every third of it (hint: use at least 100ms; 30s is the default)"
+    )]
+    LeaseTtlTooShort(Duration),
     /// Plain text requested on a network-reachable address.
     #[error(
         "refusing to serve plain text on non-loopback address {0} (hint: listen on 127.0.0.1, or pass --insecure to accept unencrypted, unauthenticated traffic)"

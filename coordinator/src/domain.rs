@@ -27,6 +27,17 @@ pub struct StepId(pub String);
 #[serde(transparent)]
 pub struct CampaignId(pub String);
 
+/// Id of an agent: chosen by the agent and kept in its state directory, so a restarted
+/// agent is the same agent.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AgentId(pub String);
+
+/// Id of a lease (a UUID v4 string, one per grant).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LeaseId(pub String);
+
 macro_rules! display_id {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -42,7 +53,7 @@ macro_rules! display_id {
         }
     )*};
 }
-display_id!(UnitId, StepId, CampaignId);
+display_id!(UnitId, StepId, CampaignId, AgentId, LeaseId);
 
 /// Hex digest (first 16 hex digits of SHA-256) of a value's canonical JSON form.
 ///
@@ -78,6 +89,17 @@ pub struct GpuRequirement {
     pub count: u32,
     /// Price per GPU-hour, when the matrix gives one.
     pub price_per_hour: Option<f64>,
+}
+
+/// The `gpu_type` of CPU-only units.
+pub const CPU_GPU_TYPE: &str = "cpu";
+
+impl GpuRequirement {
+    /// True for CPU-only units (`gpu_type` is `cpu`, in any case): they need a free CPU
+    /// slot of an agent and no GPU.
+    pub fn is_cpu(&self) -> bool {
+        self.gpu_type.eq_ignore_ascii_case(CPU_GPU_TYPE)
+    }
 }
 
 /// How a server is launched and probed.
@@ -377,5 +399,122 @@ impl Expansion {
     /// Total steps over all units.
     pub fn step_count(&self) -> usize {
         self.units.iter().map(|u| u.steps.len()).sum()
+    }
+}
+
+// ---- agents and leases ----
+
+/// A GPU an agent reported when it registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentGpu {
+    /// Index on the host (what `CUDA_VISIBLE_DEVICES` takes).
+    pub index: u32,
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// Normalised type, e.g. `H100-80GB`; matched against units' `gpu.gpu_type`
+    /// ignoring case.
+    pub gpu_type: String,
+    /// Name as the driver reports it.
+    pub name: String,
+    /// Memory in GB.
+    pub memory_gb: f64,
+}
+
+/// What an agent announces about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRegistration {
+    /// Stable id.
+    pub id: AgentId,
+    /// Host name.
+    pub hostname: String,
+    /// GPUs of the host.
+    pub gpus: Vec<AgentGpu>,
+    /// Labels units may require (`key = value`).
+    pub labels: BTreeMap<String, String>,
+    /// Frameworks the host can launch; empty = any.
+    pub frameworks: Vec<String>,
+    /// Agent version.
+    pub version: String,
+    /// NVIDIA driver version, empty when unknown.
+    pub driver_version: String,
+    /// CUDA version, empty when unknown.
+    pub cuda_version: String,
+}
+
+/// An agent asking for work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRequest {
+    /// Who asks.
+    pub agent: AgentId,
+    /// GPU indices the agent has free now (GPUs its live leases hold are never granted
+    /// again, whatever it sends).
+    pub free_gpu_indices: Vec<u32>,
+    /// Configurations the agent has a warm server for (unit ids = config hashes).
+    pub warm_configs: Vec<UnitId>,
+    /// CPU-only units the agent can start now; 0 = none.
+    pub cpu_slots_free: u32,
+}
+
+/// One finished step, as an agent reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportedResult {
+    /// The step.
+    pub step_id: StepId,
+    /// Step metrics (a JSON document).
+    pub result_json: String,
+    /// The environment the step ran in (a JSON document).
+    pub environment_json: String,
+    /// zstd-compressed JSON Lines of per-request records; empty when none.
+    pub records_zstd: Vec<u8>,
+    /// Records (lines) in `records_zstd`.
+    pub record_count: u64,
+    /// When the step finished, Unix ms (the agent's clock).
+    pub finished_at_ms: i64,
+}
+
+/// A batch of step results. Idempotency key of each result: (unit, step, attempt,
+/// sequence).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultBatch {
+    /// The lease the results were produced under (finds the unit).
+    pub lease: LeaseId,
+    /// The lease's epoch (fencing token).
+    pub epoch: u64,
+    /// The unit, as the agent knows it (checked against the lease's unit).
+    pub unit: UnitId,
+    /// Attempt number the lease carried.
+    pub attempt: u32,
+    /// The agent's sequence number of the batch within the attempt.
+    pub sequence: u64,
+    /// The results.
+    pub results: Vec<ReportedResult>,
+}
+
+/// Why an agent gives a lease back without failing its unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseReason {
+    /// The host is being preempted (spot interruption).
+    Preempted,
+    /// Anything else the agent says: `drain`, `shutdown`, `partition`, …
+    Other(String),
+}
+
+impl ReleaseReason {
+    /// `preempted` is a preemption; any other text is a plain release.
+    pub fn parse(reason: &str) -> ReleaseReason {
+        if reason == "preempted" {
+            ReleaseReason::Preempted
+        } else {
+            ReleaseReason::Other(reason.to_owned())
+        }
+    }
+}
+
+impl fmt::Display for ReleaseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReleaseReason::Preempted => f.write_str("preempted"),
+            ReleaseReason::Other(reason) => f.write_str(reason),
+        }
     }
 }

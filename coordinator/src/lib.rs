@@ -8,6 +8,8 @@ pub mod events;
 pub mod grpc;
 pub mod logging;
 pub mod matrix;
+pub mod reaper;
 pub mod server;
 pub mod signal;
 pub mod store;
+pub mod work;

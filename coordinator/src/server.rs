@@ -1,10 +1,12 @@
-//! Runs the coordinator: opens the store, binds the gRPC listener, serves until the
-//! shutdown signal, then drains in-flight calls under a grace timeout.
+//! Runs the coordinator: opens the store, binds the gRPC listener, serves the campaign
+//! and agent services with the lease reaper beside them until the shutdown signal, then
+//! drains in-flight calls under a grace timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 use evalctl_proto::v1 as pb;
+use evalctl_proto::v1::agent_service_server::AgentServiceServer;
 use evalctl_proto::v1::campaign_service_server::CampaignServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -13,10 +15,13 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::events::EventBus;
-use crate::grpc::CampaignApi;
+use crate::grpc::{AgentApi, CampaignApi};
+use crate::reaper::Reaper;
 use crate::store::{Store, StoreError};
+use crate::work::WorkSignal;
 
-/// Largest request the coordinator decodes (a matrix file travels in one message).
+/// Largest message the coordinator decodes or encodes (a matrix file, a result batch with
+/// its records travel in one message).
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why the coordinator could not start or stopped with an error.
@@ -62,6 +67,7 @@ impl Coordinator {
     /// Checks the configuration, opens (and migrates) the store and binds the listener.
     pub async fn bind(config: Config) -> Result<Coordinator, ServeError> {
         config.check_transport().map_err(ServeError::Config)?;
+        config.check_lease_ttl().map_err(ServeError::Config)?;
         let store = Store::open(&config.database)
             .await
             .map_err(|source| ServeError::Store {
@@ -94,7 +100,13 @@ impl Coordinator {
         &self.store
     }
 
-    /// Serves until `shutdown` completes, then gives in-flight calls
+    /// The lease time to live agents are told.
+    pub fn lease_ttl(&self) -> std::time::Duration {
+        self.config.lease_ttl
+    }
+
+    /// Serves the campaign and agent services (with health and reflection) and runs the
+    /// lease reaper until `shutdown` completes, then gives in-flight calls
     /// `config.shutdown_grace` to finish and checkpoints the database.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let Coordinator {
@@ -105,10 +117,14 @@ impl Coordinator {
         let addr = listener.local_addr().ok();
         let stop = CancellationToken::new();
         let events = EventBus::default();
+        let work = WorkSignal::new();
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<CampaignServiceServer<CampaignApi>>()
+            .await;
+        health_reporter
+            .set_serving::<AgentServiceServer<AgentApi>>()
             .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -117,10 +133,29 @@ impl Coordinator {
         let campaigns = CampaignServiceServer::new(CampaignApi::new(
             store.clone(),
             events.clone(),
+            work.clone(),
             stop.clone(),
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let agents = AgentServiceServer::new(AgentApi::new(
+            store.clone(),
+            events.clone(),
+            work.clone(),
+            config.lease_ttl,
+            stop.clone(),
+        ))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let reaper = tokio::spawn(
+            Reaper::new(
+                store.clone(),
+                events.clone(),
+                work.clone(),
+                config.lease_ttl,
+            )
+            .run(stop.clone()),
+        );
 
         let server_stop = stop.clone();
         let server = tokio::spawn(
@@ -128,22 +163,32 @@ impl Coordinator {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(campaigns)
+                .add_service(agents)
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     server_stop.cancelled_owned(),
                 ),
         );
-        info!(addr = ?addr, database = %config.database.display(), "coordinator serving");
+        info!(
+            addr = ?addr,
+            database = %config.database.display(),
+            lease_ttl = ?config.lease_ttl,
+            "coordinator serving"
+        );
 
         let mut server = server;
         tokio::select! {
             _ = shutdown => info!("shutdown requested; draining in-flight calls"),
             finished = &mut server => {
                 stop.cancel();
+                let _ = reaper.await;
                 return finished_result(finished);
             }
         }
         stop.cancel();
+        if let Err(err) = reaper.await {
+            warn!(error = %err, "the lease reaper task failed");
+        }
         let outcome = match tokio::time::timeout(config.shutdown_grace, &mut server).await {
             Ok(finished) => finished_result(finished),
             Err(_) => {

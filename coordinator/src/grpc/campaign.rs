@@ -14,30 +14,42 @@ use tracing::{info, warn};
 
 use super::convert;
 use super::status::{matrix_error, store_error};
-use crate::domain::CampaignId;
+use crate::domain::{AgentId, CampaignId};
 use crate::events::{CampaignEvent, EventBus};
 use crate::matrix;
-use crate::store::{CampaignInfo, CampaignState, Store, UnitState};
+use crate::store::{CampaignInfo, CampaignState, ResultPages, Store, UnitState};
+use crate::work::WorkSignal;
 
 /// How often `Watch` re-reads counts when no event arrives (agents report through
 /// other RPCs; this bounds how stale a watcher can be).
 const WATCH_REFRESH: Duration = Duration::from_secs(2);
 
-/// The campaign service over a store and an event bus.
+/// Step results sent ahead of a slow `Results` client.
+const RESULTS_BUFFER: usize = 64;
+
+/// The campaign service over a store, an event bus and the work signal.
 #[derive(Clone)]
 pub struct CampaignApi {
     store: Store,
     events: EventBus,
+    work: WorkSignal,
     shutdown: CancellationToken,
 }
 
 impl CampaignApi {
-    /// A service answering from `store` and publishing to `events`; open `Watch`
-    /// streams end when `shutdown` is cancelled.
-    pub fn new(store: Store, events: EventBus, shutdown: CancellationToken) -> CampaignApi {
+    /// A service answering from `store`, publishing to `events` and firing `work` when
+    /// units become runnable (submit, retry); open `Watch` and `Results` streams end when
+    /// `shutdown` is cancelled.
+    pub fn new(
+        store: Store,
+        events: EventBus,
+        work: WorkSignal,
+        shutdown: CancellationToken,
+    ) -> CampaignApi {
         CampaignApi {
             store,
             events,
+            work,
             shutdown,
         }
     }
@@ -137,6 +149,7 @@ impl CampaignService for CampaignApi {
             units_kept = outcome.units_kept,
             "campaign submitted"
         );
+        self.work.notify();
         self.publish(
             &outcome.campaign_id,
             "submitted",
@@ -238,6 +251,9 @@ impl CampaignService for CampaignApi {
             .await
             .map_err(store_error)?;
         info!(campaign = %info.name, units = retried, "failed units retried");
+        if retried > 0 {
+            self.work.notify();
+        }
         self.publish(
             &info.id,
             "retried",
@@ -263,29 +279,77 @@ impl CampaignService for CampaignApi {
 
     async fn results(
         &self,
-        _request: Request<pb::ResultsRequest>,
+        request: Request<pb::ResultsRequest>,
     ) -> Result<Response<Self::ResultsStream>, Status> {
-        Err(Status::unimplemented(
-            "step results arrive with the agent service, which this coordinator version does not serve yet",
-        ))
+        let req = request.into_inner();
+        let info = self.find(&req.campaign).await?;
+        let pages = self
+            .store
+            .results(&info.id, req.include_records)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| Status::not_found(format!("campaign `{}` is gone", info.name)))?;
+        let (tx, rx) = mpsc::channel(RESULTS_BUFFER);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = results_loop(pages, tx) => {}
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_agents(
         &self,
         _request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        Err(Status::unimplemented(
-            "agents arrive with the agent service, which this coordinator version does not serve yet",
-        ))
+        let agents = self.store.list_agents().await.map_err(store_error)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.iter().map(convert::agent_info).collect(),
+        }))
     }
 
     async fn drain(
         &self,
-        _request: Request<pb::DrainRequest>,
+        request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
-        Err(Status::unimplemented(
-            "agents arrive with the agent service, which this coordinator version does not serve yet",
-        ))
+        let req = request.into_inner();
+        if req.agent_id.is_empty() {
+            return Err(Status::invalid_argument("field `agent_id` is empty"));
+        }
+        let agent = AgentId(req.agent_id);
+        let leases = self
+            .store
+            .drain_agent(&agent, "operator")
+            .await
+            .map_err(store_error)?;
+        info!(agent = %agent, live_leases = leases.len(), "agent drained");
+        Ok(Response::new(pb::DrainResponse { draining: true }))
+    }
+}
+
+/// Feeds one `Results` call page by page, until the last result or the client hangs up.
+async fn results_loop(mut pages: ResultPages, tx: mpsc::Sender<Result<pb::StepResult, Status>>) {
+    loop {
+        let page = tokio::select! {
+            page = pages.next_page() => page,
+            _ = tx.closed() => return,
+        };
+        match page {
+            Ok(Some(page)) => {
+                for result in page {
+                    if tx.send(Ok(convert::step_result(result))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Ok(None) => return,
+            Err(err) => {
+                let _ = tx.send(Err(store_error(err))).await;
+                return;
+            }
+        }
     }
 }
 

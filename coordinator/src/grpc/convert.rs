@@ -4,10 +4,13 @@
 use evalctl_proto::v1 as pb;
 
 use crate::domain::{
-    Api, Arrival, DatasetSpec, Dropped, FrameworkSpec, GpuRequirement, LoadPoint, ModelSpec,
-    QuantizationSpec, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
+    AgentGpu, Api, Arrival, DatasetSpec, Dropped, FrameworkSpec, GpuRequirement, LoadPoint,
+    ModelSpec, QuantizationSpec, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
 };
-use crate::store::{CampaignInfo, CampaignState, StateCounts, UnitRow, UnitState};
+use crate::store::{
+    AgentRow, CampaignInfo, CampaignState, GrantedLease, StateCounts, StoredResult, UnitRow,
+    UnitState,
+};
 
 /// Campaign state to its wire enum.
 pub fn campaign_state(state: CampaignState) -> pb::CampaignState {
@@ -231,5 +234,77 @@ fn load_point(l: &LoadPoint) -> pb::LoadPoint {
             .to_owned(),
             burstiness: burstiness.unwrap_or(0.0),
         },
+    }
+}
+
+/// A GPU as an agent reports it, from the wire.
+pub fn agent_gpu(g: pb::GpuInfo) -> AgentGpu {
+    AgentGpu {
+        index: g.index,
+        uuid: g.uuid,
+        gpu_type: g.gpu_type,
+        name: g.name,
+        memory_gb: g.memory_gb,
+    }
+}
+
+fn gpu_info(g: &AgentGpu) -> pb::GpuInfo {
+    pb::GpuInfo {
+        index: g.index,
+        uuid: g.uuid.clone(),
+        gpu_type: g.gpu_type.clone(),
+        name: g.name.clone(),
+        memory_gb: g.memory_gb,
+    }
+}
+
+/// A granted lease to the wire.
+pub fn lease(l: &GrantedLease) -> pb::Lease {
+    pb::Lease {
+        lease_id: l.lease.to_string(),
+        campaign: l.unit.campaign.to_string(),
+        unit_id: l.unit.unit.to_string(),
+        epoch: l.epoch,
+        config: Some(unit_config(&l.config)),
+        steps: l.steps.iter().map(step).collect(),
+        finished_step_ids: l.finished_steps.iter().map(ToString::to_string).collect(),
+        gpu_indices: l.gpu_indices.clone(),
+        expires_at_ms: l.expires_at_ms,
+        attempt: l.attempt,
+        // The unit id is the hash of its configuration.
+        config_hash: l.unit.unit.to_string(),
+    }
+}
+
+/// A registered agent to the wire.
+pub fn agent_info(a: &AgentRow) -> pb::AgentInfo {
+    pb::AgentInfo {
+        agent_id: a.id.to_string(),
+        hostname: a.hostname.clone(),
+        gpus: a.gpus.iter().map(gpu_info).collect(),
+        labels: a.labels.clone().into_iter().collect(),
+        frameworks: a.frameworks.clone(),
+        state: a.state.to_string(),
+        last_heartbeat_ms: a.last_heartbeat_ms,
+        lease_ids: a.leases.iter().map(ToString::to_string).collect(),
+        version: a.version.clone(),
+    }
+}
+
+/// A stored step result to the wire.
+pub fn step_result(r: StoredResult) -> pb::StepResult {
+    pb::StepResult {
+        campaign: r.unit.campaign.to_string(),
+        unit_id: r.unit.unit.to_string(),
+        step_id: r.step.id.to_string(),
+        step_index: r.step.index,
+        unit: Some(unit_config(&r.config)),
+        step: Some(step(&r.step)),
+        result_json: r.result_json,
+        environment_json: r.environment_json,
+        records_zstd: r.records_zstd.unwrap_or_default(),
+        agent_id: r.agent.to_string(),
+        attempt: r.attempt,
+        finished_at_ms: r.finished_at_ms,
     }
 }

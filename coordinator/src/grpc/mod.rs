@@ -1,8 +1,10 @@
 //! The coordinator's gRPC layer: service implementations and the conversions between
 //! wire messages and domain types. Nothing outside this module sees prost types.
 
+pub mod agent;
 pub mod campaign;
 pub mod convert;
 pub mod status;
 
+pub use agent::AgentApi;
 pub use campaign::CampaignApi;

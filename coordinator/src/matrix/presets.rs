@@ -117,7 +117,7 @@ pub(crate) const PRESETS: &[Preset] = &[
     Preset {
         name: "sim",
         title: "evalctl's simulated server (`evalctl-agent sim-server`)",
-        command: "evalctl-agent sim-server --port {port} --model {model.name}",
+        command: "evalctl-agent sim-server --host {host} --port {port} --model {model.name}",
         health: "/health",
         metrics: Some("/metrics"),
         startup_timeout_ms: MINUTE_MS,
@@ -221,7 +221,7 @@ mod tests {
         let sim = preset("sim").unwrap();
         assert_eq!(
             sim.command,
-            "evalctl-agent sim-server --port {port} --model {model.name}"
+            "evalctl-agent sim-server --host {host} --port {port} --model {model.name}"
         );
         assert_eq!(sim.health, "/health");
         assert_eq!(sim.metrics, Some("/metrics"));

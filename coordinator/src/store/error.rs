@@ -125,6 +125,92 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    /// No agent with this id has registered.
+    #[error("agent {agent} is not registered (hint: call Register first)")]
+    AgentNotFound {
+        /// The agent id asked for.
+        agent: String,
+    },
+
+    /// No lease with this id exists.
+    #[error("lease {lease} does not exist")]
+    LeaseNotFound {
+        /// The lease id asked for.
+        lease: String,
+    },
+
+    /// A write carried an epoch other than the unit's current one: the unit was leased
+    /// again since (or the caller's epoch is wrong). Nothing was written.
+    #[error(
+        "stale epoch {epoch} for unit {unit} (lease {lease}): the unit was re-leased at epoch \
+         {current}"
+    )]
+    StaleEpoch {
+        /// The lease the write named.
+        lease: String,
+        /// The unit of that lease.
+        unit: String,
+        /// The epoch the write carried.
+        epoch: u64,
+        /// The unit's current epoch.
+        current: u64,
+    },
+
+    /// The lease carries the unit's current epoch but has ended, so the write it asked
+    /// for (complete, fail, release) no longer applies.
+    #[error("lease {lease} of unit {unit} has ended ({reason})")]
+    LeaseEnded {
+        /// The lease.
+        lease: String,
+        /// Its unit.
+        unit: String,
+        /// How it ended: `expired`, `cancelled`, `succeeded`, …
+        reason: String,
+    },
+
+    /// Results for a unit that was cancelled with its campaign.
+    #[error("unit {unit} was cancelled (lease {lease}); its results are no longer wanted")]
+    UnitCancelled {
+        /// The lease the results came under.
+        lease: String,
+        /// The unit.
+        unit: String,
+    },
+
+    /// A batch names another unit than its lease's.
+    #[error("lease {lease} is for unit {expected}, not {got}")]
+    UnitMismatch {
+        /// The lease.
+        lease: String,
+        /// The lease's unit.
+        expected: String,
+        /// The unit the batch named.
+        got: String,
+    },
+
+    /// A result names a step the unit does not have.
+    #[error("unit {unit} has no step {step}")]
+    UnknownStep {
+        /// The unit.
+        unit: String,
+        /// The step id.
+        step: String,
+    },
+
+    /// `complete` while some steps have no stored result.
+    #[error(
+        "unit {unit} cannot complete: {missing} of {total} steps have no stored result \
+         (hint: send their results first, or release the lease)"
+    )]
+    StepsMissing {
+        /// The unit.
+        unit: String,
+        /// Steps without a stored result.
+        missing: u64,
+        /// Steps of the unit.
+        total: u64,
+    },
+
     /// A task on tokio's blocking pool (a read, or opening the database) panicked or was
     /// cancelled.
     #[error("failed to run a blocking store task")]

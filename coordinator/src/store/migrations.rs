@@ -20,11 +20,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order; `version` is the position from 1.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("../../migrations/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("../../migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_agent_protocol",
+        sql: include_str!("../../migrations/0002_agent_protocol.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) fn latest_version() -> u32 {

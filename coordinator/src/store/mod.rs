@@ -13,11 +13,13 @@
 //! - `connection`: the pragmas (WAL, `synchronous = NORMAL`, foreign keys, busy timeout)
 //!   and why a returned write survives `kill -9`.
 //! - `submit` (encoding an expansion while the writer inserts it), `campaigns` (cancel,
-//!   retry, status reads), `specs` (configuration parts), `audit`: the SQL of each
+//!   retry, status reads), `specs` (configuration parts), `agents` (registration,
+//!   heartbeats, drain), `leases` (matching, granting, fencing, how leases end),
+//!   `results` (storing batches exactly once, reading results), `audit`: the SQL of each
 //!   concern; `rows`: what reads return; `clock`: the one source of `*_ms` times.
 //!
-//! Adding an operation (leases, results, agents): write a function taking `&Connection`
-//! (and `now_ms` for writes) next to the others, and call it through `Store::write` or
+//! Adding an operation: write a function taking `&Connection` (and `now_ms` for writes)
+//! next to the others of its concern, and call it through `Store::write` or
 //! `Store::read`. Writes record who did what with `audit::append` where an operator
 //! acted. Rows refer to campaigns and units by `campaign_key` / `unit_key`;
 //! `campaigns::campaign_key` maps a public [`CampaignId`] to its key.
@@ -33,17 +35,25 @@
 //!   and a `cancelled` unit (with its cancelled steps): a resubmission un-cancels the
 //!   campaign. `failed` units stay failed; [`Store::retry_failed`] is how they run again.
 //!
+//! Leases (docs/leases.md): a unit is leased with its epoch (fencing token) one higher
+//! each time; every write of a lease holder is guarded by lease and epoch in its `WHERE`;
+//! a unit leaves `leased` only together with its live lease (complete, fail, release,
+//! expiry, cancel), so a live lease always carries its unit's current epoch.
+//!
 //! Invariant: a cancelled campaign has no pending or leased units (cancel moves them all;
 //! resubmit and retry clear the cancellation when they make units pending), so the scheduler
 //! can select runnable work by unit state alone.
 
+mod agents;
 mod audit;
 mod campaigns;
 mod clock;
 mod connection;
 mod error;
+mod leases;
 mod migrations;
 mod readers;
+mod results;
 mod rows;
 mod specs;
 mod submit;
@@ -53,19 +63,26 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use self::clock::Clock;
+pub(crate) use self::clock::Clock;
 pub use self::error::StoreError;
+pub use self::leases::MAX_INFRA_ATTEMPTS;
 use self::readers::ReaderPool;
 pub use self::rows::{
-    AuditEntry, CampaignInfo, CampaignState, StateCounts, StepRow, StepState, SubmitOutcome,
-    UnitRow, UnitState, UnknownState,
+    AgentRow, AgentState, AuditEntry, BatchOutcome, CampaignInfo, CampaignState, ExpiredLease,
+    FailOutcome, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd, Registered, ReleaseOutcome,
+    StateCounts, StepRow, StepState, StoredResult, StoredStep, SubmitOutcome, UnitRef, UnitRow,
+    UnitState, UnknownState,
 };
 use self::writer::Command;
-use crate::domain::{CampaignId, Dropped, Expansion, UnitId};
+use crate::domain::{
+    AgentId, AgentRegistration, CampaignId, Dropped, Expansion, LeaseId, LeaseRequest,
+    ReleaseReason, ResultBatch, UnitId,
+};
 
 /// Where the answer of a queued write arrives.
 type Reply<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -299,6 +316,213 @@ impl Store {
             .await
     }
 
+    // ---- agents and leases ----
+
+    /// Registers an agent, or updates what it reports (hostname, GPUs, labels,
+    /// frameworks, versions) when it registers again.
+    ///
+    /// Registering again is what a restarted agent does: its live leases are kept (it
+    /// resumes them through heartbeats, or they expire), a drain an operator asked for is
+    /// kept, and a drain the agent announced itself is cleared.
+    pub async fn register_agent(
+        &self,
+        agent: &AgentRegistration,
+    ) -> Result<Registered, StoreError> {
+        let agent = agent.clone();
+        self.write(move |conn, now_ms| agents::register(conn, now_ms, &agent))
+            .await
+    }
+
+    /// Picks the best runnable unit for the agent and leases it to the agent for `ttl`,
+    /// in one write transaction; `None` when nothing fits (or the agent is draining).
+    ///
+    /// Runnable: a pending unit. It fits when
+    /// - a GPU unit: the agent registered `count` GPUs of the unit's type (ignoring case)
+    ///   that are in `free_gpu_indices` and not held by the agent's own live leases; the
+    ///   lowest such indices are assigned;
+    /// - a CPU unit (`gpu_type` `cpu`): `cpu_slots_free > 0`; no GPU is assigned;
+    /// - every label of the unit is one of the agent's labels, and the agent lists the
+    ///   unit's framework (or lists none).
+    ///
+    /// Preference: a unit whose id is in `warm_configs`, then the higher campaign
+    /// priority, then the older campaign, then the unit's position in its campaign.
+    ///
+    /// The grant makes the unit leased, adds one to its epoch, creates the lease (a UUID)
+    /// and opens the unit's attempt in its history. Fails with
+    /// [`StoreError::AgentNotFound`] for an agent that never registered.
+    pub async fn acquire_lease(
+        &self,
+        request: &LeaseRequest,
+        ttl: Duration,
+    ) -> Result<Option<GrantedLease>, StoreError> {
+        let request = request.clone();
+        self.write(move |conn, now_ms| leases::acquire(conn, now_ms, &request, ttl))
+            .await
+    }
+
+    /// Records a heartbeat of `agent`: its last-heartbeat time, whether it is draining
+    /// itself (a lost agent becomes active or draining again), and renews each reported
+    /// `(lease, epoch)` that is live, the agent's own and at that epoch, to `now + ttl`
+    /// (never shortening it). Every other reported lease is revoked in the reply (ended,
+    /// expired, re-leased, cancelled or unknown); the agent's leases it did not report are
+    /// left alone. The reply also says whether an operator drained the agent.
+    pub async fn heartbeat(
+        &self,
+        agent: &AgentId,
+        leases: &[(LeaseId, u64)],
+        draining: bool,
+        ttl: Duration,
+    ) -> Result<HeartbeatReply, StoreError> {
+        let (agent, leases) = (agent.clone(), leases.to_vec());
+        self.write(move |conn, now_ms| {
+            agents::heartbeat(conn, now_ms, &agent, &leases, draining, ttl)
+        })
+        .await
+    }
+
+    /// Stores a batch of step results exactly once, in one savepoint.
+    ///
+    /// The batch's lease (in any state) finds the unit. Fencing: the batch's epoch must be
+    /// the unit's current epoch (a lease that expired while its unit was not leased again
+    /// still has it) and the unit must not be cancelled; else the batch is refused
+    /// ([`StoreError::StaleEpoch`], [`StoreError::UnitCancelled`]) and nothing is written.
+    /// A batch whose idempotency keys (unit, step, attempt, sequence) were all applied is
+    /// acknowledged without doing anything; a result for a step that already has one is
+    /// skipped. A step the unit lacks refuses the whole batch ([`StoreError::UnknownStep`]).
+    pub async fn store_results(&self, batch: ResultBatch) -> Result<BatchOutcome, StoreError> {
+        self.queue_results(batch).await?.await
+    }
+
+    /// [`Store::store_results`] in two halves: queues the batch behind the writes queued
+    /// before it, and returns its answer to await later. A stream keeps several batches in
+    /// flight this way, and the writer commits them together, still in order.
+    pub async fn queue_results(
+        &self,
+        batch: ResultBatch,
+    ) -> Result<PendingWrite<BatchOutcome>, StoreError> {
+        self.queue_write(move |conn, now_ms| results::store_batch(conn, now_ms, &batch))
+            .await
+            .map(PendingWrite)
+    }
+
+    /// The unit of a live lease at `epoch` finished: it succeeds and the lease ends
+    /// `succeeded`. Refused with [`StoreError::StepsMissing`] while some step has no stored
+    /// result, and fenced like every holder's write ([`StoreError::StaleEpoch`],
+    /// [`StoreError::LeaseEnded`], [`StoreError::LeaseNotFound`]). Completing a lease that
+    /// already completed is acknowledged again.
+    pub async fn complete(&self, lease: &LeaseId, epoch: u64) -> Result<UnitRef, StoreError> {
+        let lease = lease.clone();
+        self.write(move |conn, now_ms| leases::complete(conn, now_ms, &lease, epoch))
+            .await
+    }
+
+    /// The unit of a live lease at `epoch` failed on its own account: one more attempt is
+    /// spent and `error` and `log_tail` are kept as its last error. With attempts left it
+    /// goes back to the queue with its finished steps; at the campaign's `max_attempts` it
+    /// fails, and so do its pending steps. The lease ends `failed`. Fenced like
+    /// [`Store::complete`]; failing a lease that already failed is acknowledged again.
+    pub async fn fail(
+        &self,
+        lease: &LeaseId,
+        epoch: u64,
+        error: &str,
+        log_tail: &str,
+    ) -> Result<FailOutcome, StoreError> {
+        let (lease, error, log_tail) = (lease.clone(), error.to_owned(), log_tail.to_owned());
+        self.write(move |conn, now_ms| leases::fail(conn, now_ms, &lease, epoch, &error, &log_tail))
+            .await
+    }
+
+    /// The agent gives a live lease at `epoch` back without failing its unit: the lease
+    /// ends `preempted` (reason `preempted`) or `released` (any other reason), and the unit
+    /// goes back to the queue with its finished steps. It counts as an infrastructure
+    /// ending, not against `max_attempts`; the [`MAX_INFRA_ATTEMPTS`]th fails the unit.
+    /// Fenced like [`Store::complete`]; releasing a released lease is acknowledged again.
+    pub async fn release(
+        &self,
+        lease: &LeaseId,
+        epoch: u64,
+        reason: &ReleaseReason,
+    ) -> Result<ReleaseOutcome, StoreError> {
+        let (lease, reason) = (lease.clone(), reason.clone());
+        self.write(move |conn, now_ms| leases::release(conn, now_ms, &lease, epoch, &reason))
+            .await
+    }
+
+    /// The expiry sweep: ends every live lease whose `expires_at_ms` has passed as
+    /// `expired` and sends its unit back to the queue with its finished steps (an
+    /// infrastructure ending, like [`Store::release`]). `ttl` only words the recorded
+    /// error. Idempotent: a second sweep finds nothing. Returns what it ended.
+    pub async fn expire_leases(&self, ttl: Duration) -> Result<Vec<ExpiredLease>, StoreError> {
+        self.write(move |conn, now_ms| leases::expire(conn, now_ms, ttl))
+            .await
+    }
+
+    /// Gives every live lease at least `ttl` from now; returns how many it extended.
+    ///
+    /// A coordinator calls this when it starts: its agents could not heartbeat while it
+    /// was down, so a lease left by the previous run expires only if its agent stays
+    /// silent for a whole TTL of this one.
+    pub async fn resume_leases(&self, ttl: Duration) -> Result<u64, StoreError> {
+        self.write(move |conn, now_ms| leases::resume(conn, now_ms, ttl))
+            .await
+    }
+
+    /// Marks `lost` every agent whose last heartbeat is older than `silence`; returns
+    /// the agents it marked. A heartbeat makes a lost agent active again.
+    pub async fn mark_lost_agents(&self, silence: Duration) -> Result<Vec<AgentId>, StoreError> {
+        self.write(move |conn, now_ms| agents::mark_lost(conn, now_ms, silence))
+            .await
+    }
+
+    /// Every registered agent with its GPUs, labels, state and live leases, by id.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        self.read(agents::list).await
+    }
+
+    /// Drains an agent: it gets no new leases (also after it registers again) and learns
+    /// it from its next heartbeat; its running leases continue. Returns its live leases.
+    /// Appends a `drain` audit entry; [`StoreError::AgentNotFound`] for an unknown agent.
+    pub async fn drain_agent(
+        &self,
+        agent: &AgentId,
+        actor: &str,
+    ) -> Result<Vec<LeaseId>, StoreError> {
+        let (agent, actor) = (agent.clone(), actor.to_owned());
+        self.write(move |conn, now_ms| agents::drain(conn, now_ms, &agent, &actor))
+            .await
+    }
+
+    /// The campaign's stored step results in unit position, then step order, read in
+    /// pages so a large campaign streams in bounded memory (each page is one snapshot);
+    /// `None` for an unknown campaign. With `include_records`, each result carries its
+    /// request records.
+    pub async fn results(
+        &self,
+        campaign: &CampaignId,
+        include_records: bool,
+    ) -> Result<Option<ResultPages>, StoreError> {
+        let campaign = campaign.clone();
+        let cursor = self
+            .read(move |conn| results::start(conn, &campaign, include_records))
+            .await?;
+        Ok(cursor.map(|cursor| ResultPages {
+            store: self.clone(),
+            cursor: Some(cursor),
+        }))
+    }
+
+    /// Every attempt of a unit (its leases), oldest first; empty for an unknown unit.
+    pub async fn unit_history(
+        &self,
+        campaign: &CampaignId,
+        unit: &UnitId,
+    ) -> Result<Vec<HistoryRow>, StoreError> {
+        let (campaign, unit) = (campaign.clone(), unit.clone());
+        self.read(move |conn| results::history(conn, &campaign, &unit))
+            .await
+    }
+
     /// The newest `limit` audit entries, newest first.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn| audit::recent(conn, limit)).await
@@ -361,6 +585,50 @@ impl Store {
     }
 }
 
+/// The answer of a queued write: resolves once the write's transaction committed (or
+/// failed). The write happens whether or not this is awaited.
+#[derive(Debug)]
+pub struct PendingWrite<T>(Reply<T>);
+
+impl<T> std::future::Future for PendingWrite<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|_| StoreError::WriterStopped)?)
+    }
+}
+
+/// The stored results of a campaign, page by page; see [`Store::results`].
+#[derive(Debug)]
+pub struct ResultPages {
+    store: Store,
+    /// `None` once the last page was read.
+    cursor: Option<results::Cursor>,
+}
+
+impl ResultPages {
+    /// The next page (at most a few hundred results or a few MiB), or `None` at the end.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<StoredResult>>, StoreError> {
+        let Some(cursor) = self.cursor.take() else {
+            return Ok(None);
+        };
+        let (page, cursor) = self
+            .store
+            .read(move |conn| results::page(conn, cursor))
+            .await?;
+        if page.is_empty() {
+            return Ok(None);
+        }
+        self.cursor = Some(cursor);
+        Ok(Some(page))
+    }
+}
+
 /// Runs CPU-bound work, telling a multi-threaded runtime to move other tasks off this
 /// worker meanwhile.
 fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
@@ -372,5 +640,7 @@ fn cpu_bound<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;

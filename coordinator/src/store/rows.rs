@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::domain::{CampaignId, StepSpec, UnitConfig, UnitId};
+use crate::domain::{AgentGpu, AgentId, CampaignId, LeaseId, StepId, StepSpec, UnitConfig, UnitId};
 
 /// A state string the store does not know (the CHECK constraints keep these out).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -92,6 +92,40 @@ state_enum! {
         /// It ran and failed.
         Failed => "failed",
         /// Cancelled with its campaign before it ran.
+        Cancelled => "cancelled",
+    }
+}
+
+state_enum! {
+    /// State of an agent as listed.
+    AgentState {
+        /// Heartbeating and taking work.
+        Active => "active",
+        /// Heartbeating, takes no new work (drained by an operator or draining itself),
+        /// still runs leases.
+        Draining => "draining",
+        /// Draining with no lease left: can be stopped.
+        Drained => "drained",
+        /// No heartbeat within the lease TTL.
+        Lost => "lost",
+    }
+}
+
+state_enum! {
+    /// How a lease (and the unit's attempt under it) ended; the values of the
+    /// `leases.end_reason` and `unit_history.outcome` CHECK constraints.
+    LeaseEnd {
+        /// Every step stored; the unit succeeded.
+        Succeeded => "succeeded",
+        /// The unit failed on its own account (counts against `max_attempts`).
+        Failed => "failed",
+        /// No heartbeat renewed it within the TTL.
+        Expired => "expired",
+        /// The agent was preempted and gave the lease back.
+        Preempted => "preempted",
+        /// The agent gave the lease back (drain, shutdown, partition).
+        Released => "released",
+        /// The campaign was cancelled.
         Cancelled => "cancelled",
     }
 }
@@ -246,6 +280,215 @@ pub struct SubmitOutcome {
     pub steps_added: u64,
     /// Steps of the expansion that existed already.
     pub steps_kept: u64,
+}
+
+/// Which unit an operation touched, for events and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnitRef {
+    /// Its campaign.
+    pub campaign: CampaignId,
+    /// The unit.
+    pub unit: UnitId,
+    /// Its human label.
+    pub label: String,
+}
+
+/// A lease just granted: everything an agent needs to run the unit.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GrantedLease {
+    /// The lease id (UUID v4).
+    pub lease: LeaseId,
+    /// The agent holding it.
+    pub agent: AgentId,
+    /// The unit, its campaign and label.
+    pub unit: UnitRef,
+    /// Fencing token: the unit's epoch, one more than under its previous lease.
+    pub epoch: u64,
+    /// The server configuration.
+    pub config: UnitConfig,
+    /// Every step of the unit, in run order.
+    pub steps: Vec<StepSpec>,
+    /// Steps that already have a stored result; the agent skips them.
+    pub finished_steps: Vec<StepId>,
+    /// GPU indices on the agent assigned to the lease (empty for a CPU unit).
+    pub gpu_indices: Vec<u32>,
+    /// When the lease expires unless a heartbeat renews it, Unix ms.
+    pub expires_at_ms: i64,
+    /// Attempt number of the unit, from 1: own failures + infrastructure endings + 1.
+    pub attempt: u32,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HeartbeatReply {
+    /// Reported leases that are still the agent's own; renewed.
+    pub valid: Vec<LeaseId>,
+    /// Reported leases the agent must stop: ended, re-leased, someone else's, unknown.
+    pub revoked: Vec<LeaseId>,
+    /// An operator drained the agent.
+    pub drain: bool,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registered {
+    /// The agent was not known before.
+    pub new: bool,
+    /// An operator drained it earlier (kept across registrations).
+    pub drain_requested: bool,
+    /// Its live leases, kept: the agent resumes them through heartbeats.
+    pub live_leases: Vec<LeaseId>,
+}
+
+/// A step whose result a batch stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredStep {
+    /// The step.
+    pub step: StepId,
+    /// Its position in the unit's run order.
+    pub index: u32,
+}
+
+/// What storing a result batch did. A refused batch is an error instead
+/// ([`StoreError::StaleEpoch`](super::StoreError::StaleEpoch) and friends).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BatchOutcome {
+    /// The unit the batch was for.
+    pub unit: UnitRef,
+    /// The agent holding the batch's lease.
+    pub agent: AgentId,
+    /// Every idempotency key of the batch had been applied before: nothing was done.
+    pub duplicate: bool,
+    /// Results stored by this batch.
+    pub stored: Vec<StoredStep>,
+    /// Results skipped because their step already had a stored result.
+    pub already_stored: usize,
+    /// Steps of the unit with a stored result, after the batch.
+    pub steps_done: u64,
+    /// Steps of the unit.
+    pub steps_total: u64,
+}
+
+/// What a `fail` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailOutcome {
+    /// The unit.
+    pub unit: UnitRef,
+    /// The unit is pending again; false when it ran out of attempts and failed.
+    pub will_retry: bool,
+    /// Attempts spent on the unit's own failures, this one included.
+    pub attempts: u32,
+    /// The campaign's `max_attempts`.
+    pub max_attempts: u32,
+}
+
+/// What a `release` (or an expiry) did to the unit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReleaseOutcome {
+    /// The unit.
+    pub unit: UnitRef,
+    /// How the lease ended: [`LeaseEnd::Preempted`] or [`LeaseEnd::Released`].
+    pub end: LeaseEnd,
+    /// The unit reached the infrastructure cap and failed instead of going back to the
+    /// queue.
+    pub gave_up: bool,
+}
+
+/// A lease the expiry sweep ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiredLease {
+    /// The lease.
+    pub lease: LeaseId,
+    /// The agent that held it.
+    pub agent: AgentId,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The unit.
+    pub unit: UnitRef,
+    /// Why, as recorded in the unit's history (e.g. `lease expired: agent a1 sent no
+    /// heartbeat for 31.0s`).
+    pub error: String,
+    /// The unit reached the infrastructure cap and failed instead of going back to the
+    /// queue.
+    pub gave_up: bool,
+}
+
+/// A registered agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRow {
+    /// Id.
+    pub id: AgentId,
+    /// Host name.
+    pub hostname: String,
+    /// GPUs.
+    pub gpus: Vec<AgentGpu>,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Frameworks it can launch; empty = any.
+    pub frameworks: Vec<String>,
+    /// Agent version.
+    pub version: String,
+    /// Driver version ('' when unknown).
+    pub driver_version: String,
+    /// CUDA version ('' when unknown).
+    pub cuda_version: String,
+    /// Derived state.
+    pub state: AgentState,
+    /// An operator drained it.
+    pub drain_requested: bool,
+    /// Latest registration, Unix ms.
+    pub registered_at_ms: i64,
+    /// Latest heartbeat (or registration), Unix ms.
+    pub last_heartbeat_ms: i64,
+    /// Its live leases.
+    pub leases: Vec<LeaseId>,
+}
+
+/// A stored step result with what it was a result of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredResult {
+    /// The unit, its campaign and label.
+    pub unit: UnitRef,
+    /// The unit's configuration.
+    pub config: UnitConfig,
+    /// The step.
+    pub step: StepSpec,
+    /// Step metrics (JSON).
+    pub result_json: String,
+    /// Environment (JSON).
+    pub environment_json: String,
+    /// zstd-compressed JSON Lines of per-request records (all chunks, concatenated, which
+    /// is one valid zstd stream); `None` when not asked for or none were sent.
+    pub records_zstd: Option<Vec<u8>>,
+    /// Agent that produced it.
+    pub agent: AgentId,
+    /// Attempt it was produced in.
+    pub attempt: u32,
+    /// Epoch of the lease it was produced under.
+    pub epoch: u64,
+    /// When the step finished, Unix ms.
+    pub finished_at_ms: i64,
+}
+
+/// One attempt of a unit: a lease from grant to end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryRow {
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// The lease's epoch.
+    pub epoch: u64,
+    /// The lease.
+    pub lease: Option<LeaseId>,
+    /// The agent.
+    pub agent: AgentId,
+    /// Grant time, Unix ms.
+    pub started_at_ms: i64,
+    /// End time, Unix ms; `None` while the lease is live.
+    pub ended_at_ms: Option<i64>,
+    /// How it ended; `None` while the lease is live.
+    pub outcome: Option<LeaseEnd>,
+    /// The error of a failed, expired or abandoned attempt.
+    pub error: Option<String>,
 }
 
 #[cfg(test)]

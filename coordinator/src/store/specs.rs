@@ -3,6 +3,7 @@
 //! distinct parts; units and steps refer to them by `spec_id`.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 use rusqlite::Connection;
@@ -209,23 +210,37 @@ impl Parts {
             let id: i64 = r.get(0).sql("read configuration parts")?;
             let kind: String = r.get(1).sql("read configuration parts")?;
             let json: String = r.get(2).sql("read configuration parts")?;
-            let part = match kind.as_str() {
-                "model" => Part::Model(decode(&json)?),
-                "gpu" => Part::Gpu(decode(&json)?),
-                "framework" => Part::Framework(decode(&json)?),
-                "quantization" => Part::Quantization(decode(&json)?),
-                "workload" => Part::Workload(decode(&json)?),
-                "load" => Part::Load(decode(&json)?),
-                _ => {
-                    return Err(StoreError::BadValue {
-                        column: "specs.kind",
-                        value: kind,
-                    });
-                }
-            };
-            parts.insert(id, part);
+            parts.insert(id, decode_part(&kind, &json)?);
         }
         Ok(Parts(parts))
+    }
+
+    /// No parts yet: [`Parts::fetch`] loads them one at a time, for reads that need a
+    /// few parts of a large campaign.
+    pub(crate) fn lazy() -> Parts {
+        Parts(HashMap::new())
+    }
+
+    /// The part with this id, loaded on first use.
+    pub(crate) fn fetch(&mut self, conn: &Connection, id: i64) -> Result<&Part, StoreError> {
+        match self.0.entry(id) {
+            Entry::Occupied(known) => Ok(known.into_mut()),
+            Entry::Vacant(slot) => {
+                let (kind, json): (String, String) = conn
+                    .prepare_cached("SELECT kind, spec_json FROM specs WHERE spec_id = ?1")
+                    .and_then(|mut s| s.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))))
+                    .sql("read a configuration part")?;
+                Ok(slot.insert(decode_part(&kind, &json)?))
+            }
+        }
+    }
+
+    /// Loads every part of `ids` not loaded yet.
+    pub(crate) fn fetch_all(&mut self, conn: &Connection, ids: &[i64]) -> Result<(), StoreError> {
+        for &id in ids {
+            self.fetch(conn, id)?;
+        }
+        Ok(())
     }
 
     fn get(&self, id: i64, column: &'static str) -> Result<&Part, StoreError> {
@@ -296,6 +311,24 @@ impl Parts {
             }),
         }
     }
+}
+
+/// Decodes a `specs` row.
+fn decode_part(kind: &str, json: &str) -> Result<Part, StoreError> {
+    Ok(match kind {
+        "model" => Part::Model(decode(json)?),
+        "gpu" => Part::Gpu(decode(json)?),
+        "framework" => Part::Framework(decode(json)?),
+        "quantization" => Part::Quantization(decode(json)?),
+        "workload" => Part::Workload(decode(json)?),
+        "load" => Part::Load(decode(json)?),
+        _ => {
+            return Err(StoreError::BadValue {
+                column: "specs.kind",
+                value: kind.to_owned(),
+            });
+        }
+    })
 }
 
 fn decode<T: DeserializeOwned>(json: &str) -> Result<T, StoreError> {

@@ -1,0 +1,697 @@
+//! `AgentService` over real gRPC: a coordinator served on `127.0.0.1:0` with a temporary
+//! database, called with the generated clients.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use evalctl_coordinator::config::Config;
+use evalctl_coordinator::server::{Coordinator, ServeError};
+use evalctl_proto::v1 as pb;
+use evalctl_proto::v1::agent_service_client::AgentServiceClient;
+use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::Channel;
+
+// ---- harness ----
+
+/// A coordinator serving in this process.
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Running {
+    async fn start(data_dir: &Path, lease_ttl: Duration) -> Running {
+        let mut config = Config::with_data_dir(data_dir);
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.lease_ttl = lease_ttl;
+        config.shutdown_grace = Duration::from_secs(2);
+        let coordinator = Coordinator::bind(config).await.expect("coordinator binds");
+        let addr = coordinator.local_addr();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(coordinator.serve(stop.clone().cancelled_owned()));
+        Running { addr, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().expect("coordinator stops cleanly");
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn agents(&self) -> AgentServiceClient<Channel> {
+        AgentServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    async fn campaigns(&self) -> CampaignServiceClient<Channel> {
+        CampaignServiceClient::connect(self.url()).await.unwrap()
+    }
+}
+
+/// Polls `$cond` (an async expression) until it holds, or fails after 10 s.
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(Instant::now() < deadline, $($msg)+);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+/// `models` H100 units with two steps each.
+fn matrix(campaign: &str, models: usize) -> String {
+    let mut yaml = format!("campaign: {campaign}\nmax_attempts: 2\nmodels:\n");
+    for m in 0..models {
+        yaml.push_str(&format!(
+            "  - {{ name: m{m}, path: org/m{m}, params_b: 1 }}\n"
+        ));
+    }
+    yaml.push_str(
+        "gpus:
+  - { type: H100-80GB, memory_gb: 80, counts: [1] }
+frameworks:
+  - name: vllm
+    command: vllm serve {model.path} --port {port} --tensor-parallel-size {gpu.count}
+    health: /health
+quantizations:
+  - { name: bf16, bits: 16 }
+workloads:
+  - name: chat
+    api: chat
+    dataset: { kind: random, input_tokens: 128, output_tokens: 32 }
+    load: { concurrency: [1, 8] }
+    requests: 10
+",
+    );
+    yaml
+}
+
+async fn submit(c: &Running, campaign: &str, models: usize) -> pb::SubmitResponse {
+    c.campaigns()
+        .await
+        .submit(pb::SubmitRequest {
+            matrix_yaml: matrix(campaign, models),
+            source_name: "test.yaml".into(),
+            dry_run: false,
+            submitted_by: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn register(c: &Running, agent: &str, gpus: u32) -> pb::RegisterResponse {
+    c.agents()
+        .await
+        .register(pb::RegisterRequest {
+            agent_id: agent.into(),
+            hostname: format!("{agent}.lab"),
+            gpus: (0..gpus)
+                .map(|index| pb::GpuInfo {
+                    index,
+                    uuid: format!("GPU-{index}"),
+                    gpu_type: "H100-80GB".into(),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    memory_gb: 80.0,
+                })
+                .collect(),
+            version: "0.1.0".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn ask(agent: &str, free: &[u32], wait_ms: u64) -> pb::AcquireLeaseRequest {
+    pb::AcquireLeaseRequest {
+        agent_id: agent.into(),
+        free_gpu_indices: free.to_vec(),
+        warm_configs: vec![],
+        wait_ms,
+        cpu_slots_free: 0,
+    }
+}
+
+async fn acquire(c: &Running, agent: &str, free: &[u32]) -> Option<pb::Lease> {
+    c.agents()
+        .await
+        .acquire_lease(ask(agent, free, 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+}
+
+fn records(lines: usize) -> Vec<u8> {
+    let text: String = (0..lines)
+        .map(|i| format!("{{\"request\":{i}}}\n"))
+        .collect();
+    zstd::encode_all(text.as_bytes(), 3).unwrap()
+}
+
+fn batch(lease: &pb::Lease, sequence: u64, steps: &[usize]) -> pb::ResultBatch {
+    pb::ResultBatch {
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+        unit_id: lease.unit_id.clone(),
+        attempt: lease.attempt,
+        sequence,
+        results: steps
+            .iter()
+            .map(|&i| pb::StepResult {
+                step_id: lease.steps[i].step_id.clone(),
+                step_index: lease.steps[i].index,
+                result_json: format!("{{\"metrics\":{{\"step\":{i}}}}}"),
+                environment_json: "{\"host\":\"gpu-1.lab\"}".into(),
+                records_zstd: records(3),
+                finished_at_ms: 1,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// Sends `batches` on one `ReportResults` stream and returns their acknowledgements.
+async fn report(c: &Running, batches: Vec<pb::ResultBatch>) -> Vec<pb::ResultAck> {
+    let n = batches.len();
+    let mut acks = c
+        .agents()
+        .await
+        .report_results(tokio_stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(ack) = acks.next().await {
+        out.push(ack.unwrap());
+    }
+    assert_eq!(out.len(), n, "one acknowledgement per batch");
+    out
+}
+
+async fn units(c: &Running, campaign: &str) -> Vec<pb::UnitSummary> {
+    c.campaigns()
+        .await
+        .list_units(pb::ListUnitsRequest {
+            campaign: campaign.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .units
+}
+
+async fn heartbeat(c: &Running, agent: &str, leases: &[&pb::Lease]) -> pb::HeartbeatResponse {
+    c.agents()
+        .await
+        .heartbeat(pb::HeartbeatRequest {
+            agent_id: agent.into(),
+            leases: leases
+                .iter()
+                .map(|l| pb::LeaseProgress {
+                    lease_id: l.lease_id.clone(),
+                    epoch: l.epoch,
+                    ..Default::default()
+                })
+                .collect(),
+            draining: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn a_unit_runs_from_lease_to_success_and_watch_shows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    let registered = register(&c, "gpu-1", 2).await;
+    assert_eq!(
+        (registered.lease_ttl_ms, registered.heartbeat_interval_ms),
+        (30_000, 10_000)
+    );
+    let submitted = submit(&c, "nightly", 2).await;
+    let mut watch = c
+        .campaigns()
+        .await
+        .watch(pb::WatchRequest {
+            campaign: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(watch.next().await.unwrap().unwrap().kind, "snapshot");
+
+    let lease = acquire(&c, "gpu-1", &[0, 1]).await.expect("a lease");
+    assert_eq!(
+        lease.unit_id, submitted.unit_list[0].unit_id,
+        "oldest first"
+    );
+    assert_eq!(lease.config_hash, lease.unit_id);
+    assert_eq!(lease.campaign, submitted.campaign_id);
+    assert_eq!((lease.epoch, lease.attempt), (1, 1));
+    assert_eq!(lease.gpu_indices, [0]);
+    assert_eq!(lease.steps.len(), 2);
+    assert!(lease.finished_step_ids.is_empty());
+    assert_eq!(
+        lease.config.as_ref().unwrap().gpu.as_ref().unwrap().count,
+        1
+    );
+
+    let mut unknown_step = batch(&lease, 4, &[1]);
+    unknown_step.results[0].step_id = "s-not-a-step".into();
+    let mut empty = batch(&lease, 5, &[]);
+    empty.results.clear();
+    let acks = report(
+        &c,
+        vec![
+            batch(&lease, 1, &[0]),
+            batch(&lease, 1, &[0]),
+            batch(&lease, 2, &[0, 1]),
+            unknown_step,
+            empty,
+        ],
+    )
+    .await;
+    let summary: Vec<(u64, bool)> = acks.iter().map(|a| (a.sequence, a.accepted)).collect();
+    assert_eq!(
+        summary,
+        [(1, true), (1, true), (2, true), (4, false), (5, false)]
+    );
+    assert!(acks[3].error.contains("s-not-a-step"), "{}", acks[3].error);
+    assert!(
+        acks[4].error.contains("`results` is empty"),
+        "{}",
+        acks[4].error
+    );
+    assert_eq!(acks[0].unit_id, lease.unit_id);
+
+    let mut agents = c.agents().await;
+    agents
+        .complete(pb::CompleteRequest {
+            lease_id: lease.lease_id.clone(),
+            epoch: lease.epoch,
+        })
+        .await
+        .unwrap();
+    // Its answer lost, the agent completes again: acknowledged.
+    agents
+        .complete(pb::CompleteRequest {
+            lease_id: lease.lease_id.clone(),
+            epoch: lease.epoch,
+        })
+        .await
+        .unwrap();
+
+    let mut kinds = Vec::new();
+    while !kinds.iter().any(|k| k == "unit_succeeded") {
+        let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        kinds.push(event.kind);
+    }
+    // Timer refreshes ("progress") may come in between.
+    kinds.retain(|k| k != "progress");
+    assert_eq!(
+        kinds,
+        [
+            "unit_leased",
+            "step_finished",
+            "step_finished",
+            "unit_succeeded"
+        ]
+    );
+
+    let units = units(&c, "nightly").await;
+    assert_eq!(units[0].state, pb::UnitState::Succeeded as i32);
+    assert_eq!(units[0].steps_succeeded, 2);
+
+    let results: Vec<pb::StepResult> = c
+        .campaigns()
+        .await
+        .results(pb::ResultsRequest {
+            campaign: "nightly".into(),
+            include_records: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let order: Vec<(&str, u32)> = results
+        .iter()
+        .map(|r| (r.unit_id.as_str(), r.step_index))
+        .collect();
+    assert_eq!(
+        order,
+        [(lease.unit_id.as_str(), 0), (lease.unit_id.as_str(), 1)]
+    );
+    let first = &results[0];
+    assert_eq!(first.campaign, submitted.campaign_id);
+    assert_eq!(first.agent_id, "gpu-1");
+    assert_eq!(first.attempt, 1);
+    assert_eq!(first.result_json, "{\"metrics\":{\"step\":0}}");
+    assert_eq!(first.environment_json, "{\"host\":\"gpu-1.lab\"}");
+    assert_eq!(first.step.as_ref().unwrap().step_id, lease.steps[0].step_id);
+    assert_eq!(first.unit.as_ref().unwrap(), lease.config.as_ref().unwrap());
+    assert_eq!(zstd::decode_all(&first.records_zstd[..]).unwrap().len(), 42);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_answer_with_statuses_that_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    submit(&c, "c", 1).await;
+    let mut agents = c.agents().await;
+
+    let err = agents
+        .acquire_lease(ask("ghost", &[0], 0))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message()
+            .contains("agent ghost is not registered (hint: call Register first)"),
+        "{}",
+        err.message()
+    );
+    let err = agents.acquire_lease(ask("", &[0], 0)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("`agent_id`"), "{}", err.message());
+    let mut too_warm = ask("gpu-1", &[0], 0);
+    too_warm.warm_configs = vec!["u-1".into(); 65];
+    let err = agents.acquire_lease(too_warm).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("`warm_configs`"),
+        "{}",
+        err.message()
+    );
+
+    register(&c, "gpu-1", 1).await;
+    let old = acquire(&c, "gpu-1", &[0]).await.unwrap();
+    let err = agents
+        .complete(pb::CompleteRequest {
+            lease_id: old.lease_id.clone(),
+            epoch: old.epoch,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("2 of 2 steps have no stored result"),
+        "{}",
+        err.message()
+    );
+    agents
+        .release(pb::ReleaseRequest {
+            lease_id: old.lease_id.clone(),
+            epoch: old.epoch,
+            reason: "shutdown".into(),
+        })
+        .await
+        .unwrap();
+    let new = acquire(&c, "gpu-1", &[0]).await.unwrap();
+    assert_eq!(new.epoch, 2);
+    let err = agents
+        .fail(pb::FailRequest {
+            lease_id: old.lease_id.clone(),
+            epoch: old.epoch,
+            error: "late".into(),
+            log_tail: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    for part in [
+        old.lease_id.as_str(),
+        old.unit_id.as_str(),
+        "stale epoch 1",
+        "epoch 2",
+    ] {
+        assert!(
+            err.message().contains(part),
+            "{} names {part}",
+            err.message()
+        );
+    }
+    let acks = report(&c, vec![batch(&old, 1, &[0])]).await;
+    assert!(!acks[0].accepted);
+    assert!(acks[0].error.contains("stale epoch 1"), "{}", acks[0].error);
+
+    let err = agents
+        .complete(pb::CompleteRequest {
+            lease_id: "no-such-lease".into(),
+            epoch: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = agents
+        .complete(pb::CompleteRequest {
+            lease_id: new.lease_id.clone(),
+            epoch: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("`epoch`"), "{}", err.message());
+
+    let failed = agents
+        .fail(pb::FailRequest {
+            lease_id: new.lease_id.clone(),
+            epoch: new.epoch,
+            error: "server exited with status 1".into(),
+            log_tail: "Traceback …".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(failed.will_retry, "max_attempts 2, one spent");
+    let units = units(&c, "c").await;
+    assert_eq!(units[0].state, pb::UnitState::Pending as i32);
+    assert_eq!(units[0].attempts, 1);
+    assert_eq!(units[0].last_error, "server exited with status 1");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn acquire_long_polls_until_work_arrives_or_the_wait_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    register(&c, "gpu-1", 1).await;
+
+    let started = Instant::now();
+    let empty = c
+        .agents()
+        .await
+        .acquire_lease(ask("gpu-1", &[0], 300))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.lease.is_none());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+
+    let mut agents = c.agents().await;
+    let started = Instant::now();
+    let waiting = tokio::spawn(async move {
+        agents
+            .acquire_lease(ask("gpu-1", &[0], 20_000))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "the call waits for work");
+    submit(&c, "late", 1).await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the submit wakes the waiting call")
+        .unwrap();
+    assert!(answer.lease.is_some());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn leases_without_heartbeats_expire_and_heartbeated_ones_live_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(1);
+    let c = Running::start(dir.path(), ttl).await;
+    submit(&c, "c", 2).await;
+    register(&c, "steady", 1).await;
+    register(&c, "silent", 1).await;
+    let kept = acquire(&c, "steady", &[0]).await.unwrap();
+    let lost = acquire(&c, "silent", &[0]).await.unwrap();
+    // Finish one step of the lost lease: it is kept through the expiry.
+    assert!(report(&c, vec![batch(&lost, 1, &[0])]).await[0].accepted);
+
+    let started = Instant::now();
+    while started.elapsed() < ttl * 5 / 2 {
+        let reply = heartbeat(&c, "steady", &[&kept]).await;
+        assert_eq!(reply.valid_lease_ids, vec![kept.lease_id.clone()]);
+        assert_eq!(reply.lease_ttl_ms, 1000);
+        tokio::time::sleep(ttl / 5).await;
+    }
+    let reply = heartbeat(&c, "silent", &[&lost]).await;
+    assert_eq!(reply.revoked_lease_ids, vec![lost.lease_id.clone()]);
+    let state_of = |units: &[pb::UnitSummary], id: &str| {
+        units.iter().find(|u| u.unit_id == id).map(|u| u.state)
+    };
+    let now = units(&c, "c").await;
+    assert_eq!(
+        state_of(&now, &kept.unit_id),
+        Some(pb::UnitState::Leased as i32)
+    );
+    assert_eq!(
+        state_of(&now, &lost.unit_id),
+        Some(pb::UnitState::Pending as i32)
+    );
+
+    let again = acquire(&c, "silent", &[0]).await.unwrap();
+    assert_eq!(again.unit_id, lost.unit_id);
+    assert_eq!((again.epoch, again.attempt), (2, 2));
+    assert_eq!(again.finished_step_ids, [lost.steps[0].step_id.clone()]);
+
+    // An agent that stops heartbeating is listed as lost.
+    assert_eventually!(
+        c.campaigns()
+            .await
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .agents
+            .iter()
+            .any(|a| a.agent_id == "steady" && a.state == "lost"),
+        "steady is marked lost"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_coordinator_keeps_leases_whose_agents_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(1);
+    let first = Running::start(dir.path(), ttl).await;
+    submit(&first, "c", 1).await;
+    register(&first, "gpu-1", 1).await;
+    let lease = acquire(&first, "gpu-1", &[0]).await.unwrap();
+    first.stop().await;
+
+    // Down for longer than the TTL.
+    tokio::time::sleep(ttl * 2).await;
+    let second = Running::start(dir.path(), ttl).await;
+    // Let the startup sweep run.
+    tokio::time::sleep(ttl / 4).await;
+    let reply = heartbeat(&second, "gpu-1", &[&lease]).await;
+    assert_eq!(reply.valid_lease_ids, vec![lease.lease_id.clone()]);
+    assert!(reply.revoked_lease_ids.is_empty());
+    // Silent from now on: it expires within a TTL and a sweep.
+    assert_eventually!(
+        units(&second, "c").await[0].state == pb::UnitState::Pending as i32,
+        "the lease expires once its agent is silent"
+    );
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn drain_cancel_and_agents_reach_agents_through_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    submit(&c, "c", 3).await;
+    register(&c, "gpu-1", 2).await;
+    register(&c, "gpu-2", 1).await;
+    let a = acquire(&c, "gpu-1", &[0, 1]).await.unwrap();
+
+    let mut campaigns = c.campaigns().await;
+    let listed = campaigns
+        .list_agents(pb::ListAgentsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].agent_id, "gpu-1");
+    assert_eq!(listed[0].hostname, "gpu-1.lab");
+    assert_eq!(listed[0].gpus.len(), 2);
+    assert_eq!(listed[0].lease_ids, vec![a.lease_id.clone()]);
+    assert_eq!(listed[0].state, "active");
+
+    let drained = campaigns
+        .drain(pb::DrainRequest {
+            agent_id: "gpu-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(drained.draining);
+    let reply = heartbeat(&c, "gpu-1", &[&a]).await;
+    assert!(reply.drain);
+    assert_eq!(reply.valid_lease_ids, vec![a.lease_id.clone()]);
+    assert!(
+        acquire(&c, "gpu-1", &[1]).await.is_none(),
+        "a drained agent gets nothing"
+    );
+    let err = campaigns
+        .drain(pb::DrainRequest {
+            agent_id: "ghost".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+
+    let b = acquire(&c, "gpu-2", &[0]).await.unwrap();
+    campaigns
+        .cancel(pb::CancelRequest {
+            campaign: "c".into(),
+            reason: "wrong build".into(),
+        })
+        .await
+        .unwrap();
+    let reply = heartbeat(&c, "gpu-2", &[&b]).await;
+    assert_eq!(reply.revoked_lease_ids, vec![b.lease_id.clone()]);
+    assert!(!reply.drain);
+
+    let channel = Channel::from_shared(c.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "evalctl.v1.AgentService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    c.stop().await;
+}

@@ -1,0 +1,31 @@
+//! The server launcher: renders a framework's command template, starts the inference server
+//! in its own process group with its output in a log file, waits for its health endpoint,
+//! and stops the whole group (SIGTERM, grace, SIGKILL).
+//!
+//! - [`template`]: `{placeholder}` rendering into an argv ([`render_command`]).
+//! - [`server`]: [`spawn`], [`RunningServer`] (health wait, exit polling, stop, log tail).
+//! - [`orphans`]: [`ServerRecord`] and [`end_orphans`], which ends the groups a crashed agent
+//!   left running, identified by process group id and start time so a reused pid is never
+//!   killed.
+//! - `group` and `procfs` (private): process groups and `/proc`; the launcher is Linux only.
+
+mod error;
+mod group;
+mod health;
+pub mod orphans;
+mod procfs;
+pub mod server;
+pub mod template;
+
+pub use error::LaunchError;
+pub use group::group_alive;
+pub use orphans::{OrphanOutcome, ServerRecord, end_orphans};
+pub use procfs::process_start_time;
+pub use server::{
+    AGENT_PROGRAM, LOG_TAIL_BYTES, LaunchSpec, RunningServer, StopOutcome, free_port, read_tail,
+    resolve_program, spawn,
+};
+pub use template::{
+    RenderedCommand, SERVER_PLACEHOLDERS, TemplateError, TemplateValues, render_command,
+    render_template,
+};

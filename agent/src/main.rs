@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use evalctl_agent::runner::{self, AgentConfig, FileConfig, config::default_state_dir};
 use evalctl_agent::sim_server::{self, LatencyModel, SimConfig};
+use evalctl_agent::telemetry::{GpuSource, NoGpus, SimulatedGpus};
+use std::path::PathBuf;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "evalctl-agent", version, about = "evalctl agent for GPU hosts")]
@@ -27,6 +31,8 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent: register with the coordinator, lease units, launch servers, run steps.
+    Run(RunArgs),
     /// Serve a simulated OpenAI-compatible streaming model (for the quickstart and tests).
     SimServer(SimServerArgs),
 }
@@ -68,6 +74,96 @@ struct SimServerArgs {
     max_model_len: u64,
 }
 
+/// Flags of `evalctl-agent run`; each overrides the config file's key of the same name.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML config file (see deploy/agent.toml).
+    #[arg(long, env = "EVALCTL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator URL [default: http://127.0.0.1:7717].
+    #[arg(long, env = "EVALCTL_COORDINATOR")]
+    coordinator: Option<String>,
+    /// State directory [default: ~/.local/state/evalctl/agent].
+    #[arg(long, env = "EVALCTL_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Fixed agent id [default: generated once, kept in the state directory].
+    #[arg(long, env = "EVALCTL_AGENT_ID")]
+    agent_id: Option<String>,
+    /// A label units may require, KEY=VALUE; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Frameworks this host can launch, comma-separated [default: any].
+    #[arg(long, value_delimiter = ',', env = "EVALCTL_AGENT_FRAMEWORKS")]
+    frameworks: Vec<String>,
+    /// FAKE GPUs for a host without GPUs, e.g. "H100-80GB:8" (tests and local runs).
+    #[arg(long, env = "EVALCTL_AGENT_GPUS")]
+    gpus: Option<String>,
+    /// CPU-only units run at once [default: 1].
+    #[arg(long, env = "EVALCTL_AGENT_CPU_SLOTS")]
+    cpu_slots: Option<u32>,
+    /// SIGTERM -> SIGKILL grace of a server's process group, e.g. "10s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    stop_grace: Option<Duration>,
+    /// How long shutdown waits for results to be acknowledged, e.g. "10s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    flush_timeout: Option<Duration>,
+    /// Longest wait of one lease request at the coordinator, e.g. "20s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    acquire_wait: Option<Duration>,
+    /// Stop each server after its unit instead of keeping it for the next unit.
+    #[arg(long)]
+    no_keep_warm: bool,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{text}`")),
+    }
+}
+
+impl RunArgs {
+    /// Flags and env over the file over defaults; the simulated GPU spec, if any.
+    fn resolve(&self) -> anyhow::Result<(AgentConfig, Option<String>)> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let simulated = self.gpus.clone().or_else(|| file.simulated_gpus.clone());
+        let mut config = AgentConfig::new("http://127.0.0.1:7717", default_state_dir());
+        config.apply_file(file);
+        if let Some(v) = &self.coordinator {
+            config.coordinator = v.clone();
+        }
+        if let Some(v) = &self.state_dir {
+            config.state_dir = v.clone();
+        }
+        if self.agent_id.is_some() {
+            config.agent_id = self.agent_id.clone();
+        }
+        config.labels.extend(self.labels.iter().cloned());
+        if !self.frameworks.is_empty() {
+            config.frameworks = self.frameworks.clone();
+        }
+        if let Some(v) = self.cpu_slots {
+            config.cpu_slots = v;
+        }
+        if let Some(v) = self.stop_grace {
+            config.stop_grace = v;
+        }
+        if let Some(v) = self.flush_timeout {
+            config.flush_timeout = v;
+        }
+        if let Some(v) = self.acquire_wait {
+            config.acquire_wait = v;
+        }
+        if self.no_keep_warm {
+            config.keep_warm = false;
+        }
+        Ok((config, simulated))
+    }
+}
+
 impl SimServerArgs {
     fn config(&self) -> SimConfig {
         SimConfig {
@@ -104,6 +200,22 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Run(args) => {
+            let signal = evalctl_agent::signal::shutdown_signal();
+            let (config, simulated) = args.resolve()?;
+            let gpus: Box<dyn GpuSource> = match simulated {
+                Some(spec) => Box::new(SimulatedGpus::parse(&spec)?),
+                None => Box::new(NoGpus),
+            };
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                signal.await;
+                trigger.cancel();
+            });
+            runner::run(config, gpus.as_ref(), shutdown).await?;
+            Ok(())
+        }
         Command::SimServer(args) => {
             // Handlers first: a SIGTERM that arrives once the address is out must be graceful.
             let shutdown = evalctl_agent::signal::shutdown_signal();

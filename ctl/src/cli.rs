@@ -43,8 +43,51 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Send a campaign's failed units back to the queue.
     Retry(CampaignArg),
+    /// Show a campaign's step results: latency percentiles and throughput per step.
+    Results(ResultsArgs),
+    /// List registered agents with their GPUs, leases and last heartbeat.
+    Agents,
+    /// Ask an agent to finish its running units and take no more.
+    Drain(DrainArgs),
+    /// Run a matrix on this machine: coordinator and agent in one process, to the end.
+    Local(LocalArgs),
     /// Benchmark one OpenAI-compatible server directly, no fleet needed.
     Bench(Box<crate::commands::bench::BenchArgs>),
+}
+
+/// `evalctl results`.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    /// Campaign name or id.
+    pub campaign: String,
+}
+
+/// `evalctl drain`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Agent id (`evalctl agents` lists them).
+    pub agent: String,
+}
+
+/// `evalctl local`.
+#[derive(Debug, Args)]
+pub struct LocalArgs {
+    /// The matrix file (YAML).
+    pub matrix: PathBuf,
+    /// Directory for the database and the agent's state [default: ~/.local/share/evalctl/local].
+    /// A second run with the same matrix resumes: finished steps are kept.
+    #[arg(long, env = "EVALCTL_LOCAL_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Delete what an earlier run left in the data directory first.
+    #[arg(long)]
+    pub fresh: bool,
+    /// CPU-only units run at once.
+    #[arg(long, default_value_t = 1)]
+    pub cpu_slots: u32,
+    /// FAKE GPUs for the local agent, e.g. "H100-80GB:8", to try GPU matrices on a laptop
+    /// with a server command that needs none.
+    #[arg(long)]
+    pub gpus: Option<String>,
 }
 
 /// `evalctl submit`.

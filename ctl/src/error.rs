@@ -74,6 +74,24 @@ pub enum CliError {
     /// A benchmark could not run.
     #[error("benchmark failed")]
     Bench(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored step result is not a document this CLI can read.
+    #[error("failed to read the stored result of step {step_id}")]
+    BadResult {
+        /// The step.
+        step_id: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Part of `evalctl local` failed.
+    #[error("failed to {what}")]
+    Local {
+        /// What was being done, e.g. "start the coordinator".
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl CliError {
@@ -111,7 +129,9 @@ impl CliError {
             CliError::Read { .. }
             | CliError::Output(_)
             | CliError::Write { .. }
-            | CliError::Bench(_) => EXIT_FAILURE,
+            | CliError::Bench(_)
+            | CliError::BadResult { .. }
+            | CliError::Local { .. } => EXIT_FAILURE,
         })
     }
 

@@ -22,6 +22,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Watch(args) => commands::watch::run(global, args).await,
         Command::Cancel(args) => commands::control::cancel(global, args).await,
         Command::Retry(args) => commands::control::retry(global, args).await,
+        Command::Results(args) => commands::results::run(global, args).await,
+        Command::Agents => commands::agents::list(global).await,
+        Command::Drain(args) => commands::agents::drain(global, args).await,
+        Command::Local(args) => commands::local::run(global, args).await,
         Command::Bench(args) => commands::bench::run(global, args).await,
     }
 }

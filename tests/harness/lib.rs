@@ -15,6 +15,14 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+mod agent;
+mod procs;
+mod proxy;
+
+pub use agent::AgentProcess;
+pub use procs::{group_alive, processes_with};
+pub use proxy::Proxy;
+
 /// How long a process may take to print its listen address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -59,11 +67,17 @@ impl CoordinatorProcess {
 
     /// Starts a coordinator with extra flags.
     pub fn start_with(data_dir: &Path, extra: &[&str]) -> CoordinatorProcess {
+        Self::start_on("127.0.0.1:0", data_dir, extra)
+    }
+
+    /// Starts a coordinator on `listen` (e.g. the address of one that was killed, so its
+    /// agents find the new one where the old one was).
+    pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> CoordinatorProcess {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.join(format!("coordinator-{}.log", unique_suffix()));
         let log_file = std::fs::File::create(&log).expect("create coordinator log");
         let mut child = Command::new(binary("evalctl-coordinator"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "info")
@@ -95,6 +109,11 @@ impl CoordinatorProcess {
     /// The coordinator's URL for `evalctl --coordinator`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// The data directory it was started with.
@@ -184,7 +203,7 @@ pub fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
-fn first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
+pub(crate) fn first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Option<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stdout);
@@ -200,7 +219,7 @@ fn first_line(stdout: std::process::ChildStdout, timeout: Duration) -> Option<St
     rx.recv_timeout(timeout).ok().filter(|l| !l.is_empty())
 }
 
-fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -228,7 +247,8 @@ fn output_timeout(child: Child, timeout: Duration) -> Output {
     }
 }
 
-fn unique_suffix() -> String {
+/// A suffix unique within this test run (process id and a counter).
+pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     format!(

@@ -171,8 +171,8 @@ fn human(r: &SubmitJson) -> String {
     out
 }
 
-/// The local user name for the audit log.
-fn local_user() -> String {
+/// The local user name, for the audit log.
+pub fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())

@@ -16,14 +16,45 @@ use crate::render::{self, CampaignJson};
 /// Runs `evalctl watch`.
 pub async fn run(global: &GlobalArgs, args: &CampaignArg) -> Result<ExitCode, CliError> {
     let mut client = client::connect(&global.coordinator).await?;
+    let output = if global.json {
+        Output::Json
+    } else {
+        Output::Human
+    };
+    let last_state = follow(&mut client, &args.campaign, output).await?;
+    Ok(match last_state {
+        pb::CampaignState::Failed | pb::CampaignState::Cancelled => {
+            ExitCode::from(EXIT_CAMPAIGN_FAILED)
+        }
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+/// How `follow` shows progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// A progress bar on a terminal, lines otherwise.
+    Human,
+    /// JSON Lines on stdout.
+    Json,
+    /// Nothing (the caller prints its own output).
+    Silent,
+}
+
+/// Shows a campaign's progress until it ends (or the stream does); returns its last state.
+pub async fn follow(
+    client: &mut client::Client,
+    campaign: &str,
+    output: Output,
+) -> Result<pb::CampaignState, CliError> {
     let mut stream = client
         .watch(pb::WatchRequest {
-            campaign: args.campaign.clone(),
+            campaign: campaign.to_owned(),
         })
         .await
         .map_err(CliError::rpc("watch"))?
         .into_inner();
-    let mut view = View::new(global.json);
+    let mut view = View::new(output);
     let mut last_state = pb::CampaignState::Unspecified;
     while let Some(event) = stream.next().await {
         let event = event.map_err(CliError::rpc("watch"))?;
@@ -33,12 +64,7 @@ pub async fn run(global: &GlobalArgs, args: &CampaignArg) -> Result<ExitCode, Cl
         view.show(&event)?;
     }
     view.finish();
-    Ok(match last_state {
-        pb::CampaignState::Failed | pb::CampaignState::Cancelled => {
-            ExitCode::from(EXIT_CAMPAIGN_FAILED)
-        }
-        _ => ExitCode::SUCCESS,
-    })
+    Ok(last_state)
 }
 
 /// How events are shown.
@@ -46,11 +72,14 @@ enum View {
     Bar(ProgressBar),
     Lines,
     Json,
+    Silent,
 }
 
 impl View {
-    fn new(json: bool) -> View {
-        if json {
+    fn new(output: Output) -> View {
+        if output == Output::Silent {
+            View::Silent
+        } else if output == Output::Json {
             View::Json
         } else if std::io::stderr().is_terminal() {
             let bar = ProgressBar::new(0);
@@ -85,11 +114,13 @@ impl View {
                 bar.set_length(steps.total);
                 bar.set_position(steps.succeeded);
                 bar.set_message(summary);
-                for unit in &event.running {
-                    bar.println(format!(
-                        "  running {} on {} ({}/{} steps)",
-                        unit.label, unit.agent_id, unit.steps_succeeded, unit.steps
-                    ));
+                // Unit transitions get a line above the bar; step progress only moves it.
+                if !matches!(event.kind.as_str(), "snapshot" | "step_finished") {
+                    let mut line = format!("  {} {}", event.kind, event.unit_label);
+                    if !event.detail.is_empty() {
+                        line.push_str(&format!(" ({})", event.detail));
+                    }
+                    bar.println(line);
                 }
                 Ok(())
             }
@@ -112,6 +143,7 @@ impl View {
                 line.push('\n');
                 render::emit(&line)
             }
+            View::Silent => Ok(()),
             View::Json => {
                 let value = serde_json::json!({
                     "at": render::timestamp(event.at_ms),

@@ -1,0 +1,213 @@
+//! The agent's configuration: a TOML file (`deploy/agent.toml` documents every key), then
+//! environment variables and flags over it (the binary merges them; see `main.rs`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Settings as read from the TOML file; every field optional so flags and env can fill in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Coordinator URL, e.g. "http://10.0.0.5:7717".
+    pub coordinator: Option<String>,
+    /// Directory of the agent's state (SQLite) and server logs.
+    pub state_dir: Option<PathBuf>,
+    /// Fixed agent id (default: generated once and kept in the state directory).
+    pub agent_id: Option<String>,
+    /// Labels units may require, e.g. `{ zone = "us-east-1a", spot = "true" }`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Frameworks this host can launch; empty = any.
+    #[serde(default)]
+    pub frameworks: Vec<String>,
+    /// Simulated GPUs for hosts without GPUs, e.g. "H100-80GB:8" (tests, local runs).
+    pub simulated_gpus: Option<String>,
+    /// CPU-only units run at once.
+    pub cpu_slots: Option<u32>,
+    /// Address inference servers listen on (the load generator connects there).
+    pub server_host: Option<String>,
+    /// How long one lease request may wait at the coordinator, e.g. "20s".
+    #[serde(default, with = "humantime_opt")]
+    pub acquire_wait: Option<Duration>,
+    /// SIGTERM → SIGKILL grace of a server's process group, e.g. "10s".
+    #[serde(default, with = "humantime_opt")]
+    pub stop_grace: Option<Duration>,
+    /// How long shutdown waits for unacknowledged results to reach the coordinator.
+    #[serde(default, with = "humantime_opt")]
+    pub flush_timeout: Option<Duration>,
+    /// Keep a server running after its unit for a next unit with the same configuration.
+    pub keep_warm: Option<bool>,
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("failed to read the agent config `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("invalid agent config `{path}`")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause (names the key).
+        #[source]
+        source: toml::de::Error,
+    },
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file; unknown keys are errors.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+/// The agent's effective configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Coordinator URL.
+    pub coordinator: String,
+    /// State directory: `agent.sqlite` and `logs/`.
+    pub state_dir: PathBuf,
+    /// Fixed agent id, when configured.
+    pub agent_id: Option<String>,
+    /// Labels units may require.
+    pub labels: BTreeMap<String, String>,
+    /// Frameworks this host can launch; empty = any.
+    pub frameworks: Vec<String>,
+    /// CPU-only units run at once.
+    pub cpu_slots: u32,
+    /// Address servers listen on.
+    pub server_host: String,
+    /// Longest wait of one lease request at the coordinator.
+    pub acquire_wait: Duration,
+    /// SIGTERM → SIGKILL grace of a server's process group.
+    pub stop_grace: Duration,
+    /// How long shutdown waits for unacknowledged results.
+    pub flush_timeout: Duration,
+    /// Keep servers warm between units of the same configuration.
+    pub keep_warm: bool,
+}
+
+impl AgentConfig {
+    /// Defaults for an agent talking to `coordinator` with its state in `state_dir`.
+    pub fn new(coordinator: impl Into<String>, state_dir: impl Into<PathBuf>) -> AgentConfig {
+        AgentConfig {
+            coordinator: coordinator.into(),
+            state_dir: state_dir.into(),
+            agent_id: None,
+            labels: BTreeMap::new(),
+            frameworks: Vec::new(),
+            cpu_slots: 1,
+            server_host: "127.0.0.1".to_owned(),
+            acquire_wait: Duration::from_secs(20),
+            stop_grace: Duration::from_secs(10),
+            flush_timeout: Duration::from_secs(10),
+            keep_warm: true,
+        }
+    }
+
+    /// Applies the file's values over these.
+    pub fn apply_file(&mut self, file: FileConfig) {
+        if let Some(v) = file.coordinator {
+            self.coordinator = v;
+        }
+        if let Some(v) = file.state_dir {
+            self.state_dir = v;
+        }
+        if file.agent_id.is_some() {
+            self.agent_id = file.agent_id;
+        }
+        self.labels.extend(file.labels);
+        if !file.frameworks.is_empty() {
+            self.frameworks = file.frameworks;
+        }
+        if let Some(v) = file.cpu_slots {
+            self.cpu_slots = v;
+        }
+        if let Some(v) = file.server_host {
+            self.server_host = v;
+        }
+        if let Some(v) = file.acquire_wait {
+            self.acquire_wait = v;
+        }
+        if let Some(v) = file.stop_grace {
+            self.stop_grace = v;
+        }
+        if let Some(v) = file.flush_timeout {
+            self.flush_timeout = v;
+        }
+        if let Some(v) = file.keep_warm {
+            self.keep_warm = v;
+        }
+    }
+
+    /// Where server logs go.
+    pub fn log_dir(&self) -> PathBuf {
+        self.state_dir.join("logs")
+    }
+}
+
+/// The default state directory: `$XDG_STATE_HOME/evalctl/agent`, else
+/// `~/.local/state/evalctl/agent`, else `./evalctl-agent-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("evalctl/agent");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/evalctl/agent"),
+        None => PathBuf::from("evalctl-agent-state"),
+    }
+}
+
+/// `Option<Duration>` from a humantime string ("30s", "2m").
+mod humantime_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_agent_config_parses_and_applies() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let file = FileConfig::load(&path).expect("deploy/agent.toml parses");
+        let defaults = AgentConfig::new("http://127.0.0.1:7717", "/tmp/x");
+        let mut config = defaults.clone();
+        config.apply_file(file);
+        // The shipped file documents the defaults: applying it changes nothing.
+        assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let err = toml::from_str::<FileConfig>("cpu_slot = 2").unwrap_err();
+        assert!(err.to_string().contains("cpu_slot"), "{err}");
+    }
+}

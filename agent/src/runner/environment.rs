@@ -1,0 +1,36 @@
+//! The environment a unit's steps ran in, recorded with every step result.
+
+use evalctl_proto::v1 as pb;
+
+use super::Ctx;
+use super::servers::Session;
+use crate::result::Environment;
+
+/// The environment of `lease` running on `session`.
+pub fn describe(ctx: &Ctx, lease: &pb::Lease, session: &Session) -> Environment {
+    let framework = lease.config.as_ref().and_then(|c| c.framework.as_ref());
+    Environment {
+        host: ctx.hostname.clone(),
+        agent_id: ctx.agent_id.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        gpus: ctx
+            .inventory
+            .gpus
+            .iter()
+            .filter(|g| lease.gpu_indices.contains(&g.index))
+            .cloned()
+            .collect(),
+        gpu_source: ctx.inventory.source.clone(),
+        driver_version: ctx.inventory.driver_version.clone(),
+        cuda_version: ctx.inventory.cuda_version.clone(),
+        framework: framework.map(|f| f.name.clone()).unwrap_or_default(),
+        framework_version: session.framework_version.clone(),
+        launch_command: session.server.command_line(),
+        image: framework
+            .map(|f| f.image.clone())
+            .filter(|image| !image.is_empty()),
+        cuda_visible_devices: session.cuda_visible_devices.clone(),
+        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}

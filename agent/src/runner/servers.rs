@@ -1,0 +1,281 @@
+//! Inference servers of the agent: launching one for a lease, and keeping it warm after its
+//! unit for a next unit with the same server configuration (a vLLM cold start costs
+//! minutes; a campaign sweeping workloads over one configuration should pay it once).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use evalctl_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::Ctx;
+use super::probe;
+use crate::launcher::{self, LaunchSpec, RunningServer, TemplateValues};
+
+pub use crate::launcher::LOG_TAIL_BYTES;
+
+/// A healthy server and what the agent learned about it.
+#[derive(Debug)]
+pub struct Session {
+    /// The server.
+    pub server: RunningServer,
+    /// Hash of the configuration it serves (the unit id).
+    pub config_hash: String,
+    /// GPU indices it was started on.
+    pub gpu_indices: Vec<u32>,
+    /// Model name requests carry.
+    pub served_model: String,
+    /// Version the server reports.
+    pub framework_version: Option<String>,
+    /// `CUDA_VISIBLE_DEVICES` it got.
+    pub cuda_visible_devices: Option<String>,
+}
+
+/// A server that could not be brought up: the unit fails with this.
+#[derive(Debug)]
+pub struct LaunchFailure {
+    /// What went wrong.
+    pub error: String,
+    /// The end of the server's log, when it got that far.
+    pub log_tail: String,
+    /// The launch was stopped by the agent (shutdown, revoked lease), not by the server.
+    pub cancelled: bool,
+}
+
+/// Servers kept running after their unit.
+#[derive(Debug, Default)]
+pub struct WarmPool {
+    sessions: Vec<Session>,
+}
+
+impl WarmPool {
+    /// Configuration hashes of the warm servers (sent with lease requests).
+    pub fn configs(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .map(|s| s.config_hash.clone())
+            .collect()
+    }
+
+    /// Takes the warm server of `config_hash` on exactly `gpu_indices`, if any.
+    fn take(&mut self, config_hash: &str, gpu_indices: &[u32]) -> Option<Session> {
+        let at = self
+            .sessions
+            .iter()
+            .position(|s| s.config_hash == config_hash && s.gpu_indices == gpu_indices)?;
+        Some(self.sessions.swap_remove(at))
+    }
+
+    /// Removes the servers a new server on `gpu_indices` would compete with: those sharing a
+    /// GPU, or for a CPU unit (no GPUs) every CPU server.
+    fn take_conflicting(&mut self, gpu_indices: &[u32]) -> Vec<Session> {
+        let (conflicting, kept) = std::mem::take(&mut self.sessions)
+            .into_iter()
+            .partition(|s| {
+                if gpu_indices.is_empty() {
+                    s.gpu_indices.is_empty()
+                } else {
+                    s.gpu_indices.iter().any(|i| gpu_indices.contains(i))
+                }
+            });
+        self.sessions = kept;
+        conflicting
+    }
+
+    /// Removes every warm server.
+    pub fn take_all(&mut self) -> Vec<Session> {
+        std::mem::take(&mut self.sessions)
+    }
+
+    /// Keeps a server for later.
+    pub fn put(&mut self, session: Session) {
+        self.sessions.push(session);
+    }
+}
+
+/// A healthy server for `lease`: the warm one of its configuration when there is one and it
+/// still answers, else a fresh launch (after stopping warm servers it would compete with).
+pub async fn obtain(
+    ctx: &Arc<Ctx>,
+    lease: &pb::Lease,
+    stop: &CancellationToken,
+) -> Result<Session, LaunchFailure> {
+    let warm = ctx
+        .warm
+        .lock()
+        .await
+        .take(&lease.config_hash, &lease.gpu_indices);
+    if let Some(mut session) = warm {
+        let alive = session.server.try_exit().is_none();
+        if alive && health_ok(&session, lease).await {
+            info!(lease = %lease.lease_id, unit = %lease.unit_id, "reusing the warm server");
+            return Ok(session);
+        }
+        warn!(unit = %lease.unit_id, "the warm server stopped answering; launching a new one");
+        retire(ctx, session).await;
+    }
+    let conflicting = ctx.warm.lock().await.take_conflicting(&lease.gpu_indices);
+    for session in conflicting {
+        retire(ctx, session).await;
+    }
+    launch(ctx, lease, stop).await
+}
+
+fn health_url(session: &Session, lease: &pb::Lease) -> String {
+    let health = lease
+        .config
+        .as_ref()
+        .and_then(|c| c.framework.as_ref())
+        .map_or("/health", |f| f.health_path.as_str());
+    format!("{}{health}", session.server.base_url())
+}
+
+/// The server's health endpoint answers 2xx (whatever the body).
+async fn health_ok(session: &Session, lease: &pb::Lease) -> bool {
+    let url = health_url(session, lease);
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return false;
+    };
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(3), client.get(uri)).await,
+        Ok(Ok(response)) if response.status().is_success()
+    )
+}
+
+/// Stops a server and forgets its process group.
+pub async fn retire(ctx: &Ctx, mut session: Session) {
+    let pgid = session.server.record().pgid;
+    let outcome = session.server.stop().await;
+    info!(pgid, ?outcome, config = %session.config_hash, "server stopped");
+    if let Err(err) = ctx.state.forget_server(pgid) {
+        warn!(pgid, error = %err, "failed to forget the server's process group");
+    }
+}
+
+async fn launch(
+    ctx: &Arc<Ctx>,
+    lease: &pb::Lease,
+    stop: &CancellationToken,
+) -> Result<Session, LaunchFailure> {
+    let fail = |error: String| LaunchFailure {
+        error,
+        log_tail: String::new(),
+        cancelled: false,
+    };
+    let config = lease
+        .config
+        .as_ref()
+        .ok_or_else(|| fail("the lease carries no unit configuration".into()))?;
+    let (model, gpu, framework, quant) = (
+        config.model.clone().unwrap_or_default(),
+        config.gpu.clone().unwrap_or_default(),
+        config.framework.clone().unwrap_or_default(),
+        config.quantization.clone().unwrap_or_default(),
+    );
+    let host = ctx.config.server_host.clone();
+    let port = launcher::free_port(&host)
+        .map_err(|e| fail(format!("failed to find a free port on {host}: {e}")))?;
+    let values = TemplateValues {
+        model_name: model.name.clone(),
+        model_path: model.path.clone(),
+        model_tokenizer: model.tokenizer.clone(),
+        host: host.clone(),
+        port,
+        gpu_count: lease.gpu_indices.len() as u32,
+        gpu_type: gpu.gpu_type.clone(),
+        gpu_indices: lease.gpu_indices.clone(),
+        quant_name: quant.name.clone(),
+        quant_bits: quant.bits,
+        quant_args: quant.args.clone(),
+        framework_name: framework.name.clone(),
+        unit_id: lease.unit_id.clone(),
+    };
+    let command = launcher::render_command(&framework.command, &config.extra_args, &values)
+        .map_err(|e| fail(format!("failed to render the server command: {e}")))?;
+    let cuda_visible_devices = (!lease.gpu_indices.is_empty()).then(|| {
+        lease
+            .gpu_indices
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let spec = LaunchSpec {
+        command,
+        env: framework
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+        cuda_visible_devices: cuda_visible_devices.clone(),
+        host,
+        port,
+        health_path: framework.health_path.clone(),
+        startup_timeout: std::time::Duration::from_millis(framework.startup_timeout_ms.max(1_000)),
+        log_path: ctx
+            .config
+            .log_dir()
+            .join(format!("{}-a{}.log", lease.unit_id, lease.attempt)),
+        stop_grace: ctx.config.stop_grace,
+    };
+    info!(
+        lease = %lease.lease_id,
+        unit = %lease.unit_id,
+        command = %spec.command.display(),
+        log = %spec.log_path.display(),
+        "launching the server"
+    );
+    let mut server = launcher::spawn(&spec).map_err(|e| fail(error_chain(&e)))?;
+    let mut record = server.record();
+    record.unit_id = lease.unit_id.clone();
+    if let Err(err) = ctx.state.record_server(&record) {
+        // Without the record a crash would leave the server orphaned: do not run it.
+        server.stop().await;
+        return Err(fail(format!(
+            "failed to record the server's process group in the agent state: {err}"
+        )));
+    }
+    if let Err(err) = server.wait_healthy(stop).await {
+        let log_tail = err
+            .log_tail()
+            .map_or_else(|| server.log_tail(LOG_TAIL_BYTES), str::to_owned);
+        let cancelled = stop.is_cancelled();
+        server.stop().await;
+        let _ = ctx.state.forget_server(record.pgid);
+        return Err(LaunchFailure {
+            error: err.summary(),
+            log_tail,
+            cancelled,
+        });
+    }
+    let base_url = server.base_url();
+    let served_model = probe::served_model(&base_url)
+        .await
+        .unwrap_or_else(|| model.path.clone());
+    let framework_version = probe::framework_version(&base_url).await;
+    info!(unit = %lease.unit_id, %base_url, %served_model, "server healthy");
+    Ok(Session {
+        server,
+        config_hash: lease.config_hash.clone(),
+        gpu_indices: lease.gpu_indices.clone(),
+        served_model,
+        framework_version,
+        cuda_visible_devices,
+    })
+}
+
+/// `error: cause: cause` on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

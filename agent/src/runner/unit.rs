@@ -1,0 +1,530 @@
+//! One leased unit from start to end: a healthy server, every unfinished step in order, then
+//! `Complete` once every result is acknowledged, `Fail` when the unit's own work failed, or
+//! `Release` when the agent stops. A revoked lease stops at once and tells nobody.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use evalctl_proto::v1 as pb;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info, info_span, warn};
+
+use super::servers::{self, LOG_TAIL_BYTES, Session};
+use super::step::{self, ResultContext, Target};
+use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
+use crate::loadgen;
+use crate::result::{STEP_DOCUMENT_SCHEMA, StepDocument};
+
+/// Calls to the coordinator about a lease's end are retried this long on transport errors.
+const END_CALL_PATIENCE: Duration = Duration::from_secs(15);
+/// How often a running step checks that its server is still alive.
+const SERVER_CHECK: Duration = Duration::from_millis(250);
+
+/// How a unit's run ended, before the coordinator is told.
+enum Ending {
+    /// Every step has a result.
+    Finished,
+    /// The unit's own failure (server, template, every request failing).
+    Failed { error: String, log_tail: String },
+    /// The agent asked the unit to stop (the slot says why).
+    Stopped,
+}
+
+/// Runs `lease` to its end (also a lease resumed after a restart: its finished steps are
+/// skipped).
+pub async fn run(ctx: &Arc<Ctx>, lease: pb::Lease, slot: &LeaseSlot) {
+    let span =
+        info_span!("unit", lease = %lease.lease_id, unit = %lease.unit_id, epoch = lease.epoch);
+    async {
+        let mut session = None;
+        let ending = execute(ctx, &lease, slot, &mut session).await;
+        finish(ctx, &lease, slot, ending, session).await;
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn execute(
+    ctx: &Arc<Ctx>,
+    lease: &pb::Lease,
+    slot: &LeaseSlot,
+    session: &mut Option<Session>,
+) -> Ending {
+    let stopped = || Ending::Stopped;
+    let mut finished: HashSet<String> = lease.finished_step_ids.iter().cloned().collect();
+    match ctx.state.finished_steps(&lease.lease_id) {
+        Ok(local) => finished.extend(local),
+        Err(err) => warn!(error = %err, "failed to read finished steps from the state"),
+    }
+    let pending: Vec<&pb::StepSpec> = {
+        let mut steps: Vec<&pb::StepSpec> = lease.steps.iter().collect();
+        steps.sort_by_key(|s| s.index);
+        steps
+            .into_iter()
+            .filter(|s| !finished.contains(&s.step_id))
+            .collect()
+    };
+    slot.steps_finished.store(
+        (lease.steps.len() - pending.len()) as u32,
+        Ordering::Relaxed,
+    );
+    if pending.is_empty() {
+        return Ending::Finished;
+    }
+    info!(
+        steps = lease.steps.len(),
+        pending = pending.len(),
+        first = pending[0].index,
+        "running the unit"
+    );
+
+    let started = tokio::select! {
+        started = servers::obtain(ctx, lease, &slot.stop) => started,
+        _ = slot.stop.cancelled() => return stopped(),
+    };
+    let server = match started {
+        Ok(server) => server,
+        Err(failure) if failure.cancelled || slot.stop.is_cancelled() => return stopped(),
+        Err(failure) => {
+            return Ending::Failed {
+                error: format!("the server did not start: {}", failure.error),
+                log_tail: failure.log_tail,
+            };
+        }
+    };
+    let session = session.insert(server);
+    let environment_json = match serde_json::to_string(&environment::describe(ctx, lease, session))
+    {
+        Ok(json) => json,
+        Err(err) => {
+            return Ending::Failed {
+                error: format!("failed to encode the environment: {err}"),
+                log_tail: String::new(),
+            };
+        }
+    };
+    let model = lease.config.as_ref().and_then(|c| c.model.as_ref());
+    let target = Target {
+        base_url: session.server.base_url(),
+        served_model: session.served_model.clone(),
+        tokenizer_json: model
+            .map(|m| m.tokenizer.clone())
+            .filter(|t| !t.is_empty())
+            .map(Into::into),
+    };
+    let simulated = lease
+        .config
+        .as_ref()
+        .and_then(|c| c.framework.as_ref())
+        .is_some_and(|f| f.name == "sim");
+
+    for spec in pending {
+        if slot.stop.is_cancelled() {
+            return stopped();
+        }
+        slot.current_step.store(spec.index, Ordering::Relaxed);
+        let label = step::label(spec);
+        let is_harness = spec.workload.as_ref().is_some_and(|w| w.api == "command");
+        let result = if is_harness {
+            match harness_step(ctx, lease, spec, session, &environment_json, slot).await {
+                Ok(result) => result,
+                Err(ending) => return ending,
+            }
+        } else {
+            match load_step(
+                ctx,
+                lease,
+                spec,
+                session,
+                &target,
+                &environment_json,
+                simulated,
+                slot,
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(ending) => return ending,
+            }
+        };
+        let batch = pb::ResultBatch {
+            lease_id: lease.lease_id.clone(),
+            epoch: lease.epoch,
+            unit_id: lease.unit_id.clone(),
+            attempt: lease.attempt,
+            sequence: 0,
+            results: vec![result],
+        };
+        if let Err(err) = ctx.state.finish_step(&lease.lease_id, &spec.step_id, batch) {
+            // The result cannot be made durable: stop rather than report what could be lost.
+            error!(step = %label, error = %err, "failed to store the step result in the outbox");
+            return Ending::Failed {
+                error: format!("step {label}: failed to store the result locally: {err}"),
+                log_tail: String::new(),
+            };
+        }
+        ctx.outbox_changed.notify_one();
+        slot.steps_finished.fetch_add(1, Ordering::Relaxed);
+        info!(step = %label, index = spec.index, "step finished");
+    }
+    Ending::Finished
+}
+
+/// Runs a load-generator step; its result, or how the unit ends instead.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
+async fn load_step(
+    ctx: &Ctx,
+    lease: &pb::Lease,
+    spec: &pb::StepSpec,
+    session: &mut Session,
+    target: &Target,
+    environment_json: &str,
+    simulated: bool,
+    slot: &LeaseSlot,
+) -> Result<pb::StepResult, Ending> {
+    let label = step::label(spec);
+    let plan = match step::plan(spec, target).await {
+        Ok(plan) => plan,
+        Err(err) => {
+            return Err(Ending::Failed {
+                error: servers::error_chain(&err),
+                log_tail: session.server.log_tail(LOG_TAIL_BYTES),
+            });
+        }
+    };
+    info!(step = %label, index = spec.index, "step started");
+    let started_at_ms = now_ms();
+    let run = loadgen::run_step(plan, |_| {});
+    let mut run = std::pin::pin!(run);
+    let mut check = tokio::time::interval(SERVER_CHECK);
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut run => break outcome,
+            _ = slot.stop.cancelled() => {
+                info!(step = %label, "step stopped; its partial records are discarded");
+                return Err(Ending::Stopped);
+            }
+            _ = check.tick() => {
+                if let Some(status) = session.server.try_exit() {
+                    return Err(Ending::Failed {
+                        error: format!("the server exited during step {label} ({status})"),
+                        log_tail: session.server.log_tail(LOG_TAIL_BYTES),
+                    });
+                }
+            }
+        }
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            return Err(Ending::Failed {
+                error: format!("step {label}: {}", servers::error_chain(&err)),
+                log_tail: session.server.log_tail(LOG_TAIL_BYTES),
+            });
+        }
+    };
+    if let Some(reason) = step::failure(&outcome) {
+        return Err(Ending::Failed {
+            error: format!("step {label}: {reason}"),
+            log_tail: session.server.log_tail(LOG_TAIL_BYTES),
+        });
+    }
+    let context = ResultContext {
+        lease,
+        step: spec,
+        agent_id: &ctx.agent_id,
+        simulated,
+        served_model: &session.served_model,
+        environment_json,
+        started_at_ms,
+        finished_at_ms: now_ms(),
+    };
+    let result = match step::result(&context, &outcome) {
+        Ok(result) => result,
+        Err(err) => {
+            return Err(Ending::Failed {
+                error: format!("step {label}: failed to encode the result: {err}"),
+                log_tail: String::new(),
+            });
+        }
+    };
+    let m = &outcome.metrics;
+    info!(
+        step = %label,
+        completed = m.completed,
+        failed = m.failed,
+        output_tok_s = format_args!("{:.1}", m.output_token_throughput),
+        ttft_p50_ms = format_args!("{:.2}", m.ttft_ms.map_or(f64::NAN, |s| s.p50)),
+        "load step measured"
+    );
+    Ok(result)
+}
+
+/// Runs a harness step (`api: command`); its result, or how the unit ends instead.
+async fn harness_step(
+    ctx: &Ctx,
+    lease: &pb::Lease,
+    spec: &pb::StepSpec,
+    session: &mut Session,
+    environment_json: &str,
+    slot: &LeaseSlot,
+) -> Result<pb::StepResult, Ending> {
+    let label = step::label(spec);
+    let model = lease
+        .config
+        .as_ref()
+        .and_then(|c| c.model.clone())
+        .unwrap_or_default();
+    let base_url = session.server.base_url();
+    let work_dir = ctx.config.state_dir.join("harness");
+    let run = harness::HarnessRun {
+        step: spec,
+        base_url: &base_url,
+        model_path: &model.path,
+        model_name: &model.name,
+        work_dir: &work_dir,
+        stem: format!("{}-{}-a{}", lease.unit_id, spec.step_id, lease.attempt),
+    };
+    info!(step = %label, index = spec.index, "harness step started");
+    let started_at_ms = now_ms();
+    let outcome = match harness::run(&run, &slot.stop).await {
+        Ok(outcome) => outcome,
+        Err(harness::HarnessError::Cancelled) => return Err(Ending::Stopped),
+        Err(harness::HarnessError::Failed { error, log_tail }) => {
+            return Err(Ending::Failed {
+                error: format!("step {label}: {error}"),
+                log_tail,
+            });
+        }
+    };
+    if let Some(status) = session.server.try_exit() {
+        return Err(Ending::Failed {
+            error: format!("the server exited during step {label} ({status})"),
+            log_tail: session.server.log_tail(LOG_TAIL_BYTES),
+        });
+    }
+    let document = StepDocument {
+        schema: STEP_DOCUMENT_SCHEMA,
+        simulated: false,
+        step_label: label.clone(),
+        metrics: None,
+        harness_metrics: outcome.metrics,
+        tokenization: None,
+        connections_opened: 0,
+        served_model: session.served_model.clone(),
+        started_at_ms,
+        finished_at_ms: now_ms(),
+    };
+    let context = ResultContext {
+        lease,
+        step: spec,
+        agent_id: &ctx.agent_id,
+        simulated: false,
+        served_model: &session.served_model,
+        environment_json,
+        started_at_ms,
+        finished_at_ms: document.finished_at_ms,
+    };
+    let result_json = serde_json::to_string(&document).map_err(|e| Ending::Failed {
+        error: format!("step {label}: failed to encode the result: {e}"),
+        log_tail: String::new(),
+    })?;
+    info!(step = %label, command = %outcome.command, "harness step finished");
+    Ok(step::protocol_result(&context, result_json, Vec::new()))
+}
+
+/// Tells the coordinator how the unit ended and cleans up.
+async fn finish(
+    ctx: &Arc<Ctx>,
+    lease: &pb::Lease,
+    slot: &LeaseSlot,
+    ending: Ending,
+    session: Option<Session>,
+) {
+    let mut keep_server = false;
+    let mut forget_stored_lease = true;
+    match ending {
+        Ending::Finished => {
+            // Complete only once the coordinator holds every result.
+            if outbox::wait_delivered(ctx, &lease.lease_id, &slot.stop).await {
+                keep_server = complete(ctx, lease).await;
+            } else {
+                forget_stored_lease = !stop_and_release(ctx, lease, slot).await;
+            }
+        }
+        Ending::Failed { error, log_tail } => {
+            warn!(%error, "unit failed");
+            // Results of the steps that did finish are kept: deliver them first.
+            let flush = CancellationToken::new();
+            let deadline = tokio::time::sleep(ctx.config.flush_timeout);
+            tokio::select! {
+                _ = outbox::wait_delivered(ctx, &lease.lease_id, &flush) => {}
+                _ = deadline => {}
+                _ = slot.stop.cancelled() => {}
+            }
+            if slot.stop_reason() != Some(StopReason::Revoked) {
+                fail(ctx, lease, &error, &log_tail).await;
+            }
+        }
+        Ending::Stopped => {
+            forget_stored_lease = !stop_and_release(ctx, lease, slot).await;
+        }
+    }
+    if let Some(session) = session {
+        if keep_server && ctx.config.keep_warm && slot.stop_reason().is_none() {
+            ctx.warm.lock().await.put(session);
+        } else {
+            servers::retire(ctx, session).await;
+        }
+    }
+    if forget_stored_lease && let Err(err) = ctx.state.remove_lease(&lease.lease_id) {
+        warn!(error = %err, "failed to forget the lease in the state");
+    }
+}
+
+/// For a stopped unit: a revoked lease is dropped; otherwise results are flushed (up to the
+/// flush timeout) and the lease released. Returns true when the lease should stay stored
+/// (a shutdown whose release did not reach the coordinator: the next start resumes it if it
+/// is still valid).
+async fn stop_and_release(ctx: &Ctx, lease: &pb::Lease, slot: &LeaseSlot) -> bool {
+    let reason = slot.stop_reason().unwrap_or(StopReason::Shutdown);
+    match reason {
+        StopReason::Revoked => {
+            info!("lease revoked by the coordinator; unit stopped");
+            false
+        }
+        StopReason::Shutdown | StopReason::Preempted => {
+            let never = CancellationToken::new();
+            let _ = tokio::time::timeout(
+                ctx.config.flush_timeout,
+                outbox::wait_delivered(ctx, &lease.lease_id, &never),
+            )
+            .await;
+            let why = if reason == StopReason::Preempted {
+                "preempted"
+            } else {
+                "shutdown"
+            };
+            !release(ctx, lease, why).await
+        }
+    }
+}
+
+/// Completes the lease; true when the coordinator accepted it.
+async fn complete(ctx: &Ctx, lease: &pb::Lease) -> bool {
+    let request = pb::CompleteRequest {
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+    };
+    match call_with_patience(|| {
+        let mut client = ctx.client.clone();
+        let request = request.clone();
+        async move { client.complete(request).await }
+    })
+    .await
+    {
+        Ok(_) => {
+            info!("unit complete");
+            true
+        }
+        Err(status) => {
+            warn!(code = ?status.code(), message = status.message(), "the coordinator refused completion");
+            false
+        }
+    }
+}
+
+/// Reports the unit's own failure.
+async fn fail(ctx: &Ctx, lease: &pb::Lease, error: &str, log_tail: &str) {
+    let request = pb::FailRequest {
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+        error: error.to_owned(),
+        log_tail: log_tail.to_owned(),
+    };
+    match call_with_patience(|| {
+        let mut client = ctx.client.clone();
+        let request = request.clone();
+        async move { client.fail(request).await }
+    })
+    .await
+    {
+        Ok(response) => info!(
+            will_retry = response.into_inner().will_retry,
+            "failure reported"
+        ),
+        Err(status) => warn!(
+            code = ?status.code(),
+            message = status.message(),
+            "failed to report the unit's failure; the lease will expire"
+        ),
+    }
+}
+
+/// Gives the lease back; true when the coordinator took it.
+pub async fn release(ctx: &Ctx, lease: &pb::Lease, reason: &str) -> bool {
+    let request = pb::ReleaseRequest {
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+        reason: reason.to_owned(),
+    };
+    match call_with_patience(|| {
+        let mut client = ctx.client.clone();
+        let request = request.clone();
+        async move { client.release(request).await }
+    })
+    .await
+    {
+        Ok(_) => {
+            info!(reason, "lease released");
+            true
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            // Not ours any more: nothing to give back.
+            info!(
+                message = status.message(),
+                "lease already ended at the coordinator"
+            );
+            true
+        }
+        Err(status) => {
+            warn!(code = ?status.code(), message = status.message(), "failed to release the lease");
+            false
+        }
+    }
+}
+
+/// Retries `call` on transport-level failures (coordinator restarting) for a while.
+async fn call_with_patience<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + END_CALL_PATIENCE;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) && tokio::time::Instant::now() + delay < deadline =>
+            {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            answer => return answer,
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

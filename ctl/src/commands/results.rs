@@ -1,0 +1,216 @@
+//! `evalctl results CAMPAIGN`: the stored step results, one row per step, with the latency
+//! percentiles and throughputs of docs/metrics.md; `--json` for scripts.
+
+use std::process::ExitCode;
+
+use evalctl_agent::loadgen::{StepMetrics, Summary};
+use evalctl_agent::result::{Environment, StepDocument};
+use evalctl_proto::v1 as pb;
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::cli::{GlobalArgs, ResultsArgs};
+use crate::client::{self, Client};
+use crate::error::CliError;
+use crate::render;
+
+/// One stored step result as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct ResultJson {
+    /// Unit id.
+    pub unit_id: String,
+    /// "model / gpu xN / framework / quant".
+    pub unit: String,
+    /// Step id.
+    pub step_id: String,
+    /// Position in the unit.
+    pub step_index: u32,
+    /// The step document the agent wrote.
+    pub result: StepDocument,
+    /// Where it ran.
+    pub environment: Option<Environment>,
+    /// Agent that ran it.
+    pub agent_id: String,
+    /// Attempt of the unit.
+    pub attempt: u32,
+    /// RFC 3339 time it finished.
+    pub finished_at: String,
+}
+
+/// Runs `evalctl results`.
+pub async fn run(global: &GlobalArgs, args: &ResultsArgs) -> Result<ExitCode, CliError> {
+    let mut client = client::connect(&global.coordinator).await?;
+    let results = fetch(&mut client, &args.campaign).await?;
+    if global.json {
+        render::emit_json(&results)?;
+    } else {
+        render::emit(&human(&args.campaign, &results))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Every stored result of a campaign, in unit and step order.
+pub async fn fetch(client: &mut Client, campaign: &str) -> Result<Vec<ResultJson>, CliError> {
+    let mut stream = client
+        .results(pb::ResultsRequest {
+            campaign: campaign.to_owned(),
+            include_records: false,
+        })
+        .await
+        .map_err(CliError::rpc("results"))?
+        .into_inner();
+    let mut results = Vec::new();
+    while let Some(result) = stream.next().await {
+        let result = result.map_err(CliError::rpc("results"))?;
+        let document: StepDocument =
+            serde_json::from_str(&result.result_json).map_err(|source| CliError::BadResult {
+                step_id: result.step_id.clone(),
+                source,
+            })?;
+        results.push(ResultJson {
+            unit: result.unit.as_ref().map(unit_label).unwrap_or_default(),
+            unit_id: result.unit_id,
+            step_id: result.step_id,
+            step_index: result.step_index,
+            result: document,
+            environment: serde_json::from_str(&result.environment_json).ok(),
+            agent_id: result.agent_id,
+            attempt: result.attempt,
+            finished_at: render::timestamp(result.finished_at_ms),
+        });
+    }
+    Ok(results)
+}
+
+/// "sim-1b / cpu x1 / sim / bf16".
+pub fn unit_label(config: &pb::UnitConfig) -> String {
+    let name = |s: Option<&String>| s.cloned().unwrap_or_else(|| "?".to_owned());
+    let gpu = config.gpu.clone().unwrap_or_default();
+    format!(
+        "{} / {} x{} / {} / {}",
+        name(config.model.as_ref().map(|m| &m.name)),
+        if gpu.gpu_type.is_empty() {
+            "cpu"
+        } else {
+            gpu.gpu_type.as_str()
+        },
+        gpu.count.max(1),
+        name(config.framework.as_ref().map(|f| &f.name)),
+        name(config.quantization.as_ref().map(|q| &q.name)),
+    )
+}
+
+/// The results table, with a note when a simulator produced the figures.
+pub fn human(campaign: &str, results: &[ResultJson]) -> String {
+    if results.is_empty() {
+        return format!("Campaign {campaign}: no step results stored yet.\n");
+    }
+    let mut table = render::table([
+        "UNIT",
+        "STEP",
+        "OK",
+        "ERR",
+        "TTFT p50/p99",
+        "TPOT p50/p99",
+        "ITL p50/p99",
+        "E2EL p50/p99",
+        "REQ/S",
+        "OUT TOK/S",
+        "GOODPUT",
+    ]);
+    for r in results {
+        let Some(m) = &r.result.metrics else {
+            table.add_row(vec![r.unit.clone(), r.result.step_label.clone()]);
+            continue;
+        };
+        let unit = if r.result.simulated {
+            format!("{} (sim)", r.unit)
+        } else {
+            r.unit.clone()
+        };
+        table.add_row(vec![
+            unit,
+            r.result.step_label.clone(),
+            m.completed.to_string(),
+            m.failed.to_string(),
+            pair(m.ttft_ms),
+            pair(m.tpot_ms),
+            pair(m.itl_ms),
+            pair(m.e2el_ms),
+            format!("{:.2}", m.request_throughput),
+            format!("{:.1}", m.output_token_throughput),
+            goodput(m),
+        ]);
+    }
+    let mut text = format!(
+        "Campaign {campaign}: {} step results (latencies in ms)\n\n{table}\n",
+        results.len()
+    );
+    if results.iter().any(|r| r.result.simulated) {
+        text.push_str(
+            "\nRows marked (sim) come from evalctl's simulated server: they exercise the \
+             pipeline and describe no real hardware.\n",
+        );
+    }
+    text
+}
+
+fn pair(summary: Option<Summary>) -> String {
+    summary.map_or_else(
+        || "-".to_owned(),
+        |s| format!("{}/{}", short(s.p50), short(s.p99)),
+    )
+}
+
+/// Three significant figures, enough to compare without a wall of digits.
+fn short(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+fn goodput(m: &StepMetrics) -> String {
+    m.goodput
+        .map_or_else(|| "-".to_owned(), |g| format!("{g:.2} req/s"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_labels_name_every_part() {
+        let config = pb::UnitConfig {
+            model: Some(pb::ModelSpec {
+                name: "m".into(),
+                ..Default::default()
+            }),
+            gpu: Some(pb::GpuRequirement {
+                gpu_type: "H100-80GB".into(),
+                count: 2,
+                ..Default::default()
+            }),
+            framework: Some(pb::FrameworkSpec {
+                name: "vllm".into(),
+                ..Default::default()
+            }),
+            quantization: Some(pb::QuantizationSpec {
+                name: "fp8".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(unit_label(&config), "m / H100-80GB x2 / vllm / fp8");
+    }
+
+    #[test]
+    fn short_keeps_three_significant_figures() {
+        assert_eq!(short(1234.4), "1234");
+        assert_eq!(short(12.345), "12.3");
+        assert_eq!(short(1.2345), "1.23");
+    }
+}

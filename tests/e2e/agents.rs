@@ -1,0 +1,531 @@
+//! Coordinator + agents + simulated servers, all real processes on loopback: a campaign run
+//! by several agents, and the faults of the lease protocol (SIGKILLed agents and
+//! coordinator, servers that crash or never get healthy, a network partition). Every test
+//! ends by checking that each step has exactly one stored result and that no server process
+//! is left behind.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use evalctl_tests::{
+    AgentProcess, CoordinatorProcess, Proxy, evalctl, eventually, json_stdout, processes_with,
+    unique_suffix,
+};
+use serde_json::Value;
+
+/// A campaign of simulated units: `models` units, one step per concurrency in `loads` times
+/// `repeats`. Every server's command line carries `marker` (in its model names), so the
+/// test can find its processes.
+struct SimCampaign {
+    name: String,
+    marker: String,
+    models: usize,
+    loads: Vec<u32>,
+    repeats: u32,
+    requests: u32,
+    output_tokens: u32,
+    decode_ms: f64,
+    max_attempts: u32,
+    /// Extra YAML appended to `frameworks:` (more framework entries).
+    extra_frameworks: String,
+}
+
+impl SimCampaign {
+    fn new(prefix: &str) -> SimCampaign {
+        let suffix = unique_suffix();
+        SimCampaign {
+            name: format!("{prefix}-{suffix}"),
+            marker: format!("m{}", suffix.replace('-', "x")),
+            models: 1,
+            loads: vec![1],
+            repeats: 1,
+            requests: 6,
+            output_tokens: 8,
+            decode_ms: 1.0,
+            max_attempts: 3,
+            extra_frameworks: String::new(),
+        }
+    }
+
+    fn steps(&self) -> usize {
+        self.models * self.loads.len() * self.repeats as usize
+    }
+
+    fn yaml(&self) -> String {
+        let models: String = (0..self.models)
+            .map(|i| format!("  - {{ name: {}-{i}, path: sim }}\n", self.marker))
+            .collect();
+        let loads: Vec<String> = self.loads.iter().map(u32::to_string).collect();
+        format!(
+            "campaign: {name}\nmax_attempts: {attempts}\nrepeats: {repeats}\nmodels:\n{models}\
+             frameworks:\n  - name: sim\n{extra}\
+             quantizations:\n  - {{ name: bf16, bits: 16 }}\n\
+             workloads:\n  - name: chat\n    api: chat\n    \
+             dataset: {{ kind: random, input_tokens: 16, output_tokens: {out} }}\n    \
+             load: {{ concurrency: [{loads}] }}\n    requests: {requests}\n\
+             include:\n  - {{ framework: sim, extra_args: --decode-ms-per-token {ms} --prefill-us-per-token 10 }}\n",
+            name = self.name,
+            attempts = self.max_attempts,
+            repeats = self.repeats,
+            extra = self.extra_frameworks,
+            out = self.output_tokens,
+            loads = loads.join(", "),
+            requests = self.requests,
+            ms = self.decode_ms,
+        )
+    }
+
+    fn submit(&self, url: &str, dir: &Path) -> PathBuf {
+        let path = dir.join(format!("{}.yaml", self.name));
+        std::fs::write(&path, self.yaml()).expect("write matrix");
+        let submitted = json_stdout(&evalctl(
+            Some(url),
+            &["submit", path.to_str().unwrap(), "--json"],
+        ));
+        assert_eq!(
+            submitted["steps"].as_u64(),
+            Some(self.steps() as u64),
+            "{submitted}"
+        );
+        path
+    }
+}
+
+fn status(url: &str, campaign: &str) -> Value {
+    json_stdout(&evalctl(Some(url), &["status", campaign, "--json"]))
+}
+
+fn results(url: &str, campaign: &str) -> Vec<Value> {
+    json_stdout(&evalctl(Some(url), &["results", campaign, "--json"]))
+        .as_array()
+        .expect("results array")
+        .clone()
+}
+
+/// Waits until the campaign left `active` and returns its state.
+fn wait_ended(url: &str, campaign: &str, timeout: Duration) -> String {
+    let mut state = String::new();
+    eventually(timeout, "the campaign to end", || {
+        state = status(url, campaign)["campaign"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        state != "active"
+    });
+    state
+}
+
+/// Each step of the campaign has exactly one result, with metrics from real requests.
+fn assert_one_result_per_step(url: &str, campaign: &SimCampaign) -> Vec<Value> {
+    let stored = results(url, &campaign.name);
+    let ids: Vec<(String, String)> = stored
+        .iter()
+        .map(|r| {
+            (
+                r["unit_id"].as_str().unwrap().to_owned(),
+                r["step_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let unique: BTreeSet<_> = ids.iter().cloned().collect();
+    assert_eq!(unique.len(), ids.len(), "a step has two results: {ids:?}");
+    assert_eq!(stored.len(), campaign.steps(), "results: {ids:?}");
+    for r in &stored {
+        let metrics = &r["result"]["metrics"];
+        assert_eq!(
+            metrics["completed"].as_u64(),
+            Some(u64::from(campaign.requests)),
+            "{r}"
+        );
+        assert!(metrics["ttft_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["result"]["simulated"], true, "{r}");
+        assert!(
+            r["environment"]["launch_command"]
+                .as_str()
+                .unwrap()
+                .contains("sim-server"),
+            "{r}"
+        );
+    }
+    stored
+}
+
+fn assert_no_servers_left(marker: &str) {
+    eventually(
+        Duration::from_secs(10),
+        "every server process to end",
+        || processes_with(marker).is_empty(),
+    );
+}
+
+/// Agent id from an agent's state: the one its results carry.
+fn agent_of(result: &Value) -> String {
+    result["agent_id"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn three_agents_run_a_thirty_step_campaign_with_one_result_per_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let mut agents: Vec<AgentProcess> = (0..3)
+        .map(|i| AgentProcess::start(&url, &dir.path().join(format!("agent-{i}")), &[]))
+        .collect();
+
+    let mut campaign = SimCampaign::new("three-agents");
+    campaign.models = 6;
+    campaign.loads = vec![1, 2, 4, 8, 16];
+    campaign.submit(&url, dir.path());
+    assert_eq!(campaign.steps(), 30);
+
+    let state = wait_ended(&url, &campaign.name, Duration::from_secs(120));
+    assert_eq!(state, "succeeded");
+    let stored = assert_one_result_per_step(&url, &campaign);
+    let agent_ids: BTreeSet<String> = stored.iter().map(agent_of).collect();
+    assert!(
+        agent_ids.len() >= 2,
+        "one agent did everything: {agent_ids:?}"
+    );
+
+    let listed = json_stdout(&evalctl(Some(&url), &["agents", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+
+    for agent in &mut agents {
+        assert!(
+            agent.terminate(Duration::from_secs(20)).success(),
+            "{}",
+            agent.log()
+        );
+    }
+    assert_no_servers_left(&campaign.marker);
+}
+
+/// A unit whose steps take a few seconds each, so a test can act between them.
+fn slow_campaign(prefix: &str) -> SimCampaign {
+    let mut campaign = SimCampaign::new(prefix);
+    campaign.loads = vec![2];
+    campaign.repeats = 4;
+    campaign.requests = 8;
+    campaign.output_tokens = 24;
+    campaign.decode_ms = 15.0;
+    campaign
+}
+
+#[test]
+fn a_killed_agents_unit_is_finished_by_another_and_its_orphan_server_ended_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start_with(dir.path(), &["--lease-ttl", "3s"]);
+    let url = coordinator.url();
+    let state_a = dir.path().join("agent-a");
+    let mut agent_a = AgentProcess::start(&url, &state_a, &[]);
+    let campaign = slow_campaign("kill-agent");
+    campaign.submit(&url, dir.path());
+
+    eventually(Duration::from_secs(60), "the first step result", || {
+        !results(&url, &campaign.name).is_empty()
+    });
+    let orphans = processes_with(&campaign.marker);
+    assert!(!orphans.is_empty(), "agent A's server should be running");
+    agent_a.kill9();
+    let first = results(&url, &campaign.name);
+    let finished_by_a: BTreeSet<String> = first
+        .iter()
+        .map(|r| r["step_id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // (a) Another agent takes the unit once the lease expires and runs only what is left.
+    let mut agent_b = AgentProcess::start(&url, &dir.path().join("agent-b"), &[]);
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(90)),
+        "succeeded"
+    );
+    let stored = assert_one_result_per_step(&url, &campaign);
+    let agent_a_id = agent_of(&first[0]);
+    for r in &stored {
+        let step = r["step_id"].as_str().unwrap();
+        if finished_by_a.contains(step) {
+            assert_eq!(agent_of(r), agent_a_id, "a finished step was re-run: {r}");
+        } else {
+            assert_ne!(agent_of(r), agent_a_id, "{r}");
+        }
+    }
+    assert!(agent_b.log().contains("lease granted"), "{}", agent_b.log());
+
+    // (g) The killed agent's server outlived it; restarting the agent ends it.
+    assert!(
+        orphans
+            .iter()
+            .all(|pid| Path::new(&format!("/proc/{pid}")).exists()),
+        "the orphan server should still run after SIGKILL of its agent"
+    );
+    let mut agent_a = AgentProcess::start(&url, &state_a, &[]);
+    eventually(
+        Duration::from_secs(15),
+        "the orphan server to be ended",
+        || {
+            orphans
+                .iter()
+                .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        },
+    );
+    assert!(
+        agent_a.log().contains("server left by a previous run"),
+        "{}",
+        agent_a.log()
+    );
+    agent_a.terminate(Duration::from_secs(20));
+    agent_b.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}
+
+#[test]
+fn an_agent_restarted_before_the_ttl_resumes_its_lease_and_resends_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    // The agent reaches the coordinator through a proxy, so the test can hold results back.
+    let proxy = Proxy::start(coordinator.addr());
+    let state = dir.path().join("agent");
+    let mut agent = AgentProcess::start(&proxy.url(), &state, &[]);
+    let campaign = slow_campaign("restart-agent");
+    campaign.submit(&url, dir.path());
+
+    eventually(Duration::from_secs(60), "the first step result", || {
+        !results(&url, &campaign.name).is_empty()
+    });
+    // Cut the link: the next finished step stays in the outbox, unacknowledged.
+    proxy.cut();
+    let finished_before = agent.log().matches("step finished").count();
+    eventually(
+        Duration::from_secs(30),
+        "a step finished during the cut",
+        || agent.log().matches("step finished").count() > finished_before,
+    );
+    let orphans = processes_with(&campaign.marker);
+    agent.kill9();
+    let stored_during_cut = results(&url, &campaign.name).len();
+    proxy.heal();
+
+    // Well before the 30 s TTL: the lease is still this agent's.
+    let mut agent = AgentProcess::start(&proxy.url(), &state, &[]);
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(90)),
+        "succeeded"
+    );
+    let log = agent.log();
+    assert!(log.contains("resuming a lease after restart"), "{log}");
+    assert!(log.contains("server left by a previous run"), "{log}");
+    assert!(
+        orphans
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists()),
+        "the old server process group should be gone"
+    );
+    let stored = assert_one_result_per_step(&url, &campaign);
+    assert!(stored_during_cut < stored.len());
+    // One agent, one attempt: the resumed lease is the same lease.
+    assert!(stored.iter().all(|r| r["attempt"] == 1), "{stored:?}");
+    let agents: BTreeSet<String> = stored.iter().map(agent_of).collect();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    agent.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}
+
+#[test]
+fn a_campaign_completes_across_a_coordinator_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("coordinator");
+    let mut coordinator = CoordinatorProcess::start(&data);
+    let url = coordinator.url();
+    let addr = coordinator.addr().to_string();
+    let mut agents: Vec<AgentProcess> = (0..2)
+        .map(|i| AgentProcess::start(&url, &dir.path().join(format!("agent-{i}")), &[]))
+        .collect();
+    let mut campaign = SimCampaign::new("kill-coordinator");
+    campaign.models = 4;
+    campaign.loads = vec![1, 4, 8];
+    campaign.requests = 8;
+    campaign.output_tokens = 16;
+    campaign.decode_ms = 5.0;
+    campaign.submit(&url, dir.path());
+
+    eventually(Duration::from_secs(60), "a few step results", || {
+        results(&url, &campaign.name).len() >= 3
+    });
+    coordinator.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let coordinator = CoordinatorProcess::start_on(&addr, &data, &[]);
+    assert_eq!(coordinator.url(), url);
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(120)),
+        "succeeded"
+    );
+    assert_one_result_per_step(&url, &campaign);
+    for agent in &mut agents {
+        agent.terminate(Duration::from_secs(20));
+    }
+    assert_no_servers_left(&campaign.marker);
+}
+
+#[test]
+fn servers_that_crash_or_never_get_healthy_fail_their_units_with_the_log_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let mut agent = AgentProcess::start(&url, &dir.path().join("agent"), &[]);
+    let mut campaign = SimCampaign::new("bad-servers");
+    campaign.max_attempts = 2;
+    campaign.extra_frameworks = format!(
+        "  - name: crashes\n    command: sh -c 'echo {marker}-boom on port {{port}} >&2; exit 3'\n\
+         \x20 - name: hangs\n    command: sh -c 'echo {marker}-waiting {{port}}; exec sleep 600'\n    startup_timeout: 2s\n",
+        marker = campaign.marker
+    );
+    // Three units: sim (succeeds), crashes, hangs; the include adds sim args to sim only.
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, campaign.yaml()).unwrap();
+    let submitted = json_stdout(&evalctl(
+        Some(&url),
+        &["submit", path.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(submitted["units"], 3, "{submitted}");
+
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(90)),
+        "failed"
+    );
+    let detail = status(&url, &campaign.name);
+    let units: HashMap<String, &Value> = detail["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["label"].as_str().unwrap().to_owned(), u))
+        .collect();
+    let by_framework = |framework: &str| {
+        units
+            .iter()
+            .find(|(label, _)| label.contains(&format!("/ {framework} /")))
+            .map(|(_, u)| *u)
+            .unwrap_or_else(|| panic!("no {framework} unit in {detail}"))
+    };
+    let sim = by_framework("sim");
+    assert_eq!(sim["state"], "succeeded", "{sim}");
+    let crashed = by_framework("crashes");
+    assert_eq!(crashed["state"], "failed", "{crashed}");
+    assert_eq!(crashed["attempts"], 2, "{crashed}");
+    let error = crashed["last_error"].as_str().unwrap();
+    assert!(error.contains("exit"), "{error}");
+    let hung = by_framework("hangs");
+    assert_eq!(hung["state"], "failed", "{hung}");
+    assert_eq!(hung["attempts"], 2, "{hung}");
+    let error = hung["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("health") || error.contains("healthy"),
+        "{error}"
+    );
+
+    // The log tails are stored with the units.
+    let db = dir.path().join("coordinator.sqlite");
+    let tails = sqlite_log_tails(&db);
+    assert!(
+        tails
+            .iter()
+            .any(|t| t.contains(&format!("{}-boom on port", campaign.marker))),
+        "{tails:?}"
+    );
+    assert!(
+        tails
+            .iter()
+            .any(|t| t.contains(&format!("{}-waiting", campaign.marker))),
+        "{tails:?}"
+    );
+    agent.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}
+
+/// `units.log_tail` of every unit, read straight from the coordinator's database.
+fn sqlite_log_tails(db: &Path) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open the coordinator database");
+    let mut stmt = conn
+        .prepare("SELECT COALESCE(log_tail, '') FROM units")
+        .expect("prepare");
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+#[test]
+fn a_partitioned_agent_stops_its_stale_unit_when_the_link_heals() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start_with(dir.path(), &["--lease-ttl", "3s"]);
+    let url = coordinator.url();
+    let proxy = Proxy::start(coordinator.addr());
+    let mut agent_a = AgentProcess::start(&proxy.url(), &dir.path().join("agent-a"), &[]);
+    let mut campaign = slow_campaign("partition");
+    campaign.repeats = 5;
+    campaign.submit(&url, dir.path());
+
+    eventually(Duration::from_secs(60), "the first step result", || {
+        !results(&url, &campaign.name).is_empty()
+    });
+    let a_servers = processes_with(&campaign.marker);
+    proxy.cut();
+    // Another agent takes the unit once A's lease expired, and finishes it.
+    let mut agent_b = AgentProcess::start(&url, &dir.path().join("agent-b"), &[]);
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(120)),
+        "succeeded"
+    );
+    assert!(agent_a.running());
+    proxy.heal();
+
+    // A learns from its next heartbeat that the lease is gone and stops the unit.
+    eventually(
+        Duration::from_secs(30),
+        "agent A to stop its stale unit",
+        || agent_a.log().contains("revoked"),
+    );
+    eventually(Duration::from_secs(15), "agent A's server to stop", || {
+        a_servers
+            .iter()
+            .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    });
+    let stored = assert_one_result_per_step(&url, &campaign);
+    let b_id = agent_of(stored.last().unwrap());
+    assert!(stored.iter().any(|r| agent_of(r) == b_id));
+    agent_a.terminate(Duration::from_secs(20));
+    agent_b.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}
+
+#[test]
+fn a_warm_server_is_reused_by_the_next_unit_with_the_same_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let mut agent = AgentProcess::start(&url, &dir.path().join("agent"), &[]);
+    // Two campaigns of the same configuration (a nightly run and its re-run): the unit ids
+    // are equal, so the second unit finds the first one's server warm.
+    let first = SimCampaign::new("warm-a");
+    first.submit(&url, dir.path());
+    assert_eq!(
+        wait_ended(&url, &first.name, Duration::from_secs(60)),
+        "succeeded"
+    );
+    let mut second = SimCampaign::new("warm-b");
+    second.marker = first.marker.clone();
+    second.submit(&url, dir.path());
+    assert_eq!(
+        wait_ended(&url, &second.name, Duration::from_secs(60)),
+        "succeeded"
+    );
+    let log = agent.log();
+    assert_eq!(log.matches("launching the server").count(), 1, "{log}");
+    assert!(log.contains("reusing the warm server"), "{log}");
+    assert_one_result_per_step(&url, &second);
+    agent.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&first.marker);
+}

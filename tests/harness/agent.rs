@@ -1,0 +1,128 @@
+//! An `evalctl-agent run` process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+
+use crate::{binary, eventually, unique_suffix, wait_timeout};
+
+/// A running agent; its log (stderr) goes to a file in its state directory.
+pub struct AgentProcess {
+    child: Child,
+    state_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts an agent talking to `coordinator_url` with its state in `state_dir`, with
+    /// extra flags (e.g. `--gpus H100-80GB:2`), and waits until it registered.
+    pub fn start(coordinator_url: &str, state_dir: &Path, extra: &[&str]) -> AgentProcess {
+        std::fs::create_dir_all(state_dir).expect("create agent state dir");
+        let log = state_dir.join(format!("agent-{}.log", unique_suffix()));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = Command::new(binary("evalctl-agent"))
+            .args(["run", "--coordinator", coordinator_url, "--state-dir"])
+            .arg(state_dir)
+            .args([
+                "--stop-grace",
+                "2s",
+                "--flush-timeout",
+                "5s",
+                "--acquire-wait",
+                "2s",
+            ])
+            .args(extra)
+            .env("EVALCTL_LOG", "info,evalctl_agent=debug")
+            .env_remove("EVALCTL_AGENT_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn evalctl-agent");
+        let agent = AgentProcess {
+            child,
+            state_dir: state_dir.to_owned(),
+            log,
+        };
+        eventually(Duration::from_secs(30), "the agent to register", || {
+            agent.log().contains("registered")
+        });
+        agent
+    }
+
+    /// Starts an agent and does not wait for registration (its coordinator may be down).
+    pub fn spawn_unregistered(coordinator_url: &str, state_dir: &Path) -> AgentProcess {
+        std::fs::create_dir_all(state_dir).expect("create agent state dir");
+        let log = state_dir.join(format!("agent-{}.log", unique_suffix()));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = Command::new(binary("evalctl-agent"))
+            .args(["run", "--coordinator", coordinator_url, "--state-dir"])
+            .arg(state_dir)
+            .env("EVALCTL_LOG", "info,evalctl_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn evalctl-agent");
+        AgentProcess {
+            child,
+            state_dir: state_dir.to_owned(),
+            log,
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no flush, no release, its servers keep running.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the agent to exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).expect("send SIGTERM");
+        wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!(
+                "agent did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// True while the process runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // A test that failed half-way must not leave an agent behind. Its servers are
+        // ended by the agent on SIGTERM; a SIGKILL would orphan them.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+            if wait_timeout(&mut self.child, Duration::from_secs(15)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}

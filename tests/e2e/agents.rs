@@ -529,3 +529,31 @@ fn a_warm_server_is_reused_by_the_next_unit_with_the_same_configuration() {
     agent.terminate(Duration::from_secs(20));
     assert_no_servers_left(&first.marker);
 }
+
+#[test]
+fn steps_added_by_a_resubmission_while_a_unit_runs_are_run_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let mut agent = AgentProcess::start(&url, &dir.path().join("agent"), &[]);
+    let mut campaign = slow_campaign("extend");
+    campaign.repeats = 2;
+    campaign.submit(&url, dir.path());
+    eventually(Duration::from_secs(60), "the unit to start", || {
+        agent.log().contains("step started")
+    });
+    // The same campaign with a second load point: the running unit gains two steps.
+    campaign.loads = vec![2, 4];
+    campaign.submit(&url, dir.path());
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(90)),
+        "succeeded"
+    );
+    assert_one_result_per_step(&url, &campaign);
+    assert_eq!(campaign.steps(), 4);
+    // The agent gave the lease back at once rather than letting it expire.
+    let log = agent.log();
+    assert!(log.contains("steps-added"), "{log}");
+    agent.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}

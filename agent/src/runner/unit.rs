@@ -352,7 +352,15 @@ async fn finish(
         Ending::Finished => {
             // Complete only once the coordinator holds every result.
             if outbox::wait_delivered(ctx, &lease.lease_id, &slot.stop).await {
-                keep_server = complete(ctx, lease).await;
+                match complete(ctx, lease).await {
+                    Ok(()) => keep_server = true,
+                    // A resubmission added steps while the unit ran: give the lease back so
+                    // the unit is leased again with its whole step list.
+                    Err(status) if status.message().contains("cannot complete") => {
+                        keep_server = release(ctx, lease, "steps-added").await;
+                    }
+                    Err(_) => {}
+                }
             } else {
                 forget_stored_lease = !stop_and_release(ctx, lease, slot).await;
             }
@@ -415,8 +423,8 @@ async fn stop_and_release(ctx: &Ctx, lease: &pb::Lease, slot: &LeaseSlot) -> boo
     }
 }
 
-/// Completes the lease; true when the coordinator accepted it.
-async fn complete(ctx: &Ctx, lease: &pb::Lease) -> bool {
+/// Completes the lease.
+async fn complete(ctx: &Ctx, lease: &pb::Lease) -> Result<(), tonic::Status> {
     let request = pb::CompleteRequest {
         lease_id: lease.lease_id.clone(),
         epoch: lease.epoch,
@@ -430,11 +438,11 @@ async fn complete(ctx: &Ctx, lease: &pb::Lease) -> bool {
     {
         Ok(_) => {
             info!("unit complete");
-            true
+            Ok(())
         }
         Err(status) => {
             warn!(code = ?status.code(), message = status.message(), "the coordinator refused completion");
-            false
+            Err(status)
         }
     }
 }

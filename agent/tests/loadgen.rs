@@ -89,9 +89,19 @@ fn truth(log: &[RequestLog]) -> Truth {
     }
 }
 
-/// Per request: client send stamp → the request's kernel arrival at the server, and the
-/// server's first token write → the client's first token stamp (the client's own delay).
-fn one_way_delays(outcome: &StepOutcome, log: &[RequestLog]) -> (Summary, Summary) {
+/// Per-request comparisons of the client's record with the server's log of the same request.
+struct Delays {
+    /// Client send stamp → the request's kernel arrival at the server.
+    up: Summary,
+    /// Server's first token write → the client's first token stamp (the client's own delay).
+    down: Summary,
+    /// TTFT bias, client minus server log (signed; `up` + `down` give or take stamp jitter).
+    ttft_bias: Summary,
+    /// The same, absolute: its p99 bounds the bias in either direction.
+    ttft_bias_abs: Summary,
+}
+
+fn delays(outcome: &StepOutcome, log: &[RequestLog]) -> Delays {
     let base = Instant::now();
     let base_ns = evalctl_agent::loadgen::client::now_ns();
     let at = |rel: u64| {
@@ -103,7 +113,7 @@ fn one_way_delays(outcome: &StepOutcome, log: &[RequestLog]) -> (Summary, Summar
         }
     };
     let gap = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
-    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up, mut down, mut bias) = (Vec::new(), Vec::new(), Vec::new());
     for r in outcome.records.iter().filter(|r| !r.warmup) {
         let seq: u64 = r
             .server_request_id
@@ -113,16 +123,26 @@ fn one_way_delays(outcome: &StepOutcome, log: &[RequestLog]) -> (Summary, Summar
         let l = log.iter().find(|l| l.seq == seq).expect("logged");
         up.push(gap(at(r.sent_ns.expect("sent")), l.received));
         down.push(gap(l.token_writes[0], at(r.token_ns[0])));
+        bias.push(r.ttft_ms().expect("ttft") - l.ttft_ms().expect("server ttft"));
     }
-    (
-        Summary::of(up).expect("requests"),
-        Summary::of(down).expect("requests"),
-    )
+    let summary = |v: Vec<f64>| Summary::of(v).expect("requests");
+    Delays {
+        up: summary(up),
+        down: summary(down),
+        ttft_bias_abs: summary(bias.iter().map(|b| b.abs()).collect()),
+        ttft_bias: summary(bias),
+    }
 }
 
 /// Runs `requests` requests at `concurrency` against a server that streams 8 tokens `gap_ms`
-/// apart after a first token at 30–42 ms, and compares p50s with the server's log.
-async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64) {
+/// apart after a first token at 30–42 ms, and compares p50s with the server's log (within
+/// 2 ms), and each request's TTFT with the server's (|bias| p99 within `p99_bias_ms`).
+async fn latency_matches_server_log(
+    concurrency: u32,
+    requests: u64,
+    gap_ms: u64,
+    p99_bias_ms: f64,
+) {
     // The timing comparisons share two cores with their own server: one at a time.
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = HEAVY.lock().await;
@@ -154,11 +174,16 @@ async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64
     let log: Vec<RequestLog> = server.log().split_off(concurrency as usize);
     assert_eq!(log.len() as u64, requests);
     let t = truth(&log);
-    let (up, down) = one_way_delays(&outcome, &log);
+    let d = delays(&outcome, &log);
     eprintln!(
         "c={concurrency}: request client write -> server socket p50 {:.3} ms; \
          token server write -> client stamp p50 {:.3} p99 {:.3} ms",
-        up.p50, down.p50, down.p99
+        d.up.p50, d.down.p50, d.down.p99
+    );
+    eprintln!(
+        "c={concurrency}: ttft bias (client - server log) p50 {:+.3} p99 {:+.3} max {:+.3} ms; \
+         |bias| p99 {:.3} ms",
+        d.ttft_bias.p50, d.ttft_bias.p99, d.ttft_bias.max, d.ttft_bias_abs.p99
     );
     let (ttft, tpot, itl, e2el) = (
         m.ttft_ms.expect("ttft").p50,
@@ -183,6 +208,16 @@ async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64
         );
     }
     assert!(
+        d.ttft_bias.p50.abs() <= 2.0,
+        "c={concurrency} ttft bias p50 {:.3} ms",
+        d.ttft_bias.p50
+    );
+    assert!(
+        d.ttft_bias_abs.p99 <= p99_bias_ms,
+        "c={concurrency} ttft |bias| p99 {:.3} ms, bound {p99_bias_ms} ms",
+        d.ttft_bias_abs.p99
+    );
+    assert!(
         outcome.connections_opened <= u64::from(concurrency),
         "connections are reused: {} opened",
         outcome.connections_opened
@@ -191,19 +226,19 @@ async fn latency_matches_server_log(concurrency: u32, requests: u64, gap_ms: u64
 
 #[tokio::test]
 async fn latency_matches_server_log_at_concurrency_1() {
-    latency_matches_server_log(1, 10, 10).await;
+    latency_matches_server_log(1, 10, 10, 5.0).await;
 }
 
 #[tokio::test]
 async fn latency_matches_server_log_at_concurrency_64() {
-    latency_matches_server_log(64, 256, 10).await;
+    latency_matches_server_log(64, 256, 10, 5.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_matches_server_log_at_concurrency_512() {
     // 512 streams share two cores with this test's server: tokens 40 ms apart keep the pair
     // below saturation (about 13k events/s).
-    latency_matches_server_log(512, 2048, 40).await;
+    latency_matches_server_log(512, 2048, 40, 20.0).await;
 }
 
 /// Runs one request answered by `steps` and returns its record and the server's log of it.

@@ -424,37 +424,26 @@ fn servers_that_crash_or_never_get_healthy_fail_their_units_with_the_log_tail() 
         "{error}"
     );
 
-    // The log tails are stored with the units.
-    let db = dir.path().join("coordinator.sqlite");
-    let tails = sqlite_log_tails(&db);
+    // The log tails are stored with the units and shown by `status`.
+    let crashed_tail = crashed["log_tail"].as_str().unwrap();
     assert!(
-        tails
-            .iter()
-            .any(|t| t.contains(&format!("{}-boom on port", campaign.marker))),
-        "{tails:?}"
+        crashed_tail.contains(&format!("{}-boom on port", campaign.marker)),
+        "{crashed_tail}"
     );
+    let hung_tail = hung["log_tail"].as_str().unwrap();
     assert!(
-        tails
-            .iter()
-            .any(|t| t.contains(&format!("{}-waiting", campaign.marker))),
-        "{tails:?}"
+        hung_tail.contains(&format!("{}-waiting", campaign.marker)),
+        "{hung_tail}"
+    );
+    let human = evalctl(Some(&url), &["status", &campaign.name]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("Server log of failed unit"), "{text}");
+    assert!(
+        text.contains(&format!("{}-boom on port", campaign.marker)),
+        "{text}"
     );
     agent.terminate(Duration::from_secs(20));
     assert_no_servers_left(&campaign.marker);
-}
-
-/// `units.log_tail` of every unit, read straight from the coordinator's database.
-fn sqlite_log_tails(db: &Path) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .expect("open the coordinator database");
-    let mut stmt = conn
-        .prepare("SELECT COALESCE(log_tail, '') FROM units")
-        .expect("prepare");
-    stmt.query_map([], |r| r.get::<_, String>(0))
-        .expect("query")
-        .map(|r| r.expect("row"))
-        .collect()
 }
 
 #[test]

@@ -81,6 +81,7 @@ pub fn unit_row(u: &UnitRow) -> pb::UnitSummary {
         state: unit_state(u.state) as i32,
         attempts: u.attempts,
         last_error: u.last_error.clone().unwrap_or_default(),
+        log_tail: u.log_tail.clone().unwrap_or_default(),
         steps_succeeded: u.steps_succeeded,
         agent_id: u.agent_id.clone().unwrap_or_default(),
     }

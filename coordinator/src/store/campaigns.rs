@@ -343,7 +343,7 @@ macro_rules! units_select {
              (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
              (SELECT COUNT(*) FROM steps s
               WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
-             l.agent_id, u.position, u.unit_key
+             l.agent_id, u.position, u.unit_key, u.log_tail
          FROM units u
          LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL"
     };
@@ -386,6 +386,7 @@ pub(crate) fn units(
                 state: parse_unit_state(&row.state)?,
                 attempts: row.attempts,
                 last_error: row.last_error,
+                log_tail: row.log_tail,
                 steps_total: row.steps_total,
                 steps_succeeded: row.steps_succeeded,
                 agent_id: row.agent_id,
@@ -408,6 +409,7 @@ struct RawUnit {
     state: String,
     attempts: u32,
     last_error: Option<String>,
+    log_tail: Option<String>,
     epoch: u64,
     steps_total: u32,
     steps_succeeded: u32,
@@ -431,6 +433,7 @@ fn read_unit(r: &Row<'_>) -> rusqlite::Result<RawUnit> {
         steps_succeeded: r.get(13)?,
         agent_id: r.get(14)?,
         order: (r.get(15)?, r.get(16)?),
+        log_tail: r.get(17)?,
     })
 }
 

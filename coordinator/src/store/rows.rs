@@ -231,6 +231,8 @@ pub struct UnitRow {
     pub attempts: u32,
     /// Last error, kept across retries.
     pub last_error: Option<String>,
+    /// End of the server log that went with the last error, when the server was the cause.
+    pub log_tail: Option<String>,
     /// Steps of the unit.
     pub steps_total: u32,
     /// Steps with a stored result.

@@ -20,6 +20,7 @@ struct UnitJson {
     attempts: u32,
     agent: String,
     last_error: String,
+    log_tail: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -101,6 +102,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                         attempts: u.attempts,
                         agent: u.agent_id.clone(),
                         last_error: u.last_error.clone(),
+                        log_tail: u.log_tail.clone(),
                     })
                     .collect(),
                 dropped: got.dropped.into_iter().map(DroppedJson::from).collect(),
@@ -113,6 +115,15 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of a failed unit's server log shown by `status` (`--json` has the whole tail).
+const FAILED_LOG_LINES: usize = 12;
+
+fn last_lines(text: &str, n: usize) -> impl Iterator<Item = &str> {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let skip = lines.len().saturating_sub(n);
+    lines.into_iter().skip(skip)
 }
 
 fn human_detail(d: &DetailJson) -> String {
@@ -158,6 +169,21 @@ fn human_detail(d: &DetailJson) -> String {
     out.push('\n');
     out.push_str(&units.to_string());
     out.push('\n');
+    for u in d
+        .units
+        .iter()
+        .filter(|u| u.state == "failed" && !u.log_tail.is_empty())
+    {
+        out.push_str(&format!(
+            "\nServer log of failed unit {} ({}), last lines:\n",
+            u.unit_id, u.label
+        ));
+        for line in last_lines(&u.log_tail, FAILED_LOG_LINES) {
+            out.push_str("  | ");
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     if let Some(table) = render::dropped_table(&d.dropped) {
         out.push('\n');
         out.push_str(&table.to_string());

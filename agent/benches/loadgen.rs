@@ -1,13 +1,20 @@
 //! Load generator benchmarks (`cargo bench -p evalctl-agent --bench loadgen`).
 //!
-//! 1. **Streamed-token rate on one core**: the client on a single-threaded runtime against the
-//!    simulated server (instant latency model, on its own thread), reporting token-bearing chunks
-//!    received per second and the client thread's CPU time per chunk.
-//! 2. **Timing overhead**: many concurrent streams against the scripted test server, which logs
+//! 1. **Chunk classification**: nanoseconds per chunk of [`chunk::classify`] (the fast scan)
+//!    and [`chunk::classify_full`] (serde) on the chunks vLLM and the simulator send.
+//! 2. **Streamed-token rate on one core**: the client on a single-threaded runtime against the
+//!    simulated server (instant latency model, on its own threads), reporting token-bearing
+//!    chunks received per second and the client thread's CPU time per chunk. Each load runs
+//!    several times; the best and the median are reported, since CPU time on a shared machine
+//!    is inflated by whatever else runs there. With `EVALCTL_BENCH_PYTHON` set to a Python that
+//!    has aiohttp, `python_client.py` runs against the same server, interleaved with the Rust
+//!    runs, and the ratio of chunks per CPU-second is printed.
+//! 3. **Timing overhead**: many concurrent streams against the scripted test server, which logs
 //!    when each first token left it; the client's first-token stamp minus that instant is the
 //!    instrument's own delay (p50, p99, max).
 //!
-//! Arguments: `[streams-for-overhead]` (default 1000).
+//! Arguments: `[streams-for-overhead]` (default 1000). `EVALCTL_BENCH_REPEAT` sets the runs per
+//! load (default 5).
 
 #[allow(
     dead_code,
@@ -20,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use evalctl_agent::loadgen::{
     Api, Dataset, Load, Prompt, PromptInput, StepOutcome, StepPlan, Stop, Summary, Tokenization,
-    client::now_ns, run_step,
+    chunk, client::now_ns, run_step,
 };
 use evalctl_agent::sim_server::{LatencyModel, SimConfig, SimServer};
 use scripted_server::{ScriptedServer, Step, chunks};
@@ -44,58 +51,162 @@ fn thread_cpu() -> Duration {
         .unwrap_or_default()
 }
 
+fn repeat() -> usize {
+    std::env::var("EVALCTL_BENCH_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
+
+/// Best and median of `values` (higher is better).
+fn best_median(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    (values[values.len() - 1], values[values.len() / 2])
+}
+
+fn classify_cost() {
+    let samples: [(&str, &[u8]); 3] = [
+        (
+            "completions (simulator)",
+            br#"{"id":"cmpl-5f0c3b0e9c2d4c0a8f1e2d3c4b5a6978","object":"text_completion","created":1718000000,"model":"evalctl-sim","system_fingerprint":"evalctl-sim","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null,"stop_reason":null}]}"#,
+        ),
+        (
+            "chat (vLLM)",
+            br#"{"id":"chatcmpl-5f0c3b0e9c2d4c0a8f1e2d3c4b5a6978","object":"chat.completion.chunk","created":1718000000,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"delta":{"content":" the"},"logprobs":null,"finish_reason":null}]}"#,
+        ),
+        (
+            "usage (full parser either way)",
+            br#"{"id":"cmpl-5f0c3b0e9c2d4c0a8f1e2d3c4b5a6978","object":"text_completion","created":1718000000,"model":"evalctl-sim","choices":[],"usage":{"prompt_tokens":12,"total_tokens":1012,"completion_tokens":1000}}"#,
+        ),
+    ];
+    type Classify = for<'a> fn(&'a [u8]) -> Result<chunk::Payload<'a>, serde_json::Error>;
+    let parsers: [(&str, Classify); 2] =
+        [("fast", chunk::classify), ("full", chunk::classify_full)];
+    const N: u32 = 200_000;
+    for (shape, data) in samples {
+        let mut line = format!("classify: {shape:<31}");
+        for (name, parse) in parsers {
+            let mut per_chunk = Vec::new();
+            for _ in 0..repeat() {
+                let cpu = thread_cpu();
+                for _ in 0..N {
+                    let parsed = parse(std::hint::black_box(data));
+                    std::hint::black_box(parsed.is_ok());
+                }
+                per_chunk.push(-((thread_cpu() - cpu).as_secs_f64() * 1e9 / f64::from(N)));
+            }
+            let (best, median) = best_median(per_chunk);
+            line += &format!(" {name} {:>6.1} ns (median {:>6.1})", -best, -median);
+        }
+        println!("{line}");
+    }
+}
+
+/// Runs the Python peer once; its chunks per CPU-second.
+fn python_rate(python: &str, url: &str, concurrency: u32, requests: u64, tokens: u32) -> f64 {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/python_client.py");
+    let output = std::process::Command::new(python)
+        .args([
+            script,
+            url,
+            &concurrency.to_string(),
+            &requests.to_string(),
+            &tokens.to_string(),
+        ])
+        .output()
+        .expect("the Python client runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "python client failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // "... (N chunks per CPU-second)"
+    text.rsplit('(')
+        .next()
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected python output: {text}"))
+}
+
 fn token_rate() {
-    // The simulator on its own runtime thread, so the client's core is the client's alone.
+    // The simulator on its own named threads, so the client's core is the client's alone and a
+    // profiler can tell the two apart.
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sim = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("sim runtime");
-        rt.block_on(async {
-            let sim = SimServer::start(SimConfig {
-                latency: LatencyModel::instant(),
-                ..SimConfig::default()
-            })
-            .await
-            .expect("sim starts");
-            url_tx.send(sim.base_url()).expect("send url");
-            let _ = stop_rx.await;
-            sim.shutdown().await.expect("sim stops");
-        });
-    });
+    let sim = std::thread::Builder::new()
+        .name("sim".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sim-worker")
+                .enable_all()
+                .build()
+                .expect("sim runtime");
+            rt.block_on(async {
+                let sim = SimServer::start(SimConfig {
+                    latency: LatencyModel::instant(),
+                    ..SimConfig::default()
+                })
+                .await
+                .expect("sim starts");
+                url_tx.send(sim.base_url()).expect("send url");
+                let _ = stop_rx.await;
+                sim.shutdown().await.expect("sim stops");
+            });
+        })
+        .expect("sim thread");
     let url = url_rx.recv().expect("sim url");
+    let python = std::env::var("EVALCTL_BENCH_PYTHON").ok();
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("client runtime");
     for (concurrency, requests, tokens) in [(1, 20, 2000), (16, 64, 2000), (64, 128, 1000)] {
-        let plan = StepPlan::new(
-            url.clone(),
-            Api::Completions,
-            "evalctl-sim",
-            dataset(tokens),
-            Load::Concurrency(concurrency),
-            Stop::Requests(requests),
-        );
-        let cpu = thread_cpu();
-        let wall = Instant::now();
-        let outcome = rt.block_on(run_step(plan, |_| {})).expect("step");
-        let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
-        let chunks: usize = outcome.records.iter().map(|r| r.token_ns.len()).sum();
-        assert_eq!(outcome.metrics.failed, 0, "{:?}", outcome.metrics.errors);
+        let (mut rates, mut python_rates) = (Vec::new(), Vec::new());
+        for run in 0..repeat() {
+            let plan = StepPlan::new(
+                url.clone(),
+                Api::Completions,
+                "evalctl-sim",
+                dataset(tokens),
+                Load::Concurrency(concurrency),
+                Stop::Requests(requests),
+            );
+            let cpu = thread_cpu();
+            let wall = Instant::now();
+            let outcome = rt.block_on(run_step(plan, |_| {})).expect("step");
+            let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+            let chunks: usize = outcome.records.iter().map(|r| r.token_ns.len()).sum();
+            assert_eq!(outcome.metrics.failed, 0, "{:?}", outcome.metrics.errors);
+            rates.push(chunks as f64 / cpu.as_secs_f64());
+            println!(
+                "token rate: c={concurrency:<3} run {run}: {chunks:>7} token chunks in {:.3} s wall: \
+                 {:>9.0} chunks/s; client thread CPU {:.3} s = {:.2} µs/chunk ({:.0} chunks per CPU-second)",
+                wall.as_secs_f64(),
+                chunks as f64 / wall.as_secs_f64(),
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / chunks as f64,
+                chunks as f64 / cpu.as_secs_f64(),
+            );
+            if let Some(python) = &python {
+                python_rates.push(python_rate(python, &url, concurrency, requests, tokens));
+            }
+        }
+        let (best, median) = best_median(rates);
         println!(
-            "token rate: c={concurrency:<3} {chunks:>7} token chunks in {:.3} s wall: \
-             {:>9.0} chunks/s; client thread CPU {:.3} s = {:.2} µs/chunk ({:.0} chunks per CPU-second)",
-            wall.as_secs_f64(),
-            chunks as f64 / wall.as_secs_f64(),
-            cpu.as_secs_f64(),
-            cpu.as_secs_f64() * 1e6 / chunks as f64,
-            chunks as f64 / cpu.as_secs_f64(),
+            "token rate: c={concurrency:<3} chunks per CPU-second: best {best:.0}, median {median:.0}"
         );
+        if !python_rates.is_empty() {
+            let (py_best, py_median) = best_median(python_rates);
+            println!(
+                "token rate: c={concurrency:<3} python aiohttp chunks per CPU-second: best {py_best:.0}, \
+                 median {py_median:.0}; ratio best/best {:.1}x, median/median {:.1}x",
+                best / py_best,
+                median / py_median
+            );
+        }
     }
     let _ = stop_tx.send(());
     sim.join().expect("sim thread");
@@ -181,6 +292,7 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(1000);
+    classify_cost();
     token_rate();
     overhead(streams);
 }

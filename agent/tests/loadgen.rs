@@ -95,10 +95,12 @@ struct Delays {
     up: Summary,
     /// Server's first token write → the client's first token stamp (the client's own delay).
     down: Summary,
-    /// TTFT bias, client minus server log (signed; `up` + `down` give or take stamp jitter).
+    /// TTFT bias, client minus server log. Its upper tail is the client being late; the
+    /// lower tail is mostly the server's own stamp being late (the client's kernel receive
+    /// stamp can precede the return of the server's `write`, which a loaded machine delays).
     ttft_bias: Summary,
-    /// The same, absolute: its p99 bounds the bias in either direction.
-    ttft_bias_abs: Summary,
+    /// The lowest TTFT bias.
+    ttft_bias_min: f64,
 }
 
 fn delays(outcome: &StepOutcome, log: &[RequestLog]) -> Delays {
@@ -129,14 +131,15 @@ fn delays(outcome: &StepOutcome, log: &[RequestLog]) -> Delays {
     Delays {
         up: summary(up),
         down: summary(down),
-        ttft_bias_abs: summary(bias.iter().map(|b| b.abs()).collect()),
+        ttft_bias_min: bias.iter().copied().fold(f64::INFINITY, f64::min),
         ttft_bias: summary(bias),
     }
 }
 
 /// Runs `requests` requests at `concurrency` against a server that streams 8 tokens `gap_ms`
 /// apart after a first token at 30–42 ms, and compares p50s with the server's log (within
-/// 2 ms), and each request's TTFT with the server's (|bias| p99 within `p99_bias_ms`).
+/// 2 ms), and each request's TTFT with the server's: the bias p50 within 2 ms, its p99 (how
+/// late the client is) within `p99_bias_ms`.
 async fn latency_matches_server_log(
     concurrency: u32,
     requests: u64,
@@ -181,9 +184,9 @@ async fn latency_matches_server_log(
         d.up.p50, d.down.p50, d.down.p99
     );
     eprintln!(
-        "c={concurrency}: ttft bias (client - server log) p50 {:+.3} p99 {:+.3} max {:+.3} ms; \
-         |bias| p99 {:.3} ms",
-        d.ttft_bias.p50, d.ttft_bias.p99, d.ttft_bias.max, d.ttft_bias_abs.p99
+        "c={concurrency}: ttft bias (client - server log) p50 {:+.3} p99 {:+.3} max {:+.3} \
+         min {:+.3} ms",
+        d.ttft_bias.p50, d.ttft_bias.p99, d.ttft_bias.max, d.ttft_bias_min
     );
     let (ttft, tpot, itl, e2el) = (
         m.ttft_ms.expect("ttft").p50,
@@ -213,9 +216,9 @@ async fn latency_matches_server_log(
         d.ttft_bias.p50
     );
     assert!(
-        d.ttft_bias_abs.p99 <= p99_bias_ms,
-        "c={concurrency} ttft |bias| p99 {:.3} ms, bound {p99_bias_ms} ms",
-        d.ttft_bias_abs.p99
+        d.ttft_bias.p99 <= p99_bias_ms,
+        "c={concurrency} ttft bias p99 {:.3} ms, bound {p99_bias_ms} ms",
+        d.ttft_bias.p99
     );
     assert!(
         outcome.connections_opened <= u64::from(concurrency),
@@ -238,7 +241,7 @@ async fn latency_matches_server_log_at_concurrency_64() {
 async fn latency_matches_server_log_at_concurrency_512() {
     // 512 streams share two cores with this test's server: tokens 40 ms apart keep the pair
     // below saturation (about 13k events/s).
-    latency_matches_server_log(512, 2048, 40, 20.0).await;
+    latency_matches_server_log(512, 2048, 40, 10.0).await;
 }
 
 /// Runs one request answered by `steps` and returns its record and the server's log of it.

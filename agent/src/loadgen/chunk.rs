@@ -14,14 +14,22 @@
 //! | usage chunk (`choices: []`) | no |
 //! | `[DONE]` | no |
 //!
-//! Parsing borrows from the payload and folds `choices` as it reads them, so classifying a
-//! chunk allocates nothing unless the chunk's `id` contains JSON escapes or it carries an error.
+//! Classifying runs once per streamed chunk, so it is the load generator's hottest code. A
+//! hand-written scan ([`fast`]) reads the common shapes — content, reasoning, role, finish and
+//! tool-call deltas, completions text, an `id` — in one pass over the bytes, without serde and
+//! without allocating. Whatever it is not sure about (a `usage` or error payload, a key with
+//! escapes, content parts, a duplicate key, invalid or deeply nested JSON) goes to the full
+//! serde parser below, which is the reference: the fast path answers only where it agrees with
+//! it (a property test checks this on generated chunks). The full parser also borrows from the
+//! payload and folds `choices` as it reads them, allocating only for an escaped `id` or an error.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+
+mod fast;
 
 /// Token counts a server reported in `usage`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -62,6 +70,18 @@ pub enum Payload<'a> {
 
 /// Classifies one `data:` payload; fails when it is neither `[DONE]` nor a JSON object.
 pub fn classify(data: &[u8]) -> Result<Payload<'_>, serde_json::Error> {
+    if data.trim_ascii() == b"[DONE]" {
+        return Ok(Payload::Done);
+    }
+    if let Some(chunk) = fast::classify(data) {
+        return Ok(Payload::Chunk(chunk));
+    }
+    classify_full(data)
+}
+
+/// [`classify`] by the full serde parser alone: the reference the fast path agrees with, and
+/// what it falls back to. Slower; for tests and benchmarks.
+pub fn classify_full(data: &[u8]) -> Result<Payload<'_>, serde_json::Error> {
     if data.trim_ascii() == b"[DONE]" {
         return Ok(Payload::Done);
     }
@@ -153,10 +173,7 @@ impl<'de> Deserialize<'de> for Choices {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
                 let mut all = Choices::default();
                 while let Some(choice) = seq.next_element::<RawChoice>()? {
-                    let c = choice.summarize();
-                    all.token |= c.token;
-                    all.answer |= c.answer;
-                    all.finished |= c.finished;
+                    all.add(choice.summarize());
                 }
                 Ok(all)
             }
@@ -191,27 +208,68 @@ struct RawDelta {
 
 impl RawChoice {
     fn summarize(self) -> Choices {
-        let finished = self.finish_reason.is_some();
         let delta = self.delta.unwrap_or_default();
-        let role = delta.role.is_some();
-        let tools = delta.tool_calls.is_some();
-        let answer_texts = [self.text, delta.content];
-        let reasoning_texts = [delta.reasoning_content, delta.reasoning];
-        let present = |texts: &[Option<Text>]| texts.iter().any(Option::is_some);
-        let nonempty = |texts: &[Option<Text>]| texts.iter().flatten().any(|t| !t.empty);
+        let empty = |t: Option<Text>| t.map(|t| t.empty);
+        ChoiceFields {
+            text: empty(self.text),
+            content: empty(delta.content),
+            reasoning_content: empty(delta.reasoning_content),
+            reasoning: empty(delta.reasoning),
+            role: delta.role.is_some(),
+            tool_calls: delta.tool_calls.is_some(),
+            finished: self.finish_reason.is_some(),
+        }
+        .summarize()
+    }
+}
 
-        let answer_nonempty = nonempty(&answer_texts) || tools;
+/// The fields of one choice that decide what it carries, as both parsers read them.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChoiceFields {
+    /// Completions `text`: absent (or null), else whether it is empty.
+    text: Option<bool>,
+    /// `delta.content`, as `text`.
+    content: Option<bool>,
+    /// `delta.reasoning_content`, as `text`.
+    reasoning_content: Option<bool>,
+    /// `delta.reasoning`, as `text`.
+    reasoning: Option<bool>,
+    /// `delta.role` is set.
+    role: bool,
+    /// `delta.tool_calls` is set.
+    tool_calls: bool,
+    /// `finish_reason` is set.
+    finished: bool,
+}
+
+impl ChoiceFields {
+    fn summarize(self) -> Choices {
+        let answer_texts = [self.text, self.content];
+        let reasoning_texts = [self.reasoning_content, self.reasoning];
+        let present = |texts: &[Option<bool>]| texts.iter().any(Option::is_some);
+        let nonempty = |texts: &[Option<bool>]| texts.iter().flatten().any(|empty| !empty);
+
+        let answer_nonempty = nonempty(&answer_texts) || self.tool_calls;
         let any_nonempty = answer_nonempty || nonempty(&reasoning_texts);
-        let any_present = present(&answer_texts) || present(&reasoning_texts) || tools;
+        let any_present = present(&answer_texts) || present(&reasoning_texts) || self.tool_calls;
         // An empty text is a token (llama.cpp's partial UTF-8) unless it rides on a role or a
         // finish reason, where it is only the shape of the role or finish chunk.
-        let token = any_nonempty || (any_present && !role && !finished);
+        let token = any_nonempty || (any_present && !self.role && !self.finished);
         let reasoning_only = nonempty(&reasoning_texts) && !answer_nonempty;
         Choices {
             token,
             answer: token && !reasoning_only,
-            finished,
+            finished: self.finished,
         }
+    }
+}
+
+impl Choices {
+    /// Folds one more choice in.
+    fn add(&mut self, c: Choices) {
+        self.token |= c.token;
+        self.answer |= c.answer;
+        self.finished |= c.finished;
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::loadgen::{StepMetrics, Tokenization};
-use crate::telemetry::GpuDevice;
+use crate::telemetry::{GpuDevice, TelemetrySummary};
 
 /// Version of [`StepDocument`]; bumped when a field changes meaning.
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
@@ -36,6 +36,10 @@ pub struct StepDocument {
     pub started_at_ms: i64,
     /// Unix milliseconds when the step ended.
     pub finished_at_ms: i64,
+    /// GPU, host and server telemetry of the step (docs/telemetry.md); absent in documents
+    /// written before telemetry existed and for steps that sampled nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<TelemetrySummary>,
 }
 
 /// `environment_json` of a stored step result: enough to reproduce the step and to explain a

@@ -468,6 +468,10 @@ pub struct ReportedResult {
     pub records_zstd: Vec<u8>,
     /// Records (lines) in `records_zstd`.
     pub record_count: u64,
+    /// zstd-compressed JSON Lines of the step's raw telemetry samples; empty when none.
+    pub telemetry_zstd: Vec<u8>,
+    /// Samples (lines) in `telemetry_zstd`.
+    pub telemetry_count: u64,
     /// When the step finished, Unix ms (the agent's clock).
     pub finished_at_ms: i64,
 }

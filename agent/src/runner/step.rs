@@ -12,6 +12,7 @@ use crate::loadgen::{
     Api, Arrival, DatasetPlan, DatasetSource, Load, RequestRecord, Slo, StepOutcome, StepPlan, Stop,
 };
 use crate::result::{STEP_DOCUMENT_SCHEMA, StepDocument};
+use crate::telemetry::RecordedTelemetry;
 
 /// Prompts prepared for a duration-bound step (requests reuse them in turn).
 const PROMPTS_FOR_DURATION: usize = 1_000;
@@ -221,8 +222,17 @@ pub struct ResultContext<'a> {
     pub finished_at_ms: i64,
 }
 
-/// The protocol's step result for a finished load-generator step.
-pub fn result(ctx: &ResultContext<'_>, outcome: &StepOutcome) -> std::io::Result<pb::StepResult> {
+/// The protocol's step result for a finished load-generator step, with the step's telemetry
+/// when it recorded any.
+pub fn result(
+    ctx: &ResultContext<'_>,
+    outcome: &StepOutcome,
+    telemetry: Option<RecordedTelemetry>,
+) -> std::io::Result<pb::StepResult> {
+    let (summary, telemetry_zstd) = match telemetry {
+        Some(t) => (Some(t.summary), t.raw_zstd),
+        None => (None, Vec::new()),
+    };
     let document = StepDocument {
         schema: STEP_DOCUMENT_SCHEMA,
         simulated: ctx.simulated,
@@ -234,12 +244,15 @@ pub fn result(ctx: &ResultContext<'_>, outcome: &StepOutcome) -> std::io::Result
         served_model: ctx.served_model.to_owned(),
         started_at_ms: ctx.started_at_ms,
         finished_at_ms: ctx.finished_at_ms,
+        telemetry: summary,
     };
-    Ok(protocol_result(
+    let mut result = protocol_result(
         ctx,
         serde_json::to_string(&document).map_err(std::io::Error::other)?,
         compress_records(&outcome.records)?,
-    ))
+    );
+    result.telemetry_zstd = telemetry_zstd;
+    Ok(result)
 }
 
 /// A step result from its document and compressed records.
@@ -261,6 +274,7 @@ pub fn protocol_result(
         agent_id: ctx.agent_id.to_owned(),
         attempt: ctx.lease.attempt,
         finished_at_ms: ctx.finished_at_ms,
+        telemetry_zstd: Vec::new(),
     }
 }
 

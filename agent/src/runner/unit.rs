@@ -16,6 +16,7 @@ use super::step::{self, ResultContext, Target};
 use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
 use crate::loadgen;
 use crate::result::{STEP_DOCUMENT_SCHEMA, StepDocument};
+use crate::telemetry;
 
 /// Calls to the coordinator about a lease's end are retried this long on transport errors.
 const END_CALL_PATIENCE: Duration = Duration::from_secs(15);
@@ -199,6 +200,19 @@ async fn load_step(
     };
     info!(step = %label, index = spec.index, "step started");
     let started_at_ms = now_ms();
+    // GPU, host and server telemetry for the step's span; dropped (stopped) on an early return.
+    let framework = lease.config.as_ref().and_then(|c| c.framework.as_ref());
+    let recorder = telemetry::StepRecorder::start(
+        Arc::clone(&ctx.gpus),
+        &lease.gpu_indices,
+        ctx.config.telemetry_rate_hz,
+        framework.map(|f| telemetry::MetricsEndpoint {
+            framework: &f.name,
+            base_url: &target.base_url,
+            path: &f.metrics_path,
+        }),
+    )
+    .await;
     let run = loadgen::run_step(plan, |_| {});
     let mut run = std::pin::pin!(run);
     let mut check = tokio::time::interval(SERVER_CHECK);
@@ -234,6 +248,13 @@ async fn load_step(
             log_tail: session.server.log_tail(LOG_TAIL_BYTES),
         });
     }
+    let finished_at_ms = now_ms();
+    let recorded = recorder
+        .finish(telemetry::Throughput {
+            output_tokens: Some(outcome.metrics.total_output_tokens),
+            duration_s: Some(outcome.metrics.duration_s),
+        })
+        .await;
     let context = ResultContext {
         lease,
         step: spec,
@@ -242,9 +263,9 @@ async fn load_step(
         served_model: &session.served_model,
         environment_json,
         started_at_ms,
-        finished_at_ms: now_ms(),
+        finished_at_ms,
     };
-    let result = match step::result(&context, &outcome) {
+    let result = match step::result(&context, &outcome, recorded) {
         Ok(result) => result,
         Err(err) => {
             return Err(Ending::Failed {
@@ -319,6 +340,7 @@ async fn harness_step(
         served_model: session.served_model.clone(),
         started_at_ms,
         finished_at_ms: now_ms(),
+        telemetry: None,
     };
     let context = ResultContext {
         lease,

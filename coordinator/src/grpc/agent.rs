@@ -608,12 +608,17 @@ async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, String> {
         let (records_zstd, record_count) = count_records(result.records_zstd)
             .await
             .map_err(|e| format!("result of step {step}: field `records_zstd`: {e}"))?;
+        let (telemetry_zstd, telemetry_count) = count_records(result.telemetry_zstd)
+            .await
+            .map_err(|e| format!("result of step {step}: field `telemetry_zstd`: {e}"))?;
         results.push(ReportedResult {
             step_id: StepId(step),
             result_json: result.result_json,
             environment_json,
             records_zstd,
             record_count,
+            telemetry_zstd,
+            telemetry_count,
             finished_at_ms: result.finished_at_ms,
         });
     }

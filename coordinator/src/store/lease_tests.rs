@@ -208,6 +208,8 @@ fn result(step: &StepId, records: &[u8]) -> ReportedResult {
         environment_json: "{\"host\":\"a1.lab\"}".to_owned(),
         records_zstd: records.to_vec(),
         record_count: u64::from(!records.is_empty()),
+        telemetry_zstd: Vec::new(),
+        telemetry_count: 0,
         finished_at_ms: T0,
     }
 }
@@ -1291,6 +1293,55 @@ async fn results_stream_in_unit_position_then_step_order() {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+#[tokio::test]
+async fn telemetry_is_stored_once_per_result_and_read_back_with_the_records() {
+    let env = env().await;
+    let campaign = submit(&env, "c", 0, 3, vec![h100("m", 1)]).await;
+    env.store
+        .register_agent(&agent("a1", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    let lease = must_acquire(&env, &ask("a1", &[0])).await;
+    let mut with = result(&lease.steps[0].id, b"records");
+    with.telemetry_zstd = b"telemetry-zstd".to_vec();
+    with.telemetry_count = 42;
+    let without = result(&lease.steps[1].id, b"records");
+    let batch = ResultBatch {
+        results: vec![with.clone(), without],
+        ..batch(&lease, 0, &[])
+    };
+    env.store.store_results(batch.clone()).await.unwrap();
+    // A repeated batch stores nothing twice.
+    env.store.store_results(batch).await.unwrap();
+    assert_eq!(
+        count(
+            &env,
+            "SELECT COUNT(*) FROM telemetry_samples WHERE gpu_index = -1 AND chunk = 0 \
+             AND sample_count = 42 AND codec = 'zstd'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(&env, "SELECT COUNT(*) FROM telemetry_samples").await,
+        1
+    );
+
+    let mut pages = env.store.results(&campaign, true).await.unwrap().unwrap();
+    let got = pages.next_page().await.unwrap().unwrap();
+    assert_eq!(
+        got[0].telemetry_zstd.as_deref(),
+        Some(&b"telemetry-zstd"[..])
+    );
+    assert_eq!(got[1].telemetry_zstd, None, "a step without telemetry");
+    let mut pages = env.store.results(&campaign, false).await.unwrap().unwrap();
+    let got = pages.next_page().await.unwrap().unwrap();
+    assert!(
+        got.iter().all(|r| r.telemetry_zstd.is_none()),
+        "only with the records"
     );
 }
 

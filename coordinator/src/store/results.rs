@@ -12,6 +12,10 @@ use super::rows::{
 use super::specs::Parts;
 use crate::domain::{AgentId, CampaignId, LeaseId, ResultBatch, StepId, StepSpec, UnitId};
 
+/// `telemetry_samples.gpu_index` of the one chunk that holds a result's whole telemetry blob
+/// (GPU, host and server lines together; each line names its kind and GPU).
+pub(crate) const TELEMETRY_ALL_GPUS: i64 = -1;
+
 /// Most result rows in one page of [`page`].
 pub(crate) const PAGE_ROWS: usize = 256;
 
@@ -129,6 +133,24 @@ pub(crate) fn store_batch(
                         ))
                     })
                     .sql("store request records")?;
+                }
+                if !result.telemetry_zstd.is_empty() {
+                    // One chunk under gpu_index -1 holds the whole blob: its JSON Lines
+                    // name their own kind (gpu / host / server) and GPU index.
+                    conn.prepare_cached(
+                        "INSERT INTO telemetry_samples
+                             (result_id, gpu_index, chunk, sample_count, codec, data)
+                         VALUES (?1, ?2, 0, ?3, 'zstd', ?4)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute((
+                            result_id,
+                            TELEMETRY_ALL_GPUS,
+                            i64::try_from(result.telemetry_count).unwrap_or(i64::MAX),
+                            &result.telemetry_zstd,
+                        ))
+                    })
+                    .sql("store telemetry samples")?;
                 }
                 conn.prepare_cached(
                     "UPDATE steps SET state = 'succeeded' WHERE unit_key = ?1 AND step_id = ?2",
@@ -293,10 +315,10 @@ pub(crate) fn page(
                 r.get(4).sql("read step results")?,
             );
             parts.fetch_all(conn, &[workload, load])?;
-            let records_zstd = if cursor.include_records {
-                records(conn, result_id)?
+            let (records_zstd, telemetry_zstd) = if cursor.include_records {
+                (records(conn, result_id)?, telemetry(conn, result_id)?)
             } else {
-                None
+                (None, None)
             };
             let result = StoredResult {
                 unit: unit.clone(),
@@ -311,6 +333,7 @@ pub(crate) fn page(
                 result_json: r.get(6).sql("read step results")?,
                 environment_json: r.get(7).sql("read step results")?,
                 records_zstd,
+                telemetry_zstd,
                 agent: AgentId(r.get(8).sql("read step results")?),
                 attempt: r.get(9).sql("read step results")?,
                 epoch: r.get(10).sql("read step results")?,
@@ -318,7 +341,8 @@ pub(crate) fn page(
             };
             bytes += result.result_json.len()
                 + result.environment_json.len()
-                + result.records_zstd.as_ref().map_or(0, Vec::len);
+                + result.records_zstd.as_ref().map_or(0, Vec::len)
+                + result.telemetry_zstd.as_ref().map_or(0, Vec::len);
             out.push(result);
             cursor.after = Some(order);
         }
@@ -342,6 +366,27 @@ fn records(conn: &Connection, result_id: i64) -> Result<Option<Vec<u8>>, StoreEr
         let chunk = r.get_ref(0).sql("read request records")?;
         let blob = chunk.as_blob().map_err(|e| StoreError::BadValue {
             column: "request_records.data",
+            value: e.to_string(),
+        })?;
+        data.get_or_insert_with(Vec::new).extend_from_slice(blob);
+    }
+    Ok(data)
+}
+
+/// The raw telemetry of a result, its chunks concatenated in (gpu_index, chunk) order;
+/// `None` when it has none.
+fn telemetry(conn: &Connection, result_id: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT data FROM telemetry_samples WHERE result_id = ?1 ORDER BY gpu_index, chunk",
+        )
+        .sql("read telemetry samples")?;
+    let mut rows = stmt.query([result_id]).sql("read telemetry samples")?;
+    let mut data: Option<Vec<u8>> = None;
+    while let Some(r) = rows.next().sql("read telemetry samples")? {
+        let chunk = r.get_ref(0).sql("read telemetry samples")?;
+        let blob = chunk.as_blob().map_err(|e| StoreError::BadValue {
+            column: "telemetry_samples.data",
             value: e.to_string(),
         })?;
         data.get_or_insert_with(Vec::new).extend_from_slice(blob);

@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use evalctl_agent::runner::{self, AgentConfig};
-use evalctl_agent::telemetry::{GpuSource, NoGpus, SimulatedGpus};
+use evalctl_agent::telemetry::{self, GpuSource};
 use evalctl_coordinator::config::Config;
 use evalctl_coordinator::matrix;
 use evalctl_coordinator::server::Coordinator;
@@ -30,13 +31,12 @@ pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliE
     })?;
     let source_name = args.matrix.display().to_string();
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
-    let gpus: Box<dyn GpuSource> = match &args.gpus {
-        Some(spec) => Box::new(SimulatedGpus::parse(spec).map_err(|e| CliError::Local {
+    let gpus = telemetry::detect(args.gpus.as_deref(), &Default::default()).map_err(|e| {
+        CliError::Local {
             what: "parse --gpus",
             source: Box::new(e),
-        })?),
-        None => Box::new(NoGpus),
-    };
+        }
+    })?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
     if args.fresh {
         remove_previous_run(&data_dir)?;
@@ -57,16 +57,7 @@ pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliE
     let coordinator_task =
         tokio::spawn(coordinator.serve(stop_coordinator.clone().cancelled_owned()));
 
-    let outcome = drive(
-        global,
-        args,
-        &url,
-        &data_dir,
-        yaml,
-        source_name,
-        gpus.as_ref(),
-    )
-    .await;
+    let outcome = drive(global, args, &url, &data_dir, yaml, source_name, gpus).await;
 
     stop_coordinator.cancel();
     match coordinator_task.await {
@@ -103,7 +94,7 @@ async fn drive(
     data_dir: &Path,
     yaml: String,
     source_name: String,
-    gpus: &dyn GpuSource,
+    gpus: Arc<dyn GpuSource>,
 ) -> Result<(pb::CampaignState, Vec<results::ResultJson>), CliError> {
     let mut client = client::connect(url).await?;
     let submitted = client

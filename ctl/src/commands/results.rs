@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use evalctl_agent::loadgen::{StepMetrics, Summary};
 use evalctl_agent::result::{Environment, StepDocument};
+use evalctl_agent::telemetry::TelemetrySummary;
 use evalctl_proto::v1 as pb;
 use futures::StreamExt;
 use serde::Serialize;
@@ -105,7 +106,14 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
     if results.is_empty() {
         return format!("Campaign {campaign}: no step results stored yet.\n");
     }
-    let mut table = render::table([
+    // Energy columns only when some step measured energy or power.
+    let energy = results.iter().any(|r| {
+        r.result
+            .telemetry
+            .as_ref()
+            .is_some_and(|t| t.energy_j.is_some() || t.mean_power_w.is_some())
+    });
+    let mut headers = vec![
         "UNIT",
         "STEP",
         "OK",
@@ -117,7 +125,11 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         "REQ/S",
         "OUT TOK/S",
         "GOODPUT",
-    ]);
+    ];
+    if energy {
+        headers.extend(["J/TOK", "TOK/S/kW", "POWER W"]);
+    }
+    let mut table = render::table(headers);
     for r in results {
         let Some(m) = &r.result.metrics else {
             table.add_row(vec![r.unit.clone(), r.result.step_label.clone()]);
@@ -128,7 +140,7 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         } else {
             r.unit.clone()
         };
-        table.add_row(vec![
+        let mut row = vec![
             unit,
             r.result.step_label.clone(),
             m.completed.to_string(),
@@ -140,12 +152,28 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
             format!("{:.2}", m.request_throughput),
             format!("{:.1}", m.output_token_throughput),
             goodput(m),
-        ]);
+        ];
+        if energy {
+            row.extend(energy_cells(r.result.telemetry.as_ref()));
+        }
+        table.add_row(row);
     }
     let mut text = format!(
         "Campaign {campaign}: {} step results (latencies in ms)\n\n{table}\n",
         results.len()
     );
+    let simulated_gpus = results.iter().any(|r| {
+        r.result
+            .telemetry
+            .as_ref()
+            .is_some_and(|t| t.source == "simulated")
+    });
+    if energy && simulated_gpus {
+        text.push_str(
+            "\nEnergy of simulated GPUs (--gpus) is synthetic: it exercises the pipeline and \
+             measures nothing.\n",
+        );
+    }
     if results.iter().any(|r| r.result.simulated) {
         text.push_str(
             "\nRows marked (sim) come from evalctl's simulated server: they exercise the \
@@ -153,6 +181,27 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         );
     }
     text
+}
+
+/// J per output token, output tokens/s per kW, mean GPU power; "-" where absent, with a
+/// `!` on figures whose power data failed the cross-check (docs/telemetry.md).
+fn energy_cells(telemetry: Option<&TelemetrySummary>) -> [String; 3] {
+    let Some(t) = telemetry else {
+        return ["-".to_owned(), "-".to_owned(), "-".to_owned()];
+    };
+    let flag = if t.power_valid == Some(false) {
+        "!"
+    } else {
+        ""
+    };
+    let cell = |v: Option<f64>, digits: usize| {
+        v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}{flag}"))
+    };
+    [
+        cell(t.joules_per_output_token, 3),
+        cell(t.output_tok_s_per_kw, 1),
+        cell(t.mean_power_w, 0),
+    ]
 }
 
 fn pair(summary: Option<Summary>) -> String {
@@ -205,6 +254,57 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(unit_label(&config), "m / H100-80GB x2 / vllm / fp8");
+    }
+
+    #[test]
+    fn energy_columns_appear_only_with_telemetry() {
+        let document = |telemetry: Option<TelemetrySummary>| ResultJson {
+            unit_id: "u".into(),
+            unit: "m / H100-80GB x1 / vllm / bf16".into(),
+            step_id: "s".into(),
+            step_index: 0,
+            result: StepDocument {
+                schema: 1,
+                simulated: false,
+                step_label: "chat @ c=1 #0".into(),
+                metrics: Some(evalctl_agent::loadgen::metrics::compute(
+                    &[],
+                    &Default::default(),
+                    evalctl_agent::loadgen::metrics::LagPolicy {
+                        report: false,
+                        tolerance_ms: None,
+                    },
+                )),
+                harness_metrics: Default::default(),
+                tokenization: None,
+                connections_opened: 1,
+                served_model: "m".into(),
+                started_at_ms: 0,
+                finished_at_ms: 1,
+                telemetry,
+            },
+            environment: None,
+            agent_id: "a".into(),
+            attempt: 1,
+            finished_at: String::new(),
+        };
+        let plain = human("c", &[document(None)]);
+        assert!(!plain.contains("J/TOK"), "{plain}");
+        let measured = TelemetrySummary {
+            source: "nvml".into(),
+            energy_j: Some(100.0),
+            mean_power_w: Some(350.4),
+            joules_per_output_token: Some(0.1234),
+            output_tok_s_per_kw: Some(2853.9),
+            power_valid: Some(false),
+            ..TelemetrySummary::default()
+        };
+        let text = human("c", &[document(Some(measured)), document(None)]);
+        assert!(text.contains("J/TOK"), "{text}");
+        assert!(text.contains("0.123!"), "{text}");
+        assert!(text.contains("2853.9!"), "{text}");
+        assert!(text.contains("350!"), "{text}");
+        assert!(!text.contains("synthetic"), "{text}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod launcher;
 pub mod loadgen;
+pub mod preemption;
 pub mod result;
 pub mod runner;
 pub mod signal;

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use evalctl_agent::runner::{self, AgentConfig, FileConfig, config::default_state_dir};
 use evalctl_agent::sim_server::{self, LatencyModel, SimConfig};
-use evalctl_agent::telemetry::{GpuSource, NoGpus, SimulatedGpus};
+use evalctl_agent::telemetry;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -113,6 +113,15 @@ struct RunArgs {
     /// Stop each server after its unit instead of keeping it for the next unit.
     #[arg(long)]
     no_keep_warm: bool,
+    /// Watch this cloud's preemption notices: aws, gcp or azure (spot instances).
+    #[arg(long, env = "EVALCTL_SPOT_PROVIDER")]
+    spot_provider: Option<String>,
+    /// Metadata service base URL [default: the provider's].
+    #[arg(long, env = "EVALCTL_METADATA_URL")]
+    metadata_url: Option<String>,
+    /// Metadata poll interval, e.g. "5s" [default: aws 5s, azure 2s; gcp long-polls].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    metadata_poll: Option<Duration>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -131,7 +140,7 @@ impl RunArgs {
         };
         let simulated = self.gpus.clone().or_else(|| file.simulated_gpus.clone());
         let mut config = AgentConfig::new("http://127.0.0.1:7717", default_state_dir());
-        config.apply_file(file);
+        config.apply_file(file)?;
         if let Some(v) = &self.coordinator {
             config.coordinator = v.clone();
         }
@@ -160,6 +169,11 @@ impl RunArgs {
         if self.no_keep_warm {
             config.keep_warm = false;
         }
+        config.set_preemption(
+            self.spot_provider.as_deref(),
+            self.metadata_url.clone(),
+            self.metadata_poll,
+        )?;
         Ok((config, simulated))
     }
 }
@@ -203,17 +217,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => {
             let signal = evalctl_agent::signal::shutdown_signal();
             let (config, simulated) = args.resolve()?;
-            let gpus: Box<dyn GpuSource> = match simulated {
-                Some(spec) => Box::new(SimulatedGpus::parse(&spec)?),
-                None => Box::new(NoGpus),
-            };
+            let gpus = telemetry::detect(simulated.as_deref(), &config.gpu_aliases)?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
                 signal.await;
                 trigger.cancel();
             });
-            runner::run(config, gpus.as_ref(), shutdown).await?;
+            runner::run(config, gpus, shutdown).await?;
             Ok(())
         }
         Command::SimServer(args) => {

@@ -134,6 +134,8 @@ pub struct CampaignJson {
     pub dropped: u64,
     /// Preemptions suffered.
     pub preemptions: u64,
+    /// Work lost to preemptions, seconds.
+    pub preemption_lost_s: f64,
     /// Who submitted.
     pub submitted_by: String,
 }
@@ -151,6 +153,7 @@ impl From<&pb::CampaignInfo> for CampaignJson {
             steps: c.steps.as_ref().into(),
             dropped: c.dropped,
             preemptions: c.preemptions,
+            preemption_lost_s: c.preemption_lost_ms as f64 / 1000.0,
             submitted_by: c.submitted_by.clone(),
         }
     }

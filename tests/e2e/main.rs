@@ -4,3 +4,4 @@
 mod agents;
 mod cli_errors;
 mod control_plane;
+mod spot;

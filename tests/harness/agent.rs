@@ -107,6 +107,16 @@ impl AgentProcess {
         })
     }
 
+    /// Waits up to `timeout` for the agent to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_timeout(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "agent did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            )
+        })
+    }
+
     /// True while the process runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -16,10 +16,12 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 mod agent;
+mod metadata;
 mod procs;
 mod proxy;
 
 pub use agent::AgentProcess;
+pub use metadata::{Cloud, FakeMetadata};
 pub use procs::{group_alive, processes_with};
 pub use proxy::Proxy;
 

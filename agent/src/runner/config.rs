@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::preemption::{Provider, WatchConfig};
+
 /// Settings as read from the TOML file; every field optional so flags and env can fill in.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,18 @@ pub struct FileConfig {
     pub flush_timeout: Option<Duration>,
     /// Keep a server running after its unit for a next unit with the same configuration.
     pub keep_warm: Option<bool>,
+    /// GPU samples per second during a step (default 10; docs/telemetry.md).
+    pub telemetry_rate_hz: Option<f64>,
+    /// GPU type aliases: driver name (e.g. "NVIDIA H100 80GB HBM3") → the type units ask for.
+    #[serde(default)]
+    pub gpu_aliases: BTreeMap<String, String>,
+    /// Spot provider whose preemption notices to watch: "aws", "gcp" or "azure".
+    pub spot_provider: Option<String>,
+    /// Metadata service base URL (default: the provider's usual address).
+    pub metadata_url: Option<String>,
+    /// Poll interval of the metadata service, e.g. "5s" (default: the provider's).
+    #[serde(default, with = "humantime_opt")]
+    pub metadata_poll: Option<Duration>,
 }
 
 /// A config file that cannot be used.
@@ -62,6 +76,14 @@ pub enum ConfigError {
         /// The cause (names the key).
         #[source]
         source: toml::de::Error,
+    },
+    /// A value is not one the key allows.
+    #[error("invalid value for `{key}`: {message}")]
+    Value {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
     },
 }
 
@@ -104,6 +126,12 @@ pub struct AgentConfig {
     pub flush_timeout: Duration,
     /// Keep servers warm between units of the same configuration.
     pub keep_warm: bool,
+    /// GPU and host samples per second during a step.
+    pub telemetry_rate_hz: f64,
+    /// GPU type aliases by driver name.
+    pub gpu_aliases: BTreeMap<String, String>,
+    /// The spot provider to watch for preemption notices; `None` on on-demand hosts.
+    pub preemption: Option<WatchConfig>,
 }
 
 impl AgentConfig {
@@ -121,11 +149,19 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(10),
             keep_warm: true,
+            telemetry_rate_hz: crate::telemetry::DEFAULT_RATE_HZ,
+            gpu_aliases: BTreeMap::new(),
+            preemption: None,
         }
     }
 
     /// Applies the file's values over these.
-    pub fn apply_file(&mut self, file: FileConfig) {
+    pub fn apply_file(&mut self, file: FileConfig) -> Result<(), ConfigError> {
+        self.set_preemption(
+            file.spot_provider.as_deref(),
+            file.metadata_url.clone(),
+            file.metadata_poll,
+        )?;
         if let Some(v) = file.coordinator {
             self.coordinator = v;
         }
@@ -156,6 +192,47 @@ impl AgentConfig {
         }
         if let Some(v) = file.keep_warm {
             self.keep_warm = v;
+        }
+        if let Some(v) = file.telemetry_rate_hz {
+            self.telemetry_rate_hz = v;
+        }
+        self.gpu_aliases.extend(file.gpu_aliases);
+        Ok(())
+    }
+
+    /// Sets what the preemption watcher watches; each `None` keeps what is set.
+    pub fn set_preemption(
+        &mut self,
+        provider: Option<&str>,
+        base_url: Option<String>,
+        poll: Option<Duration>,
+    ) -> Result<(), ConfigError> {
+        if let Some(name) = provider {
+            let provider = name
+                .parse::<Provider>()
+                .map_err(|message| ConfigError::Value {
+                    key: "spot_provider",
+                    message,
+                })?;
+            self.preemption = Some(WatchConfig::new(provider));
+        }
+        match self.preemption.as_mut() {
+            Some(watch) => {
+                if let Some(url) = base_url {
+                    watch.base_url = url.trim_end_matches('/').to_owned();
+                }
+                if let Some(poll) = poll {
+                    watch.poll = poll.max(Duration::from_millis(50));
+                }
+                Ok(())
+            }
+            None if base_url.is_some() || poll.is_some() => Err(ConfigError::Value {
+                key: "metadata_url",
+                message:
+                    "a metadata URL or poll interval needs a spot provider (aws, gcp or azure)"
+                        .into(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -200,9 +277,41 @@ mod tests {
         let file = FileConfig::load(&path).expect("deploy/agent.toml parses");
         let defaults = AgentConfig::new("http://127.0.0.1:7717", "/tmp/x");
         let mut config = defaults.clone();
-        config.apply_file(file);
+        config.apply_file(file).unwrap();
         // The shipped file documents the defaults: applying it changes nothing.
         assert_eq!(format!("{config:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn a_spot_provider_sets_its_defaults_and_flags_override_them() {
+        let mut config = AgentConfig::new("http://c", "/tmp/x");
+        config.set_preemption(Some("gcp"), None, None).unwrap();
+        let watch = config.preemption.clone().unwrap();
+        assert_eq!(watch.base_url, "http://metadata.google.internal");
+        config
+            .set_preemption(
+                None,
+                Some("http://127.0.0.1:9/".into()),
+                Some(Duration::from_secs(1)),
+            )
+            .unwrap();
+        let watch = config.preemption.unwrap();
+        assert_eq!(watch.provider, Provider::Gcp);
+        assert_eq!(watch.base_url, "http://127.0.0.1:9");
+        assert_eq!(watch.poll, Duration::from_secs(1));
+
+        let mut plain = AgentConfig::new("http://c", "/tmp/x");
+        let err = plain
+            .set_preemption(None, Some("http://x".into()), None)
+            .unwrap_err();
+        assert!(err.to_string().contains("needs a spot provider"), "{err}");
+        let err = plain
+            .set_preemption(Some("oracle"), None, None)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("expected aws, gcp or azure"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -50,6 +50,7 @@ use tracing::{error, info, warn};
 pub use config::{AgentConfig, FileConfig};
 
 use crate::launcher;
+use crate::preemption::{self, WatchConfig};
 use crate::state::AgentState;
 use crate::telemetry::{GpuSource, Inventory};
 
@@ -152,6 +153,8 @@ pub struct Ctx {
     pub hostname: String,
     /// The host's GPUs.
     pub inventory: Inventory,
+    /// The source of GPU facts and samples (telemetry of each step).
+    pub gpus: Arc<dyn GpuSource>,
     /// Local state: leases, finished steps, outbox, server process groups.
     pub state: Arc<AgentState>,
     /// Coordinator client (cheap to clone; one HTTP/2 connection).
@@ -219,7 +222,7 @@ impl Ctx {
 /// unit ended). Returns after releasing leases and stopping servers.
 pub async fn run(
     config: AgentConfig,
-    gpus: &dyn GpuSource,
+    gpus: Arc<dyn GpuSource>,
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     let state = AgentState::open(&config.state_dir).map_err(|source| AgentError::State {
@@ -262,6 +265,7 @@ pub async fn run(
         agent_id,
         hostname: hostname(),
         inventory,
+        gpus,
         state: Arc::new(state),
         client,
         leases: Mutex::new(HashMap::new()),
@@ -276,6 +280,24 @@ pub async fn run(
         }),
         config,
     });
+
+    // `stop` ends the lease loop: the shutdown signal, or a preemption notice. On a spot
+    // host (a provider configured) a shutdown signal counts as a preemption too.
+    let stop = CancellationToken::new();
+    let agent_reason = Arc::new(OnceLock::new());
+    let signal_reason = if ctx.config.preemption.is_some() {
+        StopReason::Preempted
+    } else {
+        StopReason::Shutdown
+    };
+    tokio::spawn(stop_on(
+        shutdown.clone(),
+        ctx.config.preemption.clone(),
+        signal_reason,
+        stop.clone(),
+        Arc::clone(&agent_reason),
+    ));
+    let shutdown = stop;
 
     // Background tasks outlive the units: they stop only after the units flushed.
     let background_stop = CancellationToken::new();
@@ -294,9 +316,15 @@ pub async fn run(
     resume_leases(&ctx, &mut units, &shutdown).await;
     acquire_loop(&ctx, &mut units, &shutdown).await;
 
-    // Shutdown (or drained): stop the units, let them flush and release.
+    // Shutdown, preemption or drained: stop the units, let them flush and release.
+    let reason = agent_reason.get().copied().unwrap_or(StopReason::Shutdown);
+    if shutdown.is_cancelled() {
+        // Say so at once: the coordinator stops offering this agent work.
+        ctx.draining.store(true, Ordering::Relaxed);
+        let _ = heartbeat::beat(&ctx, &background_stop).await;
+    }
     for slot in ctx.slots() {
-        slot.stop_with(StopReason::Shutdown);
+        slot.stop_with(reason);
     }
     while let Some(joined) = units.join_next().await {
         if let Err(err) = joined {
@@ -315,6 +343,37 @@ pub async fn run(
         "agent stopped"
     );
     Ok(())
+}
+
+/// Cancels `stop` on the shutdown signal or on a preemption notice, recording why.
+async fn stop_on(
+    shutdown: CancellationToken,
+    watch: Option<WatchConfig>,
+    signal_reason: StopReason,
+    stop: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+) {
+    let watcher_stop = stop.clone();
+    let notice = async {
+        match &watch {
+            Some(config) => preemption::watch(config, &watcher_stop).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => {
+            let _ = reason.set(signal_reason);
+            if signal_reason == StopReason::Preempted {
+                warn!("shutdown signal on a spot host: treating it as a preemption");
+            }
+        }
+        Some(notice) = notice => {
+            let _ = reason.set(StopReason::Preempted);
+            warn!(provider = %notice.provider, detail = %notice.detail, "preempted: stopping steps, delivering results, releasing leases");
+        }
+        _ = stop.cancelled() => {}
+    }
+    stop.cancel();
 }
 
 /// Registers until the coordinator answers or `shutdown` fires (then returns false). A

@@ -59,6 +59,7 @@ pub fn campaign_info(c: &CampaignInfo) -> pb::CampaignInfo {
         dropped: c.dropped,
         submitted_by: c.submitted_by.clone(),
         preemptions: c.preemptions,
+        preemption_lost_ms: c.preemption_lost_ms,
     }
 }
 
@@ -304,6 +305,7 @@ pub fn step_result(r: StoredResult) -> pb::StepResult {
         result_json: r.result_json,
         environment_json: r.environment_json,
         records_zstd: r.records_zstd.unwrap_or_default(),
+        telemetry_zstd: r.telemetry_zstd.unwrap_or_default(),
         agent_id: r.agent.to_string(),
         attempt: r.attempt,
         finished_at_ms: r.finished_at_ms,

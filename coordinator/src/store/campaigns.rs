@@ -165,6 +165,7 @@ fn campaign_base(r: &Row<'_>) -> rusqlite::Result<CampaignBase> {
             dropped: 0,
             submitted_by: r.get(8)?,
             preemptions: 0,
+            preemption_lost_ms: 0,
         },
         cancelled: r.get::<_, Option<i64>>(9)?.is_some(),
     })
@@ -225,6 +226,18 @@ fn complete(conn: &Connection, base: CampaignBase) -> Result<CampaignInfo, Store
     info.preemptions = count(
         conn,
         "SELECT COUNT(*) FROM unit_history WHERE campaign_key = ?1 AND outcome = 'preempted'",
+        key,
+    )?;
+    // The step results of an attempt are stamped by the agent's clock and the attempt's
+    // times by the coordinator's; a negative difference from clock skew counts as nothing.
+    info.preemption_lost_ms = count(
+        conn,
+        "SELECT COALESCE(SUM(MAX(0, h.ended_at_ms - MAX(h.started_at_ms, COALESCE(
+             (SELECT MAX(r.finished_at_ms) FROM step_results r
+              WHERE r.unit_key = h.unit_key AND r.attempt = h.attempt),
+             h.started_at_ms)))), 0)
+         FROM unit_history h
+         WHERE h.campaign_key = ?1 AND h.outcome = 'preempted' AND h.ended_at_ms IS NOT NULL",
         key,
     )?;
     info.state = CampaignState::derive(&info.units, base.cancelled);

@@ -214,6 +214,9 @@ pub struct CampaignInfo {
     pub submitted_by: String,
     /// Attempts that ended in a preemption.
     pub preemptions: u64,
+    /// Work lost to preemptions, in ms: per preempted attempt, the time from its last stored
+    /// step result (or its start) to the preemption.
+    pub preemption_lost_ms: u64,
 }
 
 /// A unit with its progress.
@@ -462,6 +465,9 @@ pub struct StoredResult {
     /// zstd-compressed JSON Lines of per-request records (all chunks, concatenated, which
     /// is one valid zstd stream); `None` when not asked for or none were sent.
     pub records_zstd: Option<Vec<u8>>,
+    /// zstd-compressed JSON Lines of the step's raw telemetry (its chunks concatenated);
+    /// `None` when not asked for (with the records) or none were sent.
+    pub telemetry_zstd: Option<Vec<u8>>,
     /// Agent that produced it.
     pub agent: AgentId,
     /// Attempt it was produced in.

@@ -117,6 +117,11 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
     Ok(ExitCode::SUCCESS)
 }
 
+/// "0s", "2m 5s": time lost to preemptions, to the second.
+fn lost(seconds: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds.round() as u64)).to_string()
+}
+
 /// Lines of a failed unit's server log shown by `status` (`--json` has the whole tail).
 const FAILED_LOG_LINES: usize = 12;
 
@@ -129,7 +134,7 @@ fn last_lines(text: &str, n: usize) -> impl Iterator<Item = &str> {
 fn human_detail(d: &DetailJson) -> String {
     let c = &d.campaign;
     let mut out = format!(
-        "Campaign {} ({})  {}\n  units: {} succeeded, {} running, {} pending, {} failed, {} cancelled of {}\n  steps: {} of {} done; {} combinations dropped; {} preemptions\n  submitted by {} at {}\n",
+        "Campaign {} ({})  {}\n  units: {} succeeded, {} running, {} pending, {} failed, {} cancelled of {}\n  steps: {} of {} done; {} combinations dropped; {} preemptions ({} lost)\n  submitted by {} at {}\n",
         c.name,
         c.id,
         c.state,
@@ -143,6 +148,7 @@ fn human_detail(d: &DetailJson) -> String {
         c.steps.total,
         c.dropped,
         c.preemptions,
+        lost(c.preemption_lost_s),
         c.submitted_by,
         c.created_at,
     );

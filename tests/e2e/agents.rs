@@ -546,3 +546,45 @@ fn steps_added_by_a_resubmission_while_a_unit_runs_are_run_too() {
     agent.terminate(Duration::from_secs(20));
     assert_no_servers_left(&campaign.marker);
 }
+
+#[test]
+fn evalctl_local_runs_the_quickstart_to_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let matrix = evalctl_tests::workspace_root().join("matrices/quickstart.yaml");
+    let output = evalctl(
+        None,
+        &[
+            "local",
+            matrix.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let report = json_stdout(&output);
+    assert_eq!(report["state"], "succeeded", "{report}");
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4, "{report}");
+    for r in results {
+        let m = &r["result"]["metrics"];
+        assert_eq!(m["completed"], 24, "{r}");
+        for metric in ["ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"] {
+            assert!(m[metric]["p99"].as_f64().unwrap() > 0.0, "{metric}: {r}");
+        }
+        assert!(m["output_token_throughput"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    // A second run resumes: nothing left to do, the same results.
+    let again = json_stdout(&evalctl(
+        None,
+        &[
+            "local",
+            matrix.to_str().unwrap(),
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--json",
+        ],
+    ));
+    assert_eq!(again["results"].as_array().unwrap().len(), 4, "{again}");
+    assert_no_servers_left("--model sim-1b");
+    assert_no_servers_left("--model sim-8b");
+}

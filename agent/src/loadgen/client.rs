@@ -342,20 +342,37 @@ impl Client {
         let reads_before = conn.clock.reads.load(Ordering::Relaxed);
         let send_from = now_ns();
 
-        // Wait until the connection can take a request, then send it.
-        let ready = drive(&mut conn, &mut timer, |c, cx| c.sender.poll_ready(cx)).await;
+        // Wait until the connection can take a request, then send it. A connection that ends
+        // meanwhile never becomes ready (hyper keeps its request channel open), so its end is
+        // an error here: a server that closes after each response (llama.cpp does, despite its
+        // keep-alive header) may close a pooled connection right after it was checked out.
+        let ready = drive(&mut conn, &mut timer, |c, cx| {
+            match c.sender.poll_ready(cx) {
+                Poll::Pending if !c.alive => Poll::Ready(Err(None)),
+                other => other.map_err(Some),
+            }
+        })
+        .await;
         let retryable =
             |conn: &PooledConn| reused && conn.clock.reads.load(Ordering::Relaxed) == reads_before;
         match ready {
             Driven::Done(Ok(())) => {}
-            Driven::Done(Err(err)) if retryable(&conn) => {
-                return Err(Failure::Retryable(err));
+            Driven::Done(Err(None)) if reused => return Err(Failure::Retryable(closed())),
+            Driven::Done(Err(None)) => return Err(Failure::Final(closed())),
+            Driven::Done(Err(Some(err))) if retryable(&conn) => {
+                return Err(Failure::Retryable(hyper_error(&err)));
             }
-            Driven::Done(Err(err)) => return Err(Failure::Final(hyper_error(&err))),
+            Driven::Done(Err(Some(err))) => return Err(Failure::Final(hyper_error(&err))),
             Driven::Expired(kind) => return Err(Failure::Final(expired(kind))),
         }
         let mut response = Box::pin(conn.sender.send_request(self.request(path, body)));
-        let head = drive(&mut conn, &mut timer, |_, cx| response.as_mut().poll(cx)).await;
+        let head = drive(&mut conn, &mut timer, |c, cx| {
+            match response.as_mut().poll(cx) {
+                Poll::Pending if !c.alive => Poll::Ready(Err(None)),
+                other => other.map_err(Some),
+            }
+        })
+        .await;
         drop(response);
         let wrote = conn.clock.last_write_ns.load(Ordering::Relaxed);
         if wrote >= send_from {
@@ -363,11 +380,16 @@ impl Client {
         }
         let response = match head {
             Driven::Done(Ok(response)) => response,
-            Driven::Done(Err(err)) if retryable(&conn) => {
+            Driven::Done(Err(None)) if retryable(&conn) => {
                 record.sent_ns = None;
-                return Err(Failure::Retryable(err));
+                return Err(Failure::Retryable(closed()));
             }
-            Driven::Done(Err(err)) => return Err(Failure::Final(hyper_error(&err))),
+            Driven::Done(Err(None)) => return Err(Failure::Final(closed())),
+            Driven::Done(Err(Some(err))) if retryable(&conn) => {
+                record.sent_ns = None;
+                return Err(Failure::Retryable(hyper_error(&err)));
+            }
+            Driven::Done(Err(Some(err))) => return Err(Failure::Final(hyper_error(&err))),
             Driven::Expired(kind) => return Err(Failure::Final(expired(kind))),
         };
         if record.sent_ns.is_none() {
@@ -457,7 +479,7 @@ impl Client {
 /// A failed attempt.
 enum Failure {
     /// A reused connection was found closed before the answer began: worth one retry.
-    Retryable(hyper::Error),
+    Retryable(RequestError),
     /// The request failed.
     Final(RequestError),
 }
@@ -465,9 +487,16 @@ enum Failure {
 impl Failure {
     fn into_error(self) -> RequestError {
         match self {
-            Failure::Retryable(err) => hyper_error(&err),
-            Failure::Final(err) => err,
+            Failure::Retryable(err) | Failure::Final(err) => err,
         }
+    }
+}
+
+/// The connection ended before the answer began.
+fn closed() -> RequestError {
+    RequestError {
+        kind: ErrorKind::Reset,
+        message: "the server closed the connection before answering".to_owned(),
     }
 }
 

@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "evalctl/v1/common.proto",
         "evalctl/v1/campaign.proto",
         "evalctl/v1/agent.proto",
+        "evalctl/v1/admin.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

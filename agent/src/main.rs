@@ -32,7 +32,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the agent: register with the coordinator, lease units, launch servers, run steps.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve a simulated OpenAI-compatible streaming model (for the quickstart and tests).
     SimServer(SimServerArgs),
 }
@@ -122,6 +122,21 @@ struct RunArgs {
     /// Metadata poll interval, e.g. "5s" [default: aws 5s, azure 2s; gcp long-polls].
     #[arg(long, value_parser = humantime::parse_duration)]
     metadata_poll: Option<Duration>,
+    /// Bearer token with role `agent` (prefer --token-file: flags show in `ps`).
+    #[arg(long, env = "EVALCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// File whose first line is the bearer token.
+    #[arg(long, env = "EVALCTL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate [default: the system roots].
+    #[arg(long, env = "EVALCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with --client-key).
+    #[arg(long, env = "EVALCTL_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    /// PEM key of --client-cert.
+    #[arg(long, env = "EVALCTL_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -174,6 +189,25 @@ impl RunArgs {
             self.metadata_url.clone(),
             self.metadata_poll,
         )?;
+        if self.token.is_some() {
+            config.auth.token = self.token.clone();
+        }
+        if self.token_file.is_some() {
+            // A token file given here wins over a token from the config file.
+            config.token_file = self.token_file.clone();
+            if self.token.is_none() {
+                config.auth.token = None;
+            }
+        }
+        if self.ca_file.is_some() {
+            config.auth.ca_file = self.ca_file.clone();
+        }
+        if self.client_cert.is_some() {
+            config.auth.client_cert = self.client_cert.clone();
+        }
+        if self.client_key.is_some() {
+            config.auth.client_key = self.client_key.clone();
+        }
         Ok((config, simulated))
     }
 }

@@ -4,25 +4,30 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
+use crate::auth::Role;
+use crate::auth::rate::Rate;
 use crate::config::{Config, ConfigError, FileConfig, LogFormat};
 
 /// evalctl coordinator: expands campaigns, leases units to agents, stores results.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "evalctl-coordinator", version, about)]
 pub struct Args {
+    /// Administration instead of serving (works on the database file directly).
+    #[command(subcommand)]
+    pub command: Option<AdminCommand>,
     /// TOML config file (see deploy/coordinator.toml).
-    #[arg(long, env = "EVALCTL_COORDINATOR_CONFIG")]
+    #[arg(long, global = true, env = "EVALCTL_COORDINATOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// gRPC listen address; port 0 picks a free port.
     #[arg(long, env = "EVALCTL_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Directory for the SQLite database [default: ~/.local/share/evalctl].
-    #[arg(long, env = "EVALCTL_DATA_DIR")]
+    #[arg(long, global = true, env = "EVALCTL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Database file [default: <data-dir>/coordinator.sqlite].
-    #[arg(long, env = "EVALCTL_DATABASE")]
+    #[arg(long, global = true, env = "EVALCTL_DATABASE")]
     pub database: Option<PathBuf>,
     /// Lease time to live, e.g. "30s"; agents heartbeat every third of it.
     #[arg(long, env = "EVALCTL_LEASE_TTL", value_parser = humantime::parse_duration)]
@@ -31,8 +36,82 @@ pub struct Args {
     #[arg(long, env = "EVALCTL_INSECURE")]
     pub insecure: bool,
     /// Log format.
-    #[arg(long, env = "EVALCTL_LOG_FORMAT", value_enum)]
+    #[arg(long, global = true, env = "EVALCTL_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain for TLS (with --tls-key); re-read on SIGHUP.
+    #[arg(long, env = "EVALCTL_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS; re-read on SIGHUP.
+    #[arg(long, env = "EVALCTL_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA of agents' client certificates: agent calls then need one (mutual TLS).
+    #[arg(long, env = "EVALCTL_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "EVALCTL_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Submissions per minute per token after the burst; 0 = no limit [default: 60].
+    #[arg(long, env = "EVALCTL_SUBMIT_RATE")]
+    pub submit_rate: Option<u32>,
+    /// Submissions per token allowed at once [default: 20].
+    #[arg(long, env = "EVALCTL_SUBMIT_BURST")]
+    pub submit_burst: Option<u32>,
+    /// How long shutdown waits for in-flight calls, e.g. "10s".
+    #[arg(long, env = "EVALCTL_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// `evalctl-coordinator` subcommands: administration without a running server.
+#[derive(Debug, Clone, Subcommand)]
+pub enum AdminCommand {
+    /// Write a CA, a server certificate and agent client certificates (a lab without a PKI).
+    GenCerts(GenCertsArgs),
+    /// Create, list or revoke API tokens directly in the database (bootstrap).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `evalctl-coordinator gen-certs`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenCertsArgs {
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS names and IP addresses of the coordinator, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub hosts: Vec<String>,
+    /// Agent names to issue client certificates for, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub agents: Vec<String>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 825)]
+    pub days: u32,
+    /// Replace files already in the output directory.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `evalctl-coordinator token …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print its secret (once).
+    Create {
+        /// Token name, unique among live tokens (e.g. `admin`, `ci`, `gpu-node-07`).
+        name: String,
+        /// Role: operator, viewer or agent.
+        #[arg(long)]
+        role: Role,
+        /// Write the secret to this file (mode 0600) instead of stdout.
+        #[arg(long)]
+        secret_file: Option<PathBuf>,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token by id or by the name of a live token.
+    Revoke {
+        /// Token id or name.
+        token: String,
+    },
 }
 
 impl Args {
@@ -58,6 +137,25 @@ impl Args {
             config.lease_ttl = ttl;
         }
         config.insecure = self.insecure || file.insecure.unwrap_or(false);
+        config.set_tls(
+            self.tls_cert.clone().or(file.tls_cert),
+            self.tls_key.clone().or(file.tls_key),
+            self.tls_client_ca.clone().or(file.tls_client_ca),
+        )?;
+        config.metrics_addr = self.metrics_addr.or(file.metrics_addr);
+        config.submit_rate = Rate {
+            per_minute: self
+                .submit_rate
+                .or(file.submit_rate_per_minute)
+                .unwrap_or(config.submit_rate.per_minute),
+            burst: self
+                .submit_burst
+                .or(file.submit_burst)
+                .unwrap_or(config.submit_rate.burst),
+        };
+        if let Some(grace) = self.shutdown_grace.or(file.shutdown_grace) {
+            config.shutdown_grace = grace;
+        }
         let log_format = self.log_format.or(file.log_format).unwrap_or_default();
         Ok((config, log_format))
     }
@@ -101,6 +199,43 @@ mod tests {
             PathBuf::from("/srv/evalctl/coordinator.sqlite")
         );
         assert_eq!(format, LogFormat::Text);
+    }
+
+    #[test]
+    fn admin_subcommands_take_the_database_flags_after_them() {
+        let args = Args::parse_from([
+            "evalctl-coordinator",
+            "token",
+            "create",
+            "admin",
+            "--role",
+            "operator",
+            "--data-dir",
+            "/srv/evalctl",
+        ]);
+        let (config, _) = args.resolve().unwrap();
+        assert_eq!(
+            config.database,
+            PathBuf::from("/srv/evalctl/coordinator.sqlite")
+        );
+        assert!(matches!(
+            args.command,
+            Some(AdminCommand::Token(TokenCommand::Create {
+                role: Role::Operator,
+                ..
+            }))
+        ));
+        assert!(
+            Args::try_parse_from([
+                "evalctl-coordinator",
+                "token",
+                "create",
+                "x",
+                "--role",
+                "root"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -8,8 +8,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::rate::Rate;
+use crate::tls::TlsFiles;
+
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7717";
+
+/// Submissions per token by default: a burst of 20, then 60 a minute.
+pub const DEFAULT_SUBMIT_RATE: Rate = Rate {
+    per_minute: 60,
+    burst: 20,
+};
 
 /// Shortest lease TTL accepted (tests use sub-second TTLs; production wants tens of
 /// seconds).
@@ -43,6 +52,21 @@ pub struct FileConfig {
     pub insecure: Option<bool>,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain of the gRPC listener (with `tls_key`, turns TLS on).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that signs agents' client certificates: agent calls then need one (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Submissions per minute per token once the burst is spent; 0 = no limit.
+    pub submit_rate_per_minute: Option<u32>,
+    /// Submissions per token allowed at once.
+    pub submit_burst: Option<u32>,
+    /// How long shutdown waits for in-flight calls, e.g. "10s".
+    #[serde(default, with = "humantime_serde_opt")]
+    pub shutdown_grace: Option<Duration>,
 }
 
 /// The coordinator's effective configuration.
@@ -58,6 +82,12 @@ pub struct Config {
     pub insecure: bool,
     /// How long shutdown waits for in-flight calls before it gives up on them.
     pub shutdown_grace: Duration,
+    /// TLS files; `None` serves plain text.
+    pub tls: Option<TlsFiles>,
+    /// Address of the Prometheus endpoint; `None` turns it off.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Submissions per token (applied while tokens are enforced).
+    pub submit_rate: Rate,
 }
 
 impl Config {
@@ -69,7 +99,16 @@ impl Config {
             lease_ttl: Duration::from_secs(30),
             insecure: false,
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            metrics_addr: None,
+            submit_rate: DEFAULT_SUBMIT_RATE,
         }
+    }
+
+    /// Whether a caller without a token may do everything as long as no token was ever
+    /// created: on loopback, or with `insecure`.
+    pub fn open_without_tokens(&self) -> bool {
+        self.listen.ip().is_loopback() || self.insecure
     }
 
     /// Heartbeat interval agents must keep: a third of the TTL, so two heartbeats
@@ -89,11 +128,31 @@ impl Config {
 
     /// Refuses plain text on a non-loopback address unless `insecure` is set.
     pub fn check_transport(&self) -> Result<(), ConfigError> {
-        if self.listen.ip().is_loopback() || self.insecure {
+        if self.tls.is_some() || self.listen.ip().is_loopback() || self.insecure {
             Ok(())
         } else {
             Err(ConfigError::PlainTextOffLoopback(self.listen))
         }
+    }
+
+    /// Builds the TLS files from the three settings: certificate and key together, a
+    /// client CA only with them.
+    pub fn set_tls(
+        &mut self,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<(), ConfigError> {
+        self.tls = match (cert, key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None) if client_ca.is_none() => None,
+            _ => return Err(ConfigError::TlsIncomplete),
+        };
+        Ok(())
     }
 }
 
@@ -128,6 +187,11 @@ pub enum ConfigError {
         "refusing to serve plain text on non-loopback address {0} (hint: listen on 127.0.0.1, or pass --insecure to accept unencrypted, unauthenticated traffic)"
     )]
     PlainTextOffLoopback(SocketAddr),
+    /// Only part of the TLS settings is given.
+    #[error(
+        "TLS needs both a certificate and a key (hint: pass --tls-cert and --tls-key; --tls-client-ca only with them)"
+    )]
+    TlsIncomplete,
 }
 
 impl FileConfig {
@@ -184,6 +248,21 @@ mod tests {
         config.insecure = false;
         config.listen = "[::1]:7717".parse().unwrap();
         assert!(config.check_transport().is_ok());
+        config.listen = "0.0.0.0:7717".parse().unwrap();
+        config
+            .set_tls(Some("c.pem".into()), Some("k.pem".into()), None)
+            .unwrap();
+        assert!(config.check_transport().is_ok(), "TLS is fine anywhere");
+        assert!(!config.open_without_tokens());
+    }
+
+    #[test]
+    fn tls_needs_certificate_and_key() {
+        let mut config = Config::with_data_dir(Path::new("/tmp"));
+        assert!(config.set_tls(Some("c.pem".into()), None, None).is_err());
+        assert!(config.set_tls(None, None, Some("ca.pem".into())).is_err());
+        assert!(config.set_tls(None, None, None).is_ok());
+        assert!(config.tls.is_none());
     }
 
     #[test]

@@ -1,28 +1,33 @@
-//! Runs the coordinator: opens the store, binds the gRPC listener, serves the campaign
-//! and agent services with the lease reaper beside them until the shutdown signal, then
+//! Runs the coordinator: opens the store, binds the gRPC listener (TLS or plain text) and
+//! the metrics endpoint, serves the campaign, agent and token services behind the
+//! authorization layer with the lease reaper beside them until the shutdown signal, then
 //! drains in-flight calls under a grace timeout.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use evalctl_proto::v1 as pb;
 use evalctl_proto::v1::agent_service_server::AgentServiceServer;
 use evalctl_proto::v1::campaign_service_server::CampaignServiceServer;
+use evalctl_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
+use crate::auth::{AuthLayer, AuthSettings, Authenticator};
 use crate::config::{Config, ConfigError};
 use crate::events::EventBus;
-use crate::grpc::{AgentApi, CampaignApi};
+use crate::grpc::status::chain;
+use crate::grpc::{AgentApi, CampaignApi, TokenApi};
+use crate::limits::MAX_HEADER_LIST_BYTES;
+pub use crate::limits::MAX_MESSAGE_BYTES;
+use crate::metrics::{self, Metrics};
 use crate::reaper::Reaper;
 use crate::store::{Store, StoreError};
+use crate::tls::{self, ServerTls, TlsError};
 use crate::work::WorkSignal;
-
-/// Largest message the coordinator decodes or encodes (a matrix file, a result batch with
-/// its records travel in one message).
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why the coordinator could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +35,9 @@ pub enum ServeError {
     /// The configuration is not acceptable.
     #[error("invalid configuration")]
     Config(#[source] ConfigError),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error("failed to set up TLS")]
+    Tls(#[source] TlsError),
     /// The database could not be opened or migrated.
     #[error("failed to open database `{path}`")]
     Store {
@@ -56,35 +64,64 @@ pub enum ServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// A coordinator with its store open and its listener bound, ready to serve.
+/// A coordinator with its store open and its listeners bound, ready to serve.
 pub struct Coordinator {
     config: Config,
     store: Store,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    tls: Option<Arc<ServerTls>>,
+    /// SIGHUP, registered at bind time when TLS is on (so an early SIGHUP cannot kill the
+    /// process with the default action).
+    reload_signal: Option<Signal>,
 }
 
 impl Coordinator {
-    /// Checks the configuration, opens (and migrates) the store and binds the listener.
+    /// Checks the configuration, loads TLS, opens (and migrates) the store and binds the
+    /// listeners.
     pub async fn bind(config: Config) -> Result<Coordinator, ServeError> {
         config.check_transport().map_err(ServeError::Config)?;
         config.check_lease_ttl().map_err(ServeError::Config)?;
+        let tls = match &config.tls {
+            Some(files) => Some(Arc::new(
+                ServerTls::load(files.clone()).map_err(ServeError::Tls)?,
+            )),
+            None => None,
+        };
         let store = Store::open(&config.database)
             .await
             .map_err(|source| ServeError::Store {
                 path: config.database.clone(),
                 source,
             })?;
-        let listener =
-            TcpListener::bind(config.listen)
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+                .map_err(|source| ServeError::Bind { addr, source })
+        };
+        let listener = bind(config.listen).await?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let reload_signal = if tls.is_some() {
+            match signal(SignalKind::hangup()) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    warn!(error = %err, "cannot listen for SIGHUP; TLS files will not be reloaded");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(Coordinator {
             config,
             store,
             listener,
+            metrics_listener,
+            tls,
+            reload_signal,
         })
     }
 
@@ -93,6 +130,18 @@ impl Coordinator {
         self.listener
             .local_addr()
             .expect("a bound TCP listener has a local address")
+    }
+
+    /// The metrics endpoint's address, when it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The TLS configuration, when TLS is on ([`ServerTls::reload`] swaps in new files).
+    pub fn tls(&self) -> Option<Arc<ServerTls>> {
+        self.tls.clone()
     }
 
     /// The store, for in-process callers (`evalctl local`).
@@ -105,19 +154,32 @@ impl Coordinator {
         self.config.lease_ttl
     }
 
-    /// Serves the campaign and agent services (with health and reflection) and runs the
-    /// lease reaper until `shutdown` completes, then gives in-flight calls
+    /// Serves the campaign, agent and token services (with health and reflection) and runs
+    /// the lease reaper until `shutdown` completes, then gives in-flight calls
     /// `config.shutdown_grace` to finish and checkpoints the database.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let Coordinator {
             config,
             store,
             listener,
+            metrics_listener,
+            tls,
+            reload_signal,
         } = self;
         let addr = listener.local_addr().ok();
         let stop = CancellationToken::new();
         let events = EventBus::default();
         let work = WorkSignal::new();
+        let metrics = Arc::new(Metrics::new());
+        let auth = Arc::new(Authenticator::new(
+            store.clone(),
+            AuthSettings {
+                open_without_tokens: config.open_without_tokens(),
+                agent_client_cert: tls.as_ref().is_some_and(|t| t.mutual()),
+                submit_rate: config.submit_rate,
+            },
+        ));
+        announce_security(&config, &auth).await;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
@@ -147,6 +209,9 @@ impl Coordinator {
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let tokens = TokenServiceServer::new(TokenApi::new(store.clone(), Arc::clone(&auth)))
+            .max_decoding_message_size(64 * 1024)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let reaper = tokio::spawn(
             Reaper::new(
                 store.clone(),
@@ -156,21 +221,36 @@ impl Coordinator {
             )
             .run(stop.clone()),
         );
+        if let Some(listener) = metrics_listener {
+            info!(endpoint = %metrics::describe(listener.local_addr().ok()), "serving metrics");
+            tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                store.clone(),
+                stop.clone(),
+            ));
+        }
+        if let (Some(tls), Some(hangups)) = (tls.clone(), reload_signal) {
+            tokio::spawn(reload_on_sighup(tls, hangups, stop.clone()));
+        }
 
         let server_stop = stop.clone();
+        let incoming = tls::incoming::incoming(listener, tls.clone(), stop.clone());
         let server = tokio::spawn(
             tonic::transport::Server::builder()
+                .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+                .layer(AuthLayer::new(Arc::clone(&auth), Arc::clone(&metrics)))
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(campaigns)
                 .add_service(agents)
-                .serve_with_incoming_shutdown(
-                    TcpListenerStream::new(listener),
-                    server_stop.cancelled_owned(),
-                ),
+                .add_service(tokens)
+                .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned()),
         );
         info!(
             addr = ?addr,
+            tls = tls.is_some(),
+            mutual_tls = tls.as_ref().is_some_and(|t| t.mutual()),
             database = %config.database.display(),
             lease_ttl = ?config.lease_ttl,
             "coordinator serving"
@@ -201,10 +281,64 @@ impl Coordinator {
             }
         };
         if let Err(err) = store.checkpoint().await {
-            warn!(error = %crate::grpc::status::chain(&err), "final WAL checkpoint failed");
+            warn!(error = %chain(&err), "final WAL checkpoint failed");
         }
         info!("coordinator stopped");
         outcome
+    }
+}
+
+/// Says how callers are authenticated, and warns where that is weak.
+async fn announce_security(config: &Config, auth: &Authenticator) {
+    let enforced = match auth.enforced().await {
+        Ok(enforced) => enforced,
+        Err(refusal) => {
+            warn!(refusal = refusal.kind(), "failed to read the token table");
+            true
+        }
+    };
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        warn!(
+            listen = %config.listen,
+            "serving PLAIN TEXT off loopback (--insecure): traffic and tokens can be read \
+             and altered on the network"
+        );
+    }
+    if !enforced {
+        if config.listen.ip().is_loopback() {
+            info!("no API token exists: callers on this host need none until one is created");
+        } else {
+            warn!(
+                "no API token exists and --insecure is set: ANYONE who reaches {} may do \
+                 everything",
+                config.listen
+            );
+        }
+    } else if !config.open_without_tokens() {
+        match auth.store().token_table().await {
+            Ok(table) if table.live.is_empty() => warn!(
+                "no live API token: every call is refused until an operator creates one \
+                 (hint: evalctl-coordinator token create admin --role operator)"
+            ),
+            _ => {}
+        }
+    }
+}
+
+/// Re-reads the TLS files on every SIGHUP until `stop`.
+async fn reload_on_sighup(tls: Arc<ServerTls>, mut hangups: Signal, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
+        }
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
+            Err(err) => error!(
+                error = %chain(&err),
+                "SIGHUP: failed to reload TLS files; keeping the current ones"
+            ),
+        }
     }
 }
 

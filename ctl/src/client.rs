@@ -1,26 +1,67 @@
-//! Connection to the coordinator's `CampaignService`.
+//! Connection to the coordinator's `CampaignService` and `TokenService`.
+//!
+//! TLS and the bearer token come from the global flags (`--token`, `--token-file`,
+//! `--ca-file`, or `EVALCTL_TOKEN`, `EVALCTL_TOKEN_FILE`, `EVALCTL_CA_FILE`), set once per
+//! invocation by [`configure`]; every command then connects with [`connect`].
 
-use std::time::Duration;
+use std::sync::OnceLock;
 
+use evalctl_agent::client::{self as agent_client, BearerToken, ClientAuth, ClientError};
 use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use evalctl_proto::v1::token_service_client::TokenServiceClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
+use crate::cli::GlobalArgs;
 use crate::error::CliError;
 
 /// Largest message the CLI accepts (a campaign with many units comes back in one reply).
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A connected campaign client.
-pub type Client = CampaignServiceClient<Channel>;
+/// A channel that sends the bearer token with every call.
+pub type AuthedChannel = InterceptedService<Channel, BearerToken>;
 
-/// Connects to `url`, failing fast with a clear error when nothing listens there.
-pub async fn connect(url: &str) -> Result<Client, CliError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|source| CliError::BadUrl {
+/// A connected campaign client.
+pub type Client = CampaignServiceClient<AuthedChannel>;
+
+/// A connected token client.
+pub type TokenClient = TokenServiceClient<AuthedChannel>;
+
+/// TLS settings and token of this invocation.
+static AUTH: OnceLock<ClientAuth> = OnceLock::new();
+
+/// Reads the token (flag, env or file) and TLS settings of this invocation; later calls
+/// keep the first settings.
+pub fn configure(global: &GlobalArgs) -> Result<(), CliError> {
+    let token = agent_client::read_token(global.token.as_deref(), global.token_file.as_deref())
+        .map_err(|err| setup_error(&global.coordinator, err))?;
+    let _ = AUTH.set(ClientAuth {
+        token,
+        ca_file: global.ca_file.clone(),
+        client_cert: None,
+        client_key: None,
+    });
+    Ok(())
+}
+
+fn setup_error(url: &str, err: ClientError) -> CliError {
+    match err {
+        ClientError::Read { path, source, .. } => CliError::Read { path, source },
+        ClientError::Endpoint { source, .. } => CliError::BadUrl {
             url: url.to_owned(),
             source,
-        })?
-        .connect_timeout(Duration::from_secs(5));
+        },
+        other => CliError::Read {
+            path: "<token>".into(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, other.to_string()),
+        },
+    }
+}
+
+async fn channel(url: &str) -> Result<AuthedChannel, CliError> {
+    let auth = AUTH.get().cloned().unwrap_or_default();
+    let bearer = BearerToken::new(auth.token.as_deref()).map_err(|e| setup_error(url, e))?;
+    let endpoint = agent_client::endpoint(url, &auth).map_err(|e| setup_error(url, e))?;
     let channel = endpoint
         .connect()
         .await
@@ -28,7 +69,17 @@ pub async fn connect(url: &str) -> Result<Client, CliError> {
             url: url.to_owned(),
             source,
         })?;
-    Ok(CampaignServiceClient::new(channel)
+    Ok(InterceptedService::new(channel, bearer))
+}
+
+/// Connects to `url`, failing fast with a clear error when nothing listens there.
+pub async fn connect(url: &str) -> Result<Client, CliError> {
+    Ok(CampaignServiceClient::new(channel(url).await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects the token service at `url`.
+pub async fn connect_tokens(url: &str) -> Result<TokenClient, CliError> {
+    Ok(TokenServiceClient::new(channel(url).await?))
 }

@@ -1,5 +1,6 @@
 //! The evalctl wire protocol (package `evalctl.v1`): messages and tonic clients and
-//! servers generated from `proto/evalctl/v1/*.proto`.
+//! servers generated from `proto/evalctl/v1/*.proto` (`common`, `campaign`, `agent`, and
+//! `admin` with the `TokenService`).
 //!
 //! Only the gRPC layers of the coordinator, agent and CLI use these types; their
 //! cores work on domain types and convert at the edge.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::client::ClientAuth;
 use crate::preemption::{Provider, WatchConfig};
 
 /// Settings as read from the TOML file; every field optional so flags and env can fill in.
@@ -54,6 +55,17 @@ pub struct FileConfig {
     /// Poll interval of the metadata service, e.g. "5s" (default: the provider's).
     #[serde(default, with = "humantime_opt")]
     pub metadata_poll: Option<Duration>,
+    /// Bearer token (role `agent`); prefer `token_file` or `EVALCTL_TOKEN`.
+    pub token: Option<String>,
+    /// File whose first line is the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate (`https://` URLs); default: the
+    /// system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    /// PEM key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// A config file that cannot be used.
@@ -132,6 +144,10 @@ pub struct AgentConfig {
     pub gpu_aliases: BTreeMap<String, String>,
     /// The spot provider to watch for preemption notices; `None` on on-demand hosts.
     pub preemption: Option<WatchConfig>,
+    /// TLS settings and the bearer token (when given directly).
+    pub auth: ClientAuth,
+    /// File holding the bearer token, read at start when `auth.token` is unset.
+    pub token_file: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -152,6 +168,8 @@ impl AgentConfig {
             telemetry_rate_hz: crate::telemetry::DEFAULT_RATE_HZ,
             gpu_aliases: BTreeMap::new(),
             preemption: None,
+            auth: ClientAuth::default(),
+            token_file: None,
         }
     }
 
@@ -197,6 +215,21 @@ impl AgentConfig {
             self.telemetry_rate_hz = v;
         }
         self.gpu_aliases.extend(file.gpu_aliases);
+        if file.token.is_some() {
+            self.auth.token = file.token;
+        }
+        if file.token_file.is_some() {
+            self.token_file = file.token_file;
+        }
+        if file.ca_file.is_some() {
+            self.auth.ca_file = file.ca_file;
+        }
+        if file.client_cert.is_some() {
+            self.auth.client_cert = file.client_cert;
+        }
+        if file.client_key.is_some() {
+            self.auth.client_key = file.client_key;
+        }
         Ok(())
     }
 

@@ -44,11 +44,13 @@ use evalctl_proto::v1::agent_service_client::AgentServiceClient;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 pub use config::{AgentConfig, FileConfig};
 
+use crate::client::{self, BearerToken};
 use crate::launcher;
 use crate::preemption::{self, WatchConfig};
 use crate::state::AgentState;
@@ -77,16 +79,28 @@ pub enum AgentError {
         /// What it answered.
         message: String,
     },
-    /// The coordinator URL is not a valid endpoint.
-    #[error("invalid coordinator URL `{url}`")]
-    CoordinatorUrl {
+    /// The coordinator refused the agent's credentials.
+    #[error("the coordinator at {url} refused this agent: {message}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// What it answered.
+        message: String,
+    },
+    /// The coordinator URL, TLS files or token cannot be used.
+    #[error("failed to set up the connection to the coordinator at {url}")]
+    Connect {
         /// The URL.
         url: String,
         /// The cause.
         #[source]
-        source: tonic::transport::Error,
+        source: crate::client::ClientError,
     },
 }
+
+/// The agent's client of the coordinator: one HTTP/2 connection, the bearer token on every
+/// call.
+pub type CoordinatorClient = AgentServiceClient<InterceptedService<Channel, BearerToken>>;
 
 /// Why a unit task is asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +172,7 @@ pub struct Ctx {
     /// Local state: leases, finished steps, outbox, server process groups.
     pub state: Arc<AgentState>,
     /// Coordinator client (cheap to clone; one HTTP/2 connection).
-    pub client: AgentServiceClient<Channel>,
+    pub client: CoordinatorClient,
     /// Held leases by id.
     pub leases: Mutex<HashMap<String, Arc<LeaseSlot>>>,
     /// Woken when a batch enters the outbox.
@@ -238,18 +252,21 @@ pub async fn run(
     let agent_id = state.agent_id();
     end_orphan_servers(&state, config.stop_grace).await;
 
-    let channel = Endpoint::from_shared(config.coordinator.clone())
-        .map_err(|source| AgentError::CoordinatorUrl {
-            url: config.coordinator.clone(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(5))
+    let connect_error = |source| AgentError::Connect {
+        url: config.coordinator.clone(),
+        source,
+    };
+    let token = client::read_token(config.auth.token.as_deref(), config.token_file.as_deref())
+        .map_err(connect_error)?;
+    let bearer = BearerToken::new(token.as_deref()).map_err(connect_error)?;
+    let channel = client::endpoint(&config.coordinator, &config.auth)
+        .map_err(connect_error)?
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
         .connect_lazy();
-    let client = AgentServiceClient::new(channel)
+    let client = AgentServiceClient::with_interceptor(channel, bearer)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let inventory = gpus.inventory();
@@ -411,6 +428,19 @@ async fn register(ctx: &Ctx, shutdown: &CancellationToken) -> Result<bool, Agent
         match answer {
             Err(status) if status.code() == tonic::Code::Unimplemented => {
                 return Err(AgentError::Incompatible {
+                    url: ctx.config.coordinator.clone(),
+                    message: status.message().to_owned(),
+                });
+            }
+            // A token or certificate the coordinator refuses will not become valid by
+            // retrying: stop, and say why.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                return Err(AgentError::Refused {
                     url: ctx.config.coordinator.clone(),
                     message: status.message().to_owned(),
                 });

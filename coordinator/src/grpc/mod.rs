@@ -5,6 +5,8 @@ pub mod agent;
 pub mod campaign;
 pub mod convert;
 pub mod status;
+pub mod tokens;
 
 pub use agent::AgentApi;
 pub use campaign::CampaignApi;
+pub use tokens::TokenApi;

@@ -211,6 +211,17 @@ pub enum StoreError {
         total: u64,
     },
 
+    /// A live token already has the name asked for.
+    #[error(
+        "a live token named `{name}` exists ({token_id}) (hint: pick another name, or revoke it first)"
+    )]
+    TokenNameTaken {
+        /// The name.
+        name: String,
+        /// The live token that has it.
+        token_id: String,
+    },
+
     /// A task on tokio's blocking pool (a read, or opening the database) panicked or was
     /// cancelled.
     #[error("failed to run a blocking store task")]

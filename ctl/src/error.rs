@@ -17,6 +17,8 @@ pub const EXIT_NOT_FOUND: u8 = 4;
 pub const EXIT_INVALID_MATRIX: u8 = 5;
 /// Exit code: `watch` saw the campaign end failed or cancelled.
 pub const EXIT_CAMPAIGN_FAILED: u8 = 6;
+/// Exit code: `compare` flagged a regression.
+pub const EXIT_REGRESSION: u8 = 7;
 
 /// Errors a user can see.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,38 @@ pub enum CliError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored step's request records could not be decoded.
+    #[error("failed to read the request records of step {step_id}")]
+    BadRecords {
+        /// The step.
+        step_id: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An export file could not be written.
+    #[error("failed to export campaign `{campaign}` to `{path}`")]
+    Export {
+        /// The campaign.
+        campaign: String,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::export::ExportError,
+    },
+    /// The GPU price file could not be used.
+    #[error("invalid GPU price file")]
+    Prices(#[source] crate::analysis::cost::PriceFileError),
+    /// A flag's value is invalid.
+    #[error("invalid {flag}")]
+    BadFlag {
+        /// The flag, e.g. "--slo".
+        flag: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Part of `evalctl local` failed.
     #[error("failed to {what}")]
     Local {
@@ -110,6 +144,16 @@ impl CliError {
             CliError::InvalidMatrix(_) => {
                 Some("docs/matrix.md describes every key of the matrix format".into())
             }
+            CliError::Prices(_) => {
+                Some("docs/results.md describes the price file: `prices: {GPU_TYPE: price per GPU-hour}`".into())
+            }
+            CliError::BadFlag { flag, .. } => {
+                Some(format!("docs/cli.md and `evalctl <command> --help` describe {flag}"))
+            }
+            CliError::Export {
+                source: crate::export::ExportError::Io(_),
+                ..
+            } => Some("check that the directory exists and is writable".into()),
             _ => None,
         }
     }
@@ -125,12 +169,15 @@ impl CliError {
                 tonic::Code::Unavailable => EXIT_UNREACHABLE,
                 _ => EXIT_FAILURE,
             },
-            CliError::BadUrl { .. } => EXIT_USAGE,
+            CliError::BadUrl { .. } | CliError::BadFlag { .. } => EXIT_USAGE,
             CliError::Read { .. }
             | CliError::Output(_)
             | CliError::Write { .. }
             | CliError::Bench(_)
             | CliError::BadResult { .. }
+            | CliError::BadRecords { .. }
+            | CliError::Export { .. }
+            | CliError::Prices(_)
             | CliError::Local { .. } => EXIT_FAILURE,
         })
     }

@@ -1,0 +1,10 @@
+//! Analysis of stored results shared by `report`, `compare` and `recommend`: steps as
+//! points keyed by configuration, prices, comparable metrics, regressions, Pareto fronts
+//! and SLO ranking.
+
+pub mod compare;
+pub mod cost;
+pub mod metric;
+pub mod pareto;
+pub mod points;
+pub mod recommend;

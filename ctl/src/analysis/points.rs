@@ -1,0 +1,180 @@
+//! The measured steps of a campaign as points for analysis: one per step with load
+//! metrics, keyed by server configuration, workload and load point.
+
+use std::fmt;
+
+use evalctl_agent::loadgen::StepMetrics;
+use evalctl_agent::result::StepDocument;
+use evalctl_agent::telemetry::TelemetrySummary;
+use evalctl_proto::v1 as pb;
+use futures::StreamExt;
+
+use super::cost::Prices;
+use crate::client::Client;
+use crate::error::CliError;
+use crate::export::steps::load_label;
+
+/// A server configuration: what a unit is, less its campaign.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Config {
+    /// Model name.
+    pub model: String,
+    /// GPU type, "cpu" for CPU units.
+    pub gpu_type: String,
+    /// GPUs of the unit (1 for CPU units).
+    pub gpu_count: u32,
+    /// Framework name.
+    pub framework: String,
+    /// Quantization name.
+    pub quantization: String,
+}
+
+impl Config {
+    /// The configuration of a unit.
+    pub fn of(unit: Option<&pb::UnitConfig>) -> Config {
+        let name = |s: Option<&String>| s.cloned().unwrap_or_else(|| "?".to_owned());
+        let gpu = unit.and_then(|u| u.gpu.clone()).unwrap_or_default();
+        Config {
+            model: name(unit.and_then(|u| u.model.as_ref()).map(|m| &m.name)),
+            gpu_type: if gpu.gpu_type.is_empty() {
+                "cpu".to_owned()
+            } else {
+                gpu.gpu_type
+            },
+            gpu_count: gpu.count.max(1),
+            framework: name(unit.and_then(|u| u.framework.as_ref()).map(|f| &f.name)),
+            quantization: name(unit.and_then(|u| u.quantization.as_ref()).map(|q| &q.name)),
+        }
+    }
+
+    /// The server part without the model: "H100-80GB x2 / vllm / fp8".
+    pub fn server(&self) -> String {
+        format!(
+            "{} x{} / {} / {}",
+            self.gpu_type, self.gpu_count, self.framework, self.quantization
+        )
+    }
+}
+
+impl fmt::Display for Config {
+    /// "llama-3.1-8b / H100-80GB x2 / vllm / fp8", as `evalctl results` labels units.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} / {}", self.model, self.server())
+    }
+}
+
+/// One measured step.
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// The unit's configuration.
+    pub config: Config,
+    /// Unit id.
+    pub unit_id: String,
+    /// Workload name.
+    pub workload: String,
+    /// Load point label, "c=8".
+    pub load: String,
+    /// Concurrency or rate, to order load points (rate `inf` sorts last).
+    pub load_value: f64,
+    /// Repeat number.
+    pub repeat: u32,
+    /// Measured by evalctl's simulator.
+    pub simulated: bool,
+    /// Load generator metrics.
+    pub metrics: StepMetrics,
+    /// Telemetry, when sampled.
+    pub telemetry: Option<TelemetrySummary>,
+    /// Price of one GPU-hour, when known.
+    pub price_per_gpu_hour: Option<f64>,
+}
+
+impl Point {
+    /// Output tokens/s per GPU of the unit.
+    pub fn output_per_gpu(&self) -> f64 {
+        crate::export::steps::per_gpu(self.metrics.output_token_throughput, self.config.gpu_count)
+    }
+
+    /// Cost of a million output tokens, when priced.
+    pub fn cost_per_million(&self) -> Option<f64> {
+        self.price_per_gpu_hour.and_then(|p| {
+            crate::export::steps::cost_per_million_tokens(
+                p,
+                self.config.gpu_count,
+                self.metrics.output_token_throughput,
+            )
+        })
+    }
+
+    /// Output tokens per joule of GPU energy, when measured.
+    pub fn tokens_per_joule(&self) -> Option<f64> {
+        self.telemetry
+            .as_ref()
+            .and_then(|t| t.joules_per_output_token)
+            .filter(|j| *j > 0.0)
+            .map(|j| 1.0 / j)
+    }
+}
+
+/// Reads every step of `campaign` that has load metrics (harness steps have none), in
+/// unit and step order, pricing them with `prices`.
+pub async fn fetch(
+    client: &mut Client,
+    campaign: &str,
+    prices: &Prices,
+) -> Result<Vec<Point>, CliError> {
+    let mut stream = client
+        .results(pb::ResultsRequest {
+            campaign: campaign.to_owned(),
+            include_records: false,
+        })
+        .await
+        .map_err(CliError::rpc("results"))?
+        .into_inner();
+    let mut points = Vec::new();
+    while let Some(result) = stream.next().await {
+        let result = result.map_err(CliError::rpc("results"))?;
+        if let Some(point) = point(&result, prices)? {
+            points.push(point);
+        }
+    }
+    Ok(points)
+}
+
+/// The point of one stored result, `None` for a step without load metrics.
+pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, CliError> {
+    let document: StepDocument =
+        serde_json::from_str(&result.result_json).map_err(|source| CliError::BadResult {
+            step_id: result.step_id.clone(),
+            source,
+        })?;
+    let Some(metrics) = document.metrics else {
+        return Ok(None);
+    };
+    let gpu = result
+        .unit
+        .as_ref()
+        .and_then(|u| u.gpu.clone())
+        .unwrap_or_default();
+    let step = result.step.as_ref();
+    let load = step.and_then(|s| s.load.as_ref());
+    let load_value = match load.and_then(|l| l.kind) {
+        Some(pb::load_point::Kind::Concurrency(c)) => f64::from(c),
+        Some(pb::load_point::Kind::Rate(r)) => r,
+        None => 0.0,
+    };
+    Ok(Some(Point {
+        config: Config::of(result.unit.as_ref()),
+        unit_id: result.unit_id.clone(),
+        workload: step
+            .and_then(|s| s.workload.as_ref())
+            .map(|w| w.name.clone())
+            .unwrap_or_default(),
+        load: load_label(load),
+        load_value,
+        repeat: step.map_or(0, |s| s.repeat),
+        simulated: document.simulated,
+        metrics,
+        telemetry: document.telemetry,
+        price_per_gpu_hour: prices.per_gpu_hour(&gpu.gpu_type, gpu.price_per_hour),
+    }))
+}

@@ -1,0 +1,171 @@
+//! `evalctl compare BASE NEW`: matches the steps of two campaigns by configuration,
+//! workload and load point and flags regressions of the key metrics beyond a threshold
+//! and beyond the spread of repeats (`crate::analysis::compare`). Exits with code 7 when
+//! it flags one, so CI can gate on it.
+
+use std::process::ExitCode;
+
+use crate::analysis::compare::{self, Change, Comparison, Verdict};
+use crate::analysis::cost::Prices;
+use crate::analysis::metric::Metric;
+use crate::analysis::points;
+use crate::cli::GlobalArgs;
+use crate::client;
+use crate::error::{CliError, EXIT_REGRESSION};
+use crate::render;
+
+/// `evalctl compare`.
+#[derive(Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The base campaign (name or id), e.g. last night's.
+    pub base: String,
+    /// The new campaign (name or id).
+    pub new: String,
+    /// Relative change, in percent, below which nothing is flagged.
+    #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
+    pub threshold: f64,
+    /// Metrics to check, comma-separated [default: output_tok_s, request_rps,
+    /// ttft/tpot/e2el p50/p90/p99, goodput_rps, j_per_token].
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Show every matched metric, not only those beyond the threshold.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs `evalctl compare`.
+pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, CliError> {
+    if !(args.threshold.is_finite() && args.threshold >= 0.0) {
+        return Err(CliError::BadFlag {
+            flag: "--threshold",
+            source: format!("{} is not a percentage ≥ 0", args.threshold).into(),
+        });
+    }
+    let metrics = if args.metrics.is_empty() {
+        Metric::compare_defaults()
+    } else {
+        args.metrics
+            .iter()
+            .map(|m| m.parse::<Metric>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CliError::BadFlag {
+                flag: "--metrics",
+                source: Box::new(e),
+            })?
+    };
+    let mut client = client::connect(&global.coordinator).await?;
+    let base = points::fetch(&mut client, &args.base, &Prices::none()).await?;
+    let new = points::fetch(&mut client, &args.new, &Prices::none()).await?;
+    let comparison = compare::compare(&base, &new, &metrics, args.threshold / 100.0);
+    let regressed = comparison.regressions().next().is_some();
+    if global.json {
+        render::emit_json(&serde_json::json!({
+            "base": args.base,
+            "new": args.new,
+            "regression": regressed,
+            "matched_steps": comparison.matched_steps(),
+            "comparison": comparison,
+        }))?;
+    } else {
+        render::emit(&human(args, &comparison))?;
+    }
+    Ok(if regressed {
+        ExitCode::from(EXIT_REGRESSION)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn verdict_text(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Regression => "REGRESSION",
+        Verdict::Improvement => "improved",
+        Verdict::WithinNoise => "noise",
+        Verdict::Unchanged => "same",
+    }
+}
+
+fn value(v: f64) -> String {
+    crate::report::svg::number(v)
+}
+
+fn row(c: &Change) -> Vec<String> {
+    let spread = |s: &compare::Stats| {
+        if s.n > 1 {
+            format!(
+                "{} ({}–{}, n={})",
+                value(s.mean),
+                value(s.min),
+                value(s.max),
+                s.n
+            )
+        } else {
+            value(s.mean)
+        }
+    };
+    vec![
+        c.key.config.clone(),
+        format!("{} @ {}", c.key.workload, c.key.load),
+        format!("{} ({})", c.metric, c.unit),
+        spread(&c.base),
+        spread(&c.new),
+        format!("{:+.1}%", c.change * 100.0),
+        if c.noise > 0.0 {
+            format!("±{:.1}%", c.noise * 100.0)
+        } else {
+            "-".to_owned()
+        },
+        verdict_text(c.verdict).to_owned(),
+    ]
+}
+
+/// The comparison for people: changes beyond the threshold (all with `--all`), then a
+/// one-line verdict.
+fn human(args: &CompareArgs, c: &Comparison) -> String {
+    let mut text = format!(
+        "Comparing {} (new) against {} (base): {} matched steps, threshold {}%\n\n",
+        args.new,
+        args.base,
+        c.matched_steps(),
+        args.threshold
+    );
+    let shown: Vec<&Change> = c
+        .changes
+        .iter()
+        .filter(|ch| args.all || ch.verdict != Verdict::Unchanged)
+        .collect();
+    if shown.is_empty() {
+        text.push_str("No metric moved beyond the threshold.\n");
+    } else {
+        let mut table = render::table([
+            "CONFIG", "STEP", "METRIC", "BASE", "NEW", "CHANGE", "NOISE", "VERDICT",
+        ]);
+        for ch in shown {
+            table.add_row(row(ch));
+        }
+        text.push_str(&format!("{table}\n"));
+    }
+    for (what, keys) in [("base", &c.only_in_base), ("new", &c.only_in_new)] {
+        if !keys.is_empty() {
+            text.push_str(&format!(
+                "\n{} steps only in the {what} campaign (not compared), e.g. {} / {} @ {}\n",
+                keys.len(),
+                keys[0].config,
+                keys[0].workload,
+                keys[0].load
+            ));
+        }
+    }
+    let regressions = c.regressions().count();
+    text.push_str(&if regressions > 0 {
+        format!(
+            "\n{regressions} regressions beyond {}% and the spread of repeats (exit code {EXIT_REGRESSION}).\n",
+            args.threshold
+        )
+    } else if c.matched_steps() == 0 {
+        "\nNo step of the two campaigns matched: nothing was compared.\n".to_owned()
+    } else {
+        "\nNo regression.\n".to_owned()
+    });
+    text
+}

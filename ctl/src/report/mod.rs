@@ -1,0 +1,166 @@
+//! `evalctl report`: one self-contained HTML file (inline CSS and SVG, no scripts, no
+//! network fetches) about a campaign: summary and matrix coverage, per-model throughput
+//! and latency curves, the Pareto front of throughput per GPU against interactivity, cost,
+//! energy efficiency and failures. Every user string is escaped.
+
+mod coverage;
+pub mod html;
+mod performance;
+pub mod svg;
+
+use std::fmt::Write;
+
+use evalctl_proto::v1 as pb;
+
+use crate::analysis::cost::Prices;
+use crate::analysis::points::Point;
+use crate::render;
+use html::escape;
+
+/// Everything a report shows.
+#[derive(Debug, Clone)]
+pub struct ReportData {
+    /// The campaign with its counts.
+    pub campaign: pb::CampaignInfo,
+    /// Combinations the expansion dropped.
+    pub dropped: Vec<pb::DroppedCombination>,
+    /// The campaign's units.
+    pub units: Vec<pb::UnitSummary>,
+    /// Steps with load metrics.
+    pub points: Vec<Point>,
+    /// GPU prices.
+    pub prices: Prices,
+    /// When the report was made, Unix ms.
+    pub generated_at_ms: i64,
+}
+
+/// Renders the report page.
+pub fn render(data: &ReportData) -> String {
+    let c = &data.campaign;
+    let mut page = String::with_capacity(64 * 1024);
+    let _ = write!(
+        page,
+        r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><link rel="icon" href="data:,"><title>evalctl report: {}</title><style>{}</style></head><body>"#,
+        escape(&c.name),
+        html::STYLE
+    );
+    let _ = write!(
+        page,
+        r#"<h1>Campaign {}</h1><p class="meta">State {} · created {} · submitted by {} · report generated {} · id {}</p>"#,
+        escape(&c.name),
+        escape(render::campaign_state(c.state)),
+        escape(&render::timestamp(c.created_at_ms)),
+        escape(&c.submitted_by),
+        escape(&render::timestamp(data.generated_at_ms)),
+        escape(&c.campaign_id)
+    );
+    if data.points.iter().any(|p| p.simulated) {
+        page.push_str(
+            r#"<p class="note">Some results come from evalctl's simulated server: they exercise the pipeline and describe no real hardware.</p>"#,
+        );
+    }
+    page.push_str(
+        "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
+         <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
+         <a href=\"#failures\">Failures</a></nav>",
+    );
+    page.push_str(&coverage::summary(data));
+    page.push_str(&performance::models(data));
+    page.push_str(&performance::cost(data));
+    page.push_str(&performance::energy(data));
+    page.push_str(&coverage::failures(data));
+    page.push_str("</body></html>\n");
+    page
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::points::Config;
+
+    fn point(framework: &str, c: u32, tput: f64, ttft: f64, tpot: f64) -> Point {
+        let summary = |v: f64| evalctl_agent::loadgen::Summary {
+            mean: v,
+            p50: v,
+            p90: v,
+            p95: v,
+            p99: v,
+            max: v,
+        };
+        let mut metrics = evalctl_agent::loadgen::metrics::compute(
+            &[],
+            &Default::default(),
+            evalctl_agent::loadgen::metrics::LagPolicy {
+                report: false,
+                tolerance_ms: None,
+            },
+        );
+        metrics.output_token_throughput = tput;
+        metrics.ttft_ms = Some(summary(ttft));
+        metrics.tpot_ms = Some(summary(tpot));
+        metrics.interactivity_tok_s = Some(1000.0 / tpot);
+        Point {
+            config: Config {
+                model: "<m>".into(),
+                gpu_type: "H100-80GB".into(),
+                gpu_count: 1,
+                framework: framework.into(),
+                quantization: "bf16".into(),
+            },
+            unit_id: framework.into(),
+            workload: "chat".into(),
+            load: format!("c={c}"),
+            load_value: f64::from(c),
+            repeat: 0,
+            simulated: false,
+            metrics,
+            telemetry: Some(evalctl_agent::telemetry::TelemetrySummary {
+                source: "nvml".into(),
+                joules_per_output_token: Some(0.5),
+                ..Default::default()
+            }),
+            price_per_gpu_hour: Some(2.0),
+        }
+    }
+
+    #[test]
+    fn a_report_has_every_section_and_escapes_user_strings() {
+        let data = ReportData {
+            campaign: pb::CampaignInfo {
+                name: "n<script>".into(),
+                ..Default::default()
+            },
+            dropped: vec![pb::DroppedCombination {
+                label: "big / H100 x1".into(),
+                kind: "pruned".into(),
+                reason: "weights need 168.0 GB".into(),
+            }],
+            units: vec![pb::UnitSummary {
+                label: "bad".into(),
+                state: pb::UnitState::Failed as i32,
+                last_error: "server exited".into(),
+                log_tail: "<oops>".into(),
+                ..Default::default()
+            }],
+            points: vec![
+                point("vllm", 1, 100.0, 20.0, 10.0),
+                point("vllm", 8, 600.0, 40.0, 15.0),
+                point("sglang", 1, 110.0, 18.0, 9.0),
+                point("sglang", 8, 500.0, 50.0, 20.0),
+            ],
+            prices: Prices::none(),
+            generated_at_ms: 0,
+        };
+        let page = render(&data);
+        assert!(!page.contains("<script>") && !page.contains("<oops>"));
+        assert!(page.contains("n&lt;script&gt;") && page.contains("&lt;oops&gt;"));
+        for id in ["coverage", "performance", "cost", "energy", "failures"] {
+            assert!(page.contains(&format!("id=\"{id}\"")), "section {id}");
+        }
+        // Two latency charts of 4 points and a scatter of 4 points.
+        assert_eq!(page.matches(r#"class="pt""#).count(), 12);
+        assert!(page.contains(r#"class="front""#));
+        assert!(page.contains("weights need 168.0 GB"));
+        assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
+    }
+}

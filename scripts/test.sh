@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# Runs evalctl's test suite: builds every binary (the end-to-end tests start the real
-# coordinator, agent and CLI processes), then runs all tests of the workspace and ends
-# with one totals line: "summary: N passed, N failed, N skipped".
+# Runs evalctl's test suite: installs the real llama.cpp server and its tiny models
+# (scripts/setup-llamacpp.sh: about 20 minutes the first time, then a second) and, as root
+# with apt-get, headless Chromium for the report test (scripts/setup-chromium.sh), builds every
+# binary (the end-to-end tests start the real coordinator, agent and CLI processes), then
+# runs all tests of the workspace and ends with one totals line:
+# "summary: N passed, N failed, N skipped".
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# tests/e2e/llamacpp.rs needs llama-server and the models; without them it fails, and says why.
+if ! scripts/setup-llamacpp.sh; then
+  echo "test.sh: scripts/setup-llamacpp.sh failed; the llama.cpp end-to-end test will fail" >&2
+fi
+# tests/e2e/report.rs renders the HTML report in headless Chromium when it is installed.
+if ! scripts/setup-chromium.sh; then
+  echo "test.sh: scripts/setup-chromium.sh failed; the report test will skip its rendering part" >&2
+fi
 
 cargo build --workspace --bins --locked
 

@@ -28,6 +28,28 @@ pub struct GlobalArgs {
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token (prefer --token-file or EVALCTL_TOKEN: flags show in `ps`).
+    #[arg(long, global = true, env = "EVALCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token.
+    #[arg(long, global = true, env = "EVALCTL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate, for https:// URLs [default: the
+    /// system roots].
+    #[arg(long, global = true, env = "EVALCTL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Log line format on stderr (`local` logs its coordinator and agent there too).
+    #[arg(long, global = true, value_enum, env = "EVALCTL_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 /// Subcommands.
@@ -53,6 +75,17 @@ pub enum Command {
     Local(LocalArgs),
     /// Benchmark one OpenAI-compatible server directly, no fleet needed.
     Bench(Box<crate::commands::bench::BenchArgs>),
+    /// Create, list or revoke API tokens (operator only).
+    #[command(subcommand)]
+    Token(crate::commands::token::TokenCommand),
+    /// Export a campaign's step results (or request records) as CSV, JSON Lines or Parquet.
+    Export(crate::commands::export::ExportArgs),
+    /// Write a self-contained HTML report of a campaign, with charts.
+    Report(crate::commands::report::ReportArgs),
+    /// Compare two campaigns step by step and flag regressions (exit code 7).
+    Compare(crate::commands::compare::CompareArgs),
+    /// Rank configurations that meet SLOs by cost or throughput per GPU.
+    Recommend(crate::commands::recommend::RecommendArgs),
 }
 
 /// `evalctl results`.

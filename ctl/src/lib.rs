@@ -2,11 +2,14 @@
 //!
 //! The binary is a thin `main.rs`; [`run`] does the work so tests can call it.
 
+pub mod analysis;
 pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod export;
 pub mod render;
+pub mod report;
 
 use std::process::ExitCode;
 
@@ -16,6 +19,7 @@ use error::CliError;
 /// Runs one `evalctl` invocation and returns its exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let global = &cli.global;
+    client::configure(global)?;
     match &cli.command {
         Command::Submit(args) => commands::submit::run(global, args).await,
         Command::Status(args) => commands::status::run(global, args).await,
@@ -27,6 +31,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Drain(args) => commands::agents::drain(global, args).await,
         Command::Local(args) => commands::local::run(global, args).await,
         Command::Bench(args) => commands::bench::run(global, args).await,
+        Command::Token(command) => commands::token::run(global, command).await,
+        Command::Export(args) => commands::export::run(global, args).await,
+        Command::Report(args) => commands::report::run(global, args).await,
+        Command::Compare(args) => commands::compare::run(global, args).await,
+        Command::Recommend(args) => commands::recommend::run(global, args).await,
     }
 }
 

@@ -2,6 +2,13 @@
 //! real SQLite files, real signals. One test binary; helpers live in `harness/`.
 
 mod agents;
+mod chaos;
 mod cli_errors;
+mod compare;
 mod control_plane;
+mod llamacpp;
+mod report;
+mod results_export;
+mod results_fixture;
+mod security;
 mod spot;

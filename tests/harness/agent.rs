@@ -20,6 +20,17 @@ impl AgentProcess {
     /// Starts an agent talking to `coordinator_url` with its state in `state_dir`, with
     /// extra flags (e.g. `--gpus H100-80GB:2`), and waits until it registered.
     pub fn start(coordinator_url: &str, state_dir: &Path, extra: &[&str]) -> AgentProcess {
+        let agent = AgentProcess::spawn(coordinator_url, state_dir, extra);
+        eventually(Duration::from_secs(30), "the agent to register", || {
+            agent.log().contains("registered")
+        });
+        agent
+    }
+
+    /// [`AgentProcess::start`] without waiting for the registration (the coordinator may
+    /// be down or out of reach): the test flags (short stop grace, flush timeout and
+    /// acquire wait) and `extra`.
+    pub fn spawn(coordinator_url: &str, state_dir: &Path, extra: &[&str]) -> AgentProcess {
         std::fs::create_dir_all(state_dir).expect("create agent state dir");
         let log = state_dir.join(format!("agent-{}.log", unique_suffix()));
         let log_file = std::fs::File::create(&log).expect("create agent log");
@@ -42,15 +53,11 @@ impl AgentProcess {
             .stderr(log_file)
             .spawn()
             .expect("spawn evalctl-agent");
-        let agent = AgentProcess {
+        AgentProcess {
             child,
             state_dir: state_dir.to_owned(),
             log,
-        };
-        eventually(Duration::from_secs(30), "the agent to register", || {
-            agent.log().contains("registered")
-        });
-        agent
+        }
     }
 
     /// Starts an agent and does not wait for registration (its coordinator may be down).
@@ -89,10 +96,36 @@ impl AgentProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Its log file (kept after the process is gone).
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// SIGKILL: no flush, no release, its servers keep running.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// The host dies: the agent and every server process group it started are SIGKILLed
+    /// at once. The agent is stopped first (SIGSTOP) so it cannot start a server between
+    /// the look at its children and the kill.
+    pub fn kill9_with_servers(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = signal::kill(pid, Signal::SIGSTOP);
+        let children = crate::procs::children_of(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for child in children {
+            // Servers lead their own process group; anything else dies with its pid.
+            let _ = signal::killpg(Pid::from_raw(child), Signal::SIGKILL);
+            let _ = signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+        }
+    }
+
+    /// The exit status once the process has ended, without waiting.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// SIGTERM, then waits up to `timeout` for the agent to exit.

@@ -16,13 +16,15 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 mod agent;
+mod ledger;
 mod metadata;
 mod procs;
 mod proxy;
 
 pub use agent::AgentProcess;
+pub use ledger::{AgentLog, Fault, FinishedStep, Ledger, Rng, SeenResult};
 pub use metadata::{Cloud, FakeMetadata};
-pub use procs::{group_alive, processes_with};
+pub use procs::{children_of, group_alive, processes_with};
 pub use proxy::Proxy;
 
 /// How long a process may take to print its listen address.

@@ -1,6 +1,8 @@
 //! A TCP proxy on loopback that a test can cut and heal: the network partition of the
 //! fault tests. While cut, existing connections are closed and new ones are accepted and
 //! closed at once, so the client sees its calls fail the way a broken link fails them.
+//! While stalled, connections stay open but no byte moves in either direction (a link
+//! that silently drops packets), until the stall ends.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -17,6 +19,8 @@ pub struct Proxy {
 struct Shared {
     upstream: SocketAddr,
     cut: AtomicBool,
+    /// While set, open connections carry nothing: bytes read wait until it clears.
+    stalled: AtomicBool,
     stop: AtomicBool,
     /// Incremented by every cut: connections of an older generation close themselves.
     generation: AtomicU64,
@@ -34,6 +38,7 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             cut: AtomicBool::new(false),
+            stalled: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             generation: AtomicU64::new(0),
             sockets: Mutex::new(Vec::new()),
@@ -61,11 +66,23 @@ impl Proxy {
     pub fn heal(&self) {
         self.shared.cut.store(false, Ordering::SeqCst);
     }
+
+    /// Stalls the link: connections stay open and new ones are accepted, but no byte is
+    /// forwarded until [`Proxy::resume`]; nothing is lost, it arrives late.
+    pub fn stall(&self) {
+        self.shared.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Ends a stall: held bytes move on.
+    pub fn resume(&self) {
+        self.shared.stalled.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.stalled.store(false, Ordering::SeqCst);
         self.cut();
     }
 }
@@ -125,6 +142,11 @@ fn pipe(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            while shared.stalled.load(Ordering::SeqCst)
+                && shared.generation.load(Ordering::SeqCst) == generation
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             if shared.generation.load(Ordering::SeqCst) != generation
                 || to.write_all(&buf[..n]).is_err()
             {

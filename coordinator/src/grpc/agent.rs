@@ -232,12 +232,14 @@ impl AgentService for AgentApi {
         // Subscribed before looking, so work that appears while we look wakes us.
         let mut work = self.work.subscribe();
         loop {
+            let asked = std::time::Instant::now();
             let granted = self
                 .store
                 .acquire_lease(&lease_request, self.lease_ttl)
                 .await
                 .map_err(store_error)?;
             if let Some(granted) = granted {
+                crate::metrics::observe_lease_grant(asked.elapsed());
                 info!(
                     campaign = %granted.unit.campaign,
                     unit = %granted.unit.unit,
@@ -261,6 +263,8 @@ impl AgentService for AgentApi {
                         granted.steps.len()
                     ),
                 );
+                // There may be more work: the next waiter looks too.
+                self.work.pass_on();
                 return Ok(Response::new(pb::AcquireLeaseResponse {
                     lease: Some(convert::lease(&granted)),
                 }));
@@ -329,8 +333,9 @@ impl AgentService for AgentApi {
             .map_err(store_error)?;
         info!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, "unit succeeded");
         self.publish(&unit, "unit_succeeded", format!("lease {lease}"));
-        // The lease's GPUs are free again.
-        self.work.notify();
+        // The lease's GPUs are free again; they are the completing agent's, which asks
+        // again itself, so one waiter looking is enough.
+        self.work.pass_on();
         Ok(Response::new(pb::CompleteResponse {}))
     }
 

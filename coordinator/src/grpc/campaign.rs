@@ -14,8 +14,10 @@ use tracing::{info, warn};
 
 use super::convert;
 use super::status::{matrix_error, store_error};
+use crate::auth::layer::token_name;
 use crate::domain::{AgentId, CampaignId};
 use crate::events::{CampaignEvent, EventBus};
+use crate::limits;
 use crate::matrix;
 use crate::store::{CampaignInfo, CampaignState, ResultPages, Store, UnitState};
 use crate::work::WorkSignal;
@@ -59,6 +61,7 @@ impl CampaignApi {
         if name_or_id.is_empty() {
             return Err(Status::invalid_argument("field `campaign` is empty"));
         }
+        limits::short_field("campaign", name_or_id)?;
         self.store
             .campaign(name_or_id)
             .await
@@ -99,7 +102,11 @@ impl CampaignService for CampaignApi {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let token = token_name(&request);
         let req = request.into_inner();
+        limits::matrix(&req.matrix_yaml)?;
+        limits::text_field("source_name", &req.source_name)?;
+        limits::short_field("submitted_by", &req.submitted_by)?;
         let source = if req.source_name.is_empty() {
             "<submitted matrix>"
         } else {
@@ -132,7 +139,9 @@ impl CampaignService for CampaignApi {
                 ..Default::default()
             }));
         }
-        let actor = if req.submitted_by.is_empty() {
+        let actor = if let Some(token) = token.as_deref() {
+            token
+        } else if req.submitted_by.is_empty() {
             "anonymous"
         } else {
             req.submitted_by.as_str()
@@ -221,7 +230,9 @@ impl CampaignService for CampaignApi {
         &self,
         request: Request<pb::CancelRequest>,
     ) -> Result<Response<pb::CancelResponse>, Status> {
+        let actor = token_name(&request).unwrap_or_else(|| "operator".to_owned());
         let req = request.into_inner();
+        limits::text_field("reason", &req.reason)?;
         let info = self.find(&req.campaign).await?;
         let reason = if req.reason.is_empty() {
             "cancelled by operator".to_owned()
@@ -230,7 +241,7 @@ impl CampaignService for CampaignApi {
         };
         let cancelled = self
             .store
-            .cancel(&info.id, "operator", &reason)
+            .cancel(&info.id, &actor, &reason)
             .await
             .map_err(store_error)?;
         info!(campaign = %info.name, units = cancelled, "campaign cancelled");
@@ -244,10 +255,11 @@ impl CampaignService for CampaignApi {
         &self,
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, Status> {
+        let actor = token_name(&request).unwrap_or_else(|| "operator".to_owned());
         let info = self.find(&request.into_inner().campaign).await?;
         let retried = self
             .store
-            .retry_failed(&info.id, "operator")
+            .retry_failed(&info.id, &actor)
             .await
             .map_err(store_error)?;
         info!(campaign = %info.name, units = retried, "failed units retried");
@@ -314,14 +326,16 @@ impl CampaignService for CampaignApi {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        let actor = token_name(&request).unwrap_or_else(|| "operator".to_owned());
         let req = request.into_inner();
         if req.agent_id.is_empty() {
             return Err(Status::invalid_argument("field `agent_id` is empty"));
         }
+        limits::short_field("agent_id", &req.agent_id)?;
         let agent = AgentId(req.agent_id);
         let leases = self
             .store
-            .drain_agent(&agent, "operator")
+            .drain_agent(&agent, &actor)
             .await
             .map_err(store_error)?;
         info!(agent = %agent, live_leases = leases.len(), "agent drained");

@@ -1404,3 +1404,31 @@ async fn grant_rate_timing() {
         grants as f64 / elapsed.as_secs_f64()
     );
 }
+
+#[tokio::test]
+async fn the_unit_taking_most_gpus_goes_first_and_a_configuration_running_elsewhere_waits() {
+    let env = env().await;
+    let (small, big) = (h100("small", 1), h100("big", 4));
+    // `small` comes first in the matrix; `big` needs more of the host.
+    submit(&env, "a", 0, 3, vec![small.clone(), big.clone()]).await;
+    for host in ["h1", "h2", "h3"] {
+        env.store
+            .register_agent(&agent(host, gpus("H100-80GB", 8)))
+            .await
+            .unwrap();
+    }
+    let all: Vec<u32> = (0..8).collect();
+    let first = must_acquire(&env, &ask("h1", &all)).await;
+    assert_eq!(first.unit.unit, big.id, "largest first");
+    // A second campaign of the same priority repeats `big`'s configuration. It is
+    // running on h1, which will find it warm: h2 takes other work first.
+    submit(&env, "b", 0, 3, vec![big.clone()]).await;
+    let second = must_acquire(&env, &ask("h2", &all)).await;
+    assert_eq!(second.unit.unit, small.id);
+    // Nothing else is left but the twin: a host with nothing warm still gets it.
+    let third = must_acquire(&env, &ask("h3", &all)).await;
+    assert_eq!(third.unit.unit, big.id);
+    assert_ne!(third.unit.campaign, first.unit.campaign);
+}
+
+mod schedule_sim;

@@ -67,7 +67,7 @@ pub(crate) fn acquire(
     let warm: Vec<&UnitId> = request.warm_configs.iter().take(MAX_WARM_CONFIGS).collect();
     let mut chosen = None;
     if !warm.is_empty() {
-        'warm: for &campaign in &campaigns {
+        'warm: for &(_, campaign) in &campaigns {
             let mut best: Option<(Candidate, Vec<u32>)> = None;
             for &unit in &warm {
                 let Some(c) = warm_candidate(conn, campaign, unit)? else {
@@ -86,12 +86,24 @@ pub(crate) fn acquire(
             }
         }
     }
-    if chosen.is_none() {
-        for &campaign in &campaigns {
-            if let Some(found) = oldest_fitting(conn, campaign, &mut fit)? {
-                chosen = Some(found);
-                break;
+    // Otherwise the best unit of the highest priority that has one. Among campaigns of
+    // that priority: first a unit whose configuration is not running elsewhere (the host
+    // running it finds it warm later), then the unit taking the most GPUs (so a later
+    // campaign's big units do not end up at the tail of the night), then the older
+    // campaign.
+    let mut at = 0;
+    let mut best_key = None;
+    while chosen.is_none() && at < campaigns.len() {
+        let priority = campaigns[at].0;
+        while at < campaigns.len() && campaigns[at].0 == priority {
+            if let Some(found) = oldest_fitting(conn, campaigns[at].1, &mut fit)? {
+                let key = (!running_elsewhere(conn, found.0.unit_key)?, found.1.len());
+                if best_key.is_none_or(|best| key > best) {
+                    best_key = Some(key);
+                    chosen = Some(found);
+                }
             }
+            at += 1;
         }
     }
     let Some((candidate, gpus)) = chosen else {
@@ -286,11 +298,12 @@ impl Matcher {
     }
 }
 
-/// Campaigns with pending units, best first: priority (higher first), then age.
+/// Campaigns with pending units as (priority, key), best first: priority (higher first),
+/// then age.
 ///
 /// One seek per campaign in the `units_runnable_by_age` index (the next campaign key with
 /// a pending unit), so finished campaigns cost nothing however many there are.
-fn runnable_campaigns(conn: &Connection) -> Result<Vec<i64>, StoreError> {
+fn runnable_campaigns(conn: &Connection) -> Result<Vec<(i64, i64)>, StoreError> {
     let mut next = conn
         .prepare_cached(
             "SELECT campaign_key FROM units INDEXED BY units_runnable_by_age
@@ -315,7 +328,22 @@ fn runnable_campaigns(conn: &Connection) -> Result<Vec<i64>, StoreError> {
         after = key;
     }
     found.sort_unstable();
-    Ok(found.into_iter().map(|(_, _, key)| key).collect())
+    Ok(found
+        .into_iter()
+        .map(|(priority, _, key)| (-priority, key))
+        .collect())
+}
+
+/// Whether the configuration of the pending unit `unit_key` runs right now, leased in
+/// another campaign (one seek in `units_leased_by_config`).
+fn running_elsewhere(conn: &Connection, unit_key: i64) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM units INDEXED BY units_leased_by_config
+             WHERE state = 'leased'
+               AND unit_id = (SELECT unit_id FROM units WHERE unit_key = ?1))",
+    )
+    .and_then(|mut s| s.query_row([unit_key], |r| r.get(0)))
+    .sql("look for the configuration running elsewhere")
 }
 
 /// The campaign's pending unit with this id, if any.
@@ -335,16 +363,23 @@ fn warm_candidate(
     .sql("look up a warm unit")
 }
 
-/// Pending units of a campaign looked at in position order before walking its shapes.
-const OLDEST_SCAN: i64 = 16;
+/// Which fitting unit goes first: the one that takes the most of the agent's GPUs, then
+/// the oldest. Largest first keeps big units off the end of a campaign, where they would
+/// wait for whole hosts to drain while the rest of the fleet idles (the campaign's
+/// makespan tail), and it packs hosts best while they are empty.
+fn better(c: &Candidate, gpus: &[u32], than: Option<&(Candidate, Vec<u32>)>) -> bool {
+    than.is_none_or(|(b, b_gpus)| {
+        (gpus.len(), std::cmp::Reverse(c.position)) > (b_gpus.len(), std::cmp::Reverse(b.position))
+    })
+}
 
-/// The campaign's oldest pending unit the agent can run, with its GPUs.
+/// The campaign's pending unit the agent should run next (see [`better`]), with its GPUs.
 ///
-/// Usually one of the oldest few fits: those are read in position order from
-/// `units_runnable_by_age`. Otherwise it walks the campaign's shapes (GPU part, framework part, labels) in `units_runnable`:
-/// each seek lands on the oldest unit of the next shape, and a GPU or framework part the
-/// agent cannot run is skipped whole. So the cost is a seek per shape, not a row per unit:
-/// an agent that fits nothing in a 100,000-unit campaign of 40 GPU parts costs 40 seeks.
+/// It walks the campaign's shapes (GPU part, framework part, labels) in
+/// `units_runnable`: each seek lands on the oldest unit of the next shape, and a GPU or
+/// framework part the agent cannot run is skipped whole. So the cost is a seek per shape,
+/// not a row per unit: an agent that fits nothing in a 100,000-unit campaign of 40 GPU
+/// parts costs 40 seeks.
 fn oldest_fitting(
     conn: &Connection,
     campaign_key: i64,
@@ -370,31 +405,6 @@ fn oldest_fitting(
         Framework,
         Labels,
     }
-    {
-        let mut oldest = conn
-            .prepare_cached(
-                "SELECT gpu_spec, framework_spec, labels_json, position, unit_key
-                 FROM units INDEXED BY units_runnable_by_age
-                 WHERE campaign_key = ?1 AND state = 'pending'
-                 ORDER BY position LIMIT ?2",
-            )
-            .sql("read the oldest runnable units")?;
-        let candidates: Vec<Candidate> = oldest
-            .query_map((campaign_key, OLDEST_SCAN), candidate)
-            .sql("read the oldest runnable units")?
-            .collect::<Result<_, _>>()
-            .sql("read the oldest runnable units")?;
-        let scanned_all = (candidates.len() as i64) < OLDEST_SCAN;
-        for c in candidates {
-            if let Some(gpus) = fit.fits(conn, &c)? {
-                return Ok(Some((c, gpus)));
-            }
-        }
-        if scanned_all {
-            return Ok(None);
-        }
-    }
-
     let mut best: Option<(Candidate, Vec<u32>)> = None;
     let mut at = query(&first, &[&campaign_key])?;
     while let Some(c) = at {
@@ -403,7 +413,7 @@ fn oldest_fitting(
             Some(_) if !fit.framework(conn, c.framework_spec)? => Skip::Framework,
             Some(_) if !fit.labels(&c.labels_json)? => Skip::Labels,
             Some(gpus) => {
-                if best.as_ref().is_none_or(|(b, _)| c.position < b.position) {
+                if better(&c, &gpus, best.as_ref()) {
                     best = Some((c.clone(), gpus));
                 }
                 Skip::Labels

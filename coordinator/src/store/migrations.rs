@@ -31,6 +31,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0002_agent_protocol",
         sql: include_str!("../../migrations/0002_agent_protocol.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_tokens",
+        sql: include_str!("../../migrations/0003_tokens.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_scheduler",
+        sql: include_str!("../../migrations/0004_scheduler.sql"),
+    },
 ];
 
 /// The schema version this build writes.
@@ -161,6 +171,7 @@ mod tests {
             "result_batches",
             "unit_history",
             "audit_log",
+            "api_tokens",
         ] {
             assert!(
                 after_steps.iter().any(|t| t == table),

@@ -57,6 +57,7 @@ mod results;
 mod rows;
 mod specs;
 mod submit;
+mod tokens;
 mod writer;
 
 use std::fmt;
@@ -78,6 +79,7 @@ pub use self::rows::{
     StateCounts, StepRow, StepState, StoredResult, StoredStep, SubmitOutcome, UnitRef, UnitRow,
     UnitState, UnknownState,
 };
+pub use self::tokens::{AuthToken, TokenRow, TokenTable};
 use self::writer::Command;
 use crate::domain::{
     AgentId, AgentRegistration, CampaignId, Dropped, Expansion, LeaseId, LeaseRequest,

@@ -2,9 +2,14 @@
 
 pub mod agents;
 pub mod bench;
+pub mod compare;
 pub mod control;
+pub mod export;
 pub mod local;
+pub mod recommend;
+pub mod report;
 pub mod results;
 pub mod status;
 pub mod submit;
+pub mod token;
 pub mod watch;

@@ -281,9 +281,10 @@ fn stale(err: StoreError) -> (u64, u64) {
 #[tokio::test]
 async fn gpu_units_take_the_lowest_free_gpus_of_their_type_on_disjoint_indices() {
     let env = env().await;
-    let a = h100("a", 4);
-    let b = h100("b", 4);
-    let c = h100("c", 2);
+    // No model sizes: the units rank by GPU count.
+    let a = h100_sized("a", 4, None);
+    let b = h100_sized("b", 4, None);
+    let c = h100_sized("c", 2, None);
     let d = unit_of(config("d", "A100-80GB", 1, "vllm", &[]), 1);
     submit(
         &env,
@@ -1405,11 +1406,19 @@ async fn grant_rate_timing() {
     );
 }
 
+/// An H100 unit of `model` on `count` GPUs with two steps; the model has `params_b`.
+fn h100_sized(model: &str, count: u32, params_b: Option<f64>) -> Unit {
+    let mut config = config(model, "H100-80GB", count, "vllm", &[]);
+    config.model.params_b = params_b;
+    unit_of(config, 2)
+}
+
 #[tokio::test]
-async fn the_unit_taking_most_gpus_goes_first_and_a_configuration_running_elsewhere_waits() {
+async fn the_longest_unit_goes_first_and_a_configuration_running_elsewhere_waits() {
     let env = env().await;
-    let (small, big) = (h100("small", 1), h100("big", 4));
-    // `small` comes first in the matrix; `big` needs more of the host.
+    let (small, big) = (h100("small", 1), h100_sized("big", 4, Some(70.0)));
+    // `small` (8B on 1 GPU) comes first in the matrix; `big` (70B on 4 GPUs) has the
+    // longer estimated steps: 70 / √4 = 35 against 8 / √1 = 8.
     submit(&env, "a", 0, 3, vec![small.clone(), big.clone()]).await;
     for host in ["h1", "h2", "h3"] {
         env.store
@@ -1419,7 +1428,7 @@ async fn the_unit_taking_most_gpus_goes_first_and_a_configuration_running_elsewh
     }
     let all: Vec<u32> = (0..8).collect();
     let first = must_acquire(&env, &ask("h1", &all)).await;
-    assert_eq!(first.unit.unit, big.id, "largest first");
+    assert_eq!(first.unit.unit, big.id, "longest first");
     // A second campaign of the same priority repeats `big`'s configuration. It is
     // running on h1, which will find it warm: h2 takes other work first.
     submit(&env, "b", 0, 3, vec![big.clone()]).await;
@@ -1429,6 +1438,32 @@ async fn the_unit_taking_most_gpus_goes_first_and_a_configuration_running_elsewh
     let third = must_acquire(&env, &ask("h3", &all)).await;
     assert_eq!(third.unit.unit, big.id);
     assert_ne!(third.unit.campaign, first.unit.campaign);
+}
+
+#[tokio::test]
+async fn the_estimate_orders_units_and_without_sizes_the_most_gpus_go_first() {
+    let env = env().await;
+    // The same 47B model on 4 GPUs and on 2: 47 / √2 > 47 / √4, so the 2-GPU unit's steps
+    // are the longer ones and it goes first although it is later in the matrix.
+    let (wide, narrow) = (
+        h100_sized("mixtral", 4, Some(47.0)),
+        h100_sized("mixtral", 2, Some(47.0)),
+    );
+    // Units without `params_b` rank by GPU count.
+    let (one, two) = (h100_sized("x", 1, None), h100_sized("y", 2, None));
+    submit(&env, "sized", 0, 3, vec![wide.clone(), narrow.clone()]).await;
+    submit(&env, "unsized", 0, 3, vec![one.clone(), two.clone()]).await;
+    let all: Vec<u32> = (0..8).collect();
+    let mut order = Vec::new();
+    // Each grant goes to an empty host of its own, so every unit fits every time.
+    for host in ["h1", "h2", "h3", "h4"] {
+        env.store
+            .register_agent(&agent(host, gpus("H100-80GB", 8)))
+            .await
+            .unwrap();
+        order.push(must_acquire(&env, &ask(host, &all)).await.unit.unit);
+    }
+    assert_eq!(order, vec![narrow.id, wide.id, two.id, one.id]);
 }
 
 mod schedule_sim;

@@ -88,19 +88,22 @@ pub(crate) fn acquire(
     }
     // Otherwise the best unit of the highest priority that has one. Among campaigns of
     // that priority: first a unit whose configuration is not running elsewhere (the host
-    // running it finds it warm later), then the unit taking the most GPUs (so a later
-    // campaign's big units do not end up at the tail of the night), then the older
-    // campaign.
+    // running it finds it warm later), then the unit with the longest steps, then the one
+    // taking the most GPUs (see [`Rank`]), then the older campaign.
     let mut at = 0;
     let mut best_key = None;
     while chosen.is_none() && at < campaigns.len() {
         let priority = campaigns[at].0;
         while at < campaigns.len() && campaigns[at].0 == priority {
-            if let Some(found) = oldest_fitting(conn, campaigns[at].1, &mut fit)? {
-                let key = (!running_elsewhere(conn, found.0.unit_key)?, found.1.len());
+            if let Some((c, gpus, rank)) = best_fitting(conn, campaigns[at].1, &mut fit)? {
+                let key = (
+                    !running_elsewhere(conn, c.unit_key)?,
+                    rank.step_cost,
+                    rank.gpus,
+                );
                 if best_key.is_none_or(|best| key > best) {
                     best_key = Some(key);
-                    chosen = Some(found);
+                    chosen = Some((c, gpus));
                 }
             }
             at += 1;
@@ -205,6 +208,8 @@ struct Candidate {
     gpu_spec: i64,
     framework_spec: i64,
     labels_json: String,
+    /// The model's `params_b` (0 when not given).
+    model_size: f64,
     position: i64,
     unit_key: i64,
 }
@@ -214,8 +219,9 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         gpu_spec: r.get(0)?,
         framework_spec: r.get(1)?,
         labels_json: r.get(2)?,
-        position: r.get(3)?,
-        unit_key: r.get(4)?,
+        model_size: r.get(3)?,
+        position: r.get(4)?,
+        unit_key: r.get(5)?,
     })
 }
 
@@ -353,8 +359,8 @@ fn warm_candidate(
     unit: &UnitId,
 ) -> Result<Option<Candidate>, StoreError> {
     conn.prepare_cached(
-        "SELECT gpu_spec, framework_spec, labels_json, position, unit_key FROM units
-         WHERE campaign_key = ?1 AND unit_id = ?2 AND state = 'pending'",
+        "SELECT gpu_spec, framework_spec, labels_json, model_size, position, unit_key
+         FROM units WHERE campaign_key = ?1 AND unit_id = ?2 AND state = 'pending'",
     )
     .and_then(|mut s| {
         s.query_row((campaign_key, unit.as_str()), candidate)
@@ -363,31 +369,54 @@ fn warm_candidate(
     .sql("look up a warm unit")
 }
 
-/// Which fitting unit goes first: the one that takes the most of the agent's GPUs, then
-/// the oldest. Largest first keeps big units off the end of a campaign, where they would
-/// wait for whole hosts to drain while the rest of the fleet idles (the campaign's
-/// makespan tail), and it packs hosts best while they are empty.
-fn better(c: &Candidate, gpus: &[u32], than: Option<&(Candidate, Vec<u32>)>) -> bool {
-    than.is_none_or(|(b, b_gpus)| {
-        (gpus.len(), std::cmp::Reverse(c.position)) > (b_gpus.len(), std::cmp::Reverse(b.position))
-    })
+/// How a fitting unit ranks, larger first: its estimated step time, then the GPUs it
+/// takes, then the older position.
+///
+/// This is longest-processing-time first with what the coordinator knows before a unit
+/// runs. A step's time is estimated as the model's size over the square root of the GPU
+/// count (`params_b / √gpus`: a bigger model is slower, more GPUs help sublinearly), so a
+/// 47B model on 2 GPUs goes before the same model on 4. Longest first keeps long units, and
+/// the chains of warm reuse they start, off the end of the night, where they would run
+/// alone while the rest of the fleet idles. Without `params_b` every estimate is 0 and the
+/// unit taking the most GPUs goes first (which packs hosts best while they are empty).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Rank {
+    /// `params_b / √gpus`, in millions of parameters.
+    step_cost: u64,
+    gpus: usize,
+    position: std::cmp::Reverse<i64>,
 }
 
-/// The campaign's pending unit the agent should run next (see [`better`]), with its GPUs.
+impl Rank {
+    fn new(params_b: f64, gpus: usize, position: i64) -> Rank {
+        let step_cost = params_b.max(0.0) * 1000.0 / (gpus.max(1) as f64).sqrt();
+        Rank {
+            step_cost: step_cost.round() as u64,
+            gpus,
+            position: std::cmp::Reverse(position),
+        }
+    }
+}
+
+/// The campaign's pending unit the agent should run next (see [`Rank`]), with its GPUs.
 ///
 /// It walks the campaign's shapes (GPU part, framework part, labels) in
-/// `units_runnable`: each seek lands on the oldest unit of the next shape, and a GPU or
-/// framework part the agent cannot run is skipped whole. So the cost is a seek per shape,
-/// not a row per unit: an agent that fits nothing in a 100,000-unit campaign of 40 GPU
-/// parts costs 40 seeks.
-fn oldest_fitting(
+/// `units_runnable_by_size`: each seek lands on the next shape's unit of the largest model,
+/// the oldest of them (within a shape the GPU count is fixed, so that is the shape's best
+/// [`Rank`]), and a GPU or framework part the agent cannot run is skipped whole. So the
+/// cost is a seek per shape, not a row per unit: an agent that fits nothing in a
+/// 100,000-unit campaign of 40 GPU parts costs 40 seeks.
+fn best_fitting(
     conn: &Connection,
     campaign_key: i64,
     fit: &mut Matcher,
-) -> Result<Option<(Candidate, Vec<u32>)>, StoreError> {
-    const COLUMNS: &str = "SELECT gpu_spec, framework_spec, labels_json, position, unit_key
-         FROM units INDEXED BY units_runnable WHERE campaign_key = ?1 AND state = 'pending'";
-    const ORDER: &str = "ORDER BY gpu_spec, framework_spec, labels_json, position LIMIT 1";
+) -> Result<Option<(Candidate, Vec<u32>, Rank)>, StoreError> {
+    const COLUMNS: &str = "SELECT gpu_spec, framework_spec, labels_json, model_size, position,
+             unit_key
+         FROM units INDEXED BY units_runnable_by_size
+         WHERE campaign_key = ?1 AND state = 'pending'";
+    const ORDER: &str =
+        "ORDER BY gpu_spec, framework_spec, labels_json, model_size DESC, position LIMIT 1";
     let first = format!("{COLUMNS} {ORDER}");
     let next_gpu = format!("{COLUMNS} AND gpu_spec > ?2 {ORDER}");
     let next_framework = format!("{COLUMNS} AND gpu_spec = ?2 AND framework_spec > ?3 {ORDER}");
@@ -405,7 +434,7 @@ fn oldest_fitting(
         Framework,
         Labels,
     }
-    let mut best: Option<(Candidate, Vec<u32>)> = None;
+    let mut best: Option<(Candidate, Vec<u32>, Rank)> = None;
     let mut at = query(&first, &[&campaign_key])?;
     while let Some(c) = at {
         let skip = match fit.gpus(conn, c.gpu_spec)? {
@@ -413,8 +442,9 @@ fn oldest_fitting(
             Some(_) if !fit.framework(conn, c.framework_spec)? => Skip::Framework,
             Some(_) if !fit.labels(&c.labels_json)? => Skip::Labels,
             Some(gpus) => {
-                if better(&c, &gpus, best.as_ref()) {
-                    best = Some((c.clone(), gpus));
+                let rank = Rank::new(c.model_size, gpus.len(), c.position);
+                if best.as_ref().is_none_or(|(_, _, b)| rank > *b) {
+                    best = Some((c.clone(), gpus, rank));
                 }
                 Skip::Labels
             }

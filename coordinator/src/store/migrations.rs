@@ -41,6 +41,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "0004_scheduler",
         sql: include_str!("../../migrations/0004_scheduler.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_scheduler_models",
+        sql: include_str!("../../migrations/0005_scheduler_models.sql"),
+    },
 ];
 
 /// The schema version this build writes.

@@ -70,6 +70,8 @@ pub(crate) struct EncodedUnit {
     parts: [usize; 4],
     extra_args: String,
     labels_json: String,
+    /// The model's `params_b` (0 when not given), for the scheduler's estimate.
+    model_size: f64,
     /// Its steps in the chunk's step list.
     steps: Range<usize>,
 }
@@ -133,6 +135,7 @@ pub(crate) fn encode(expansion: &Expansion, out: &mpsc::Sender<Piece>) -> Result
                 ],
                 extra_args: config.extra_args.clone(),
                 labels_json,
+                model_size: config.model.params_b.unwrap_or(0.0),
                 steps: first_step..steps.len(),
             });
         }
@@ -218,9 +221,9 @@ pub(crate) fn submit(
             conn,
             "INSERT INTO units (unit_key, campaign_key, unit_id, position, label, model_spec,
                  gpu_spec, framework_spec, quantization_spec, extra_args, labels_json,
-                 created_at_ms, updated_at_ms)",
+                 created_at_ms, updated_at_ms, model_size)",
             "",
-            13,
+            14,
             &new_units,
             |stmt, i, &(key, position, unit)| {
                 let [model, gpu, framework, quantization] = unit.parts.map(|p| specs.ids[p]);
@@ -236,7 +239,8 @@ pub(crate) fn submit(
                 stmt.raw_bind_parameter(i + 9, unit.extra_args.as_str())?;
                 stmt.raw_bind_parameter(i + 10, unit.labels_json.as_str())?;
                 stmt.raw_bind_parameter(i + 11, now_ms)?;
-                stmt.raw_bind_parameter(i + 12, now_ms)
+                stmt.raw_bind_parameter(i + 12, now_ms)?;
+                stmt.raw_bind_parameter(i + 13, unit.model_size)
             },
             |_| Ok(()),
         )

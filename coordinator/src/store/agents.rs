@@ -2,7 +2,8 @@
 //! listing, and marking agents lost.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
@@ -137,6 +138,181 @@ pub(crate) fn heartbeat(
         }
     }
     Ok(reply)
+}
+
+/// How often heartbeats that only renew are written, at most.
+pub(crate) const RENEW_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a heartbeat found in a read snapshot, deciding whether it needs the writer.
+pub(crate) struct Probe {
+    /// The answer, as of the snapshot.
+    pub reply: HeartbeatReply,
+    /// The agent's stored state already says what this heartbeat would write (apart from
+    /// its time), so recording it can wait for [`flush`].
+    pub unchanged: bool,
+    /// The earliest expiry among the valid leases, as stored.
+    pub earliest_expiry_ms: Option<i64>,
+}
+
+/// Reads what [`heartbeat`] would decide, without writing: `None` for an unknown agent.
+pub(crate) fn probe(
+    conn: &Connection,
+    agent: &AgentId,
+    leases: &[(LeaseId, u64)],
+    draining: bool,
+) -> Result<Option<Probe>, StoreError> {
+    let row: Option<(bool, bool, String)> = conn
+        .prepare_cached(
+            "SELECT drain_requested = 1, self_draining = 1, state FROM agents WHERE id = ?1",
+        )
+        .and_then(|mut s| {
+            s.query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()
+        })
+        .sql("read the agent")?;
+    let Some((drain, self_draining, state)) = row else {
+        return Ok(None);
+    };
+    // The state the write path's `CASE` would set; a lost agent always takes the writer.
+    let wanted = if drain || draining {
+        "draining"
+    } else {
+        "active"
+    };
+    let mut probe = Probe {
+        reply: HeartbeatReply {
+            drain,
+            ..HeartbeatReply::default()
+        },
+        unchanged: self_draining == draining && state == wanted,
+        earliest_expiry_ms: None,
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT expires_at_ms FROM leases
+             WHERE lease_id = ?1 AND agent_id = ?2 AND epoch = ?3 AND ended_at_ms IS NULL",
+        )
+        .sql("read the reported leases")?;
+    for (lease, epoch) in leases {
+        let expires: Option<i64> = stmt
+            .query_row((lease.as_str(), agent.as_str(), epoch), |r| r.get(0))
+            .optional()
+            .sql("read the reported leases")?;
+        match expires {
+            Some(at) => {
+                probe.reply.valid.push(lease.clone());
+                probe.earliest_expiry_ms = Some(probe.earliest_expiry_ms.map_or(at, |e| e.min(at)));
+            }
+            None => probe.reply.revoked.push(lease.clone()),
+        }
+    }
+    Ok(Some(probe))
+}
+
+/// Heartbeats that changed nothing but times, waiting to be written in one batch.
+///
+/// A heartbeat of an agent whose stored state it would not change records its time and its
+/// lease renewals here instead of queueing a write of its own; [`flush`] writes them all
+/// at most every [`RENEW_FLUSH_INTERVAL`], and before every expiry sweep and lost-agent
+/// check, so those never act on times older than the heartbeats already answered. Losing
+/// what is here (a crash) is safe: a starting coordinator gives every live lease a full TTL
+/// (`leases::resume`), and agents are marked lost only after a TTL of uptime.
+#[derive(Debug, Default)]
+pub(crate) struct Renewals {
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Agent → latest heartbeat time.
+    seen: HashMap<AgentId, i64>,
+    /// Lease → (holder, epoch, renewed until).
+    leases: HashMap<LeaseId, (AgentId, u64, i64)>,
+    /// When a flush was last queued.
+    queued_at: Option<Instant>,
+}
+
+impl Renewals {
+    /// Records a heartbeat of `agent` at `now_ms` renewing `valid` (at their reported
+    /// epochs) until `until_ms`. Returns whether a flush is due.
+    pub(crate) fn record(
+        &self,
+        agent: &AgentId,
+        leases: &[(LeaseId, u64)],
+        valid: &[LeaseId],
+        now_ms: i64,
+        until_ms: i64,
+    ) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = p.seen.entry(agent.clone()).or_insert(now_ms);
+        *seen = (*seen).max(now_ms);
+        for (lease, epoch) in leases.iter().filter(|(l, _)| valid.contains(l)) {
+            let entry = p
+                .leases
+                .entry(lease.clone())
+                .or_insert((agent.clone(), *epoch, until_ms));
+            *entry = (agent.clone(), *epoch, entry.2.max(until_ms));
+        }
+        match p.queued_at {
+            Some(at) if at.elapsed() < RENEW_FLUSH_INTERVAL => false,
+            _ => {
+                p.queued_at = Some(Instant::now());
+                true
+            }
+        }
+    }
+
+    /// The latest recorded heartbeat time of `agent` not yet written.
+    pub(crate) fn seen(&self, agent: &AgentId) -> Option<i64> {
+        let p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.seen.get(agent).copied()
+    }
+
+    /// Takes what is pending, leaving when a flush was queued.
+    fn take(&self) -> Pending {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        Pending {
+            seen: std::mem::take(&mut p.seen),
+            leases: std::mem::take(&mut p.leases),
+            queued_at: p.queued_at,
+        }
+    }
+}
+
+/// Writes the recorded heartbeats: the same `UPDATE`s as [`heartbeat`], never moving a
+/// time back, renewing only a live lease of its holder at its epoch. An agent marked lost
+/// between its heartbeat's read and this write becomes active (or draining) again, as the
+/// write path would have made it.
+pub(crate) fn flush(conn: &Connection, renewals: &Renewals) -> Result<(), StoreError> {
+    let Pending { seen, leases, .. } = renewals.take();
+    if !seen.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(
+                "UPDATE agents SET last_heartbeat_ms = MAX(last_heartbeat_ms, ?2),
+                     state = CASE WHEN state != 'lost' THEN state
+                         WHEN drain_requested = 1 OR self_draining = 1 THEN 'draining'
+                         ELSE 'active' END
+                 WHERE id = ?1",
+            )
+            .sql("record heartbeats")?;
+        for (agent, at) in &seen {
+            stmt.execute((agent.as_str(), at))
+                .sql("record heartbeats")?;
+        }
+    }
+    if !leases.is_empty() {
+        let mut stmt = conn
+            .prepare_cached(
+                "UPDATE leases SET expires_at_ms = MAX(expires_at_ms, ?4)
+                 WHERE lease_id = ?1 AND agent_id = ?2 AND epoch = ?3 AND ended_at_ms IS NULL",
+            )
+            .sql("renew leases")?;
+        for (lease, (agent, epoch, until)) in &leases {
+            stmt.execute((lease.as_str(), agent.as_str(), epoch, until))
+                .sql("renew leases")?;
+        }
+    }
+    Ok(())
 }
 
 /// See [`Store::drain_agent`](super::Store::drain_agent).

@@ -102,6 +102,10 @@ struct Inner {
     tx: Option<mpsc::Sender<Command>>,
     writer: Option<JoinHandle<()>>,
     readers: Arc<ReaderPool>,
+    /// The writer's clock, for heartbeats answered from a read.
+    clock: Clock,
+    /// Heartbeats answered from a read, waiting to be written.
+    renewals: Arc<agents::Renewals>,
     #[cfg(test)]
     stats: Arc<writer::Stats>,
 }
@@ -161,6 +165,7 @@ impl Store {
         .await
         .map_err(|source| StoreError::BlockingTask { source })??;
 
+        let writer_clock = clock.clone();
         let (tx, rx) = mpsc::channel(writer::QUEUE);
         #[cfg(test)]
         let stats = Arc::new(writer::Stats::default());
@@ -172,7 +177,7 @@ impl Store {
                 writer::run(
                     conn,
                     rx,
-                    clock,
+                    writer_clock,
                     #[cfg(test)]
                     writer_stats,
                 )
@@ -183,6 +188,8 @@ impl Store {
             inner: Arc::new(Inner {
                 readers: ReaderPool::new(path.clone()),
                 path,
+                clock,
+                renewals: Arc::default(),
                 tx: Some(tx),
                 writer: Some(handle),
                 #[cfg(test)]
@@ -347,7 +354,9 @@ impl Store {
     ///   unit's framework (or lists none).
     ///
     /// Preference: a unit whose id is in `warm_configs`, then the higher campaign
-    /// priority, then the older campaign, then the unit's position in its campaign.
+    /// priority; within it a configuration not running elsewhere, then the longest
+    /// estimated steps (`params_b / √gpus`), the most GPUs, the older campaign and the
+    /// unit's position in its campaign (docs/leases.md).
     ///
     /// The grant makes the unit leased, adds one to its epoch, creates the lease (a UUID)
     /// and opens the unit's attempt in its history. Fails with
@@ -368,6 +377,10 @@ impl Store {
     /// (never shortening it). Every other reported lease is revoked in the reply (ended,
     /// expired, re-leased, cancelled or unknown); the agent's leases it did not report are
     /// left alone. The reply also says whether an operator drained the agent.
+    ///
+    /// A heartbeat that would change nothing but times is answered from a read snapshot and
+    /// its times are written in a batch with others (`agents::Renewals`): within a second
+    /// while heartbeats flow, and always before an expiry sweep or lost-agent check.
     pub async fn heartbeat(
         &self,
         agent: &AgentId,
@@ -375,6 +388,30 @@ impl Store {
         draining: bool,
         ttl: Duration,
     ) -> Result<HeartbeatReply, StoreError> {
+        // Most heartbeats change nothing but times: they are answered from a read and
+        // their times written in one batch (`agents::Renewals`), so 10,000 agents do not
+        // queue a write each. A lease this close to its expiry is renewed by the writer,
+        // in order with the expiry sweep, which may already be ending it.
+        let now_ms = self.inner.clock.now_ms();
+        let (probe_agent, probe_leases) = (agent.clone(), leases.to_vec());
+        let probe = self
+            .read(move |conn| agents::probe(conn, &probe_agent, &probe_leases, draining))
+            .await?;
+        if let Some(probe) = probe.filter(|p| {
+            p.unchanged
+                && p.earliest_expiry_ms
+                    .is_none_or(|at| at.saturating_sub(now_ms) >= leases::millis(ttl) / 3)
+        }) {
+            let until = now_ms.saturating_add(leases::millis(ttl));
+            let renewals = &self.inner.renewals;
+            if renewals.record(agent, leases, &probe.reply.valid, now_ms, until) {
+                let renewals = Arc::clone(renewals);
+                // Only queued: the heartbeat's answer does not depend on the flush.
+                self.queue_write(move |conn, _| agents::flush(conn, &renewals))
+                    .await?;
+            }
+            return Ok(probe.reply);
+        }
         let (agent, leases) = (agent.clone(), leases.to_vec());
         self.write(move |conn, now_ms| {
             agents::heartbeat(conn, now_ms, &agent, &leases, draining, ttl)
@@ -456,8 +493,13 @@ impl Store {
     /// infrastructure ending, like [`Store::release`]). `ttl` only words the recorded
     /// error. Idempotent: a second sweep finds nothing. Returns what it ended.
     pub async fn expire_leases(&self, ttl: Duration) -> Result<Vec<ExpiredLease>, StoreError> {
-        self.write(move |conn, now_ms| leases::expire(conn, now_ms, ttl))
-            .await
+        let renewals = Arc::clone(&self.inner.renewals);
+        self.write(move |conn, now_ms| {
+            // Renewals answered before this sweep count.
+            agents::flush(conn, &renewals)?;
+            leases::expire(conn, now_ms, ttl)
+        })
+        .await
     }
 
     /// Gives every live lease at least `ttl` from now; returns how many it extended.
@@ -473,13 +515,24 @@ impl Store {
     /// Marks `lost` every agent whose last heartbeat is older than `silence`; returns
     /// the agents it marked. A heartbeat makes a lost agent active again.
     pub async fn mark_lost_agents(&self, silence: Duration) -> Result<Vec<AgentId>, StoreError> {
-        self.write(move |conn, now_ms| agents::mark_lost(conn, now_ms, silence))
-            .await
+        let renewals = Arc::clone(&self.inner.renewals);
+        self.write(move |conn, now_ms| {
+            agents::flush(conn, &renewals)?;
+            agents::mark_lost(conn, now_ms, silence)
+        })
+        .await
     }
 
     /// Every registered agent with its GPUs, labels, state and live leases, by id.
     pub async fn list_agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        self.read(agents::list).await
+        let mut agents = self.read(agents::list).await?;
+        // Heartbeats answered but not yet written.
+        for agent in &mut agents {
+            if let Some(at) = self.inner.renewals.seen(&agent.id) {
+                agent.last_heartbeat_ms = agent.last_heartbeat_ms.max(at);
+            }
+        }
+        Ok(agents)
     }
 
     /// Drains an agent: it gets no new leases (also after it registers again) and learns

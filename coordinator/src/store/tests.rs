@@ -1247,3 +1247,62 @@ fn insert_100k_units_timing() {
         });
     }
 }
+
+#[tokio::test]
+async fn heartbeats_that_change_nothing_but_times_share_one_write() {
+    use std::sync::atomic::AtomicI64;
+
+    let dir = tempfile::tempdir().unwrap();
+    let now = Arc::new(AtomicI64::new(1_000_000));
+    let clock_now = Arc::clone(&now);
+    let store = Store::open_with_clock(
+        &dir.path().join("db.sqlite"),
+        Clock::from_fn(move || clock_now.load(Ordering::SeqCst)),
+    )
+    .await
+    .unwrap();
+    let ids: Vec<AgentId> = (0..50).map(|i| AgentId(format!("a{i:02}"))).collect();
+    for id in &ids {
+        store
+            .register_agent(&AgentRegistration {
+                id: id.clone(),
+                hostname: id.to_string(),
+                gpus: vec![],
+                labels: Default::default(),
+                frameworks: vec![],
+                version: "0".into(),
+                driver_version: String::new(),
+                cuda_version: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let ttl = Duration::from_secs(30);
+    now.fetch_add(5_000, Ordering::SeqCst);
+    let batches = store.inner.stats.batches.load(Ordering::Relaxed);
+    for id in &ids {
+        let reply = store.heartbeat(id, &[], false, ttl).await.unwrap();
+        assert!(!reply.drain);
+    }
+    // At most the one flush the first heartbeat queued; none per heartbeat.
+    assert!(store.inner.stats.batches.load(Ordering::Relaxed) - batches <= 1);
+    let listed = store.list_agents().await.unwrap();
+    assert!(
+        listed.iter().all(|a| a.last_heartbeat_ms == 1_005_000),
+        "{listed:?}"
+    );
+
+    // The lost-agent check writes the pending heartbeats first: nobody is lost 34 s after
+    // registering, 29 s after the heartbeat.
+    now.fetch_add(29_000, Ordering::SeqCst);
+    assert!(store.mark_lost_agents(ttl).await.unwrap().is_empty());
+    // A drain still reaches the agent through its next heartbeat.
+    store.drain_agent(&ids[0], "op").await.unwrap();
+    assert!(
+        store
+            .heartbeat(&ids[0], &[], false, ttl)
+            .await
+            .unwrap()
+            .drain
+    );
+}

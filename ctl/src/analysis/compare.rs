@@ -246,29 +246,15 @@ fn verdict(change: f64, noise: f64, threshold: f64, higher_is_better: bool) -> V
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{flat, no_metrics};
     use super::super::metric::{Latency, Stat};
     use super::super::points::Config;
     use super::*;
-    use evalctl_agent::loadgen::Summary;
 
     fn point(repeat: u32, throughput: f64, tpot_p50: f64) -> Point {
-        let mut metrics = evalctl_agent::loadgen::metrics::compute(
-            &[],
-            &Default::default(),
-            evalctl_agent::loadgen::metrics::LagPolicy {
-                report: false,
-                tolerance_ms: None,
-            },
-        );
+        let mut metrics = no_metrics();
         metrics.output_token_throughput = throughput;
-        metrics.tpot_ms = Some(Summary {
-            mean: tpot_p50,
-            p50: tpot_p50,
-            p90: tpot_p50,
-            p95: tpot_p50,
-            p99: tpot_p50,
-            max: tpot_p50,
-        });
+        metrics.tpot_ms = Some(flat(tpot_p50));
         Point {
             config: Config {
                 model: "m".into(),

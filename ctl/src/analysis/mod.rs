@@ -4,6 +4,8 @@
 
 pub mod compare;
 pub mod cost;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod metric;
 pub mod pareto;
 pub mod points;

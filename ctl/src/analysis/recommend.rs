@@ -378,19 +378,8 @@ fn explain(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{flat, no_metrics};
     use super::*;
-    use evalctl_agent::loadgen::Summary;
-
-    fn summary(v: f64) -> Summary {
-        Summary {
-            mean: v,
-            p50: v,
-            p90: v,
-            p95: v,
-            p99: v,
-            max: v,
-        }
-    }
 
     fn point(
         framework: &str,
@@ -400,17 +389,10 @@ mod tests {
         ttft: f64,
         price: Option<f64>,
     ) -> Point {
-        let mut metrics = evalctl_agent::loadgen::metrics::compute(
-            &[],
-            &Default::default(),
-            evalctl_agent::loadgen::metrics::LagPolicy {
-                report: false,
-                tolerance_ms: None,
-            },
-        );
+        let mut metrics = no_metrics();
         metrics.output_token_throughput = tput;
-        metrics.ttft_ms = Some(summary(ttft));
-        metrics.tpot_ms = Some(summary(20.0));
+        metrics.ttft_ms = Some(flat(ttft));
+        metrics.tpot_ms = Some(flat(20.0));
         Point {
             config: Config {
                 model: "m".into(),

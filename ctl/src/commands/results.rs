@@ -267,14 +267,7 @@ mod tests {
                 schema: 1,
                 simulated: false,
                 step_label: "chat @ c=1 #0".into(),
-                metrics: Some(evalctl_agent::loadgen::metrics::compute(
-                    &[],
-                    &Default::default(),
-                    evalctl_agent::loadgen::metrics::LagPolicy {
-                        report: false,
-                        tolerance_ms: None,
-                    },
-                )),
+                metrics: Some(crate::analysis::fixtures::no_metrics()),
                 harness_metrics: Default::default(),
                 tokenization: None,
                 connections_opened: 1,

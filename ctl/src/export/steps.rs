@@ -572,14 +572,7 @@ mod tests {
             p99: 5.0,
             max: 6.0,
         };
-        let mut metrics = evalctl_agent::loadgen::metrics::compute(
-            &[],
-            &Default::default(),
-            evalctl_agent::loadgen::metrics::LagPolicy {
-                report: false,
-                tolerance_ms: None,
-            },
-        );
+        let mut metrics = crate::analysis::fixtures::no_metrics();
         metrics.ttft_ms = Some(summary);
         metrics.tpot_ms = Some(summary);
         metrics.output_token_throughput = 400.0;

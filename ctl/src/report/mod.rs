@@ -76,28 +76,14 @@ pub fn render(data: &ReportData) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::fixtures::{flat, no_metrics};
     use crate::analysis::points::Config;
 
     fn point(framework: &str, c: u32, tput: f64, ttft: f64, tpot: f64) -> Point {
-        let summary = |v: f64| evalctl_agent::loadgen::Summary {
-            mean: v,
-            p50: v,
-            p90: v,
-            p95: v,
-            p99: v,
-            max: v,
-        };
-        let mut metrics = evalctl_agent::loadgen::metrics::compute(
-            &[],
-            &Default::default(),
-            evalctl_agent::loadgen::metrics::LagPolicy {
-                report: false,
-                tolerance_ms: None,
-            },
-        );
+        let mut metrics = no_metrics();
         metrics.output_token_throughput = tput;
-        metrics.ttft_ms = Some(summary(ttft));
-        metrics.tpot_ms = Some(summary(tpot));
+        metrics.ttft_ms = Some(flat(ttft));
+        metrics.tpot_ms = Some(flat(tpot));
         metrics.interactivity_tok_s = Some(1000.0 / tpot);
         Point {
             config: Config {

@@ -1,28 +1,35 @@
 //! Coordinator load test: thousands of simulated agents, as lightweight gRPC clients in
 //! this process, register, heartbeat, and take leases in a loop while their results
-//! stream in (one step per unit, each with a blob of request records). The coordinator is
-//! the real binary in a process of its own, so its CPU time and memory are read from
+//! stream in (one step per unit, each with a blob of request records). Each agent keeps
+//! one `ReportResults` stream open for its life, as the real agent does. The coordinator
+//! is the real binary in a process of its own, so its CPU time and memory are read from
 //! `/proc`.
 //!
-//! It reports lease grants per second, heartbeat latency (p50/p99/max), request records
-//! ingested per second, and the coordinator's CPU (cores busy) and memory (RSS, peak).
+//! It reports lease grants per second, heartbeat latency (p50/p99/max), the latency of
+//! each phase of an agent's cycle, request records ingested per second, the
+//! coordinator's CPU (cores busy, and per grant: the whole process and its store writer
+//! thread, the one part that cannot use a second core) and memory (RSS, peak).
 //! DESIGN.md's targets: 10,000 agents, at least 2,000 leases/s and 200,000 records/s on
 //! 2 cores.
 //!
 //! ```sh
 //! cargo bench -p evalctl-coordinator --bench load
 //! EVALCTL_LOAD_AGENTS=2000 EVALCTL_LOAD_SECS=20 cargo bench -p evalctl-coordinator --bench load
+//! EVALCTL_LOAD_COORDINATOR_CPUS=0 cargo bench -p evalctl-coordinator --bench load
 //! ```
 //!
 //! Knobs (environment): `EVALCTL_LOAD_AGENTS` (10,000), `EVALCTL_LOAD_SECS` (measured
 //! window, 30), `EVALCTL_LOAD_RECORDS` (records per step result, 100),
 //! `EVALCTL_LOAD_UNITS` (units in the campaign, 80,000: a 100,000-unit matrix of
 //! this shape is over the 16 MiB submit limit), `EVALCTL_LOAD_CONNECTIONS`
-//! (HTTP/2 connections the agents share; default one per agent, as a real fleet dials), `EVALCTL_LOAD_HEARTBEAT_MS` (default: the
-//! interval the coordinator answers, a third of its 30 s TTL).
+//! (HTTP/2 connections the agents share; default one per agent, as a real fleet dials),
+//! `EVALCTL_LOAD_HEARTBEAT_MS` (default: the interval the coordinator answers, a third of
+//! its 30 s TTL), `EVALCTL_LOAD_COORDINATOR_CPUS` (a `taskset` CPU list: the coordinator
+//! runs on those CPUs and the load generator on the others; default: both anywhere).
 //!
-//! The load generator shares the machine with the coordinator; its own CPU time is
-//! printed too, so a saturated client is not mistaken for a slow coordinator.
+//! Unless placed apart, the load generator shares the machine with the coordinator; its
+//! own CPU time is printed too, so a saturated client is not mistaken for a slow
+//! coordinator.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -33,7 +40,8 @@ use std::time::{Duration, Instant};
 use evalctl_proto::v1 as pb;
 use evalctl_proto::v1::agent_service_client::AgentServiceClient;
 use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 fn env_number(name: &str, default: u64) -> u64 {
@@ -42,6 +50,12 @@ fn env_number(name: &str, default: u64) -> u64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(default)
 }
+
+/// The coordinator's store writer thread (`store/mod.rs` names it).
+const WRITER_THREAD: &str = "store-writer";
+
+/// Registrations (and so connections being opened) in flight at once.
+const REGISTER_CONCURRENCY: usize = 512;
 
 /// Counters shared by every simulated agent.
 #[derive(Default)]
@@ -54,6 +68,23 @@ struct Counters {
     completes: AtomicU64,
     errors: AtomicU64,
     heartbeats_us: Mutex<Vec<u64>>,
+    /// How long each phase of an agent's cycle took, in µs: the `AcquireLease` that
+    /// granted a unit, the result batch from send to acknowledgement, the `Complete`.
+    acquire_us: Mutex<Vec<u64>>,
+    report_us: Mutex<Vec<u64>>,
+    complete_us: Mutex<Vec<u64>>,
+}
+
+impl Counters {
+    /// Records one phase's latency while measuring.
+    async fn time(&self, phase: &Mutex<Vec<u64>>, started: Instant) {
+        if self.measuring.load(Ordering::Relaxed) {
+            phase
+                .lock()
+                .await
+                .push(started.elapsed().as_micros() as u64);
+        }
+    }
 }
 
 /// The coordinator under test.
@@ -69,8 +100,89 @@ impl Drop for Coordinator {
     }
 }
 
-fn start_coordinator(data_dir: &std::path::Path) -> Coordinator {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_evalctl-coordinator"))
+/// Where the coordinator and the load generator may run, from
+/// `EVALCTL_LOAD_COORDINATOR_CPUS` (a `taskset` CPU list such as `0` or `0-1`): the
+/// coordinator on those CPUs, the load generator on the others, so neither takes the
+/// other's cores. Unset: both anywhere.
+struct Placement {
+    coordinator: Option<String>,
+    generator: Option<String>,
+}
+
+impl Placement {
+    fn from_env() -> Placement {
+        let Some(coordinator) = std::env::var("EVALCTL_LOAD_COORDINATOR_CPUS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        else {
+            return Placement {
+                coordinator: None,
+                generator: None,
+            };
+        };
+        let taken = cpu_list(&coordinator);
+        let all = std::thread::available_parallelism().map_or(1, usize::from);
+        let rest: Vec<String> = (0..all)
+            .filter(|c| !taken.contains(c))
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            !rest.is_empty(),
+            "EVALCTL_LOAD_COORDINATOR_CPUS={coordinator} leaves no CPU of {all} for the load generator"
+        );
+        Placement {
+            coordinator: Some(coordinator),
+            generator: Some(rest.join(",")),
+        }
+    }
+
+    /// Confines this process (and the threads it starts afterwards) to the generator's CPUs.
+    fn confine_generator(&self) {
+        if let Some(cpus) = &self.generator {
+            taskset(&["-p", "-c", cpus, &std::process::id().to_string()]);
+        }
+    }
+}
+
+/// The CPUs of a `taskset` list (`0,2-3`).
+fn cpu_list(list: &str) -> Vec<usize> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim) {
+        let bad = || panic!("EVALCTL_LOAD_COORDINATOR_CPUS: {part:?} is not a CPU or a range");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (
+                    a.parse().unwrap_or_else(|_| bad()),
+                    b.parse().unwrap_or_else(|_| bad()),
+                );
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().unwrap_or_else(|_| bad())),
+        }
+    }
+    cpus
+}
+
+fn taskset(args: &[&str]) {
+    let status = Command::new("taskset")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run taskset (util-linux) to place the processes");
+    assert!(status.success(), "taskset {args:?} failed");
+}
+
+fn start_coordinator(data_dir: &std::path::Path, cpus: Option<&str>) -> Coordinator {
+    let binary = env!("CARGO_BIN_EXE_evalctl-coordinator");
+    let mut command = match cpus {
+        Some(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", cpus, binary]);
+            c
+        }
+        None => Command::new(binary),
+    };
+    let mut child = command
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -115,6 +227,21 @@ fn cpu_seconds(pid: &str) -> f64 {
     };
     // Fields 14 and 15 of stat; `rest` starts at field 3.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// utime + stime of the thread of `pid` named `name`, in seconds (0 when there is none).
+fn thread_cpu_seconds(pid: &str, name: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let tid = task.file_name().to_string_lossy().into_owned();
+            return cpu_seconds(&format!("{pid}/task/{tid}"));
+        }
+    }
+    0.0
 }
 
 /// VmRSS and VmHWM of a process, in MiB.
@@ -171,10 +298,16 @@ async fn agent(
     stop: Arc<AtomicBool>,
 ) {
     let mut client = AgentServiceClient::new(channel);
+    // Like a real agent (agent/src/runner/outbox.rs), one `ReportResults` stream carries
+    // every batch for the agent's life and is reopened only when it breaks.
+    let mut stream: Option<ResultStream> = None;
+    let mut sequence = 0;
     while !stop.load(Ordering::Relaxed) {
+        let asked = Instant::now();
         let Some(lease) = acquire(&mut client, &id, &counters).await else {
             continue;
         };
+        counters.time(&counters.acquire_us, asked).await;
         let measuring = counters.measuring.load(Ordering::Relaxed);
         if measuring {
             counters.leases.fetch_add(1, Ordering::Relaxed);
@@ -191,34 +324,30 @@ async fn agent(
                 ..Default::default()
             })
             .collect();
+        sequence += 1;
         let batch = pb::ResultBatch {
             lease_id: lease.lease_id.clone(),
             epoch: lease.epoch,
             unit_id: lease.unit_id.clone(),
             attempt: lease.attempt,
-            sequence: 1,
+            sequence,
             results,
         };
-        let stored = match client
-            .report_results(tokio_stream::once(batch.clone()))
-            .await
-        {
-            Ok(response) => {
-                let mut acks = response.into_inner();
-                matches!(acks.message().await, Ok(Some(ack)) if ack.accepted)
-            }
-            Err(_) => false,
-        };
-        if !stored {
+        let sent_results = batch.results.len() as u64;
+        let sent = Instant::now();
+        if !report(&mut client, &mut stream, batch).await {
+            stream = None;
             counters.errors.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        counters.time(&counters.report_us, sent).await;
         if counters.measuring.load(Ordering::Relaxed) {
             counters.batches.fetch_add(1, Ordering::Relaxed);
             counters
                 .records
-                .fetch_add(records * batch.results.len() as u64, Ordering::Relaxed);
+                .fetch_add(records * sent_results, Ordering::Relaxed);
         }
+        let completing = Instant::now();
         match client
             .complete(pb::CompleteRequest {
                 lease_id: lease.lease_id,
@@ -227,6 +356,7 @@ async fn agent(
             .await
         {
             Ok(_) => {
+                counters.time(&counters.complete_us, completing).await;
                 if counters.measuring.load(Ordering::Relaxed) {
                     counters.completes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -236,6 +366,44 @@ async fn agent(
             }
         }
     }
+}
+
+/// An agent's open `ReportResults` call: where batches go and where their
+/// acknowledgements come back.
+struct ResultStream {
+    batches: mpsc::Sender<pb::ResultBatch>,
+    acks: tonic::Streaming<pb::ResultAck>,
+}
+
+/// Sends `batch` on the agent's result stream, opening one if there is none, and waits
+/// for its acknowledgement; false when it was not accepted or the stream broke.
+async fn report(
+    client: &mut AgentServiceClient<Channel>,
+    stream: &mut Option<ResultStream>,
+    batch: pb::ResultBatch,
+) -> bool {
+    if stream.is_none() {
+        let (batches, rx) = mpsc::channel(4);
+        // Queued before the call: tonic answers the call once the response headers arrive.
+        if batches.send(batch).await.is_err() {
+            return false;
+        }
+        let Ok(response) = client.report_results(ReceiverStream::new(rx)).await else {
+            return false;
+        };
+        *stream = Some(ResultStream {
+            batches,
+            acks: response.into_inner(),
+        });
+    } else if let Some(open) = stream.as_mut()
+        && open.batches.send(batch).await.is_err()
+    {
+        return false;
+    }
+    let Some(open) = stream.as_mut() else {
+        return false;
+    };
+    matches!(open.acks.message().await, Ok(Some(ack)) if ack.accepted)
 }
 
 async fn acquire(
@@ -309,16 +477,26 @@ fn main() {
     let units = env_number("EVALCTL_LOAD_UNITS", 80_000);
     // One connection per agent, as in a real fleet (each host dials the coordinator).
     let connections = env_number("EVALCTL_LOAD_CONNECTIONS", agents).max(1);
+    let placement = Placement::from_env();
+    // Before the runtime starts its threads, which inherit the placement.
+    placement.confine_generator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(agents, secs, records, units, connections));
+    runtime.block_on(run(agents, secs, records, units, connections, placement));
 }
 
-async fn run(agents: u64, secs: u64, records: u64, units: u64, connections: u64) {
+async fn run(
+    agents: u64,
+    secs: u64,
+    records: u64,
+    units: u64,
+    connections: u64,
+    placement: Placement,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let coordinator = start_coordinator(dir.path());
+    let coordinator = start_coordinator(dir.path(), placement.coordinator.as_deref());
     let pid = coordinator.child.id();
     let load = Instant::now();
     let mut campaigns = CampaignServiceClient::connect(coordinator.url.clone())
@@ -356,19 +534,34 @@ async fn run(agents: u64, secs: u64, records: u64, units: u64, connections: u64)
     // Register every agent first.
     let started = Instant::now();
     let mut interval = Duration::from_millis(env_number("EVALCTL_LOAD_HEARTBEAT_MS", 0));
+    // A fleet does not dial all at once: at most this many registrations (and so new
+    // connections) are in flight, and a refused connection is retried as an agent would,
+    // so the loopback listen backlog is not what the bench measures.
+    let dialing = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
     let mut registrations = Vec::new();
     for i in 0..agents {
         let mut client = AgentServiceClient::new(channels[(i % connections) as usize].clone());
+        let dialing = Arc::clone(&dialing);
         registrations.push(tokio::spawn(async move {
-            client
-                .register(pb::RegisterRequest {
-                    agent_id: format!("load-{i}"),
-                    hostname: format!("host-{i}"),
-                    version: "load".to_owned(),
-                    ..Default::default()
-                })
-                .await
-                .map(|r| r.into_inner().heartbeat_interval_ms)
+            let _slot = dialing.acquire_owned().await.expect("semaphore open");
+            let mut tries = 0;
+            loop {
+                let answer = client
+                    .register(pb::RegisterRequest {
+                        agent_id: format!("load-{i}"),
+                        hostname: format!("host-{i}"),
+                        version: "load".to_owned(),
+                        ..Default::default()
+                    })
+                    .await;
+                match answer {
+                    Err(status) if status.code() == tonic::Code::Unknown && tries < 5 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                    }
+                    answer => break answer.map(|r| r.into_inner().heartbeat_interval_ms),
+                }
+            }
         }));
     }
     for registration in registrations {
@@ -413,12 +606,14 @@ async fn run(agents: u64, secs: u64, records: u64, units: u64, connections: u64)
     let pid_text = pid.to_string();
     let me = std::process::id().to_string();
     let (cpu0, own0, t0) = (cpu_seconds(&pid_text), cpu_seconds(&me), Instant::now());
+    let writer0 = thread_cpu_seconds(&pid_text, WRITER_THREAD);
     counters.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(secs)).await;
     counters.measuring.store(false, Ordering::SeqCst);
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu = (cpu_seconds(&pid_text) - cpu0) / elapsed;
     let own = (cpu_seconds(&me) - own0) / elapsed;
+    let writer = (thread_cpu_seconds(&pid_text, WRITER_THREAD) - writer0) / elapsed;
     let (rss, peak) = memory_mib(pid);
     stop.store(true, Ordering::SeqCst);
 
@@ -442,9 +637,43 @@ async fn run(agents: u64, secs: u64, records: u64, units: u64, connections: u64)
         percentile(&latencies, 99.0) / 1000.0,
         latencies.last().copied().unwrap_or(0) as f64 / 1000.0
     );
+    for (phase, samples) in [
+        ("acquire (granted)", &counters.acquire_us),
+        ("result batch ack", &counters.report_us),
+        ("complete", &counters.complete_us),
+    ] {
+        let mut samples = samples.lock().await.clone();
+        samples.sort_unstable();
+        println!(
+            "  {:<17} p50 {:.2} ms  p99 {:.2} ms",
+            format!("{phase}:"),
+            percentile(&samples, 50.0) / 1000.0,
+            percentile(&samples, 99.0) / 1000.0
+        );
+    }
     println!(
         "  coordinator:      CPU {cpu:.2} cores, RSS {rss:.0} MiB (peak {peak:.0} MiB); load generator CPU {own:.2} cores"
     );
+    let placed = placement.coordinator.as_deref().map_or_else(
+        || "anywhere, sharing CPUs with the load generator".to_owned(),
+        |cpus| format!("on CPUs {cpus} alone"),
+    );
+    println!("  placement:        coordinator {placed}");
+    if leases > 0.0 {
+        // The writer thread is the one part that cannot use a second core; its CPU time
+        // per grant bounds the grant rate whatever the machine.
+        println!(
+            "  per grant:        coordinator {:.3} ms CPU, of which the store writer {:.3} ms \
+             (one thread: at most {:.0} grants/s)",
+            cpu / leases * 1e3,
+            writer / leases * 1e3,
+            if writer > 0.0 {
+                leases / writer
+            } else {
+                f64::INFINITY
+            }
+        );
+    }
     println!(
         "  errors:           {}",
         counters.errors.load(Ordering::Relaxed)

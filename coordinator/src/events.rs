@@ -36,6 +36,11 @@ impl EventBus {
         let _ = self.sender.send(event);
     }
 
+    /// Whether anyone is subscribed; an event published now would reach somebody.
+    pub fn has_subscribers(&self) -> bool {
+        self.sender.receiver_count() > 0
+    }
+
     /// A new subscription receiving events published from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<CampaignEvent> {
         self.sender.subscribe()

@@ -90,7 +90,13 @@ impl AgentApi {
         u64::try_from(self.lease_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn publish(&self, unit: &UnitRef, kind: &str, detail: String) {
+    /// Publishes an event of `unit`; `detail` is only formatted when someone watches
+    /// (at thousands of grants a second, text nobody reads is wasted work).
+    fn publish(&self, unit: &UnitRef, kind: &str, detail: impl FnOnce() -> String) {
+        if !self.events.has_subscribers() {
+            return;
+        }
+        let detail = detail();
         self.events.publish(CampaignEvent {
             campaign_id: unit.campaign.to_string(),
             kind: kind.to_owned(),
@@ -132,9 +138,7 @@ impl AgentApi {
         match outcome {
             Ok(outcome) => {
                 for stored in &outcome.stored {
-                    self.publish(
-                        &outcome.unit,
-                        "step_finished",
+                    self.publish(&outcome.unit, "step_finished", || {
                         format!(
                             "step {} ({}) stored from agent {}: {} of {} steps done",
                             stored.index,
@@ -142,8 +146,8 @@ impl AgentApi {
                             outcome.agent,
                             outcome.steps_done,
                             outcome.steps_total
-                        ),
-                    );
+                        )
+                    });
                 }
                 debug!(
                     campaign = %outcome.unit.campaign,
@@ -250,9 +254,7 @@ impl AgentService for AgentApi {
                     gpus = ?granted.gpu_indices,
                     "lease granted"
                 );
-                self.publish(
-                    &granted.unit,
-                    "unit_leased",
+                self.publish(&granted.unit, "unit_leased", || {
                     format!(
                         "agent {}, attempt {}, epoch {}, GPUs {:?}, {} of {} steps done",
                         granted.agent,
@@ -261,8 +263,8 @@ impl AgentService for AgentApi {
                         granted.gpu_indices,
                         granted.finished_steps.len(),
                         granted.steps.len()
-                    ),
-                );
+                    )
+                });
                 // There may be more work: the next waiter looks too.
                 self.work.pass_on();
                 return Ok(Response::new(pb::AcquireLeaseResponse {
@@ -332,7 +334,7 @@ impl AgentService for AgentApi {
             .await
             .map_err(store_error)?;
         info!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, "unit succeeded");
-        self.publish(&unit, "unit_succeeded", format!("lease {lease}"));
+        self.publish(&unit, "unit_succeeded", || format!("lease {lease}"));
         // The lease's GPUs are free again; they are the completing agent's, which asks
         // again itself, so one waiter looking is enough.
         self.work.pass_on();
@@ -359,21 +361,17 @@ impl AgentService for AgentApi {
         let unit = &outcome.unit;
         if outcome.will_retry {
             info!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, %error, "unit failed; will retry");
-            self.publish(
-                unit,
-                "unit_retrying",
+            self.publish(unit, "unit_retrying", || {
                 format!(
                     "attempt {} of {} failed: {error}",
                     outcome.attempts, outcome.max_attempts
-                ),
-            );
+                )
+            });
         } else {
             warn!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, %error, "unit failed");
-            self.publish(
-                unit,
-                "unit_failed",
-                format!("failed after {} attempts: {error}", outcome.attempts),
-            );
+            self.publish(unit, "unit_failed", || {
+                format!("failed after {} attempts: {error}", outcome.attempts)
+            });
         }
         self.work.notify();
         Ok(Response::new(pb::FailResponse {
@@ -400,16 +398,14 @@ impl AgentService for AgentApi {
             LeaseEnd::Preempted => "unit_preempted",
             _ => "unit_released",
         };
-        self.publish(unit, kind, format!("lease {lease}: {reason}"));
+        self.publish(unit, kind, || format!("lease {lease}: {reason}"));
         if outcome.gave_up {
-            self.publish(
-                unit,
-                "unit_failed",
+            self.publish(unit, "unit_failed", || {
                 format!(
                     "gave up after {} infrastructure failures",
                     crate::store::MAX_INFRA_ATTEMPTS
-                ),
-            );
+                )
+            });
         }
         self.work.notify();
         Ok(Response::new(pb::ReleaseResponse {}))

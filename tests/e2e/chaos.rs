@@ -1,8 +1,10 @@
 //! Chaos: a campaign of at least 1,000 steps run by 8 agents on simulated servers while
 //! the test keeps breaking things — SIGKILLed agents (restarted on their state, or on a
 //! fresh one after their whole host died), a SIGKILLed coordinator restarted on the same
-//! port and database, spot preemption notices, and cut or stalled links between the agents
-//! and the coordinator. At the end it checks the store (read-only) and the test's own
+//! port and database, spot preemption notices, cut or stalled links between the agents
+//! and the coordinator, and one agent partitioned away past the lease TTL (its units are
+//! leased again while it still holds finished results, which must then be refused as
+//! stale when its link comes back). At the end it checks the store (read-only) and the test's own
 //! ledger (agent logs, results seen during the run):
 //!
 //! - the campaign succeeded, with exactly one stored result per step;
@@ -22,6 +24,7 @@
 //! chaos -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -71,6 +74,10 @@ fn matrix(name: &str, marker: &str, units: usize) -> String {
 /// One agent's place in the fleet: its current process, its spot metadata service, and
 /// every log it wrote over its lives.
 struct Slot {
+    /// This agent's own link to the coordinator, so it can be partitioned alone.
+    link: Proxy,
+    /// A partition of this agent in progress, and when it ends.
+    partitioned_until: Option<Instant>,
     cloud: Cloud,
     state_dir: PathBuf,
     process: AgentProcess,
@@ -82,12 +89,15 @@ struct Slot {
 }
 
 impl Slot {
-    fn start(root: &Path, index: usize, url: &str) -> Slot {
+    fn start(root: &Path, index: usize, coordinator: SocketAddr) -> Slot {
         let cloud = [Cloud::Aws, Cloud::Gcp, Cloud::Azure][index % 3];
         let state_dir = root.join(format!("agent-{index}-host-0"));
         let metadata = FakeMetadata::start(cloud);
-        let process = spawn_agent(url, &state_dir, cloud, &metadata);
+        let link = Proxy::start(coordinator);
+        let process = spawn_agent(&link.url(), &state_dir, cloud, &metadata);
         Slot {
+            link,
+            partitioned_until: None,
             cloud,
             state_dir,
             process,
@@ -98,9 +108,14 @@ impl Slot {
     }
 
     /// Starts the agent again on `state_dir`, with a metadata service that gives no notice.
-    fn restart(&mut self, url: &str) {
+    fn restart(&mut self) {
         self.metadata = FakeMetadata::start(self.cloud);
-        self.process = spawn_agent(url, &self.state_dir, self.cloud, &self.metadata);
+        self.process = spawn_agent(
+            &self.link.url(),
+            &self.state_dir,
+            self.cloud,
+            &self.metadata,
+        );
         self.preempted = false;
     }
 }
@@ -206,7 +221,7 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
     let mut coordinator = Some(CoordinatorProcess::start_with(&data, &coordinator_flags));
     let addr = coordinator.as_ref().unwrap().addr().to_string();
     let url = coordinator.as_ref().unwrap().url();
-    let proxy = Proxy::start(coordinator.as_ref().unwrap().addr());
+    let upstream = coordinator.as_ref().unwrap().addr();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -228,7 +243,7 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
     );
 
     let mut slots: Vec<Slot> = (0..agents)
-        .map(|i| Slot::start(dir.path(), i, &proxy.url()))
+        .map(|i| Slot::start(dir.path(), i, upstream))
         .collect();
     // Every agent life's log, and whether the test SIGKILLed that life.
     let mut logs: Vec<(PathBuf, bool)> = Vec::new();
@@ -252,17 +267,25 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
                     ));
                 }
                 logs.push((slot.process.log_path().to_owned(), false));
-                slot.restart(&proxy.url());
+                slot.restart();
             }
         }
         if let Some((kind, until)) = link
             && now >= until
         {
-            match kind {
-                Fault::LinkCut => proxy.heal(),
-                _ => proxy.resume(),
+            for slot in &slots {
+                match kind {
+                    Fault::LinkCut => slot.link.heal(),
+                    _ => slot.link.resume(),
+                }
             }
             link = None;
+        }
+        for slot in &mut slots {
+            if slot.partitioned_until.is_some_and(|until| now >= until) {
+                slot.link.resume();
+                slot.partitioned_until = None;
+            }
         }
         if now >= next_poll {
             next_poll = now + Duration::from_secs(1);
@@ -276,13 +299,14 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
         }
         if now >= next_fault {
             next_fault = now + rng.millis(300, 1_500);
-            let kind = match rng.below(12) {
+            let kind = match rng.below(14) {
                 0..=2 => Fault::AgentKill,
                 3 => Fault::HostLoss,
                 4 | 5 => Fault::CoordinatorKill,
                 6 | 7 => Fault::Preemption,
                 8 | 9 => Fault::LinkCut,
-                _ => Fault::LinkStall,
+                10 | 11 => Fault::LinkStall,
+                _ => Fault::Partition,
             };
             let slot_index = rng.below(agents as u64) as usize;
             let slot = &mut slots[slot_index];
@@ -290,7 +314,7 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
                 Fault::AgentKill => {
                     slot.process.kill9();
                     logs.push((slot.process.log_path().to_owned(), true));
-                    slot.restart(&proxy.url());
+                    slot.restart();
                 }
                 Fault::HostLoss => {
                     slot.process.kill9_with_servers();
@@ -299,7 +323,7 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
                     slot.state_dir = dir
                         .path()
                         .join(format!("agent-{slot_index}-host-{}", slot.hosts));
-                    slot.restart(&proxy.url());
+                    slot.restart();
                 }
                 Fault::CoordinatorKill => {
                     if let Some(mut c) = coordinator.take() {
@@ -325,13 +349,27 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
                         continue;
                     }
                     if kind == Fault::LinkCut {
-                        proxy.cut();
+                        for slot in &slots {
+                            slot.link.cut();
+                        }
                         link = Some((kind, now + rng.millis(200, 2_500)));
                     } else {
-                        proxy.stall();
+                        for slot in &slots {
+                            slot.link.stall();
+                        }
                         // Sometimes past the lease TTL, so leases expire behind the stall.
                         link = Some((kind, now + rng.millis(500, 4_500)));
                     }
+                }
+                Fault::Partition => {
+                    if slot.partitioned_until.is_some() {
+                        continue;
+                    }
+                    // Past the TTL and the reaper's sweep, so the agent's units expire
+                    // and are leased to others while it keeps running them; its results
+                    // of that time arrive late, at a stale epoch.
+                    slot.link.stall();
+                    slot.partitioned_until = Some(now + rng.millis(4_000, 7_000));
                 }
             }
             ledger.fault(kind);
@@ -339,8 +377,10 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = started.elapsed();
-    proxy.heal();
-    proxy.resume();
+    for slot in &slots {
+        slot.link.heal();
+        slot.link.resume();
+    }
     if !finished {
         ledger.violation(format!(
             "the campaign did not finish within {limit:?} ({:?} units left)",
@@ -406,13 +446,15 @@ fn a_campaign_under_chaos_stores_every_step_exactly_once() {
         })
         .sum();
     let finished_by_agents: usize = agent_logs.iter().map(|(l, _)| l.finished.len()).sum();
+    let refused: usize = agent_logs.iter().map(|(l, _)| l.refused.len()).sum();
     eprintln!(
         "chaos: seed {seed}: {steps} steps in {:.1}s with {agents} agents; {ledger}",
         elapsed.as_secs_f64()
     );
     eprintln!(
         "chaos: {} agent lives, {launches} server launches, {finished_by_agents} steps finished \
-         by agents for {} stored ({} run again after a fault), leases: {figures}",
+         by agents for {} stored ({} run again after a fault), {refused} late result batches \
+         refused, leases: {figures}",
         logs.len(),
         figures.results,
         finished_by_agents.saturating_sub(figures.results as usize),

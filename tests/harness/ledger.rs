@@ -129,17 +129,20 @@ pub enum Fault {
     LinkCut,
     /// Every agent connection held open with nothing moving, for a while.
     LinkStall,
+    /// One agent's connections held open with nothing moving, past the lease TTL.
+    Partition,
 }
 
 impl Fault {
     /// Every kind, in report order.
-    pub const ALL: [Fault; 6] = [
+    pub const ALL: [Fault; 7] = [
         Fault::AgentKill,
         Fault::HostLoss,
         Fault::CoordinatorKill,
         Fault::Preemption,
         Fault::LinkCut,
         Fault::LinkStall,
+        Fault::Partition,
     ];
 
     /// A short name for reports.
@@ -151,6 +154,7 @@ impl Fault {
             Fault::Preemption => "preemption",
             Fault::LinkCut => "link_cut",
             Fault::LinkStall => "link_stall",
+            Fault::Partition => "partition",
         }
     }
 }

@@ -710,6 +710,86 @@ async fn end_orphans_ends_matching_groups_and_leaves_reused_pids_alone() {
     assert!(outcomes.iter().all(OrphanOutcome::is_settled));
 }
 
+#[tokio::test]
+async fn end_launch_ends_what_carries_the_token_and_nothing_else() {
+    // A crash fell between the spawn and the record: only the token in the environment
+    // says what the launch started. Its group (leader and a child), and a process that
+    // left for a group of its own, carry it; a look-alike without the token does not.
+    let token = format!("t{}", std::process::id());
+    let with_token = |script: &str, own_group: bool| {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", script])
+            .env(launcher::LAUNCH_TOKEN_ENV, &token)
+            .stdout(std::process::Stdio::null());
+        if own_group {
+            command.process_group(0);
+        }
+        Orphan {
+            child: command.spawn().unwrap(),
+        }
+    };
+    let server = with_token("sleep 1000 & wait", true);
+    let bystander = Orphan::start("sleep 1000 & wait");
+    // `setsid` puts its sleep in a new session and group led by a process whose
+    // environment carries the token; it stands for a worker that left the server's group.
+    let mut wanderer_parent = std::process::Command::new("setsid")
+        .args(["sleep", "1000"])
+        .env(launcher::LAUNCH_TOKEN_ENV, &token)
+        .spawn()
+        .unwrap();
+    let wanderer = wanderer_parent.id() as i32;
+    // In the test's own group, whose leader carries no token: killed on its own.
+    let mut loose = with_token("exec sleep 1000", false);
+    let loose_pid = loose.child.id() as i32;
+    eventually(
+        || launcher_members(server.pgid()) >= 2 && launcher_members(bystander.pgid()) >= 2,
+        "the processes started",
+    )
+    .await;
+
+    let outcomes = launcher::end_launch(
+        &token,
+        "sh -c …",
+        Path::new("/dev/null"),
+        "u",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(OrphanOutcome::is_settled),
+        "{outcomes:?}"
+    );
+    assert!(!group_alive(server.pgid()), "the launch's group is ended");
+    let _ = wanderer_parent.wait();
+    assert!(
+        process_start_time(wanderer).is_err(),
+        "the carrier in a group of its own is ended too"
+    );
+    let _ = loose.child.wait();
+    assert!(
+        process_start_time(loose_pid).is_err(),
+        "a carrier in a group it does not lead is killed"
+    );
+    assert!(
+        group_alive(bystander.pgid()),
+        "a process without the token is left alone"
+    );
+    assert!(
+        launcher::end_launch(
+            &token,
+            "",
+            Path::new("/dev/null"),
+            "u",
+            Duration::from_millis(100)
+        )
+        .await
+        .is_empty(),
+        "nothing carries the token any more"
+    );
+}
+
 /// Live members of a group, counted from /proc.
 fn launcher_members(pgid: i32) -> usize {
     std::fs::read_dir("/proc")

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use evalctl_agent::launcher::ServerRecord;
-use evalctl_agent::state::{AgentState, StateError};
+use evalctl_agent::state::{AgentState, LaunchIntent, StateError};
 use evalctl_proto::v1::{Lease, ResultBatch, StepResult, StepSpec};
 use proptest::prelude::*;
 
@@ -286,6 +286,30 @@ fn servers_are_recorded_replaced_and_forgotten() {
     state.forget_server(10).unwrap();
     state.forget_server(99).unwrap();
     assert_eq!(state.servers().unwrap(), vec![server(20)]);
+}
+
+#[test]
+fn a_launch_is_recorded_until_its_server_is_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = |token: &str| LaunchIntent {
+        token: token.into(),
+        unit_id: "u1".into(),
+        command: "sim-server --port 1".into(),
+        log_path: PathBuf::from("/tmp/u1-a1.log"),
+    };
+    {
+        let state = AgentState::open(dir.path()).unwrap();
+        state.record_launch(&launch("a")).unwrap();
+        state.record_launch(&launch("b")).unwrap();
+        // "a" got as far as a recorded server; "b" did not (a crash after its spawn).
+        state.record_launched_server(&server(10), "a").unwrap();
+    }
+    let state = AgentState::open(dir.path()).unwrap();
+    assert_eq!(state.launches().unwrap(), vec![launch("b")]);
+    assert_eq!(state.servers().unwrap(), vec![server(10)]);
+    state.forget_launch("b").unwrap();
+    state.forget_launch("unknown").unwrap();
+    assert!(state.launches().unwrap().is_empty());
 }
 
 #[derive(Debug, Clone)]

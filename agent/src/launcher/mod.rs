@@ -6,7 +6,8 @@
 //! - [`server`]: [`spawn`], [`RunningServer`] (health wait, exit polling, stop, log tail).
 //! - [`orphans`]: [`ServerRecord`] and [`end_orphans`], which ends the groups a crashed agent
 //!   left running, identified by process group id and start time so a reused pid is never
-//!   killed.
+//!   killed; and [`end_launch`], for a crash between a spawn and its record, which finds
+//!   the launch's processes by the token in their environment.
 //! - `group` and `procfs` (private): process groups and `/proc`; the launcher is Linux only.
 
 mod error;
@@ -19,7 +20,7 @@ pub mod template;
 
 pub use error::LaunchError;
 pub use group::group_alive;
-pub use orphans::{OrphanOutcome, ServerRecord, end_orphans};
+pub use orphans::{LAUNCH_TOKEN_ENV, OrphanOutcome, ServerRecord, end_launch, end_orphans};
 pub use procfs::process_start_time;
 pub use server::{
     AGENT_PROGRAM, LOG_TAIL_BYTES, LaunchSpec, RunningServer, StopOutcome, free_port, read_tail,

@@ -71,6 +71,57 @@ pub async fn end_orphans(records: &[ServerRecord], grace: Duration) -> Vec<Orpha
     futures::future::join_all(records.iter().map(|record| end_orphan(record, grace))).await
 }
 
+/// The variable a launch puts in the server's environment: its token, unique per launch
+/// (`state::LaunchIntent`). Children inherit it, so every process the launch started
+/// carries it, whatever group it moved to.
+pub const LAUNCH_TOKEN_ENV: &str = "EVALCTL_LAUNCH_TOKEN";
+
+/// Ends what a launch started when the agent died before recording its process group: the
+/// live processes whose environment carries `token` ([`LAUNCH_TOKEN_ENV`]). A group whose
+/// leader carries the token is ended as a recorded server would be (SIGTERM, `grace`,
+/// SIGKILL); any other carrier is killed on its own. An environment cannot be forged by a
+/// reused pid, so nothing else is touched. Returns one outcome per group or process ended.
+pub async fn end_launch(
+    token: &str,
+    command: &str,
+    log_path: &std::path::Path,
+    unit_id: &str,
+    grace: Duration,
+) -> Vec<OrphanOutcome> {
+    let carriers = match procfs::processes_with_env(LAUNCH_TOKEN_ENV, token) {
+        Ok(pids) => pids,
+        Err(err) => {
+            tracing::warn!(error = %err, "failed to scan /proc for a launch's processes");
+            return Vec::new();
+        }
+    };
+    let mut records = Vec::new();
+    let mut loose = Vec::new();
+    for &pid in &carriers {
+        match procfs::stat(pid) {
+            Ok(stat) if stat.pgrp == pid => records.push(ServerRecord {
+                pgid: pid,
+                start_time_ticks: stat.start_time_ticks,
+                command: command.to_owned(),
+                log_path: log_path.to_owned(),
+                unit_id: unit_id.to_owned(),
+            }),
+            Ok(stat) if carriers.contains(&stat.pgrp) => {} // ended with its group
+            Ok(_) => loose.push(pid),
+            Err(_) => {} // gone meanwhile
+        }
+    }
+    let mut outcomes = end_orphans(&records, grace).await;
+    for pid in loose {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
+            tracing::info!(pid = pid.as_raw(), unit = %unit_id, command, "killed a process a previous agent launched");
+            outcomes.push(OrphanOutcome::Killed);
+        }
+    }
+    outcomes
+}
+
 async fn end_orphan(record: &ServerRecord, grace: Duration) -> OrphanOutcome {
     let pgid = record.pgid;
     let outcome = if pgid <= 1 || pgid == nix::unistd::getpgrp().as_raw() {

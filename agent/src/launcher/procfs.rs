@@ -84,6 +84,34 @@ pub(crate) fn live_members(pgid: i32) -> io::Result<usize> {
     Ok(live)
 }
 
+/// The live processes whose environment holds `name=value`, by a scan of `/proc` (a
+/// process of another user, whose environment cannot be read, is not one of them).
+pub(crate) fn processes_with_env(name: &str, value: &str) -> io::Result<Vec<i32>> {
+    let wanted = format!("{name}={value}").into_bytes();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_slice())
+            && stat(pid).is_ok_and(|s| !s.is_dead())
+        {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

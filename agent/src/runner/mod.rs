@@ -479,8 +479,10 @@ pub(crate) async fn reregister(ctx: &Ctx, shutdown: &CancellationToken) {
     }
 }
 
-/// Ends server process groups a previous life of the agent left running.
+/// Ends server process groups a previous life of the agent left running: the recorded
+/// ones, and those of launches it died before recording.
 async fn end_orphan_servers(state: &AgentState, grace: Duration) {
+    end_unrecorded_launches(state, grace).await;
     let records = match state.servers() {
         Ok(records) => records,
         Err(err) => {
@@ -498,6 +500,34 @@ async fn end_orphan_servers(state: &AgentState, grace: Duration) {
         info!(pgid = record.pgid, unit = %record.unit_id, ?outcome, "server left by a previous run");
         if let Err(err) = state.forget_server(record.pgid) {
             warn!(pgid = record.pgid, error = %err, "failed to forget a server record");
+        }
+    }
+}
+
+/// Ends what a previous life started but died before recording (see
+/// [`crate::state::LaunchIntent`]), and forgets those launches.
+async fn end_unrecorded_launches(state: &AgentState, grace: Duration) {
+    let launches = match state.launches() {
+        Ok(launches) => launches,
+        Err(err) => {
+            warn!(error = %err, "failed to read recorded launches");
+            return;
+        }
+    };
+    for launch in launches {
+        let outcomes = launcher::end_launch(
+            &launch.token,
+            &launch.command,
+            &launch.log_path,
+            &launch.unit_id,
+            grace,
+        )
+        .await;
+        info!(unit = %launch.unit_id, command = %launch.command, ?outcomes, "launch left unrecorded by a previous run");
+        if outcomes.iter().all(launcher::OrphanOutcome::is_settled)
+            && let Err(err) = state.forget_launch(&launch.token)
+        {
+            warn!(error = %err, "failed to forget a launch record");
         }
     }
 }

@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::Ctx;
 use super::probe;
 use crate::launcher::{self, LaunchSpec, RunningServer, TemplateValues};
+use crate::state::LaunchIntent;
 
 pub use crate::launcher::LOG_TAIL_BYTES;
 
@@ -204,7 +205,7 @@ async fn launch(
             .collect::<Vec<_>>()
             .join(",")
     });
-    let spec = LaunchSpec {
+    let mut spec = LaunchSpec {
         command,
         env: framework
             .env
@@ -229,12 +230,35 @@ async fn launch(
         log = %spec.log_path.display(),
         "launching the server"
     );
-    let mut server = launcher::spawn(&spec).map_err(|e| fail(error_chain(&e)))?;
+    // Recorded before the spawn, with its token in the server's environment: a crash
+    // before the process group is recorded below still leaves the next life a way to
+    // find what this started.
+    let launch = LaunchIntent {
+        token: uuid::Uuid::new_v4().simple().to_string(),
+        unit_id: lease.unit_id.clone(),
+        command: spec.command.display(),
+        log_path: spec.log_path.clone(),
+    };
+    spec.env
+        .insert(launcher::LAUNCH_TOKEN_ENV.to_owned(), launch.token.clone());
+    ctx.state.record_launch(&launch).map_err(|err| {
+        fail(format!(
+            "failed to record the launch in the agent state: {err}"
+        ))
+    })?;
+    let mut server = match launcher::spawn(&spec) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = ctx.state.forget_launch(&launch.token);
+            return Err(fail(error_chain(&e)));
+        }
+    };
     let mut record = server.record();
     record.unit_id = lease.unit_id.clone();
-    if let Err(err) = ctx.state.record_server(&record) {
+    if let Err(err) = ctx.state.record_launched_server(&record, &launch.token) {
         // Without the record a crash would leave the server orphaned: do not run it.
         server.stop().await;
+        let _ = ctx.state.forget_launch(&launch.token);
         return Err(fail(format!(
             "failed to record the server's process group in the agent state: {err}"
         )));

@@ -20,11 +20,18 @@ pub(crate) struct Migration {
 }
 
 /// Every migration, in order; `version` is the position from 1.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_launches",
+        sql: include_str!("migrations/0002_launches.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub(crate) fn latest_version() -> u32 {
@@ -123,7 +130,14 @@ mod tests {
         assert_eq!(migrate(&mut conn).unwrap(), MIGRATIONS.len());
         assert_eq!(user_version(&conn).unwrap(), latest_version());
         let after = tables(&conn);
-        for table in ["meta", "leases", "outbox", "finished_steps", "servers"] {
+        for table in [
+            "meta",
+            "leases",
+            "outbox",
+            "finished_steps",
+            "servers",
+            "launches",
+        ] {
             assert!(after.iter().any(|t| t == table), "missing table {table}");
         }
         drop(conn);

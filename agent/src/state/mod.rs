@@ -325,6 +325,88 @@ impl AgentState {
         Ok(())
     }
 
+    /// Records a server about to be started, before the spawn: see [`LaunchIntent`].
+    pub fn record_launch(&self, launch: &LaunchIntent) -> Result<(), StateError> {
+        self.lock()
+            .conn
+            .execute(
+                "INSERT OR REPLACE INTO launches (token, unit_id, command, log_path) \
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    launch.token,
+                    launch.unit_id,
+                    launch.command,
+                    launch.log_path.as_os_str().as_bytes()
+                ],
+            )
+            .sql("record the launch")?;
+        Ok(())
+    }
+
+    /// Records the server a launch started and forgets the launch, in one transaction: at
+    /// every moment one of the two names the server.
+    pub fn record_launched_server(
+        &self,
+        rec: &ServerRecord,
+        token: &str,
+    ) -> Result<(), StateError> {
+        const ACTION: &str = "record the started server";
+        let ticks = to_sql_int("server start time", rec.start_time_ticks)?;
+        let mut inner = self.lock();
+        let tx = inner
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .sql(ACTION)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO servers (pgid, start_time_ticks, command, log_path, unit_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                rec.pgid,
+                ticks,
+                rec.command,
+                rec.log_path.as_os_str().as_bytes(),
+                rec.unit_id
+            ],
+        )
+        .sql(ACTION)?;
+        tx.execute("DELETE FROM launches WHERE token = ?1", [token])
+            .sql(ACTION)?;
+        tx.commit().sql(ACTION)?;
+        Ok(())
+    }
+
+    /// Forgets a launch (its spawn failed, or a later life ended what it started).
+    /// Forgetting an unknown one is fine.
+    pub fn forget_launch(&self, token: &str) -> Result<(), StateError> {
+        self.lock()
+            .conn
+            .execute("DELETE FROM launches WHERE token = ?1", [token])
+            .sql("forget the launch")?;
+        Ok(())
+    }
+
+    /// The launches not followed by a recorded server, by token.
+    pub fn launches(&self) -> Result<Vec<LaunchIntent>, StateError> {
+        let inner = self.lock();
+        let mut stmt = inner
+            .conn
+            .prepare_cached("SELECT token, unit_id, command, log_path FROM launches ORDER BY token")
+            .sql("read the launches")?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(LaunchIntent {
+                    token: row.get(0)?,
+                    unit_id: row.get(1)?,
+                    command: row.get(2)?,
+                    log_path: PathBuf::from(OsString::from_vec(row.get::<_, Vec<u8>>(3)?)),
+                })
+            })
+            .sql("read the launches")?
+            .collect::<Result<Vec<_>, _>>()
+            .sql("read the launches")?;
+        Ok(rows)
+    }
+
     /// Forgets a server once it is stopped. Forgetting an unknown one is fine.
     pub fn forget_server(&self, pgid: i32) -> Result<(), StateError> {
         self.lock()
@@ -369,6 +451,23 @@ impl AgentState {
             })
             .collect()
     }
+}
+
+/// A server about to be started, recorded before its spawn (migration 0002). The spawn
+/// puts `token` in the server's environment ([`crate::launcher::LAUNCH_TOKEN_ENV`]); once
+/// the server's process group is recorded the launch is forgotten. A launch still recorded
+/// when the agent starts means a crash fell between the two: the processes carrying the
+/// token are what it started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchIntent {
+    /// Unique per launch.
+    pub token: String,
+    /// The unit it was for.
+    pub unit_id: String,
+    /// The launch command, shell-quoted.
+    pub command: String,
+    /// The server's log file.
+    pub log_path: PathBuf,
 }
 
 /// Takes the exclusive lock on `<state_dir>/agent.lock`.

@@ -307,22 +307,7 @@ impl AgentState {
 
     /// Records a started server (replacing a record with the same pgid).
     pub fn record_server(&self, rec: &ServerRecord) -> Result<(), StateError> {
-        let ticks = to_sql_int("server start time", rec.start_time_ticks)?;
-        self.lock()
-            .conn
-            .execute(
-                "INSERT OR REPLACE INTO servers (pgid, start_time_ticks, command, log_path, unit_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    rec.pgid,
-                    ticks,
-                    rec.command,
-                    rec.log_path.as_os_str().as_bytes(),
-                    rec.unit_id
-                ],
-            )
-            .sql("record the server")?;
-        Ok(())
+        insert_server(&self.lock().conn, rec)
     }
 
     /// Records a server about to be started, before the spawn: see [`LaunchIntent`].
@@ -351,24 +336,12 @@ impl AgentState {
         token: &str,
     ) -> Result<(), StateError> {
         const ACTION: &str = "record the started server";
-        let ticks = to_sql_int("server start time", rec.start_time_ticks)?;
         let mut inner = self.lock();
         let tx = inner
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .sql(ACTION)?;
-        tx.execute(
-            "INSERT OR REPLACE INTO servers (pgid, start_time_ticks, command, log_path, unit_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                rec.pgid,
-                ticks,
-                rec.command,
-                rec.log_path.as_os_str().as_bytes(),
-                rec.unit_id
-            ],
-        )
-        .sql(ACTION)?;
+        insert_server(&tx, rec)?;
         tx.execute("DELETE FROM launches WHERE token = ?1", [token])
             .sql(ACTION)?;
         tx.commit().sql(ACTION)?;
@@ -451,6 +424,24 @@ impl AgentState {
             })
             .collect()
     }
+}
+
+/// Records a started server (replacing a record of the same process group).
+fn insert_server(conn: &Connection, rec: &ServerRecord) -> Result<(), StateError> {
+    let ticks = to_sql_int("server start time", rec.start_time_ticks)?;
+    conn.execute(
+        "INSERT OR REPLACE INTO servers (pgid, start_time_ticks, command, log_path, unit_id) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            rec.pgid,
+            ticks,
+            rec.command,
+            rec.log_path.as_os_str().as_bytes(),
+            rec.unit_id
+        ],
+    )
+    .sql("record the server")?;
+    Ok(())
 }
 
 /// A server about to be started, recorded before its spawn (migration 0002). The spawn

@@ -20,16 +20,16 @@
     dead_code,
     reason = "the scripted server is shared with the test suite"
 )]
-#[path = "../tests/support/scripted_server.rs"]
+#[path = "../loadgen/tests/support/scripted_server.rs"]
 mod scripted_server;
 
 use std::time::{Duration, Instant};
 
-use evalctl_agent::loadgen::{
+use evalctl_loadgen::{
     Api, Dataset, Load, Prompt, PromptInput, StepOutcome, StepPlan, Stop, Summary, Tokenization,
     chunk, client::now_ns, run_step,
 };
-use evalctl_agent::sim_server::{LatencyModel, SimConfig, SimServer};
+use evalctl_sim_server::{LatencyModel, SimConfig, SimServer};
 use scripted_server::{ScriptedServer, Step, chunks};
 
 fn dataset(output: u32) -> Dataset {

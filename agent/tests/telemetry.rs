@@ -7,14 +7,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use evalctl_agent::loadgen;
-use evalctl_agent::result::StepDocument;
 use evalctl_agent::runner::step::{self, ResultContext, Target};
-use evalctl_agent::telemetry::{
-    self, EnergyMethod, GpuSource, MetricsEndpoint, NvmlGpus, SimulatedGpus, StepRecorder,
-    TelemetryLine, Throughput,
-};
+use evalctl_loadgen as loadgen;
 use evalctl_proto::v1 as pb;
+use evalctl_results::StepDocument;
+use evalctl_telemetry::{
+    self as telemetry, EnergyMethod, GpuSource, MetricsEndpoint, NvmlGpus, SimulatedGpus,
+    StepRecorder, TelemetryLine, Throughput,
+};
 
 /// The simulator as a process, killed on drop.
 struct Sim {
@@ -254,7 +254,7 @@ async fn nvml_gpu_reads_real_values_and_samples_a_step() {
         Err(err) => {
             eprintln!(
                 "SKIPPED nvml_gpu test: NVML did not initialise ({})",
-                telemetry::error_chain(&err)
+                evalctl_common::error_chain(&err)
             );
             return;
         }

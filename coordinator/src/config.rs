@@ -46,7 +46,7 @@ pub struct FileConfig {
     /// Explicit database file (default `<data_dir>/coordinator.sqlite`).
     pub database: Option<PathBuf>,
     /// Lease time to live, e.g. "30s".
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub lease_ttl: Option<Duration>,
     /// Allow plain text on a non-loopback address.
     pub insecure: Option<bool>,
@@ -65,7 +65,7 @@ pub struct FileConfig {
     /// Submissions per token allowed at once.
     pub submit_burst: Option<u32>,
     /// How long shutdown waits for in-flight calls, e.g. "10s".
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub shutdown_grace: Option<Duration>,
 }
 
@@ -205,19 +205,6 @@ impl FileConfig {
             path: path.to_owned(),
             source,
         })
-    }
-}
-
-/// Serde adapter for optional humantime durations ("30s", "2m").
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

@@ -14,7 +14,6 @@ pub mod matrix;
 pub mod metrics;
 pub mod reaper;
 pub mod server;
-pub mod signal;
 pub mod store;
 pub mod tls;
 pub mod work;

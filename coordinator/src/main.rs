@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
+use evalctl_common::signal;
 use evalctl_coordinator::args::{AdminCommand, Args, GenCertsArgs, TokenCommand};
 use evalctl_coordinator::auth::token;
 use evalctl_coordinator::config::Config;
 use evalctl_coordinator::server::Coordinator;
 use evalctl_coordinator::store::{Store, TokenRow};
 use evalctl_coordinator::tls::certs::{self, CertsRequest};
-use evalctl_coordinator::{limits, logging, signal};
+use evalctl_coordinator::{limits, logging};
 
 /// mimalloc instead of glibc's allocator: with 10,000 agents connected it cut the
 /// coordinator's CPU per lease grant by about a quarter (docs/performance.md).

@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use evalctl_agent::client::{self as agent_client, BearerToken, ClientAuth, ClientError};
+use evalctl_proto::client::{self as agent_client, BearerToken, ClientAuth, ClientError};
 use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
 use evalctl_proto::v1::token_service_client::TokenServiceClient;
 use tonic::service::interceptor::InterceptedService;

@@ -16,27 +16,11 @@
 
 use std::fmt;
 
-/// The placeholders of a framework `command` (and of an include's `extra_args`). The same list
-/// as the coordinator's `matrix::placeholders::SERVER`; the two crates share no code, so a
-/// test in each keeps them in step with the documentation.
-pub const SERVER_PLACEHOLDERS: &[&str] = &[
-    "model.name",
-    "model.path",
-    "model.tokenizer",
-    "port",
-    "host",
-    "gpu.count",
-    "gpu.type",
-    "gpu.indices",
-    "quant.name",
-    "quant.bits",
-    "quant.args",
-    "framework.name",
-    "unit.id",
-];
+/// The placeholders of a framework `command` (and of an include's `extra_args`): the wire
+/// contract's list, which the coordinator checks templates against.
+pub use evalctl_proto::template::SERVER as SERVER_PLACEHOLDERS;
 
-/// Placeholders whose value is a list of arguments, split shell-style when unquoted.
-const SPLIT_PLACEHOLDERS: &[&str] = &["quant.args"];
+use evalctl_proto::template::{self as grammar, SPLIT as SPLIT_PLACEHOLDERS, Segment, SyntaxError};
 
 /// Values for the SERVER placeholders of a framework command.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -257,12 +241,21 @@ fn render_words(
     names: &[&str],
     split: &[&str],
 ) -> Result<Vec<String>, TemplateError> {
-    let segments = parse(template)?;
+    let segments = grammar::parse(template).map_err(|err| match err {
+        SyntaxError::Unclosed { offset } => TemplateError::Unclosed {
+            offset,
+            template: template.to_owned(),
+        },
+        SyntaxError::Unmatched { offset } => TemplateError::Unmatched {
+            offset,
+            template: template.to_owned(),
+        },
+    })?;
     let mut words = Words::default();
     for segment in segments {
         match segment {
             Segment::Literal(text) => words.push_literal(&text),
-            Segment::Placeholder(name) => {
+            Segment::Placeholder { name, .. } => {
                 let value = names
                     .contains(&name)
                     .then(|| lookup(name))
@@ -295,58 +288,6 @@ fn render_words(
             template: template.to_owned(),
         },
     })
-}
-
-/// One piece of a parsed template.
-#[derive(Debug, PartialEq, Eq)]
-enum Segment<'a> {
-    /// Literal text, `{{`/`}}` already unescaped.
-    Literal(String),
-    /// The name between the braces of a placeholder.
-    Placeholder(&'a str),
-}
-
-/// Splits `template` into literal text and placeholders (the grammar of `format!`).
-fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
-    let mut segments = Vec::new();
-    let mut literal = String::new();
-    let mut rest = template.char_indices().peekable();
-    while let Some((i, c)) = rest.next() {
-        match c {
-            '{' | '}' if rest.peek().map(|&(_, n)| n) == Some(c) => {
-                rest.next();
-                literal.push(c);
-            }
-            '{' => {
-                let close = template[i + 1..]
-                    .find(['{', '}'])
-                    .map(|j| i + 1 + j)
-                    .filter(|&j| template.as_bytes()[j] == b'}')
-                    .ok_or_else(|| TemplateError::Unclosed {
-                        offset: i,
-                        template: template.to_owned(),
-                    })?;
-                if !literal.is_empty() {
-                    segments.push(Segment::Literal(std::mem::take(&mut literal)));
-                }
-                segments.push(Segment::Placeholder(&template[i + 1..close]));
-                while rest.peek().is_some_and(|&(j, _)| j <= close) {
-                    rest.next();
-                }
-            }
-            '}' => {
-                return Err(TemplateError::Unmatched {
-                    offset: i,
-                    template: template.to_owned(),
-                });
-            }
-            _ => literal.push(c),
-        }
-    }
-    if !literal.is_empty() {
-        segments.push(Segment::Literal(literal));
-    }
-    Ok(segments)
 }
 
 /// Why text does not split into words.
@@ -524,25 +465,19 @@ mod tests {
 
     #[test]
     fn parse_handles_escaped_braces_and_multibyte_text() {
-        assert_eq!(
-            parse("é{a}{{x}}ü{b}").unwrap(),
-            vec![
-                Segment::Literal("é".into()),
-                Segment::Placeholder("a"),
-                Segment::Literal("{x}ü".into()),
-                Segment::Placeholder("b"),
-            ]
-        );
+        let lookup = |name: &str| Some(format!("<{name}>"));
+        let render = |text: &str| render_template(text, &["a", "b"], &lookup);
+        assert_eq!(render("é{a}{{x}}ü{b}").unwrap().argv, ["é<a>{x}ü<b>"]);
         assert!(matches!(
-            parse("a {b").unwrap_err(),
+            render("a {b").unwrap_err(),
             TemplateError::Unclosed { offset: 2, .. }
         ));
         assert!(matches!(
-            parse("a {b {c}").unwrap_err(),
+            render("a {b {c}").unwrap_err(),
             TemplateError::Unclosed { offset: 2, .. }
         ));
         assert!(matches!(
-            parse("a } b").unwrap_err(),
+            render("a } b").unwrap_err(),
             TemplateError::Unmatched { offset: 2, .. }
         ));
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::client::ClientAuth;
 use crate::preemption::{Provider, WatchConfig};
+use evalctl_proto::client::ClientAuth;
 
 /// Settings as read from the TOML file; every field optional so flags and env can fill in.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -33,13 +33,13 @@ pub struct FileConfig {
     /// Address inference servers listen on (the load generator connects there).
     pub server_host: Option<String>,
     /// How long one lease request may wait at the coordinator, e.g. "20s".
-    #[serde(default, with = "humantime_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub acquire_wait: Option<Duration>,
     /// SIGTERM → SIGKILL grace of a server's process group, e.g. "10s".
-    #[serde(default, with = "humantime_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub stop_grace: Option<Duration>,
     /// How long shutdown waits for unacknowledged results to reach the coordinator.
-    #[serde(default, with = "humantime_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub flush_timeout: Option<Duration>,
     /// Keep a server running after its unit for a next unit with the same configuration.
     pub keep_warm: Option<bool>,
@@ -53,7 +53,7 @@ pub struct FileConfig {
     /// Metadata service base URL (default: the provider's usual address).
     pub metadata_url: Option<String>,
     /// Poll interval of the metadata service, e.g. "5s" (default: the provider's).
-    #[serde(default, with = "humantime_opt")]
+    #[serde(default, with = "evalctl_common::duration::optional")]
     pub metadata_poll: Option<Duration>,
     /// Bearer token (role `agent`); prefer `token_file` or `EVALCTL_TOKEN`.
     pub token: Option<String>,
@@ -165,7 +165,7 @@ impl AgentConfig {
             stop_grace: Duration::from_secs(10),
             flush_timeout: Duration::from_secs(10),
             keep_warm: true,
-            telemetry_rate_hz: crate::telemetry::DEFAULT_RATE_HZ,
+            telemetry_rate_hz: evalctl_telemetry::DEFAULT_RATE_HZ,
             gpu_aliases: BTreeMap::new(),
             preemption: None,
             auth: ClientAuth::default(),
@@ -284,19 +284,6 @@ pub fn default_state_dir() -> PathBuf {
     match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
         Some(home) => PathBuf::from(home).join(".local/state/evalctl/agent"),
         None => PathBuf::from("evalctl-agent-state"),
-    }
-}
-
-/// `Option<Duration>` from a humantime string ("30s", "2m").
-mod humantime_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-            .transpose()
     }
 }
 

@@ -4,7 +4,7 @@ use evalctl_proto::v1 as pb;
 
 use super::Ctx;
 use super::servers::Session;
-use crate::result::Environment;
+use evalctl_results::Environment;
 
 /// The environment of `lease` running on `session`.
 pub fn describe(ctx: &Ctx, lease: &pb::Lease, session: &Session) -> Environment {

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::launcher::{self, RenderedCommand};
 
 /// Placeholders of a harness command.
-pub const HARNESS_PLACEHOLDERS: &[&str] = &["url", "model.path", "model.name", "out"];
+pub use evalctl_proto::template::HARNESS as HARNESS_PLACEHOLDERS;
 /// Time limit of a harness without a `duration`.
 const DEFAULT_LIMIT: Duration = Duration::from_secs(3600);
 /// Grace between SIGTERM and SIGKILL of a harness's group.

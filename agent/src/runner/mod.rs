@@ -49,12 +49,16 @@ use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 pub use config::{AgentConfig, FileConfig};
+/// The GPU source [`run`] takes, and how a binary finds the host's (NVML, a simulated spec,
+/// or none).
+pub use evalctl_telemetry::{GpuSource, detect as detect_gpus};
 
-use crate::client::{self, BearerToken};
+use evalctl_proto::client::{self, BearerToken};
+use evalctl_telemetry::Inventory;
+
 use crate::launcher;
 use crate::preemption::{self, WatchConfig};
 use crate::state::AgentState;
-use crate::telemetry::{GpuSource, Inventory};
 
 /// Largest gRPC message either way; results carry compressed per-request records.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
@@ -94,7 +98,7 @@ pub enum AgentError {
         url: String,
         /// The cause.
         #[source]
-        source: crate::client::ClientError,
+        source: evalctl_proto::client::ClientError,
     },
 }
 

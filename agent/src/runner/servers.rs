@@ -250,7 +250,7 @@ async fn launch(
         Ok(server) => server,
         Err(e) => {
             let _ = ctx.state.forget_launch(&launch.token);
-            return Err(fail(error_chain(&e)));
+            return Err(fail(evalctl_common::error_chain(&e)));
         }
     };
     let mut record = server.record();
@@ -290,16 +290,4 @@ async fn launch(
         framework_version,
         cuda_visible_devices,
     })
-}
-
-/// `error: cause: cause` on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

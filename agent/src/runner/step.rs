@@ -1,18 +1,17 @@
 //! One step of a unit: its protocol description turned into a load-generator plan, run, and
 //! its outcome turned into the `StepResult` the coordinator stores.
 
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
 
-use crate::loadgen::dataset::{self, LengthFilter};
-use crate::loadgen::{
-    Api, Arrival, DatasetPlan, DatasetSource, Load, RequestRecord, Slo, StepOutcome, StepPlan, Stop,
+use evalctl_loadgen::dataset::{self, LengthFilter};
+use evalctl_loadgen::{
+    Api, Arrival, DatasetPlan, DatasetSource, Load, Slo, StepOutcome, StepPlan, Stop,
 };
-use crate::result::{STEP_DOCUMENT_SCHEMA, StepDocument};
-use crate::telemetry::RecordedTelemetry;
+use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument, codec};
+use evalctl_telemetry::RecordedTelemetry;
 
 /// Prompts prepared for a duration-bound step (requests reuse them in turn).
 const PROMPTS_FOR_DURATION: usize = 1_000;
@@ -235,6 +234,7 @@ pub fn result(
     };
     let document = StepDocument {
         schema: STEP_DOCUMENT_SCHEMA,
+        schema_minor: STEP_DOCUMENT_SCHEMA_MINOR,
         simulated: ctx.simulated,
         step_label: label(ctx.step),
         metrics: Some(outcome.metrics.clone()),
@@ -249,7 +249,7 @@ pub fn result(
     let mut result = protocol_result(
         ctx,
         serde_json::to_string(&document).map_err(std::io::Error::other)?,
-        compress_records(&outcome.records)?,
+        codec::encode_records(&outcome.records)?,
     );
     result.telemetry_zstd = telemetry_zstd;
     Ok(result)
@@ -276,28 +276,6 @@ pub fn protocol_result(
         finished_at_ms: ctx.finished_at_ms,
         telemetry_zstd: Vec::new(),
     }
-}
-
-/// zstd level of request records: fast, and JSON Lines of timings compress ~10×.
-const RECORDS_ZSTD_LEVEL: i32 = 3;
-
-/// Per-request records as zstd-compressed JSON Lines.
-pub fn compress_records(records: &[RequestRecord]) -> std::io::Result<Vec<u8>> {
-    let mut encoder = zstd::Encoder::new(Vec::new(), RECORDS_ZSTD_LEVEL)?;
-    for record in records {
-        serde_json::to_writer(&mut encoder, record).map_err(std::io::Error::other)?;
-        encoder.write_all(b"\n")?;
-    }
-    encoder.finish()
-}
-
-/// Reads back [`compress_records`]' output.
-pub fn decompress_records(blob: &[u8]) -> std::io::Result<Vec<RequestRecord>> {
-    let text = zstd::decode_all(blob)?;
-    text.split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| serde_json::from_slice(line).map_err(std::io::Error::other))
-        .collect()
 }
 
 #[cfg(test)]
@@ -368,19 +346,5 @@ mod tests {
             .to_string();
         assert!(err.contains("chat @ c=2 #1"), "{err}");
         assert!(err.contains("neither requests nor duration"), "{err}");
-    }
-
-    #[test]
-    fn records_round_trip_through_zstd_json_lines() {
-        let records: Vec<RequestRecord> = (0..100)
-            .map(|i| RequestRecord {
-                index: i,
-                token_ns: vec![i * 10, i * 10 + 5],
-                output_tokens: 2,
-                ..Default::default()
-            })
-            .collect();
-        let blob = compress_records(&records).unwrap();
-        assert_eq!(decompress_records(&blob).unwrap(), records);
     }
 }

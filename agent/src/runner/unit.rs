@@ -14,9 +14,10 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use super::servers::{self, LOG_TAIL_BYTES, Session};
 use super::step::{self, ResultContext, Target};
 use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
-use crate::loadgen;
-use crate::result::{STEP_DOCUMENT_SCHEMA, StepDocument};
-use crate::telemetry;
+
+use evalctl_loadgen as loadgen;
+use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument};
+use evalctl_telemetry as telemetry;
 
 /// Calls to the coordinator about a lease's end are retried this long on transport errors.
 const END_CALL_PATIENCE: Duration = Duration::from_secs(15);
@@ -193,7 +194,7 @@ async fn load_step(
         Ok(plan) => plan,
         Err(err) => {
             return Err(Ending::Failed {
-                error: servers::error_chain(&err),
+                error: evalctl_common::error_chain(&err),
                 log_tail: session.server.log_tail(LOG_TAIL_BYTES),
             });
         }
@@ -237,7 +238,7 @@ async fn load_step(
         Ok(outcome) => outcome,
         Err(err) => {
             return Err(Ending::Failed {
-                error: format!("step {label}: {}", servers::error_chain(&err)),
+                error: format!("step {label}: {}", evalctl_common::error_chain(&err)),
                 log_tail: session.server.log_tail(LOG_TAIL_BYTES),
             });
         }
@@ -331,6 +332,7 @@ async fn harness_step(
     }
     let document = StepDocument {
         schema: STEP_DOCUMENT_SCHEMA,
+        schema_minor: STEP_DOCUMENT_SCHEMA_MINOR,
         simulated: false,
         step_label: label.clone(),
         metrics: None,

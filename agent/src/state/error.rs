@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use evalctl_common::sqlite::SqliteError;
+
 /// What can go wrong with the agent's state file.
 ///
 /// Messages say what failed ("failed to …") and never repeat their source; print the chain to
@@ -39,67 +41,9 @@ pub enum StateError {
         path: PathBuf,
     },
 
-    /// The database file could not be opened.
-    #[error("failed to open the agent state `{}`", path.display())]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// A connection setting could not be applied.
-    #[error("failed to set `PRAGMA {pragma}`")]
-    Pragma {
-        /// The pragma, e.g. `journal_mode = WAL`.
-        pragma: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// SQLite accepted a pragma but kept another value (e.g. WAL on a file system without
-    /// shared memory).
-    #[error("failed to set `PRAGMA {pragma}`: SQLite kept `{actual}`")]
-    PragmaIgnored {
-        /// The pragma.
-        pragma: &'static str,
-        /// The value SQLite reports instead.
-        actual: String,
-    },
-
-    /// A schema migration failed; the file stays at the previous version.
-    #[error("failed to apply migration `{name}` to the agent state")]
-    Migrate {
-        /// Migration name, e.g. `0001_initial`.
-        name: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// The file was written by a newer agent.
-    #[error(
-        "failed to open the agent state: its schema version {found} is newer than the {known} \
-         this agent knows (hint: run the newer agent, or move the state directory away)"
-    )]
-    SchemaTooNew {
-        /// `PRAGMA user_version` of the file.
-        found: u32,
-        /// The newest version this build has migrations for.
-        known: u32,
-    },
-
-    /// A statement failed.
-    #[error("failed to {action}")]
-    Sql {
-        /// What the state was doing, e.g. `store the lease`.
-        action: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// Opening, migrating or querying the SQLite file failed.
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
 
     /// A stored protobuf message does not decode.
     #[error("failed to decode a stored {what}")]
@@ -149,13 +93,4 @@ pub enum StateError {
 }
 
 /// Attaches what the state was doing to a rusqlite error.
-pub(crate) trait SqlContext<T> {
-    /// Maps the error to [`StateError::Sql`] with `action`.
-    fn sql(self, action: &'static str) -> Result<T, StateError>;
-}
-
-impl<T> SqlContext<T> for Result<T, rusqlite::Error> {
-    fn sql(self, action: &'static str) -> Result<T, StateError> {
-        self.map_err(|source| StateError::Sql { action, source })
-    }
-}
+pub(crate) use evalctl_common::sqlite::SqlContext;

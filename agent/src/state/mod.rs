@@ -29,11 +29,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use evalctl_common::sqlite;
 use evalctl_proto::v1::{Lease, ResultBatch};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use prost::Message as _;
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
 use error::SqlContext as _;
 pub use error::StateError;
@@ -75,7 +76,7 @@ impl AgentState {
         let lock = lock(state_dir)?;
         let path = state_dir.join(STATE_FILE);
         let mut conn = open_connection(&path)?;
-        migrations::migrate(&mut conn)?;
+        migrations::SCHEMA.migrate(&mut conn)?;
         let agent_id = load_or_create_agent_id(&conn)?;
         Ok(AgentState {
             inner: Mutex::new(Inner { conn, agent_id }),
@@ -487,33 +488,13 @@ fn lock(state_dir: &Path) -> Result<Flock<File>, StateError> {
 /// Opens the database with the state's settings; `journal_mode` is checked, the rest are read
 /// back by a test (SQLite ignores an unknown pragma without a word).
 fn open_connection(path: &Path) -> Result<Connection, StateError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StateError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let pragma = |pragma: &'static str| move |source| StateError::Pragma { pragma, source };
+    let conn = sqlite::open_read_write(path, "the agent state")?;
     conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(pragma("busy_timeout"))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(pragma("journal_mode = WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StateError::PragmaIgnored {
-            pragma: "journal_mode = WAL",
-            actual: mode,
-        });
-    }
+        .map_err(sqlite::pragma_failed("busy_timeout"))?;
+    sqlite::enable_wal(&conn)?;
     // The outbox holds results that exist nowhere else: every commit reaches the disk.
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(pragma("synchronous = FULL"))?;
-    conn.pragma_update(None, "foreign_keys", true)
-        .map_err(pragma("foreign_keys = ON"))?;
+    sqlite::set_pragma(&conn, "synchronous = FULL", "synchronous", "FULL")?;
+    sqlite::set_pragma(&conn, "foreign_keys = ON", "foreign_keys", true)?;
     Ok(conn)
 }
 
@@ -529,6 +510,7 @@ fn load_or_create_agent_id(conn: &Connection) -> Result<String, StateError> {
         row.get(0)
     })
     .sql("read the agent id")
+    .map_err(StateError::from)
 }
 
 fn to_sql_int(what: &'static str, value: u64) -> Result<i64, StateError> {
@@ -566,7 +548,10 @@ mod tests {
         assert_eq!(get("synchronous"), 2, "FULL");
         assert_eq!(get("foreign_keys"), 1);
         assert_eq!(get("busy_timeout"), BUSY_TIMEOUT.as_millis() as i64);
-        assert_eq!(i64::from(migrations::latest_version()), get("user_version"));
+        assert_eq!(
+            i64::from(migrations::SCHEMA.latest_version()),
+            get("user_version")
+        );
         let violations: Vec<String> = conn
             .prepare("PRAGMA foreign_key_check")
             .unwrap()

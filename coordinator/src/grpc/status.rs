@@ -1,7 +1,5 @@
 //! Maps coordinator errors to gRPC statuses with messages a user can act on.
 
-use std::error::Error;
-
 use tonic::Status;
 use tracing::error;
 
@@ -9,16 +7,7 @@ use crate::matrix::MatrixError;
 use crate::store::StoreError;
 
 /// Renders an error with its whole `source` chain: "a: b: c".
-pub fn chain(err: &dyn Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use evalctl_common::error_chain as chain;
 
 /// A matrix the coordinator cannot expand is the caller's error.
 pub fn matrix_error(err: MatrixError) -> Status {

@@ -10,107 +10,11 @@ use super::error::{Errors, MatrixError, closest};
 use super::model::At;
 use super::yaml::Source;
 
-/// Placeholders of a framework `command` (and of an include's `extra_args`), rendered by
-/// the agent at launch.
-pub(crate) const SERVER: &[&str] = &[
-    "model.name",
-    "model.path",
-    "model.tokenizer",
-    "port",
-    "host",
-    "gpu.count",
-    "gpu.type",
-    "gpu.indices",
-    "quant.name",
-    "quant.bits",
-    "quant.args",
-    "framework.name",
-    "unit.id",
-];
-
-/// Placeholders of an `api: command` workload's harness command, rendered by the agent.
-pub(crate) const HARNESS: &[&str] = &["url", "model.path", "model.name", "out"];
-
-/// Placeholders of a model's `path`, rendered at expansion.
-pub(crate) const MODEL_PATH: &[&str] = &["quant.name"];
-
-/// One piece of a parsed template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Segment<'a> {
-    /// Literal text (with `{{`/`}}` already unescaped).
-    Literal(String),
-    /// A `{name}` placeholder; `offset` is the byte offset of its `{` in the template.
-    Placeholder {
-        /// Text between the braces.
-        name: &'a str,
-        /// Byte offset of the opening brace.
-        offset: usize,
-    },
-}
-
-/// A template that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum TemplateError {
-    /// A `{` without its `}`.
-    Unclosed {
-        /// Byte offset of the brace.
-        offset: usize,
-    },
-    /// A `}` that closes nothing.
-    Unmatched {
-        /// Byte offset of the brace.
-        offset: usize,
-    },
-}
-
-/// Splits `template` into literal text and placeholders.
-pub(crate) fn parse(template: &str) -> Result<Vec<Segment<'_>>, TemplateError> {
-    let mut segments = Vec::new();
-    let mut literal = String::new();
-    let bytes = template.as_bytes();
-    let mut i = 0;
-    let mut start = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'{' if bytes.get(i + 1) == Some(&b'{') => {
-                literal.push_str(&template[start..i]);
-                literal.push('{');
-                i += 2;
-                start = i;
-            }
-            b'}' if bytes.get(i + 1) == Some(&b'}') => {
-                literal.push_str(&template[start..i]);
-                literal.push('}');
-                i += 2;
-                start = i;
-            }
-            b'{' => {
-                literal.push_str(&template[start..i]);
-                let close = template[i + 1..]
-                    .find(['{', '}'])
-                    .map(|j| i + 1 + j)
-                    .filter(|&j| bytes[j] == b'}')
-                    .ok_or(TemplateError::Unclosed { offset: i })?;
-                if !literal.is_empty() {
-                    segments.push(Segment::Literal(std::mem::take(&mut literal)));
-                }
-                segments.push(Segment::Placeholder {
-                    name: &template[i + 1..close],
-                    offset: i,
-                });
-                i = close + 1;
-                start = i;
-            }
-            b'}' => return Err(TemplateError::Unmatched { offset: i }),
-            _ => i += 1,
-        }
-    }
-    literal.push_str(&template[start..]);
-    if !literal.is_empty() {
-        segments.push(Segment::Literal(literal));
-    }
-    Ok(segments)
-}
+/// The placeholder vocabularies and the grammar, from the wire contract (the agent renders
+/// with the same definitions).
+pub(crate) use evalctl_proto::template::{
+    HARNESS, MODEL_PATH, SERVER, Segment, SyntaxError as TemplateError, parse,
+};
 
 /// Checks that `template` parses and uses only `allowed` placeholders; errors point at the
 /// offending brace and list the valid names.

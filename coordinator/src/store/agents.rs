@@ -84,6 +84,7 @@ fn live_leases(conn: &Connection, agent: &AgentId) -> Result<Vec<LeaseId>, Store
         .sql("read the agent's leases")?
         .collect::<Result<_, _>>()
         .sql("read the agent's leases")
+        .map_err(StoreError::from)
 }
 
 /// See [`Store::heartbeat`](super::Store::heartbeat).

@@ -41,5 +41,7 @@ pub(crate) fn recent(conn: &Connection, limit: usize) -> Result<Vec<AuditEntry>,
             })
         })
         .sql("read the audit log")?;
-    rows.collect::<Result<_, _>>().sql("read the audit log")
+    rows.collect::<Result<_, _>>()
+        .sql("read the audit log")
+        .map_err(StoreError::from)
 }

@@ -22,6 +22,7 @@ pub(crate) fn campaign_key(
                 .optional()
         })
         .sql("look up the campaign")
+        .map_err(StoreError::from)
 }
 
 /// Cancels a campaign; see [`Store::cancel`](super::Store::cancel).
@@ -305,6 +306,7 @@ fn count(conn: &Connection, sql: &str, campaign_key: i64) -> Result<u64, StoreEr
     conn.prepare_cached(sql)
         .and_then(|mut s| s.query_row([campaign_key], |r| r.get(0)))
         .sql("count rows")
+        .map_err(StoreError::from)
 }
 
 /// The dropped list of a campaign, in expansion order.

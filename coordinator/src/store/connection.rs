@@ -6,9 +6,13 @@
 use std::path::Path;
 use std::time::Duration;
 
+use evalctl_common::sqlite;
 use rusqlite::{Connection, OpenFlags};
 
 use super::error::StoreError;
+
+/// How the database file is named in errors.
+const FILE: &str = "the database";
 
 /// How long a connection waits for a lock held by another connection before `SQLITE_BUSY`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,68 +34,37 @@ const READER_CACHE_KIB: i64 = 16 * 1024;
 /// then the database stays consistent. That is the trade the coordinator wants: a commit
 /// costs no fsync, which is what lets it batch thousands of writes per second.
 pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(pragma("journal_mode = WAL"))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::PragmaIgnored {
-            pragma: "journal_mode = WAL",
-            actual: mode,
-        });
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(pragma("synchronous = NORMAL"))?;
+    let conn = sqlite::open_read_write(path, FILE)?;
+    sqlite::enable_wal(&conn)?;
+    sqlite::set_pragma(&conn, "synchronous = NORMAL", "synchronous", "NORMAL")?;
     // The writer checkpoints after answering, not inside COMMIT (see `writer`).
-    conn.pragma_update(None, "wal_autocheckpoint", 0)
-        .map_err(pragma("wal_autocheckpoint = 0"))?;
-    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
-        .map_err(pragma("cache_size"))?;
+    sqlite::set_pragma(&conn, "wal_autocheckpoint = 0", "wal_autocheckpoint", 0)?;
+    sqlite::set_pragma(&conn, "cache_size", "cache_size", -WRITER_CACHE_KIB)?;
     common(&conn)?;
     Ok(conn)
 }
 
 /// Opens a read-only connection to a database the writer has created and migrated.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
+    let conn = sqlite::open(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|source| StoreError::Open {
-        path: path.to_owned(),
-        source,
-    })?;
-    conn.pragma_update(None, "query_only", true)
-        .map_err(pragma("query_only = ON"))?;
-    conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
-        .map_err(pragma("cache_size"))?;
+        FILE,
+    )?;
+    sqlite::set_pragma(&conn, "query_only = ON", "query_only", true)?;
+    sqlite::set_pragma(&conn, "cache_size", "cache_size", -READER_CACHE_KIB)?;
     common(&conn)?;
     Ok(conn)
 }
 
 /// Settings of every connection.
 fn common(conn: &Connection) -> Result<(), StoreError> {
-    conn.pragma_update(None, "foreign_keys", true)
-        .map_err(pragma("foreign_keys = ON"))?;
+    sqlite::set_pragma(conn, "foreign_keys = ON", "foreign_keys", true)?;
     conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(pragma("busy_timeout"))?;
-    conn.pragma_update(None, "temp_store", "MEMORY")
-        .map_err(pragma("temp_store = MEMORY"))?;
+        .map_err(sqlite::pragma_failed("busy_timeout"))?;
+    sqlite::set_pragma(conn, "temp_store = MEMORY", "temp_store", "MEMORY")?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
-}
-
-fn pragma(pragma: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |source| StoreError::Pragma { pragma, source }
 }
 
 /// The settings a test reads back from a connection.

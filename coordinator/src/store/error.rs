@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use evalctl_common::sqlite::SqliteError;
+
 /// What can go wrong in the store.
 ///
 /// Messages say what failed ("failed to …") and never repeat their source; print the chain
@@ -19,67 +21,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    /// The database file could not be opened.
-    #[error("failed to open database `{}`", path.display())]
-    Open {
-        /// The database file.
-        path: PathBuf,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// A connection setting could not be applied or did not take effect.
-    #[error("failed to set `PRAGMA {pragma}`")]
-    Pragma {
-        /// The pragma, e.g. `journal_mode = WAL`.
-        pragma: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// SQLite accepted a pragma but kept another value (e.g. WAL on a file system without
-    /// shared memory).
-    #[error("failed to set `PRAGMA {pragma}`: SQLite kept `{actual}`")]
-    PragmaIgnored {
-        /// The pragma, e.g. `journal_mode = WAL`.
-        pragma: &'static str,
-        /// The value SQLite reports instead.
-        actual: String,
-    },
-
-    /// A schema migration failed; the database stays at the previous version.
-    #[error("failed to apply migration `{name}`")]
-    Migrate {
-        /// Migration name, e.g. `0001_initial`.
-        name: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
-
-    /// The database was written by a newer coordinator.
-    #[error(
-        "failed to open database: its schema version {found} is newer than the {known} this \
-         coordinator knows (hint: run the newer coordinator, or restore a backup)"
-    )]
-    SchemaTooNew {
-        /// `PRAGMA user_version` of the file.
-        found: u32,
-        /// The newest version this build has migrations for.
-        known: u32,
-    },
-
-    /// A statement failed.
-    #[error("failed to {action}")]
-    Sql {
-        /// What the store was doing, e.g. `insert units`.
-        action: &'static str,
-        /// The SQLite error.
-        #[source]
-        source: rusqlite::Error,
-    },
+    /// Opening, migrating or querying the database failed.
+    #[error(transparent)]
+    Sqlite(#[from] SqliteError),
 
     /// The transaction holding a batch of writes could not commit; none of them is stored.
     #[error("failed to commit a batch of writes")]
@@ -233,13 +177,4 @@ pub enum StoreError {
 }
 
 /// Attaches what the store was doing to a rusqlite error.
-pub(crate) trait SqlContext<T> {
-    /// Maps the error to [`StoreError::Sql`] with `action`.
-    fn sql(self, action: &'static str) -> Result<T, StoreError>;
-}
-
-impl<T> SqlContext<T> for Result<T, rusqlite::Error> {
-    fn sql(self, action: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Sql { action, source })
-    }
-}
+pub(crate) use evalctl_common::sqlite::SqlContext;

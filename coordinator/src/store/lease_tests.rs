@@ -249,7 +249,11 @@ async fn unit_row(env: &Env, campaign: &CampaignId, unit: &UnitId) -> UnitRow {
 
 async fn count(env: &Env, sql: &'static str) -> i64 {
     env.store
-        .read(move |conn| conn.query_row(sql, [], |r| r.get(0)).sql("count"))
+        .read(move |conn| {
+            conn.query_row(sql, [], |r| r.get(0))
+                .sql("count")
+                .map_err(StoreError::from)
+        })
         .await
         .unwrap()
 }
@@ -264,6 +268,7 @@ async fn infra_attempts(env: &Env, unit: &UnitId) -> u32 {
                 |r| r.get(0),
             )
             .sql("read infra attempts")
+            .map_err(StoreError::from)
         })
         .await
         .unwrap()
@@ -1002,6 +1007,7 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
         .read(|conn| {
             conn.query_row("SELECT log_tail FROM units", [], |r| r.get(0))
                 .sql("read log tail")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();

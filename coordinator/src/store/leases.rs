@@ -350,6 +350,7 @@ fn running_elsewhere(conn: &Connection, unit_key: i64) -> Result<bool, StoreErro
     )
     .and_then(|mut s| s.query_row([unit_key], |r| r.get(0)))
     .sql("look for the configuration running elsewhere")
+    .map_err(StoreError::from)
 }
 
 /// The campaign's pending unit with this id, if any.
@@ -367,6 +368,7 @@ fn warm_candidate(
             .optional()
     })
     .sql("look up a warm unit")
+    .map_err(StoreError::from)
 }
 
 /// How a fitting unit ranks, larger first: its estimated step time, then the GPUs it
@@ -1071,6 +1073,7 @@ pub(crate) fn resume(conn: &Connection, now_ms: i64, ttl: Duration) -> Result<u6
     )
     .and_then(|mut s| s.execute([until]))
     .sql("extend live leases")
+    .map_err(StoreError::from)
     .map(|n| n as u64)
 }
 

@@ -159,7 +159,7 @@ impl Store {
         let writer_path = path.clone();
         let conn = tokio::task::spawn_blocking(move || {
             let mut conn = connection::open_writer(&writer_path)?;
-            migrations::migrate(&mut conn)?;
+            migrations::SCHEMA.migrate(&mut conn)?;
             Ok::<_, StoreError>(conn)
         })
         .await

@@ -11,7 +11,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use super::connection::open_reader;
-use super::error::StoreError;
+use super::error::{SqlContext as _, StoreError};
 
 /// Reads that run at once; more wait for a connection.
 pub(crate) const READERS: usize = 4;
@@ -90,15 +90,9 @@ fn snapshot<T>(
 ) -> Result<T, StoreError> {
     let tx = conn
         .unchecked_transaction()
-        .map_err(|source| StoreError::Sql {
-            action: "begin a read transaction",
-            source,
-        })?;
+        .sql("begin a read transaction")?;
     let out = f(&tx)?;
     // Ends the read transaction; a read-only transaction has nothing to commit.
-    tx.commit().map_err(|source| StoreError::Sql {
-        action: "end a read transaction",
-        source,
-    })?;
+    tx.commit().sql("end a read transaction")?;
     Ok(out)
 }

@@ -12,6 +12,7 @@ use crate::domain::{
     Api, CampaignSpec, DatasetSpec, DropKind, FrameworkSpec, GpuRequirement, LoadPoint, ModelSpec,
     QuantizationSpec, Slo, StepSpec, StopCondition, Unit, UnitConfig, WorkloadSpec,
 };
+use evalctl_common::sqlite::SqliteError;
 
 // ---- fixtures ----
 
@@ -121,7 +122,11 @@ async fn open(dir: &tempfile::TempDir) -> Store {
 async fn exec(store: &Store, sql: &str) {
     let sql = sql.to_owned();
     store
-        .write(move |conn, _| conn.execute_batch(&sql).sql("run test SQL"))
+        .write(move |conn, _| {
+            conn.execute_batch(&sql)
+                .sql("run test SQL")
+                .map_err(StoreError::from)
+        })
         .await
         .expect("test SQL runs");
 }
@@ -179,7 +184,11 @@ async fn pragmas_read_back_on_writer_and_readers() {
     let store = open(&dir).await;
     let busy_ms = BUSY_TIMEOUT.as_millis() as i64;
     let writer = store
-        .write(|conn, _| read_pragmas(conn).sql("read pragmas"))
+        .write(|conn, _| {
+            read_pragmas(conn)
+                .sql("read pragmas")
+                .map_err(StoreError::from)
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -195,7 +204,11 @@ async fn pragmas_read_back_on_writer_and_readers() {
         }
     );
     let reader = store
-        .read(|conn| read_pragmas(conn).sql("read pragmas"))
+        .read(|conn| {
+            read_pragmas(conn)
+                .sql("read pragmas")
+                .map_err(StoreError::from)
+        })
         .await
         .unwrap();
     assert_eq!(reader.journal_mode, "wal");
@@ -208,6 +221,7 @@ async fn pragmas_read_back_on_writer_and_readers() {
         .read(|conn| {
             conn.execute("DELETE FROM audit_log", [])
                 .sql("write on a reader")
+                .map_err(StoreError::from)
         })
         .await;
     assert!(write_from_reader.is_err(), "readers are read-only");
@@ -227,6 +241,7 @@ async fn foreign_keys_are_enforced() {
                 [now],
             )
             .sql("insert an orphan unit")
+            .map_err(StoreError::from)
         })
         .await;
     assert!(orphan.is_err());
@@ -323,6 +338,7 @@ async fn submit_then_read_back() {
                 |r| r.get(0),
             )
             .sql("count workloads")
+            .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -554,6 +570,7 @@ async fn resubmit_keeps_existing_rows_and_adds_new_ones() {
         .read(|conn| {
             conn.query_row("SELECT COUNT(*) FROM step_results", [], |r| r.get(0))
                 .sql("count results")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -570,6 +587,7 @@ async fn resubmit_keeps_existing_rows_and_adds_new_ones() {
         .read(move |conn| {
             conn.query_row("SELECT source_yaml FROM campaigns", [], |r| r.get(0))
                 .sql("read source")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -683,6 +701,7 @@ async fn resubmit_without_a_unit_keeps_it() {
         .read(|conn| {
             conn.query_row("SELECT COUNT(*) FROM step_results", [], |r| r.get(0))
                 .sql("count results")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -859,6 +878,7 @@ async fn cancel_and_retry_move_units_and_leave_audit_rows() {
         .read(|conn| {
             conn.query_row("SELECT cancel_reason FROM campaigns", [], |r| r.get(0))
                 .sql("read reason")
+                .map_err(StoreError::from)
         })
         .await
         .unwrap();
@@ -1022,10 +1042,10 @@ async fn a_batch_commits_together_and_a_failing_op_rolls_back_alone() {
     assert!(
         matches!(
             err,
-            StoreError::Sql {
+            StoreError::Sqlite(SqliteError::Sql {
                 action: "break a constraint",
                 ..
-            }
+            })
         ),
         "{err}"
     );

@@ -169,6 +169,7 @@ fn list(conn: &Connection) -> Result<Vec<TokenRow>, StoreError> {
     rows.map(|r| r.map(|(token, _)| token))
         .collect::<Result<_, _>>()
         .sql("list tokens")
+        .map_err(StoreError::from)
 }
 
 fn table(conn: &Connection) -> Result<TokenTable, StoreError> {

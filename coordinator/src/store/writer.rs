@@ -19,7 +19,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
-use super::error::StoreError;
+use super::error::{SqlContext as _, StoreError};
 
 /// Most operations in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -203,10 +203,7 @@ fn checkpoint(conn: &Connection, mode: &str) -> Result<(), StoreError> {
         .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
-        .map_err(|source| StoreError::Sql {
-            action: "checkpoint the WAL",
-            source,
-        })?;
+        .sql("checkpoint the WAL")?;
     if busy != 0 {
         tracing::warn!(
             wal_frames = log,

@@ -1,8 +1,8 @@
 //! Building blocks for the unit tests of `analysis`, `report` and `export`: step metrics
 //! with nothing measured, and latency summaries with one value throughout.
 
-use evalctl_agent::loadgen::Summary;
-use evalctl_agent::loadgen::metrics::{LagPolicy, StepMetrics, compute};
+use evalctl_results::Summary;
+use evalctl_results::metrics::{LagPolicy, StepMetrics, compute};
 
 /// The metrics of a step that measured nothing; tests set the fields they need.
 pub fn no_metrics() -> StepMetrics {

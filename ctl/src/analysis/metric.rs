@@ -4,7 +4,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use evalctl_agent::loadgen::Summary;
+use evalctl_results::Summary;
 
 use super::points::Point;
 

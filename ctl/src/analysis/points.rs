@@ -3,10 +3,10 @@
 
 use std::fmt;
 
-use evalctl_agent::loadgen::StepMetrics;
-use evalctl_agent::result::StepDocument;
-use evalctl_agent::telemetry::TelemetrySummary;
 use evalctl_proto::v1 as pb;
+use evalctl_results::StepDocument;
+use evalctl_results::StepMetrics;
+use evalctl_results::TelemetrySummary;
 use futures::StreamExt;
 
 use super::cost::Prices;

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use evalctl_agent::loadgen::dataset::{self, LengthFilter};
-use evalctl_agent::loadgen::{
+use evalctl_loadgen::dataset::{self, LengthFilter};
+use evalctl_loadgen::{
     Api, Arrival, DatasetPlan, DatasetSource, Load, Phase, Progress, Slo, StepMetrics, StepPlan,
     Stop, Summary, run_step,
 };

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use evalctl_agent::result::{Environment, StepDocument};
-use evalctl_agent::runner::step::decompress_records;
 use evalctl_proto::v1 as pb;
+use evalctl_results::codec::decode_records;
+use evalctl_results::{Environment, StepDocument};
 use futures::StreamExt;
 
 use crate::analysis::cost::Prices;
@@ -177,12 +177,11 @@ async fn export(
             if result.records_zstd.is_empty() {
                 continue;
             }
-            let records = decompress_records(&result.records_zstd).map_err(|source| {
-                CliError::BadRecords {
+            let records =
+                decode_records(&result.records_zstd).map_err(|source| CliError::BadRecords {
                     step_id: result.step_id.clone(),
                     source,
-                }
-            })?;
+                })?;
             for record in &records {
                 row.clear();
                 requests::build(&context, record, &mut row);

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use evalctl_agent::runner::{self, AgentConfig};
-use evalctl_agent::telemetry::{self, GpuSource};
+use evalctl_agent::runner::{self, AgentConfig, GpuSource};
 use evalctl_coordinator::config::Config;
 use evalctl_coordinator::matrix;
 use evalctl_coordinator::server::Coordinator;
@@ -31,7 +30,7 @@ pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliE
     })?;
     let source_name = args.matrix.display().to_string();
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
-    let gpus = telemetry::detect(args.gpus.as_deref(), &Default::default()).map_err(|e| {
+    let gpus = runner::detect_gpus(args.gpus.as_deref(), &Default::default()).map_err(|e| {
         CliError::Local {
             what: "parse --gpus",
             source: Box::new(e),

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
-use evalctl_agent::loadgen::{StepMetrics, Summary};
-use evalctl_agent::result::{Environment, StepDocument};
-use evalctl_agent::telemetry::TelemetrySummary;
 use evalctl_proto::v1 as pb;
+use evalctl_results::TelemetrySummary;
+use evalctl_results::{Environment, StepDocument};
+use evalctl_results::{StepMetrics, Summary};
 use futures::StreamExt;
 use serde::Serialize;
 
@@ -265,6 +265,7 @@ mod tests {
             step_index: 0,
             result: StepDocument {
                 schema: 1,
+                schema_minor: 1,
                 simulated: false,
                 step_label: "chat @ c=1 #0".into(),
                 metrics: Some(crate::analysis::fixtures::no_metrics()),

@@ -2,8 +2,8 @@
 //! its instants (ns after the step's epoch), the latencies derived from them, token counts
 //! and the error, when it failed. Warmup requests are included and marked.
 
-use evalctl_agent::loadgen::RequestRecord;
 use evalctl_proto::v1 as pb;
+use evalctl_results::RequestRecord;
 
 use super::steps::load_label;
 use super::{Kind, RowBuilder};

@@ -2,10 +2,10 @@
 //! where it ran, every load-generator metric, the derived per-GPU and cost figures, and
 //! the step's telemetry. docs/results.md lists the columns.
 
-use evalctl_agent::loadgen::{StepMetrics, Summary};
-use evalctl_agent::result::{Environment, StepDocument};
-use evalctl_agent::telemetry::TelemetrySummary;
 use evalctl_proto::v1 as pb;
+use evalctl_results::TelemetrySummary;
+use evalctl_results::{Environment, StepDocument};
+use evalctl_results::{StepMetrics, Summary};
 
 use super::{Kind, RowBuilder};
 use crate::commands::results::unit_label;
@@ -545,6 +545,7 @@ pub fn columns() -> Vec<super::Column> {
 fn empty_document() -> StepDocument {
     StepDocument {
         schema: 0,
+        schema_minor: 0,
         simulated: false,
         step_label: String::new(),
         metrics: None,

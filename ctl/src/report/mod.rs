@@ -100,7 +100,7 @@ mod tests {
             repeat: 0,
             simulated: false,
             metrics,
-            telemetry: Some(evalctl_agent::telemetry::TelemetrySummary {
+            telemetry: Some(evalctl_results::TelemetrySummary {
                 source: "nvml".into(),
                 joules_per_output_token: Some(0.5),
                 ..Default::default()

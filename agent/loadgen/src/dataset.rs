@@ -1,0 +1,753 @@
+//! Prompts for a step: random prompts of exact token lengths, ShareGPT JSON, or JSON Lines.
+//!
+//! Token counts come from the best tokenizer at hand, in this order, and the prepared dataset
+//! says which one it used ([`Tokenization`]):
+//!
+//! 1. the server's own `POST /tokenize` (vLLM, SGLang and llama.cpp shapes: the request sends
+//!    `prompt` and `content` with `add_special_tokens: false`; the answer's `count` or the length
+//!    of its `tokens` is used);
+//! 2. the model's `tokenizer.json`, through the `tokenizers` crate, without special tokens;
+//! 3. the simulated server's convention: one whitespace-separated word is one token.
+//!
+//! Counts are of the prompt text itself, as vLLM's benchmark counts them: without the BOS token
+//! or the chat template the server adds. The server's own count (`usage.prompt_tokens`) is kept
+//! per request as well.
+//!
+//! Random prompts are built from common English words (one token each under most tokenizers)
+//! and adjusted word by word until the tokenizer counts exactly the asked length. Files are read
+//! from disk only; nothing is downloaded.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rand::rngs::StdRng;
+use rand::seq::{IndexedRandom as _, SliceRandom as _};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use evalctl_results::Tokenization;
+use evalctl_tokenizer as whitespace;
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The turn's text.
+    pub content: String,
+}
+
+/// What a request sends as its prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptInput {
+    /// A text prompt (sent as one user message to chat endpoints).
+    Text(String),
+    /// Chat messages (sent joined by newlines to completions endpoints).
+    Messages(Vec<ChatMessage>),
+}
+
+/// One prepared prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prompt {
+    /// The prompt.
+    pub input: PromptInput,
+    /// Its length in tokens, by the dataset's [`Tokenization`].
+    pub input_tokens: u64,
+    /// Output tokens to ask for (`max_tokens`).
+    pub max_tokens: u32,
+}
+
+/// Where prompts come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DatasetSource {
+    /// Random prompts of exactly `input_tokens`, asking for `output_tokens`.
+    Random {
+        /// Prompt length in tokens.
+        input_tokens: u32,
+        /// `max_tokens` of every request.
+        output_tokens: u32,
+    },
+    /// A ShareGPT-format JSON file: the first human turn of each conversation is the prompt,
+    /// the first reply's length is `max_tokens` unless `output_tokens` is given.
+    Sharegpt {
+        /// Path to the JSON file.
+        path: PathBuf,
+        /// Fixed `max_tokens` instead of the replies' lengths.
+        output_tokens: Option<u32>,
+    },
+    /// JSON Lines, one prompt per line: `{"prompt": "..."}`, `{"messages": [...]}` or a JSON
+    /// string, each optionally with `"max_tokens"`.
+    Jsonl {
+        /// Path to the file.
+        path: PathBuf,
+        /// `max_tokens` of every request; else the line's `max_tokens`, else
+        /// [`DEFAULT_OUTPUT_TOKENS`].
+        output_tokens: Option<u32>,
+    },
+}
+
+/// `max_tokens` for JSON Lines prompts that name none.
+pub const DEFAULT_OUTPUT_TOKENS: u32 = 256;
+
+/// Bounds on prompt and output lengths; prompts outside are skipped (file datasets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LengthFilter {
+    /// Shortest prompt kept, in tokens.
+    pub min_input: Option<u64>,
+    /// Longest prompt kept, in tokens.
+    pub max_input: Option<u64>,
+    /// Smallest `max_tokens` kept.
+    pub min_output: Option<u32>,
+    /// Largest `max_tokens` kept.
+    pub max_output: Option<u32>,
+}
+
+impl LengthFilter {
+    fn keeps(&self, input: u64, output: u32) -> bool {
+        self.min_input.is_none_or(|m| input >= m)
+            && self.max_input.is_none_or(|m| input <= m)
+            && self.min_output.is_none_or(|m| output >= m)
+            && self.max_output.is_none_or(|m| output <= m)
+    }
+}
+
+/// What to prepare.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetPlan {
+    /// Where prompts come from.
+    pub source: DatasetSource,
+    /// How many prompts to prepare (requests reuse them in turn).
+    pub count: usize,
+    /// Seed for random prompts and file sampling.
+    pub seed: u64,
+    /// Length bounds for file datasets.
+    pub filter: LengthFilter,
+    /// Server to ask for `/tokenize` (its base URL), when it may offer one.
+    pub server_url: Option<String>,
+    /// Model name sent with `/tokenize` requests.
+    pub model: Option<String>,
+    /// A `tokenizer.json` to count with when the server offers no `/tokenize`.
+    pub tokenizer_json: Option<PathBuf>,
+}
+
+/// Prepared prompts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The prompts, in the order requests use them.
+    pub prompts: Arc<[Prompt]>,
+    /// How their lengths were counted.
+    pub tokenization: Tokenization,
+}
+
+/// Preparing a dataset failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// A dataset file could not be read.
+    #[error("failed to read dataset `{path}`")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A dataset file is not in the expected format.
+    #[error("failed to parse dataset `{path}`{}: {message}", line.map(|l| format!(" at line {l}")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line, for JSON Lines.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The tokenizer file could not be loaded.
+    #[error("failed to load tokenizer `{path}`: {message}")]
+    Tokenizer {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        message: String,
+    },
+    /// Counting tokens failed.
+    #[error("failed to count tokens: {0}")]
+    Count(String),
+    /// Too few prompts passed the filters.
+    #[error("no prompt of `{path}` passes the length filters (hint: widen min/max input/output)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Nothing to prepare.
+    #[error("a dataset needs at least one prompt (count = 0)")]
+    NoPrompts,
+}
+
+/// Common English words, each a single token under the usual BPE tokenizers (with a leading
+/// space) and under the whitespace convention.
+const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
+    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
+    "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there",
+    "been", "if", "more", "when", "will", "would", "who", "so", "no", "she", "other", "its", "may",
+    "these", "what", "them", "than", "some", "him", "time", "into", "only", "do", "my", "new",
+    "about", "out", "also", "two", "any", "up", "first", "could", "our", "then", "most", "see",
+    "me", "should", "after", "said", "your", "very", "between", "many", "over", "like", "those",
+    "did", "now", "even", "well", "where", "must", "people", "through", "how", "same", "work",
+    "being", "because", "man", "life", "before", "each", "much", "under", "years", "way", "great",
+    "state", "both", "use", "upon", "own", "used", "however", "us", "part", "good", "world",
+    "make", "three", "while", "long", "day", "without", "just", "men", "general", "during",
+    "another", "little", "found", "here", "system", "does", "de", "down", "number", "case",
+    "might", "still", "made", "without", "power", "water", "place", "end",
+];
+
+/// Counts tokens of prompt text.
+enum Counter {
+    Server(Box<ServerTokenizer>),
+    Json(Box<tokenizers::Tokenizer>),
+    Whitespace,
+}
+
+impl Counter {
+    fn kind(&self) -> Tokenization {
+        match self {
+            Counter::Server(_) => Tokenization::ServerTokenize,
+            Counter::Json(_) => Tokenization::TokenizerJson,
+            Counter::Whitespace => Tokenization::Whitespace,
+        }
+    }
+
+    async fn count(&self, text: &str) -> Result<u64, DatasetError> {
+        match self {
+            Counter::Server(server) => server.count(text).await,
+            Counter::Json(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|e| e.len() as u64)
+                .map_err(|e| DatasetError::Count(e.to_string())),
+            Counter::Whitespace => Ok(whitespace::count_tokens(text) as u64),
+        }
+    }
+
+    async fn count_messages(&self, messages: &[ChatMessage]) -> Result<u64, DatasetError> {
+        let mut total = 0;
+        for m in messages {
+            total += self.count(&m.content).await?;
+        }
+        Ok(total)
+    }
+}
+
+/// A server's `/tokenize` endpoint.
+struct ServerTokenizer {
+    url: String,
+    model: Option<String>,
+    http: HttpClient<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Deserialize)]
+struct TokenizeAnswer {
+    count: Option<u64>,
+    tokens: Option<Vec<serde_json::Value>>,
+}
+
+impl ServerTokenizer {
+    fn new(base_url: &str, model: Option<String>) -> Self {
+        let base = base_url.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        ServerTokenizer {
+            url: format!("{base}/tokenize"),
+            model,
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn count(&self, text: &str) -> Result<u64, DatasetError> {
+        let mut body = serde_json::json!({
+            "prompt": text,
+            "content": text,
+            "add_special_tokens": false,
+        });
+        if let Some(model) = &self.model {
+            body["model"] = serde_json::Value::from(model.as_str());
+        }
+        let req = http::Request::post(&self.url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| DatasetError::Count(e.to_string()))?;
+        let res = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| DatasetError::Count(format!("POST {}: {e}", self.url)))?;
+        let status = res.status();
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| DatasetError::Count(format!("POST {}: {e}", self.url)))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(DatasetError::Count(format!(
+                "POST {}: HTTP {status}",
+                self.url
+            )));
+        }
+        let answer: TokenizeAnswer = serde_json::from_slice(&bytes)
+            .map_err(|e| DatasetError::Count(format!("POST {}: {e}", self.url)))?;
+        answer
+            .count
+            .or(answer.tokens.map(|t| t.len() as u64))
+            .ok_or_else(|| DatasetError::Count(format!("POST {}: no count or tokens", self.url)))
+    }
+}
+
+/// Picks the tokenizer: the server's `/tokenize` if it answers, else `tokenizer.json`, else
+/// whitespace words.
+async fn counter(plan: &DatasetPlan) -> Result<Counter, DatasetError> {
+    if let Some(url) = &plan.server_url {
+        let server = ServerTokenizer::new(url, plan.model.clone());
+        match server.count("hello world").await {
+            Ok(n) if n > 0 => return Ok(Counter::Server(Box::new(server))),
+            Ok(_) => {
+                tracing::info!(url = %server.url, "the server's /tokenize counted nothing; not using it")
+            }
+            Err(err) => tracing::info!(%err, "the server offers no usable /tokenize"),
+        }
+    }
+    if let Some(path) = &plan.tokenizer_json {
+        let tokenizer =
+            tokenizers::Tokenizer::from_file(path).map_err(|e| DatasetError::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        return Ok(Counter::Json(Box::new(tokenizer)));
+    }
+    Ok(Counter::Whitespace)
+}
+
+/// Prepares `plan.count` prompts.
+pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
+    if plan.count == 0 {
+        return Err(DatasetError::NoPrompts);
+    }
+    let counter = counter(plan).await?;
+    let prompts = match &plan.source {
+        DatasetSource::Random {
+            input_tokens,
+            output_tokens,
+        } => random(&counter, plan, u64::from(*input_tokens), *output_tokens).await?,
+        DatasetSource::Sharegpt {
+            path,
+            output_tokens,
+        } => sharegpt(&counter, plan, path, *output_tokens).await?,
+        DatasetSource::Jsonl {
+            path,
+            output_tokens,
+        } => jsonl(&counter, plan, path, *output_tokens).await?,
+    };
+    Ok(Dataset {
+        prompts: prompts.into(),
+        tokenization: counter.kind(),
+    })
+}
+
+/// Requests in flight to `/tokenize` while preparing.
+const TOKENIZE_CONCURRENCY: usize = 8;
+/// Adjustment rounds before a random prompt settles for the closest length found.
+const MAX_ROUNDS: usize = 8;
+
+async fn random(
+    counter: &Counter,
+    plan: &DatasetPlan,
+    target: u64,
+    output_tokens: u32,
+) -> Result<Vec<Prompt>, DatasetError> {
+    futures::stream::iter(0..plan.count)
+        .map(|i| async move {
+            let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(i as u64));
+            let (text, tokens) = exact_text(counter, &mut rng, target).await?;
+            Ok::<_, DatasetError>(Prompt {
+                input: PromptInput::Text(text),
+                input_tokens: tokens,
+                max_tokens: output_tokens,
+            })
+        })
+        .buffered(TOKENIZE_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// Random words whose text counts exactly `target` tokens, or the closest found.
+async fn exact_text(
+    counter: &Counter,
+    rng: &mut impl Rng,
+    target: u64,
+) -> Result<(String, u64), DatasetError> {
+    let mut words: Vec<&str> = (0..target)
+        .map(|_| *WORDS.choose(rng).expect("WORDS is not empty"))
+        .collect();
+    let mut best: Option<(String, u64)> = None;
+    for _ in 0..MAX_ROUNDS {
+        let text = words.join(" ");
+        let count = counter.count(&text).await?;
+        let closer = best
+            .as_ref()
+            .is_none_or(|(_, b)| count.abs_diff(target) < b.abs_diff(target));
+        if count == target {
+            return Ok((text, count));
+        }
+        if closer {
+            best = Some((text, count));
+        }
+        // Words per token so far, to scale the correction.
+        let per_token = words.len().max(1) as f64 / count.max(1) as f64;
+        let step = ((count.abs_diff(target) as f64 * per_token).floor() as usize).max(1);
+        if count > target {
+            words.truncate(words.len().saturating_sub(step));
+        } else {
+            words.extend((0..step).map(|_| *WORDS.choose(rng).expect("WORDS is not empty")));
+        }
+    }
+    let (text, count) = best.expect("at least one round ran");
+    tracing::warn!(
+        target,
+        got = count,
+        "no random prompt of exactly the target length; using the closest"
+    );
+    Ok((text, count))
+}
+
+#[derive(Deserialize)]
+struct ShareGptConversation {
+    #[serde(default)]
+    conversations: Vec<ShareGptTurn>,
+}
+
+#[derive(Deserialize)]
+struct ShareGptTurn {
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    value: String,
+}
+
+async fn sharegpt(
+    counter: &Counter,
+    plan: &DatasetPlan,
+    path: &Path,
+    output_tokens: Option<u32>,
+) -> Result<Vec<Prompt>, DatasetError> {
+    let bytes = read(path).await?;
+    let mut conversations: Vec<ShareGptConversation> =
+        serde_json::from_slice(&bytes).map_err(|e| DatasetError::Parse {
+            path: path.to_owned(),
+            line: None,
+            message: format!("expected a ShareGPT JSON array of {{\"conversations\": [...]}}: {e}"),
+        })?;
+    drop(bytes);
+    conversations.retain(|c| c.conversations.len() >= 2);
+    conversations.shuffle(&mut StdRng::seed_from_u64(plan.seed));
+    let mut prompts = Vec::with_capacity(plan.count);
+    for conv in &conversations {
+        let (ask, reply) = (&conv.conversations[0], &conv.conversations[1]);
+        if ask.from == "gpt" || ask.value.is_empty() {
+            continue;
+        }
+        let input = counter.count(&ask.value).await?;
+        let output = match output_tokens {
+            Some(n) => n,
+            None => u32::try_from(counter.count(&reply.value).await?).unwrap_or(u32::MAX),
+        };
+        if output == 0 || !plan.filter.keeps(input, output) {
+            continue;
+        }
+        prompts.push(Prompt {
+            input: PromptInput::Text(ask.value.clone()),
+            input_tokens: input,
+            max_tokens: output,
+        });
+        if prompts.len() == plan.count {
+            break;
+        }
+    }
+    if prompts.is_empty() {
+        return Err(DatasetError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(prompts)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonlLine {
+    Text(String),
+    Object {
+        #[serde(default)]
+        prompt: Option<String>,
+        #[serde(default)]
+        messages: Option<Vec<ChatMessage>>,
+        #[serde(default)]
+        max_tokens: Option<u32>,
+    },
+}
+
+async fn jsonl(
+    counter: &Counter,
+    plan: &DatasetPlan,
+    path: &Path,
+    output_tokens: Option<u32>,
+) -> Result<Vec<Prompt>, DatasetError> {
+    let bytes = read(path).await?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| DatasetError::Parse {
+        path: path.to_owned(),
+        line: None,
+        message: format!("not UTF-8: {e}"),
+    })?;
+    let mut prompts = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parse_error = |message: String| DatasetError::Parse {
+            path: path.to_owned(),
+            line: Some(i + 1),
+            message,
+        };
+        let parsed: JsonlLine = serde_json::from_str(line).map_err(|e| {
+            parse_error(format!(
+                "expected a string, {{\"prompt\": ...}} or {{\"messages\": [...]}}: {e}"
+            ))
+        })?;
+        let (input, line_max) = match parsed {
+            JsonlLine::Text(text) => (PromptInput::Text(text), None),
+            JsonlLine::Object {
+                prompt: Some(text),
+                messages: None,
+                max_tokens,
+            } => (PromptInput::Text(text), max_tokens),
+            JsonlLine::Object {
+                prompt: None,
+                messages: Some(messages),
+                max_tokens,
+            } if !messages.is_empty() => (PromptInput::Messages(messages), max_tokens),
+            JsonlLine::Object { .. } => {
+                return Err(parse_error(
+                    "give exactly one of \"prompt\" or a non-empty \"messages\"".into(),
+                ));
+            }
+        };
+        let input_tokens = match &input {
+            PromptInput::Text(text) => counter.count(text).await?,
+            PromptInput::Messages(messages) => counter.count_messages(messages).await?,
+        };
+        let max_tokens = output_tokens.or(line_max).unwrap_or(DEFAULT_OUTPUT_TOKENS);
+        if !plan.filter.keeps(input_tokens, max_tokens) {
+            continue;
+        }
+        prompts.push(Prompt {
+            input,
+            input_tokens,
+            max_tokens,
+        });
+        if prompts.len() == plan.count {
+            break;
+        }
+    }
+    if prompts.is_empty() {
+        return Err(DatasetError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(prompts)
+}
+
+async fn read(path: &Path) -> Result<Vec<u8>, DatasetError> {
+    tokio::fs::read(path)
+        .await
+        .map_err(|source| DatasetError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(source: DatasetSource, count: usize) -> DatasetPlan {
+        DatasetPlan {
+            source,
+            count,
+            seed: 3,
+            filter: LengthFilter::default(),
+            server_url: None,
+            model: None,
+            tokenizer_json: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn random_prompts_have_exact_whitespace_lengths() {
+        let d = prepare(&plan(
+            DatasetSource::Random {
+                input_tokens: 100,
+                output_tokens: 7,
+            },
+            5,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(d.tokenization, Tokenization::Whitespace);
+        assert_eq!(d.prompts.len(), 5);
+        for p in d.prompts.iter() {
+            let PromptInput::Text(text) = &p.input else {
+                panic!("text prompt")
+            };
+            assert_eq!(whitespace::count_tokens(text), 100);
+            assert_eq!((p.input_tokens, p.max_tokens), (100, 7));
+        }
+        assert_ne!(d.prompts[0], d.prompts[1], "prompts differ");
+        let again = prepare(&plan(
+            DatasetSource::Random {
+                input_tokens: 100,
+                output_tokens: 7,
+            },
+            5,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(d.prompts, again.prompts, "seeded");
+    }
+
+    #[tokio::test]
+    async fn exact_text_converges_under_a_coarser_tokenizer() {
+        // A fake tokenizer with a BOS-like extra token and two tokens for long words would need
+        // correction; the whitespace counter needs none. Both must land exactly.
+        let mut rng = StdRng::seed_from_u64(1);
+        let (text, n) = exact_text(&Counter::Whitespace, &mut rng, 37)
+            .await
+            .unwrap();
+        assert_eq!((whitespace::count_tokens(&text) as u64, n), (37, 37));
+    }
+
+    #[tokio::test]
+    async fn sharegpt_and_jsonl_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share.json");
+        std::fs::write(
+            &share,
+            r#"[
+              {"id": "a", "conversations": [{"from": "human", "value": "one two three four"},
+                                             {"from": "gpt", "value": "five six"}]},
+              {"id": "b", "conversations": [{"from": "human", "value": "only"}]},
+              {"id": "c", "conversations": [{"from": "human", "value": "a b c d e f g h"},
+                                             {"from": "gpt", "value": "x y z w"}]}
+            ]"#,
+        )
+        .unwrap();
+        let mut p = plan(
+            DatasetSource::Sharegpt {
+                path: share.clone(),
+                output_tokens: None,
+            },
+            10,
+        );
+        let d = prepare(&p).await.unwrap();
+        let mut lens: Vec<(u64, u32)> = d
+            .prompts
+            .iter()
+            .map(|p| (p.input_tokens, p.max_tokens))
+            .collect();
+        lens.sort_unstable();
+        assert_eq!(lens, vec![(4, 2), (8, 4)]);
+        p.filter.min_input = Some(5);
+        let d = prepare(&p).await.unwrap();
+        assert_eq!(d.prompts.len(), 1);
+        p.filter.min_input = Some(50);
+        assert!(matches!(prepare(&p).await, Err(DatasetError::Empty { .. })));
+
+        let lines = dir.path().join("p.jsonl");
+        std::fs::write(
+            &lines,
+            "\"plain text prompt\"\n\n{\"prompt\": \"a b\", \"max_tokens\": 5}\n\
+             {\"messages\": [{\"role\": \"user\", \"content\": \"hi there you\"}]}\n",
+        )
+        .unwrap();
+        let d = prepare(&plan(
+            DatasetSource::Jsonl {
+                path: lines.clone(),
+                output_tokens: None,
+            },
+            10,
+        ))
+        .await
+        .unwrap();
+        let got: Vec<(u64, u32)> = d
+            .prompts
+            .iter()
+            .map(|p| (p.input_tokens, p.max_tokens))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, DEFAULT_OUTPUT_TOKENS),
+                (2, 5),
+                (3, DEFAULT_OUTPUT_TOKENS)
+            ]
+        );
+        assert!(matches!(d.prompts[2].input, PromptInput::Messages(_)));
+
+        std::fs::write(&lines, "{\"prompt\": \"a\"}\n{\"nope\": 1}\n").unwrap();
+        let err = prepare(&plan(
+            DatasetSource::Jsonl {
+                path: lines,
+                output_tokens: None,
+            },
+            10,
+        ))
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("at line 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn tokenizer_json_counts_without_special_tokens() {
+        // A tiny word-level tokenizer.json, as the `tokenizers` crate writes it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(
+            &path,
+            r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+                "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+                "decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"the":1,"of":2},
+                "unk_token":"[UNK]"}}"#,
+        )
+        .unwrap();
+        let mut p = plan(
+            DatasetSource::Random {
+                input_tokens: 20,
+                output_tokens: 1,
+            },
+            2,
+        );
+        p.tokenizer_json = Some(path);
+        let d = prepare(&p).await.unwrap();
+        assert_eq!(d.tokenization, Tokenization::TokenizerJson);
+        assert!(d.prompts.iter().all(|p| p.input_tokens == 20));
+
+        p.tokenizer_json = Some(dir.path().join("missing.json"));
+        assert!(matches!(
+            prepare(&p).await,
+            Err(DatasetError::Tokenizer { .. })
+        ));
+    }
+}

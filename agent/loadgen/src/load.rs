@@ -1,0 +1,391 @@
+//! Load patterns: fixed concurrency, or a request rate with Poisson, gamma or constant arrivals.
+//!
+//! - **Concurrency `c`**: `c` workers each send their next request the moment their previous
+//!   one ends. Nothing waits in a client-side queue, so the scheduled instant is the instant
+//!   the worker picks the request up.
+//! - **Rate `r`**: arrival instants are drawn up front from a seeded generator (the first at
+//!   0); a dispatcher sleeps until each and spawns the request. `inf` schedules every request
+//!   at 0. The optional in-flight cap delays sends, and that delay shows as client lag.
+//!
+//! Timers are tokio's, with millisecond resolution: in rate mode that alone puts up to about a
+//! millisecond between scheduled and sent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand_distr::{Distribution, Exp, Gamma};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use super::client::{Client, now_ns};
+use super::dataset::Prompt;
+use evalctl_results::RequestRecord;
+
+/// How requests arrive in rate mode.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Arrival {
+    /// Exponential gaps: a Poisson process.
+    Poisson,
+    /// Gamma-distributed gaps with shape `burstiness` (1.0 = Poisson, < 1 burstier, > 1
+    /// smoother), mean 1 / rate — as vLLM's `--burstiness`.
+    Gamma {
+        /// Gamma shape.
+        burstiness: f64,
+    },
+    /// Equal gaps of 1 / rate.
+    Constant,
+}
+
+/// The load a step applies.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Load {
+    /// This many requests in flight at all times.
+    Concurrency(u32),
+    /// Requests per second.
+    Rate {
+        /// Requests per second; `f64::INFINITY` sends everything at once.
+        rps: f64,
+        /// Arrival process.
+        arrival: Arrival,
+        /// At most this many requests in flight; later arrivals wait (and lag).
+        max_in_flight: Option<u32>,
+    },
+}
+
+impl Load {
+    /// Checks the numbers a step cannot run with.
+    pub fn validate(&self) -> Result<(), String> {
+        match *self {
+            Load::Concurrency(0) => Err("concurrency must be at least 1".into()),
+            Load::Concurrency(_) => Ok(()),
+            Load::Rate {
+                rps,
+                arrival,
+                max_in_flight,
+            } => {
+                if rps.is_nan() || rps <= 0.0 {
+                    return Err(format!("rate must be > 0 requests/s, got {rps}"));
+                }
+                if let Arrival::Gamma { burstiness } = arrival
+                    && !(burstiness.is_finite() && burstiness > 0.0)
+                {
+                    return Err(format!("burstiness must be > 0, got {burstiness}"));
+                }
+                if max_in_flight == Some(0) {
+                    return Err("max_in_flight must be at least 1".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// When a phase stops sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PhaseStop {
+    /// After this many requests.
+    Requests(u64),
+    /// At this instant (process clock, ns); requests in flight then still finish.
+    Until(u64),
+}
+
+/// Seeded arrival offsets in seconds from the phase start; the first is 0.
+pub(crate) struct Arrivals {
+    gaps: Gaps,
+    rng: StdRng,
+    next: f64,
+}
+
+enum Gaps {
+    Zero,
+    Fixed(f64),
+    Exp(Exp<f64>),
+    Gamma(Gamma<f64>),
+}
+
+impl Arrivals {
+    /// Arrivals at `rps` per second; `validate` must have accepted the load. A rate too extreme
+    /// for a distribution (its gaps underflow to zero) degrades to constant gaps.
+    pub fn new(rps: f64, arrival: Arrival, seed: u64) -> Arrivals {
+        let gaps = if rps.is_infinite() {
+            Gaps::Zero
+        } else {
+            let fixed = Gaps::Fixed(1.0 / rps);
+            match arrival {
+                Arrival::Constant => fixed,
+                Arrival::Poisson => Exp::new(rps).map_or(fixed, Gaps::Exp),
+                Arrival::Gamma { burstiness } => {
+                    Gamma::new(burstiness, 1.0 / (rps * burstiness)).map_or(fixed, Gaps::Gamma)
+                }
+            }
+        };
+        Arrivals {
+            gaps,
+            rng: StdRng::seed_from_u64(seed),
+            next: 0.0,
+        }
+    }
+}
+
+impl Iterator for Arrivals {
+    type Item = f64;
+
+    fn next(&mut self) -> Option<f64> {
+        let at = self.next;
+        self.next += match &self.gaps {
+            Gaps::Zero => 0.0,
+            Gaps::Fixed(gap) => *gap,
+            Gaps::Exp(d) => d.sample(&mut self.rng),
+            Gaps::Gamma(d) => d.sample(&mut self.rng),
+        };
+        Some(at)
+    }
+}
+
+/// Live counts for progress reports.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub sent: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// What every request of a step shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub client: Client,
+    pub path: &'static str,
+    pub prompts: Arc<[Prompt]>,
+    /// One serialised body per prompt.
+    pub bodies: Vec<Bytes>,
+    /// The step's epoch on the process clock.
+    pub epoch_ns: u64,
+    pub counters: Counters,
+}
+
+impl Shared {
+    /// Sends request `index` (scheduled at `scheduled_ns`, process clock) and records it.
+    async fn run_one(&self, index: u64, warmup: bool, scheduled_ns: u64) -> RequestRecord {
+        let prompt_index = (index % self.prompts.len() as u64) as usize;
+        let prompt = &self.prompts[prompt_index];
+        let mut record = RequestRecord {
+            index,
+            warmup,
+            prompt_index,
+            scheduled_ns: scheduled_ns.saturating_sub(self.epoch_ns),
+            input_tokens: prompt.input_tokens,
+            ..RequestRecord::default()
+        };
+        self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .stream(
+                self.path,
+                self.bodies[prompt_index].clone(),
+                self.epoch_ns,
+                prompt.max_tokens as usize,
+                &mut record,
+            )
+            .await;
+        let counter = if record.succeeded() {
+            &self.counters.completed
+        } else {
+            &self.counters.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        record
+    }
+}
+
+/// Runs one phase (warmup or measured) of `load` from request index `first`, and returns its
+/// records in index order.
+pub(crate) async fn run_phase(
+    shared: &Arc<Shared>,
+    load: Load,
+    stop: PhaseStop,
+    first: u64,
+    warmup: bool,
+    seed: u64,
+) -> Vec<RequestRecord> {
+    let mut records = match load {
+        Load::Concurrency(c) => concurrency(shared, c, stop, first, warmup).await,
+        Load::Rate {
+            rps,
+            arrival,
+            max_in_flight,
+        } => {
+            let arrivals = Arrivals::new(rps, arrival, seed);
+            rate(shared, arrivals, max_in_flight, stop, first, warmup).await
+        }
+    };
+    records.sort_unstable_by_key(|r| r.index);
+    records
+}
+
+async fn concurrency(
+    shared: &Arc<Shared>,
+    c: u32,
+    stop: PhaseStop,
+    first: u64,
+    warmup: bool,
+) -> Vec<RequestRecord> {
+    let workers = match stop {
+        PhaseStop::Requests(n) => u64::from(c).min(n),
+        PhaseStop::Until(_) => u64::from(c),
+    };
+    let next = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let shared = Arc::clone(shared);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                let mut records = Vec::new();
+                loop {
+                    let now = now_ns();
+                    let i = match stop {
+                        PhaseStop::Requests(n) => {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                break;
+                            }
+                            i
+                        }
+                        PhaseStop::Until(end) => {
+                            if now >= end {
+                                break;
+                            }
+                            next.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                    records.push(shared.run_one(first + i, warmup, now).await);
+                }
+                records
+            })
+        })
+        .collect();
+    let mut records = Vec::new();
+    for handle in handles {
+        records.extend(join(handle).await);
+    }
+    records
+}
+
+async fn rate(
+    shared: &Arc<Shared>,
+    arrivals: Arrivals,
+    max_in_flight: Option<u32>,
+    stop: PhaseStop,
+    first: u64,
+    warmup: bool,
+) -> Vec<RequestRecord> {
+    let start = now_ns();
+    let tokio_start = tokio::time::Instant::now();
+    let limit = max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize)));
+    let mut handles = Vec::new();
+    for (i, offset_s) in (0u64..).zip(arrivals) {
+        let offset_ns = (offset_s * 1e9) as u64;
+        let scheduled = start + offset_ns;
+        match stop {
+            PhaseStop::Requests(n) if i >= n => break,
+            PhaseStop::Until(end) if scheduled >= end => break,
+            _ => {}
+        }
+        if scheduled > now_ns() {
+            tokio::time::sleep_until(tokio_start + Duration::from_nanos(offset_ns)).await;
+        }
+        let permit = match &limit {
+            Some(sem) => Some(
+                Arc::clone(sem)
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            None => None,
+        };
+        let shared = Arc::clone(shared);
+        handles.push(tokio::spawn(async move {
+            let record = shared.run_one(first + i, warmup, scheduled).await;
+            drop(permit);
+            record
+        }));
+    }
+    let mut records = Vec::with_capacity(handles.len());
+    for handle in handles {
+        records.push(join(handle).await);
+    }
+    records
+}
+
+/// Awaits a request task; a panic in it is a bug and is re-raised.
+async fn join<T>(handle: tokio::task::JoinHandle<T>) -> T {
+    match handle.await {
+        Ok(value) => value,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mean_gap(rps: f64, arrival: Arrival) -> (f64, f64) {
+        let offsets: Vec<f64> = Arrivals::new(rps, arrival, 42).take(20_001).collect();
+        let gaps: Vec<f64> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+        (mean, var.sqrt() / mean)
+    }
+
+    #[test]
+    fn arrivals_have_the_asked_rate_and_shape() {
+        let (mean, cv) = mean_gap(10.0, Arrival::Constant);
+        assert!((mean - 0.1).abs() < 1e-9 && cv < 1e-6);
+        let (mean, cv) = mean_gap(10.0, Arrival::Poisson);
+        assert!((mean - 0.1).abs() < 0.005, "poisson mean gap {mean}");
+        assert!((cv - 1.0).abs() < 0.05, "poisson cv {cv}");
+        // Gamma with shape k has coefficient of variation 1 / sqrt(k).
+        let (mean, cv) = mean_gap(10.0, Arrival::Gamma { burstiness: 0.25 });
+        assert!((mean - 0.1).abs() < 0.01, "gamma mean gap {mean}");
+        assert!((cv - 2.0).abs() < 0.15, "gamma cv {cv}");
+        let (_, cv) = mean_gap(10.0, Arrival::Gamma { burstiness: 4.0 });
+        assert!((cv - 0.5).abs() < 0.05, "gamma cv {cv}");
+    }
+
+    #[test]
+    fn arrivals_are_seeded_and_start_at_zero() {
+        let a: Vec<f64> = Arrivals::new(5.0, Arrival::Poisson, 7).take(10).collect();
+        let b: Vec<f64> = Arrivals::new(5.0, Arrival::Poisson, 7).take(10).collect();
+        let c: Vec<f64> = Arrivals::new(5.0, Arrival::Poisson, 8).take(10).collect();
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a[0], 0.0);
+        let inf: Vec<f64> = Arrivals::new(f64::INFINITY, Arrival::Poisson, 1)
+            .take(5)
+            .collect();
+        assert_eq!(inf, vec![0.0; 5]);
+    }
+
+    #[test]
+    fn validation() {
+        assert!(Load::Concurrency(0).validate().is_err());
+        assert!(Load::Concurrency(1).validate().is_ok());
+        let rate = |rps, arrival| Load::Rate {
+            rps,
+            arrival,
+            max_in_flight: None,
+        };
+        assert!(rate(0.0, Arrival::Poisson).validate().is_err());
+        assert!(rate(f64::NAN, Arrival::Poisson).validate().is_err());
+        assert!(rate(f64::INFINITY, Arrival::Poisson).validate().is_ok());
+        assert!(
+            rate(1.0, Arrival::Gamma { burstiness: 0.0 })
+                .validate()
+                .is_err()
+        );
+    }
+}

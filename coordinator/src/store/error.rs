@@ -1,4 +1,5 @@
-//! The store's error type.
+//! The store's error type, and the helpers that attach what the store was doing to the
+//! errors of SQLite and of JSON columns.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -242,4 +243,12 @@ impl<T> SqlContext<T> for Result<T, rusqlite::Error> {
     fn sql(self, action: &'static str) -> Result<T, StoreError> {
         self.map_err(|source| StoreError::Sql { action, source })
     }
+}
+
+/// Decodes a JSON column.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    action: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { action, source })
 }

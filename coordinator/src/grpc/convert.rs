@@ -1,5 +1,6 @@
-//! Conversions between domain/store types and `evalctl.v1` messages. This is the only
-//! place in the coordinator that knows both.
+//! Conversions between domain/store types and `evalctl.v1` messages. With
+//! `agent_convert` (the checks of what agents send), this is the only place in the
+//! coordinator that knows both.
 
 use evalctl_proto::v1 as pb;
 

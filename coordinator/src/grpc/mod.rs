@@ -2,6 +2,7 @@
 //! wire messages and domain types. Nothing outside this module sees prost types.
 
 pub mod agent;
+mod agent_convert;
 pub mod campaign;
 pub mod convert;
 pub mod status;

@@ -8,10 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use crate::domain::{CampaignSpec, DatasetSpec, FrameworkSpec, LoadPoint, WorkloadSpec};
 
 use super::error::{Errors, MatrixError, did_you_mean, quoted_list};
-use super::model::{At, Dim, DimValue, GpuEntry, MatchEntry, MatrixFile};
+use super::model::{
+    At, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile, ModelEntry,
+    QuantEntry, WorkloadEntry,
+};
 use super::paths::{self, Env, ExpandError};
 use super::placeholders::{self, HARNESS, MODEL_PATH, SERVER};
-use super::presets::{self, DEFAULT_HEALTH, DEFAULT_STARTUP_TIMEOUT_MS};
+use super::presets::{self, DEFAULT_HEALTH, DEFAULT_STARTUP_TIMEOUT_MS, Preset};
 use super::yaml::{Pos, Source};
 
 /// A matrix whose entries are checked and resolved.
@@ -106,7 +109,9 @@ pub(crate) struct Include {
     pub workloads: Option<Vec<usize>>,
 }
 
-/// Checks `file` and resolves it.
+/// Checks `file` and resolves it. The checks run in this order: names, models,
+/// frameworks, quantizations, workloads, `exclude`, `include`; the first that fails is the
+/// error.
 pub(crate) fn validate(
     errors: &Errors,
     source: &Source<'_>,
@@ -118,263 +123,31 @@ pub(crate) fn validate(
         source,
         env,
     };
-    v.unique("model", file.models.iter().map(|m| &m.name))?;
-    v.unique("GPU type", file.gpus.iter().map(|g| &g.gpu_type))?;
-    v.unique("framework", file.frameworks.iter().map(|f| &f.name))?;
-    v.unique("quantization", file.quantizations.iter().map(|q| &q.name))?;
-    v.unique("workload", file.workloads.iter().map(|w| &w.name))?;
-
-    let mut models = Vec::with_capacity(file.models.len());
-    for (i, m) in file.models.iter().enumerate() {
-        let field = format!("models[{i}].path");
-        let path = v.expand_path(&field, &m.path)?;
-        placeholders::check(
-            errors,
-            source,
-            &field,
-            &At {
-                value: path.clone(),
-                ..m.path.clone()
-            },
-            MODEL_PATH,
-        )?;
-        let tokenizer = m
-            .tokenizer
-            .as_ref()
-            .map(|t| v.expand_path(&format!("models[{i}].tokenizer"), t))
-            .transpose()?;
-        models.push(Model {
-            name: m.name.value.clone(),
-            path,
-            params_b: m.params_b,
-            tokenizer,
-        });
-    }
-
-    let mut frameworks = Vec::with_capacity(file.frameworks.len());
-    let mut framework_presets = Vec::with_capacity(file.frameworks.len());
-    for (i, f) in file.frameworks.iter().enumerate() {
-        let preset = match &f.preset {
-            Some(p) => Some(presets::preset(&p.value).ok_or_else(|| {
-                errors.unknown(
-                    p.pos,
-                    &format!("`frameworks[{i}].preset`"),
-                    &p.value,
-                    presets::names(),
-                )
-            })?),
-            None => presets::preset(&f.name.value),
-        };
-        let command = match (&f.command, preset) {
-            (Some(c), _) => {
-                placeholders::check(
-                    errors,
-                    source,
-                    &format!("frameworks[{i}].command"),
-                    c,
-                    SERVER,
-                )?;
-                c.value.clone()
-            }
-            (None, Some(p)) => p.command.to_owned(),
-            (None, None) => {
-                let hint = match presets::names()
-                    .find(|p| did_you_mean(&f.name.value, [*p]).is_some())
-                {
-                    Some(p) => format!("did you mean the preset `{p}`? otherwise add `command:`"),
-                    None => format!(
-                        "add `command:`, or `preset:` naming one of {}",
-                        quoted_list(presets::names())
-                    ),
-                };
-                return Err(errors.hinted(
-                    f.name.pos,
-                    format!(
-                        "framework `{}` has no `command` and is not a built-in preset",
-                        f.name.value
-                    ),
-                    Some(hint),
-                ));
-            }
-        };
-        frameworks.push(FrameworkSpec {
-            name: f.name.value.clone(),
-            command,
-            health_path: f
-                .health
-                .as_ref()
-                .map(|h| h.value.clone())
-                .or_else(|| preset.map(|p| p.health.to_owned()))
-                .unwrap_or_else(|| DEFAULT_HEALTH.to_owned()),
-            metrics_path: f
-                .metrics
-                .as_ref()
-                .map(|m| m.value.clone())
-                .or_else(|| preset.and_then(|p| p.metrics.map(str::to_owned))),
-            startup_timeout_ms: f
-                .startup_timeout_ms
-                .or_else(|| preset.map(|p| p.startup_timeout_ms))
-                .unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
-            env: f.env.clone(),
-            image: f.image.clone(),
-        });
-        framework_presets.push(preset);
-    }
-    let framework_index: HashMap<&str, usize> = file
-        .frameworks
+    v.names_are_unique(&file)?;
+    let models = file
+        .models
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.name.value.as_str(), i))
-        .collect();
-
-    let mut quants = Vec::with_capacity(file.quantizations.len());
-    for (qi, q) in file.quantizations.iter().enumerate() {
-        let mut explicit: HashMap<usize, String> = HashMap::new();
-        for (name, args) in &q.args {
-            let Some(&fi) = framework_index.get(name.value.as_str()) else {
-                return Err(errors.unknown(
-                    name.pos,
-                    &format!("framework in `quantizations[{qi}].args`:"),
-                    &name.value,
-                    file.frameworks.iter().map(|f| f.name.value.as_str()),
-                ));
-            };
-            if !args.trim().is_empty() && !placeholders::uses(&frameworks[fi].command, "quant.args")
-            {
-                return Err(errors.hinted(
-                    name.pos,
-                    format!(
-                        "`quantizations[{qi}].args.{}` is set, but the command of framework `{}` has no `{{quant.args}}` placeholder, so the arguments would be dropped",
-                        name.value, name.value
-                    ),
-                    Some("add `{quant.args}` to the framework's command"),
-                ));
-            }
-            explicit.insert(fi, args.trim().to_owned());
-        }
-        let args = (0..frameworks.len())
-            .map(|fi| {
-                explicit.get(&fi).cloned().unwrap_or_else(|| {
-                    framework_presets[fi]
-                        .and_then(|p| p.quant_args(&q.name.value))
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-            })
-            .collect();
-        quants.push(Quant {
-            name: q.name.value.clone(),
-            bits: q.bits,
-            args,
-        });
-    }
-
-    let mut workloads = Vec::with_capacity(file.workloads.len());
-    for (i, w) in file.workloads.iter().enumerate() {
-        if let Some(command) = &w.command {
-            placeholders::check(
-                errors,
-                source,
-                &format!("workloads[{i}].command"),
-                command,
-                HARNESS,
-            )?;
-        }
-        let dataset = match &w.dataset {
-            None => None,
-            Some(d) => Some(match &d.value {
-                DatasetSpec::Random { .. } => d.value.clone(),
-                DatasetSpec::Sharegpt {
-                    path,
-                    output_tokens,
-                } => DatasetSpec::Sharegpt {
-                    path: v.expand_path(
-                        &format!("workloads[{i}].dataset.path"),
-                        &At {
-                            value: path.clone(),
-                            pos: d.pos,
-                            span: d.span,
-                        },
-                    )?,
-                    output_tokens: *output_tokens,
-                },
-                DatasetSpec::Jsonl {
-                    path,
-                    output_tokens,
-                } => DatasetSpec::Jsonl {
-                    path: v.expand_path(
-                        &format!("workloads[{i}].dataset.path"),
-                        &At {
-                            value: path.clone(),
-                            pos: d.pos,
-                            span: d.span,
-                        },
-                    )?,
-                    output_tokens: *output_tokens,
-                },
-            }),
-        };
-        let spec = WorkloadSpec {
-            name: w.name.value.clone(),
-            api: w.api,
-            dataset,
-            seed: w.seed.unwrap_or(file.seed),
-            stop: w.stop.clone(),
-            warmup: w.warmup,
-            slo: w.slo.clone(),
-            command: w.command.as_ref().map(|c| c.value.clone()),
-            metrics: w.metrics.clone(),
-        };
-        workloads.push((spec, w.load.clone()));
-    }
-
+        .map(|(i, m)| v.model(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (frameworks, framework_presets) = v.frameworks(&file)?;
+    let quants = v.quantizations(&file, &frameworks, &framework_presets)?;
+    let workloads = file
+        .workloads
+        .iter()
+        .enumerate()
+        .map(|(i, w)| v.workload(i, w, file.seed))
+        .collect::<Result<Vec<_>, _>>()?;
     let exclude = file
         .exclude
         .iter()
         .map(|e| v.matcher("exclude", &file, e))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut include = Vec::with_capacity(file.include.len());
-    for entry in &file.include {
-        let index = entry.matcher.index;
-        if let Some(extra) = &entry.extra_args {
-            placeholders::check(
-                errors,
-                source,
-                &format!("include[{index}].extra_args"),
-                extra,
-                SERVER,
-            )?;
-        }
-        let workloads = entry
-            .workloads
-            .as_ref()
-            .map(|names| {
-                names
-                    .iter()
-                    .map(|n| {
-                        file.workloads
-                            .iter()
-                            .position(|w| w.name.value == n.value)
-                            .ok_or_else(|| {
-                                errors.unknown(
-                                    n.pos,
-                                    &format!("workload in `include[{index}].workloads`:"),
-                                    &n.value,
-                                    file.workloads.iter().map(|w| w.name.value.as_str()),
-                                )
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .transpose()?;
-        include.push(Include {
-            matcher: v.matcher("include", &file, &entry.matcher)?,
-            extra_args: entry.extra_args.as_ref().map(|e| e.value.trim().to_owned()),
-            env: entry.env.clone(),
-            labels: entry.labels.clone(),
-            workloads,
-        });
-    }
+    let include = file
+        .include
+        .iter()
+        .map(|entry| v.include(&file, entry))
+        .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Resolved {
         pos: file.pos,
@@ -395,6 +168,34 @@ pub(crate) fn validate(
     })
 }
 
+/// Framework `f` as units carry it: `command`, with health and metrics paths and the
+/// startup timeout from the entry, else from its preset, else the defaults.
+fn framework_spec(f: &FrameworkEntry, command: String, preset: Option<&Preset>) -> FrameworkSpec {
+    FrameworkSpec {
+        name: f.name.value.clone(),
+        command,
+        health_path: f
+            .health
+            .as_ref()
+            .map(|h| h.value.clone())
+            .or_else(|| preset.map(|p| p.health.to_owned()))
+            .unwrap_or_else(|| DEFAULT_HEALTH.to_owned()),
+        metrics_path: f
+            .metrics
+            .as_ref()
+            .map(|m| m.value.clone())
+            .or_else(|| preset.and_then(|p| p.metrics.map(str::to_owned))),
+        startup_timeout_ms: f
+            .startup_timeout_ms
+            .or_else(|| preset.map(|p| p.startup_timeout_ms))
+            .unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
+        env: f.env.clone(),
+        image: f.image.clone(),
+    }
+}
+
+/// The checks, with what they need: the file's error context, its text (to point into a
+/// value) and the environment (to expand paths).
 struct Validator<'a> {
     errors: &'a Errors,
     source: &'a Source<'a>,
@@ -402,6 +203,315 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// Rejects a name defined twice in one list: models, GPU types, frameworks,
+    /// quantizations and workloads, in that order.
+    fn names_are_unique(&self, file: &MatrixFile) -> Result<(), MatrixError> {
+        self.unique("model", file.models.iter().map(|m| &m.name))?;
+        self.unique("GPU type", file.gpus.iter().map(|g| &g.gpu_type))?;
+        self.unique("framework", file.frameworks.iter().map(|f| &f.name))?;
+        self.unique("quantization", file.quantizations.iter().map(|q| &q.name))?;
+        self.unique("workload", file.workloads.iter().map(|w| &w.name))
+    }
+
+    /// Model `i` with its paths expanded; the expanded path's placeholders must be ones a
+    /// model path may hold.
+    fn model(&self, i: usize, m: &ModelEntry) -> Result<Model, MatrixError> {
+        let field = format!("models[{i}].path");
+        let path = self.expand_path(&field, &m.path)?;
+        placeholders::check(
+            self.errors,
+            self.source,
+            &field,
+            &At {
+                value: path.clone(),
+                ..m.path.clone()
+            },
+            MODEL_PATH,
+        )?;
+        let tokenizer = m
+            .tokenizer
+            .as_ref()
+            .map(|t| self.expand_path(&format!("models[{i}].tokenizer"), t))
+            .transpose()?;
+        Ok(Model {
+            name: m.name.value.clone(),
+            path,
+            params_b: m.params_b,
+            tokenizer,
+        })
+    }
+
+    /// The frameworks with their presets applied, and each one's preset (by framework
+    /// index), checked framework by framework.
+    fn frameworks(
+        &self,
+        file: &MatrixFile,
+    ) -> Result<(Vec<FrameworkSpec>, Vec<Option<&'static Preset>>), MatrixError> {
+        let mut frameworks = Vec::with_capacity(file.frameworks.len());
+        let mut framework_presets = Vec::with_capacity(file.frameworks.len());
+        for (i, f) in file.frameworks.iter().enumerate() {
+            let preset = self.framework_preset(i, f)?;
+            let command = self.framework_command(i, f, preset)?;
+            frameworks.push(framework_spec(f, command, preset));
+            framework_presets.push(preset);
+        }
+        Ok((frameworks, framework_presets))
+    }
+
+    /// The preset of framework `i`: the one its `preset` names, which must be a built-in
+    /// preset, else the built-in preset of its name, if there is one.
+    fn framework_preset(
+        &self,
+        i: usize,
+        f: &FrameworkEntry,
+    ) -> Result<Option<&'static Preset>, MatrixError> {
+        Ok(match &f.preset {
+            Some(p) => Some(presets::preset(&p.value).ok_or_else(|| {
+                self.errors.unknown(
+                    p.pos,
+                    &format!("`frameworks[{i}].preset`"),
+                    &p.value,
+                    presets::names(),
+                )
+            })?),
+            None => presets::preset(&f.name.value),
+        })
+    }
+
+    /// The command of framework `i`: its `command`, whose placeholders must be ones a
+    /// server command may hold, else its preset's. A framework with neither is refused,
+    /// with a hint naming the preset its name is close to, if any.
+    fn framework_command(
+        &self,
+        i: usize,
+        f: &FrameworkEntry,
+        preset: Option<&Preset>,
+    ) -> Result<String, MatrixError> {
+        match (&f.command, preset) {
+            (Some(c), _) => {
+                placeholders::check(
+                    self.errors,
+                    self.source,
+                    &format!("frameworks[{i}].command"),
+                    c,
+                    SERVER,
+                )?;
+                Ok(c.value.clone())
+            }
+            (None, Some(p)) => Ok(p.command.to_owned()),
+            (None, None) => {
+                let hint = match presets::names()
+                    .find(|p| did_you_mean(&f.name.value, [*p]).is_some())
+                {
+                    Some(p) => format!("did you mean the preset `{p}`? otherwise add `command:`"),
+                    None => format!(
+                        "add `command:`, or `preset:` naming one of {}",
+                        quoted_list(presets::names())
+                    ),
+                };
+                Err(self.errors.hinted(
+                    f.name.pos,
+                    format!(
+                        "framework `{}` has no `command` and is not a built-in preset",
+                        f.name.value
+                    ),
+                    Some(hint),
+                ))
+            }
+        }
+    }
+
+    /// The quantizations with their `{quant.args}` for each framework, checked
+    /// quantization by quantization (see [`Validator::quant_args`]).
+    fn quantizations(
+        &self,
+        file: &MatrixFile,
+        frameworks: &[FrameworkSpec],
+        framework_presets: &[Option<&Preset>],
+    ) -> Result<Vec<Quant>, MatrixError> {
+        let framework_index: HashMap<&str, usize> = file
+            .frameworks
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.value.as_str(), i))
+            .collect();
+        let mut quants = Vec::with_capacity(file.quantizations.len());
+        for (qi, q) in file.quantizations.iter().enumerate() {
+            let explicit = self.quant_args(file, qi, q, &framework_index, frameworks)?;
+            let args = (0..frameworks.len())
+                .map(|fi| {
+                    explicit.get(&fi).cloned().unwrap_or_else(|| {
+                        framework_presets[fi]
+                            .and_then(|p| p.quant_args(&q.name.value))
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                })
+                .collect();
+            quants.push(Quant {
+                name: q.name.value.clone(),
+                bits: q.bits,
+                args,
+            });
+        }
+        Ok(quants)
+    }
+
+    /// The arguments quantization `qi` gives explicitly, by framework index: each key of
+    /// its `args` must name a framework, and non-empty arguments need a `{quant.args}`
+    /// placeholder in that framework's command (or they would be dropped).
+    fn quant_args(
+        &self,
+        file: &MatrixFile,
+        qi: usize,
+        q: &QuantEntry,
+        framework_index: &HashMap<&str, usize>,
+        frameworks: &[FrameworkSpec],
+    ) -> Result<HashMap<usize, String>, MatrixError> {
+        let mut explicit: HashMap<usize, String> = HashMap::new();
+        for (name, args) in &q.args {
+            let Some(&fi) = framework_index.get(name.value.as_str()) else {
+                return Err(self.errors.unknown(
+                    name.pos,
+                    &format!("framework in `quantizations[{qi}].args`:"),
+                    &name.value,
+                    file.frameworks.iter().map(|f| f.name.value.as_str()),
+                ));
+            };
+            if !args.trim().is_empty() && !placeholders::uses(&frameworks[fi].command, "quant.args")
+            {
+                return Err(self.errors.hinted(
+                    name.pos,
+                    format!(
+                        "`quantizations[{qi}].args.{}` is set, but the command of framework `{}` has no `{{quant.args}}` placeholder, so the arguments would be dropped",
+                        name.value, name.value
+                    ),
+                    Some("add `{quant.args}` to the framework's command"),
+                ));
+            }
+            explicit.insert(fi, args.trim().to_owned());
+        }
+        Ok(explicit)
+    }
+
+    /// Workload `i` with its load points: its `command`'s placeholders must be ones a
+    /// harness command may hold, and its dataset path is expanded. `seed` is the file's,
+    /// for a workload without its own.
+    fn workload(
+        &self,
+        i: usize,
+        w: &WorkloadEntry,
+        seed: u64,
+    ) -> Result<(WorkloadSpec, Vec<LoadPoint>), MatrixError> {
+        if let Some(command) = &w.command {
+            placeholders::check(
+                self.errors,
+                self.source,
+                &format!("workloads[{i}].command"),
+                command,
+                HARNESS,
+            )?;
+        }
+        let dataset = w.dataset.as_ref().map(|d| self.dataset(i, d)).transpose()?;
+        let spec = WorkloadSpec {
+            name: w.name.value.clone(),
+            api: w.api,
+            dataset,
+            seed: w.seed.unwrap_or(seed),
+            stop: w.stop.clone(),
+            warmup: w.warmup,
+            slo: w.slo.clone(),
+            command: w.command.as_ref().map(|c| c.value.clone()),
+            metrics: w.metrics.clone(),
+        };
+        Ok((spec, w.load.clone()))
+    }
+
+    /// The dataset of workload `i` with its path (for a file dataset) expanded.
+    fn dataset(&self, i: usize, d: &At<DatasetSpec>) -> Result<DatasetSpec, MatrixError> {
+        let expand = |path: &String| {
+            self.expand_path(
+                &format!("workloads[{i}].dataset.path"),
+                &At {
+                    value: path.clone(),
+                    pos: d.pos,
+                    span: d.span,
+                },
+            )
+        };
+        Ok(match &d.value {
+            DatasetSpec::Random { .. } => d.value.clone(),
+            DatasetSpec::Sharegpt {
+                path,
+                output_tokens,
+            } => DatasetSpec::Sharegpt {
+                path: expand(path)?,
+                output_tokens: *output_tokens,
+            },
+            DatasetSpec::Jsonl {
+                path,
+                output_tokens,
+            } => DatasetSpec::Jsonl {
+                path: expand(path)?,
+                output_tokens: *output_tokens,
+            },
+        })
+    }
+
+    /// An include entry resolved: its `extra_args`' placeholders must be ones a server
+    /// command may hold, then its `workloads` and its dimension keys must name defined
+    /// entries.
+    fn include(&self, file: &MatrixFile, entry: &IncludeEntry) -> Result<Include, MatrixError> {
+        let index = entry.matcher.index;
+        if let Some(extra) = &entry.extra_args {
+            placeholders::check(
+                self.errors,
+                self.source,
+                &format!("include[{index}].extra_args"),
+                extra,
+                SERVER,
+            )?;
+        }
+        let workloads = entry
+            .workloads
+            .as_ref()
+            .map(|names| self.include_workloads(file, index, names))
+            .transpose()?;
+        Ok(Include {
+            matcher: self.matcher("include", file, &entry.matcher)?,
+            extra_args: entry.extra_args.as_ref().map(|e| e.value.trim().to_owned()),
+            env: entry.env.clone(),
+            labels: entry.labels.clone(),
+            workloads,
+        })
+    }
+
+    /// The `workloads` of include entry `index`, as indices into the workload list; each
+    /// must name a defined workload.
+    fn include_workloads(
+        &self,
+        file: &MatrixFile,
+        index: usize,
+        names: &[At<String>],
+    ) -> Result<Vec<usize>, MatrixError> {
+        names
+            .iter()
+            .map(|n| {
+                file.workloads
+                    .iter()
+                    .position(|w| w.name.value == n.value)
+                    .ok_or_else(|| {
+                        self.errors.unknown(
+                            n.pos,
+                            &format!("workload in `include[{index}].workloads`:"),
+                            &n.value,
+                            file.workloads.iter().map(|w| w.name.value.as_str()),
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// Rejects the second use of a name in one list.
     fn unique<'n>(
         &self,

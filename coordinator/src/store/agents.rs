@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension};
 use serde_json::json;
 
 use super::audit;
-use super::error::{SqlContext, StoreError};
-use super::leases::{json, millis};
+use super::error::{SqlContext, StoreError, json};
+use super::leases::millis;
 use super::rows::{AgentRow, AgentState, HeartbeatReply, Registered, UnknownState};
 use crate::domain::{AgentId, AgentRegistration, LeaseId};
 

@@ -1,4 +1,5 @@
-//! The store's error type.
+//! The store's error type, and the helpers that attach what the store was doing to the
+//! errors of SQLite and of JSON columns.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -178,3 +179,11 @@ pub enum StoreError {
 
 /// Attaches what the store was doing to a rusqlite error.
 pub(crate) use evalctl_common::sqlite::SqlContext;
+
+/// Decodes a JSON column.
+pub(crate) fn json<T: serde::de::DeserializeOwned>(
+    text: &str,
+    action: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|source| StoreError::Json { action, source })
+}

@@ -14,9 +14,10 @@
 //!   and why a returned write survives `kill -9`.
 //! - `submit` (encoding an expansion while the writer inserts it), `campaigns` (cancel,
 //!   retry, status reads), `specs` (configuration parts), `agents` (registration,
-//!   heartbeats, drain), `leases` (matching, granting, fencing, how leases end),
-//!   `results` (storing batches exactly once, reading results), `audit`: the SQL of each
-//!   concern; `rows`: what reads return; `clock`: the one source of `*_ms` times.
+//!   heartbeats, drain), `placement` (choosing the unit for an agent: matching, ranking,
+//!   warm preference), `leases` (granting it, fencing, how leases end), `results`
+//!   (storing batches exactly once, reading results), `audit`: the SQL of each concern;
+//!   `rows`: what reads return; `clock`: the one source of `*_ms` times.
 //!
 //! Adding an operation: write a function taking `&Connection` (and `now_ms` for writes)
 //! next to the others of its concern, and call it through `Store::write` or
@@ -52,6 +53,7 @@ mod connection;
 mod error;
 mod leases;
 mod migrations;
+mod placement;
 mod readers;
 mod results;
 mod rows;

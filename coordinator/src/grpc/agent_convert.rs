@@ -1,0 +1,364 @@
+//! Checks of what agents send: each `AgentService` request from the wire, its fields
+//! checked against the limits below and converted to the domain types the store takes.
+//! A refused field is `INVALID_ARGUMENT` naming the field (a refused result batch is an
+//! error text, sent back in its acknowledgement).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::time::Duration;
+
+use evalctl_proto::v1 as pb;
+use tonic::Status;
+
+use super::convert;
+use crate::domain::{
+    AgentId, AgentRegistration, LeaseId, LeaseRequest, ReleaseReason, ReportedResult, ResultBatch,
+    StepId, UnitId,
+};
+
+/// Longest id (agent, lease, unit, step) accepted, in bytes.
+const MAX_ID_BYTES: usize = 256;
+/// Most GPUs an agent may register, and GPU indices it may offer.
+const MAX_GPUS: usize = 1024;
+/// Most labels or frameworks an agent may register.
+const MAX_LABELS: usize = 256;
+/// Most warm configurations an `AcquireLease` may name.
+const MAX_WARM_CONFIGS: usize = 64;
+/// Most leases one heartbeat may report.
+const MAX_HEARTBEAT_LEASES: usize = 4096;
+/// Most results in one batch.
+const MAX_BATCH_RESULTS: usize = 4096;
+/// A `Fail` error longer than this is cut (its head is kept), in bytes.
+const MAX_ERROR_BYTES: usize = 16 * 1024;
+/// A `Fail` log tail longer than this is cut (its end is kept), in bytes.
+const MAX_LOG_TAIL_BYTES: usize = 256 * 1024;
+/// Records of one result may decompress to at most this many bytes.
+const MAX_RECORDS_BYTES: u64 = 4 * 1024 * 1024 * 1024;
+/// Record blobs at least this large are counted on the blocking pool.
+const LARGE_RECORDS_BYTES: usize = 256 * 1024;
+
+/// An id field: not empty, not absurdly long.
+fn id(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` is empty"
+        )));
+    }
+    if value.len() > MAX_ID_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` is {} bytes long; at most {MAX_ID_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A repeated field with at most `max` entries.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), Status> {
+    if len > max {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` has {len} entries; at most {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// The lease and epoch of a fenced call.
+pub(crate) fn fenced(lease: &str, epoch: u64) -> Result<(LeaseId, u64), Status> {
+    id("lease_id", lease)?;
+    if epoch == 0 {
+        return Err(Status::invalid_argument(
+            "field `epoch` is 0; a lease's epoch starts at 1 (hint: send the epoch of the lease)",
+        ));
+    }
+    Ok((LeaseId(lease.to_owned()), epoch))
+}
+
+/// A registration from the wire, checked.
+pub(crate) fn registration(req: pb::RegisterRequest) -> Result<AgentRegistration, Status> {
+    id("agent_id", &req.agent_id)?;
+    for (field, value) in [
+        ("hostname", &req.hostname),
+        ("version", &req.version),
+        ("driver_version", &req.driver_version),
+        ("cuda_version", &req.cuda_version),
+    ] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "field `{field}` is {} bytes long; at most {MAX_ID_BYTES}",
+                value.len()
+            )));
+        }
+    }
+    at_most("gpus", req.gpus.len(), MAX_GPUS)?;
+    at_most("labels", req.labels.len(), MAX_LABELS)?;
+    at_most("frameworks", req.frameworks.len(), MAX_LABELS)?;
+    let mut indices = HashSet::new();
+    for gpu in &req.gpus {
+        if !indices.insert(gpu.index) {
+            return Err(Status::invalid_argument(format!(
+                "field `gpus` lists GPU index {} twice",
+                gpu.index
+            )));
+        }
+        id("gpus.gpu_type", &gpu.gpu_type)?;
+    }
+    for (key, value) in &req.labels {
+        id("labels", key)?;
+        if value.len() > MAX_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "field `labels`: the value of `{key}` is longer than {MAX_ID_BYTES} bytes"
+            )));
+        }
+    }
+    for framework in &req.frameworks {
+        id("frameworks", framework)?;
+    }
+    Ok(AgentRegistration {
+        id: AgentId(req.agent_id),
+        hostname: req.hostname,
+        gpus: req.gpus.into_iter().map(convert::agent_gpu).collect(),
+        labels: req.labels.into_iter().collect(),
+        frameworks: req.frameworks,
+        version: req.version,
+        driver_version: req.driver_version,
+        cuda_version: req.cuda_version,
+    })
+}
+
+/// An `AcquireLease` request from the wire, checked, with how long it asks to wait for
+/// work.
+pub(crate) fn lease_request(
+    req: pb::AcquireLeaseRequest,
+) -> Result<(LeaseRequest, Duration), Status> {
+    id("agent_id", &req.agent_id)?;
+    at_most("free_gpu_indices", req.free_gpu_indices.len(), MAX_GPUS)?;
+    at_most("warm_configs", req.warm_configs.len(), MAX_WARM_CONFIGS)?;
+    for warm in &req.warm_configs {
+        id("warm_configs", warm)?;
+    }
+    let lease_request = LeaseRequest {
+        agent: AgentId(req.agent_id),
+        free_gpu_indices: req.free_gpu_indices,
+        warm_configs: req.warm_configs.into_iter().map(UnitId).collect(),
+        cpu_slots_free: req.cpu_slots_free,
+    };
+    Ok((lease_request, Duration::from_millis(req.wait_ms)))
+}
+
+/// A heartbeat, checked.
+pub(crate) struct Heartbeat {
+    /// The agent.
+    pub agent: AgentId,
+    /// The leases it runs, with their epochs.
+    pub leases: Vec<(LeaseId, u64)>,
+    /// The agent is draining or being preempted.
+    pub draining: bool,
+}
+
+/// A `Heartbeat` request from the wire, checked.
+pub(crate) fn heartbeat(req: pb::HeartbeatRequest) -> Result<Heartbeat, Status> {
+    id("agent_id", &req.agent_id)?;
+    at_most("leases", req.leases.len(), MAX_HEARTBEAT_LEASES)?;
+    let mut leases = Vec::with_capacity(req.leases.len());
+    for progress in req.leases {
+        id("leases.lease_id", &progress.lease_id)?;
+        leases.push((LeaseId(progress.lease_id), progress.epoch));
+    }
+    Ok(Heartbeat {
+        agent: AgentId(req.agent_id),
+        leases,
+        draining: req.draining,
+    })
+}
+
+/// A failure report, checked, its texts cut to size.
+pub(crate) struct Failure {
+    /// The lease.
+    pub lease: LeaseId,
+    /// Its epoch.
+    pub epoch: u64,
+    /// The error; one longer than [`MAX_ERROR_BYTES`] is cut to its head.
+    pub error: String,
+    /// The log tail; one longer than [`MAX_LOG_TAIL_BYTES`] is cut to its end.
+    pub log_tail: String,
+}
+
+/// A `Fail` request from the wire, checked; an empty error gets a placeholder message.
+pub(crate) fn failure(req: pb::FailRequest) -> Result<Failure, Status> {
+    let (lease, epoch) = fenced(&req.lease_id, req.epoch)?;
+    let error = if req.error.is_empty() {
+        "the agent reported a failure without a message".to_owned()
+    } else {
+        head(&req.error, MAX_ERROR_BYTES)
+    };
+    let log_tail = tail(&req.log_tail, MAX_LOG_TAIL_BYTES);
+    Ok(Failure {
+        lease,
+        epoch,
+        error,
+        log_tail,
+    })
+}
+
+/// A `Release` request from the wire, checked: the lease, its epoch and the reason.
+pub(crate) fn release(req: pb::ReleaseRequest) -> Result<(LeaseId, u64, ReleaseReason), Status> {
+    let (lease, epoch) = fenced(&req.lease_id, req.epoch)?;
+    id("reason", &req.reason)?;
+    Ok((lease, epoch, ReleaseReason::parse(&req.reason)))
+}
+
+/// A result batch from the wire, checked, with its records counted (which also checks
+/// that they are zstd). The error says what is wrong with it.
+pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, String> {
+    let field_error = |status: Status| status.message().to_owned();
+    id("lease_id", &batch.lease_id).map_err(field_error)?;
+    id("unit_id", &batch.unit_id).map_err(field_error)?;
+    if batch.epoch == 0 {
+        return Err("field `epoch` is 0; a lease's epoch starts at 1".to_owned());
+    }
+    if batch.results.is_empty() {
+        return Err("field `results` is empty".to_owned());
+    }
+    at_most("results", batch.results.len(), MAX_BATCH_RESULTS).map_err(field_error)?;
+    let mut results = Vec::with_capacity(batch.results.len());
+    for result in batch.results {
+        id("results.step_id", &result.step_id).map_err(field_error)?;
+        let step = result.step_id;
+        if serde_json::from_str::<serde::de::IgnoredAny>(&result.result_json).is_err() {
+            return Err(format!(
+                "result of step {step}: field `result_json` is not a JSON document"
+            ));
+        }
+        let environment_json = if result.environment_json.is_empty() {
+            "{}".to_owned()
+        } else if serde_json::from_str::<serde::de::IgnoredAny>(&result.environment_json).is_err() {
+            return Err(format!(
+                "result of step {step}: field `environment_json` is not a JSON document"
+            ));
+        } else {
+            result.environment_json
+        };
+        let (records_zstd, record_count) = count_records(result.records_zstd)
+            .await
+            .map_err(|e| format!("result of step {step}: field `records_zstd`: {e}"))?;
+        let (telemetry_zstd, telemetry_count) = count_records(result.telemetry_zstd)
+            .await
+            .map_err(|e| format!("result of step {step}: field `telemetry_zstd`: {e}"))?;
+        results.push(ReportedResult {
+            step_id: StepId(step),
+            result_json: result.result_json,
+            environment_json,
+            records_zstd,
+            record_count,
+            telemetry_zstd,
+            telemetry_count,
+            finished_at_ms: result.finished_at_ms,
+        });
+    }
+    Ok(ResultBatch {
+        lease: LeaseId(batch.lease_id),
+        epoch: batch.epoch,
+        unit: UnitId(batch.unit_id),
+        attempt: batch.attempt,
+        sequence: batch.sequence,
+        results,
+    })
+}
+
+/// Counts the JSON Lines in a zstd blob (0 for an empty blob), large blobs on the
+/// blocking pool; an error for a blob that is not zstd.
+async fn count_records(blob: Vec<u8>) -> Result<(Vec<u8>, u64), String> {
+    if blob.is_empty() {
+        return Ok((blob, 0));
+    }
+    if blob.len() < LARGE_RECORDS_BYTES {
+        let count = count_lines(&blob)?;
+        return Ok((blob, count));
+    }
+    tokio::task::spawn_blocking(move || count_lines(&blob).map(|count| (blob, count)))
+        .await
+        .map_err(|e| format!("failed to count records: {e}"))?
+}
+
+/// Counts the JSON Lines in a zstd blob, refusing more than [`MAX_RECORDS_BYTES`].
+fn count_lines(blob: &[u8]) -> Result<u64, String> {
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(blob)
+        .map_err(|e| format!("not zstd data: {e}"))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut lines, mut total, mut last) = (0u64, 0u64, b'\n');
+    loop {
+        let n = decoder
+            .read(&mut buf)
+            .map_err(|e| format!("not valid zstd data: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > MAX_RECORDS_BYTES {
+            return Err(format!(
+                "records decompress to more than {MAX_RECORDS_BYTES} bytes"
+            ));
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[n - 1];
+    }
+    if last != b'\n' {
+        lines += 1;
+    }
+    Ok(lines)
+}
+
+/// The first `max` bytes of `text` (at a character boundary), marked when cut.
+fn head(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes cut)", &text[..end], text.len() - end)
+}
+
+/// The last `max` bytes of `text` (at a character boundary), marked when cut.
+fn tail(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("({start} bytes cut) …{}", &text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zstd_of(text: &str) -> Vec<u8> {
+        zstd::encode_all(text.as_bytes(), 3).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_are_counted_by_line_and_must_be_zstd() {
+        assert_eq!(count_records(Vec::new()).await.unwrap().1, 0);
+        assert_eq!(count_records(zstd_of("{}\n{}\n{}\n")).await.unwrap().1, 3);
+        assert_eq!(count_records(zstd_of("{}\n{}")).await.unwrap().1, 2);
+        let big: String = (0..100_000).map(|i| format!("{{\"i\":{i}}}\n")).collect();
+        assert_eq!(count_records(zstd_of(&big)).await.unwrap().1, 100_000);
+        let err = count_records(b"{\"not\": \"zstd\"}\n".to_vec())
+            .await
+            .unwrap_err();
+        assert!(err.contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn long_texts_are_cut_at_character_boundaries() {
+        assert_eq!(head("short", 10), "short");
+        assert_eq!(head("ééé", 3), "é… (4 bytes cut)");
+        assert_eq!(tail("ééé", 3), "(4 bytes cut) …é");
+        assert_eq!(tail("abcdef", 2), "(4 bytes cut) …ef");
+    }
+}

@@ -54,6 +54,12 @@ fn env_number(name: &str, default: u64) -> u64 {
 /// The coordinator's store writer thread (`store/mod.rs` names it).
 const WRITER_THREAD: &str = "store-writer";
 
+/// The step document every simulated result carries: a small one of the current schema, which
+/// the coordinator checks like any other.
+const STEP_DOCUMENT: &str = "{\"schema\":1,\"schema_minor\":1,\"simulated\":true,\
+    \"step_label\":\"chat @ c=1 #0\",\"metrics\":null,\"tokenization\":null,\
+    \"connections_opened\":1,\"served_model\":\"m\",\"started_at_ms\":0,\"finished_at_ms\":1}";
+
 /// Registrations (and so connections being opened) in flight at once.
 const REGISTER_CONCURRENCY: usize = 512;
 
@@ -318,7 +324,7 @@ async fn agent(
             .filter(|s| !lease.finished_step_ids.contains(&s.step_id))
             .map(|s| pb::StepResult {
                 step_id: s.step_id.clone(),
-                result_json: "{\"metrics\":{}}".to_owned(),
+                result_json: STEP_DOCUMENT.to_owned(),
                 environment_json: "{}".to_owned(),
                 records_zstd: blob.as_ref().clone(),
                 ..Default::default()

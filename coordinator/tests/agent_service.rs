@@ -161,6 +161,21 @@ fn records(lines: usize) -> Vec<u8> {
     zstd::encode_all(text.as_bytes(), 3).unwrap()
 }
 
+/// A step document of `version` (major, minor) for step `i`, with `extra` fields appended.
+fn document(i: usize, (major, minor): (u32, u32), extra: &str) -> String {
+    format!(
+        "{{\"schema\":{major},\"schema_minor\":{minor},\"simulated\":true,\"step_label\":\"step {i}\",\
+         \"metrics\":null,\"tokenization\":null,\"connections_opened\":1,\"served_model\":\"m\",\
+         \"started_at_ms\":0,\"finished_at_ms\":{i}{extra}}}"
+    )
+}
+
+/// A step document of the version this build writes.
+fn current_document(i: usize) -> String {
+    let v = evalctl_results::SchemaVersion::CURRENT;
+    document(i, (v.major, v.minor), "")
+}
+
 fn batch(lease: &pb::Lease, sequence: u64, steps: &[usize]) -> pb::ResultBatch {
     pb::ResultBatch {
         lease_id: lease.lease_id.clone(),
@@ -173,7 +188,7 @@ fn batch(lease: &pb::Lease, sequence: u64, steps: &[usize]) -> pb::ResultBatch {
             .map(|&i| pb::StepResult {
                 step_id: lease.steps[i].step_id.clone(),
                 step_index: lease.steps[i].index,
-                result_json: format!("{{\"metrics\":{{\"step\":{i}}}}}"),
+                result_json: current_document(i),
                 environment_json: "{\"host\":\"gpu-1.lab\"}".into(),
                 records_zstd: records(3),
                 finished_at_ms: 1,
@@ -367,7 +382,7 @@ async fn a_unit_runs_from_lease_to_success_and_watch_shows_it() {
     assert_eq!(first.campaign, submitted.campaign_id);
     assert_eq!(first.agent_id, "gpu-1");
     assert_eq!(first.attempt, 1);
-    assert_eq!(first.result_json, "{\"metrics\":{\"step\":0}}");
+    assert_eq!(first.result_json, current_document(0));
     assert_eq!(first.environment_json, "{\"host\":\"gpu-1.lab\"}");
     assert_eq!(first.step.as_ref().unwrap().step_id, lease.steps[0].step_id);
     assert_eq!(first.unit.as_ref().unwrap(), lease.config.as_ref().unwrap());
@@ -693,5 +708,93 @@ async fn drain_cancel_and_agents_reach_agents_through_heartbeats() {
         status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+    c.stop().await;
+}
+
+/// Agents and coordinator upgrade one at a time: a document of a newer minor version is stored
+/// exactly as sent (its unknown fields kept for newer readers), an older minor is accepted, and
+/// a major version this coordinator does not know is refused, naming the versions, with
+/// nothing stored.
+#[tokio::test]
+async fn step_documents_are_checked_against_the_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    submit(&c, "versions", 1).await;
+    register(&c, "gpu-1", 1).await;
+    let lease = acquire(&c, "gpu-1", &[0]).await.expect("a lease");
+    let current = evalctl_results::SchemaVersion::CURRENT;
+    let with_document = |sequence: u64, step: usize, json: String| {
+        let mut b = batch(&lease, sequence, &[step]);
+        b.results[0].result_json = json;
+        b
+    };
+
+    let next_major = document(0, (current.major + 1, 0), "");
+    let wrong_shape = document(0, (current.major, current.minor), "")
+        .replace("\"connections_opened\":1", "\"connections_opened\":\"one\"");
+    let acks = report(
+        &c,
+        vec![
+            with_document(1, 0, next_major),
+            with_document(2, 0, wrong_shape),
+            with_document(3, 0, "{\"metrics\":{}}".into()),
+        ],
+    )
+    .await;
+    assert!(acks.iter().all(|a| !a.accepted), "{acks:?}");
+    let want = format!(
+        "schema {}.0: this build reads schema {}.x only",
+        current.major + 1,
+        current.major
+    );
+    assert!(acks[0].error.contains(&want), "{}", acks[0].error);
+    assert!(
+        acks[0].error.contains("field `result_json`"),
+        "{}",
+        acks[0].error
+    );
+    assert!(
+        acks[1]
+            .error
+            .contains("field `connections_opened` does not match the schema"),
+        "{}",
+        acks[1].error
+    );
+    assert!(
+        acks[2].error.contains("schema version"),
+        "{}",
+        acks[2].error
+    );
+
+    let newer_minor = document(
+        0,
+        (current.major, current.minor + 1),
+        ",\"kv_cache_hit_rate\":0.93",
+    );
+    let older_minor = document(1, (current.major, 0), "");
+    let acks = report(
+        &c,
+        vec![
+            with_document(4, 0, newer_minor.clone()),
+            with_document(5, 1, older_minor.clone()),
+        ],
+    )
+    .await;
+    assert!(acks.iter().all(|a| a.accepted), "{acks:?}");
+
+    let stored: Vec<String> = c
+        .campaigns()
+        .await
+        .results(pb::ResultsRequest {
+            campaign: "versions".into(),
+            include_records: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap().result_json)
+        .collect()
+        .await;
+    assert_eq!(stored, [newer_minor, older_minor], "stored as sent");
     c.stop().await;
 }

@@ -4,13 +4,14 @@
 //! error text, sent back in its acknowledgement).
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
+use evalctl_results::codec;
 use tonic::Status;
 
 use super::convert;
+use super::status::chain;
 use crate::domain::{
     AgentId, AgentRegistration, LeaseId, LeaseRequest, ReleaseReason, ReportedResult, ResultBatch,
     StepId, UnitId,
@@ -225,9 +226,12 @@ pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, 
     for result in batch.results {
         id("results.step_id", &result.step_id).map_err(field_error)?;
         let step = result.step_id;
-        if serde_json::from_str::<serde::de::IgnoredAny>(&result.result_json).is_err() {
+        // Refuses a major schema version this build does not know, and a known version
+        // whose fields do not have their shape; a newer minor version is stored as sent.
+        if let Err(err) = evalctl_results::check_step_document(&result.result_json) {
             return Err(format!(
-                "result of step {step}: field `result_json` is not a JSON document"
+                "result of step {step}: field `result_json`: {}",
+                chain(&err)
             ));
         }
         let environment_json = if result.environment_json.is_empty() {
@@ -283,30 +287,7 @@ async fn count_records(blob: Vec<u8>) -> Result<(Vec<u8>, u64), String> {
 
 /// Counts the JSON Lines in a zstd blob, refusing more than [`MAX_RECORDS_BYTES`].
 fn count_lines(blob: &[u8]) -> Result<u64, String> {
-    let mut decoder = zstd::stream::read::Decoder::with_buffer(blob)
-        .map_err(|e| format!("not zstd data: {e}"))?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut lines, mut total, mut last) = (0u64, 0u64, b'\n');
-    loop {
-        let n = decoder
-            .read(&mut buf)
-            .map_err(|e| format!("not valid zstd data: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-        if total > MAX_RECORDS_BYTES {
-            return Err(format!(
-                "records decompress to more than {MAX_RECORDS_BYTES} bytes"
-            ));
-        }
-        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
-        last = buf[n - 1];
-    }
-    if last != b'\n' {
-        lines += 1;
-    }
-    Ok(lines)
+    codec::count_lines(blob, MAX_RECORDS_BYTES).map_err(|err| chain(&err))
 }
 
 /// The first `max` bytes of `text` (at a character boundary), marked when cut.

@@ -712,9 +712,10 @@ async fn drain_cancel_and_agents_reach_agents_through_heartbeats() {
 }
 
 /// Agents and coordinator upgrade one at a time: a document of a newer minor version is stored
-/// exactly as sent (its unknown fields kept for newer readers), an older minor is accepted, and
-/// a major version this coordinator does not know is refused, naming the versions, with
-/// nothing stored.
+/// exactly as sent (its unknown fields kept for newer readers) and an older minor is accepted.
+/// A major version this coordinator does not know ends the stream with FAILED_PRECONDITION and
+/// no acknowledgement, so the agent keeps the batch for a coordinator that can store it; a
+/// document of a known version whose fields do not have their shape is refused for good.
 #[tokio::test]
 async fn step_documents_are_checked_against_the_schema_version() {
     let dir = tempfile::tempdir().unwrap();
@@ -730,40 +731,52 @@ async fn step_documents_are_checked_against_the_schema_version() {
     };
 
     let next_major = document(0, (current.major + 1, 0), "");
+    let mut acks = c
+        .agents()
+        .await
+        .report_results(tokio_stream::iter(vec![with_document(1, 0, next_major)]))
+        .await
+        .unwrap()
+        .into_inner();
+    let status = acks
+        .message()
+        .await
+        .expect_err("the stream ends without an ack");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let want = format!(
+        "failed to accept a step document of schema {}.0: this build reads schema {}.x only",
+        current.major + 1,
+        current.major
+    );
+    assert!(status.message().contains(&want), "{}", status.message());
+    assert!(
+        status.message().contains("field `result_json`"),
+        "{}",
+        status.message()
+    );
+
     let wrong_shape = document(0, (current.major, current.minor), "")
         .replace("\"connections_opened\":1", "\"connections_opened\":\"one\"");
     let acks = report(
         &c,
         vec![
-            with_document(1, 0, next_major),
             with_document(2, 0, wrong_shape),
             with_document(3, 0, "{\"metrics\":{}}".into()),
         ],
     )
     .await;
     assert!(acks.iter().all(|a| !a.accepted), "{acks:?}");
-    let want = format!(
-        "schema {}.0: this build reads schema {}.x only",
-        current.major + 1,
-        current.major
-    );
-    assert!(acks[0].error.contains(&want), "{}", acks[0].error);
     assert!(
-        acks[0].error.contains("field `result_json`"),
+        acks[0]
+            .error
+            .contains("field `connections_opened` does not match the schema"),
         "{}",
         acks[0].error
     );
     assert!(
-        acks[1]
-            .error
-            .contains("field `connections_opened` does not match the schema"),
+        acks[1].error.contains("schema version"),
         "{}",
         acks[1].error
-    );
-    assert!(
-        acks[2].error.contains("schema version"),
-        "{}",
-        acks[2].error
     );
 
     let newer_minor = document(

@@ -5,7 +5,9 @@
 //! |---|---|
 //! | [`sse`] | incremental server-sent events parser over raw bytes |
 //! | [`chunk`] | which streamed chunks carry output tokens |
-//! | [`client`] | streaming HTTP/1.1 client that timestamps at the socket |
+//! | [`client`] | streaming HTTP/1.1 client: pool, request exchange, timeouts, errors |
+//! | `timed_io` | the TCP stream wrapper that stamps every read and write (kernel receive stamps on Linux) |
+//! | `clock` | the monotonic nanosecond clock every record is measured on |
 //! | [`record`] | the per-request record |
 //! | [`metrics`] | step metrics from records (vLLM definitions, numpy percentiles) |
 //! | [`load`] | concurrency and rate load patterns |
@@ -17,10 +19,12 @@
 
 pub mod chunk;
 pub mod client;
+mod clock;
 pub mod dataset;
 pub mod load;
 pub mod request;
 pub mod sse;
+mod timed_io;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -241,7 +245,7 @@ pub async fn run_step(
     let (stop, target) = match plan.stop {
         Stop::Requests(n) => (PhaseStop::Requests(n), Some(n)),
         Stop::Duration(d) => (
-            PhaseStop::Until(client::now_ns().saturating_add(client::nanos(d))),
+            PhaseStop::Until(client::now_ns().saturating_add(clock::nanos(d))),
             None,
         ),
     };

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::agent_convert::{self, Failure, Heartbeat};
+use super::agent_convert::{self, Failure, Heartbeat, Refusal};
 use super::convert;
 use super::status::{chain, is_refusal, store_error};
 use crate::events::{CampaignEvent, EventBus};
@@ -93,12 +93,13 @@ impl AgentApi {
         };
         let batch = match agent_convert::result_batch(batch).await {
             Ok(batch) => batch,
-            Err(error) => {
+            Err(Refusal::ForGood(error)) => {
                 return Ok(InFlight::Refused(pb::ResultAck {
                     error: format!("invalid batch: {error}"),
                     ..template
                 }));
             }
+            Err(Refusal::NotNow(status)) => return Err(status),
         };
         let pending = self.store.queue_results(batch).await.map_err(store_error)?;
         Ok(InFlight::Queued(template, pending))

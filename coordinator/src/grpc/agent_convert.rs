@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
 use evalctl_results::codec;
+use evalctl_results::document::DocumentError;
 use tonic::Status;
 
 use super::convert;
@@ -211,35 +212,64 @@ pub(crate) fn release(req: pb::ReleaseRequest) -> Result<(LeaseId, u64, ReleaseR
 
 /// A result batch from the wire, checked, with its records counted (which also checks
 /// that they are zstd). The error says what is wrong with it.
-pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, String> {
+/// Why a result batch is not stored.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Sending the batch again cannot help: it is acknowledged as refused, with this text.
+    ForGood(String),
+    /// This coordinator cannot store it now (a step document of a schema version it does not
+    /// know): the stream ends with this status, the agent keeps the batch and sends it again.
+    NotNow(Status),
+}
+
+impl From<String> for Refusal {
+    fn from(text: String) -> Refusal {
+        Refusal::ForGood(text)
+    }
+}
+
+pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, Refusal> {
     let field_error = |status: Status| status.message().to_owned();
     id("lease_id", &batch.lease_id).map_err(field_error)?;
     id("unit_id", &batch.unit_id).map_err(field_error)?;
     if batch.epoch == 0 {
-        return Err("field `epoch` is 0; a lease's epoch starts at 1".to_owned());
+        return Err(Refusal::ForGood(
+            "field `epoch` is 0; a lease's epoch starts at 1".to_owned(),
+        ));
     }
     if batch.results.is_empty() {
-        return Err("field `results` is empty".to_owned());
+        return Err(Refusal::ForGood("field `results` is empty".to_owned()));
     }
     at_most("results", batch.results.len(), MAX_BATCH_RESULTS).map_err(field_error)?;
     let mut results = Vec::with_capacity(batch.results.len());
     for result in batch.results {
         id("results.step_id", &result.step_id).map_err(field_error)?;
         let step = result.step_id;
-        // Refuses a major schema version this build does not know, and a known version
-        // whose fields do not have their shape; a newer minor version is stored as sent.
-        if let Err(err) = evalctl_results::check_step_document(&result.result_json) {
-            return Err(format!(
-                "result of step {step}: field `result_json`: {}",
-                chain(&err)
-            ));
+        // A known major version whose fields do not have their shape is refused; a newer
+        // minor version is stored as sent. A major version this build does not know ends the
+        // stream instead: the agent keeps the batch and sends it again, so a fleet upgraded
+        // in the wrong order loses nothing.
+        match evalctl_results::check_step_document(&result.result_json) {
+            Ok(_) => {}
+            Err(err @ DocumentError::UnknownMajor { .. }) => {
+                return Err(Refusal::NotNow(Status::failed_precondition(format!(
+                    "result of step {step}: field `result_json`: {}",
+                    chain(&err)
+                ))));
+            }
+            Err(err) => {
+                return Err(Refusal::ForGood(format!(
+                    "result of step {step}: field `result_json`: {}",
+                    chain(&err)
+                )));
+            }
         }
         let environment_json = if result.environment_json.is_empty() {
             "{}".to_owned()
         } else if serde_json::from_str::<serde::de::IgnoredAny>(&result.environment_json).is_err() {
-            return Err(format!(
+            return Err(Refusal::ForGood(format!(
                 "result of step {step}: field `environment_json` is not a JSON document"
-            ));
+            )));
         } else {
             result.environment_json
         };

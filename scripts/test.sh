@@ -9,16 +9,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Prints how long each phase took, so a slow CI run says where its time went.
+mark=$SECONDS
+took() {
+  echo "test.sh: $1: $((SECONDS - mark)) s"
+  mark=$SECONDS
+}
+
 # tests/e2e/llamacpp.rs needs llama-server and the models; without them it fails, and says why.
 if ! scripts/setup-llamacpp.sh; then
   echo "test.sh: scripts/setup-llamacpp.sh failed; the llama.cpp end-to-end test will fail" >&2
 fi
+took "setup llama.cpp"
 # tests/e2e/report.rs renders the HTML report in headless Chromium when it is installed.
 if ! scripts/setup-chromium.sh; then
   echo "test.sh: scripts/setup-chromium.sh failed; the report test will skip its rendering part" >&2
 fi
+took "setup Chromium"
 
 cargo build --workspace --bins --locked
+took "build the binaries"
 
 log=$(mktemp "${TMPDIR:-/tmp}/evalctl-test.XXXXXX")
 trap 'rm -f "$log"' EXIT
@@ -26,6 +36,7 @@ set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+took "cargo test"
 
 # cargo prints one "test result:" line per test binary; add them up.
 awk '/^test result:/ {

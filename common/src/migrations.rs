@@ -92,6 +92,20 @@ pub fn user_version(conn: &Connection) -> rusqlite::Result<u32> {
     conn.pragma_query_value(None, "user_version", |row| row.get(0))
 }
 
+/// The tables of the file, by name: what a store's migration test compares.
+pub fn table_names(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt =
+        conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
+/// The tables with rows that break a foreign key (`PRAGMA foreign_key_check`); empty when
+/// the file is consistent.
+pub fn foreign_key_violations(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("PRAGMA foreign_key_check")?;
+    stmt.query_map([], |r| r.get(0))?.collect()
+}
+
 /// Checks `migrations` against the `.sql` files of `dir`: every file listed, in order,
 /// numbered from 1 by position, named `NNNN_…`, and compiled in with the text on disk.
 /// Returns what differs; for a store's tests.
@@ -162,13 +176,7 @@ mod tests {
     };
 
     fn tables(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        table_names(conn).unwrap()
     }
 
     #[test]

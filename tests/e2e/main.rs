@@ -6,6 +6,7 @@ mod chaos;
 mod cli_errors;
 mod compare;
 mod control_plane;
+mod layering;
 mod llamacpp;
 mod report;
 mod results_export;

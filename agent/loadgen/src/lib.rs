@@ -8,14 +8,17 @@
 //! | [`client`] | streaming HTTP/1.1 client: pool, request exchange, timeouts, errors |
 //! | `timed_io` | the TCP stream wrapper that stamps every read and write (kernel receive stamps on Linux) |
 //! | `clock` | the monotonic nanosecond clock every record is measured on |
-//! | [`record`] | the per-request record |
-//! | [`metrics`] | step metrics from records (vLLM definitions, numpy percentiles) |
 //! | [`load`] | concurrency and rate load patterns |
 //! | [`dataset`] | prompts: random exact-length, ShareGPT, JSON Lines |
 //! | [`request`] | request bodies |
 //!
-//! Definitions of every figure are in `docs/metrics.md`. This crate must not depend on the
-//! coordinator: the plan types here are the load generator's own.
+//! What comes out is the result contract's (`evalctl-results`): the per-request record and the
+//! step metrics computed from records (vLLM definitions, numpy percentiles). Definitions of
+//! every figure are in `docs/metrics.md`.
+//!
+//! Architecture invariant: this crate stands alone. It depends on the result contract and the
+//! word tokenizer and on no other evalctl crate: not the coordinator, not the simulator, not
+//! NVML or SQLite. `evalctl bench` is this crate and a command line.
 
 pub mod chunk;
 pub mod client;

@@ -138,7 +138,7 @@ fn jsonl() -> String {
 }
 
 fn datasets_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets")
 }
 
 fn check_or_update(name: &str, generated: &str) -> PathBuf {

@@ -32,18 +32,12 @@ pub(crate) const SCHEMA: Schema = Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evalctl_common::migrations::{check_directory, user_version};
+    use evalctl_common::migrations::{check_directory, table_names, user_version};
     use evalctl_common::sqlite::SqliteError;
     use rusqlite::Connection;
 
     fn tables(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        table_names(conn).unwrap()
     }
 
     #[test]

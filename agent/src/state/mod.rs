@@ -552,14 +552,11 @@ mod tests {
             i64::from(migrations::SCHEMA.latest_version()),
             get("user_version")
         );
-        let violations: Vec<String> = conn
-            .prepare("PRAGMA foreign_key_check")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(violations.is_empty());
+        assert!(
+            evalctl_common::migrations::foreign_key_violations(conn)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::error::StoreError;
 
 /// How the database file is named in errors.
-const FILE: &str = "the database";
+const FILE: &str = "database";
 
 /// How long a connection waits for a lock held by another connection before `SQLITE_BUSY`.
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);

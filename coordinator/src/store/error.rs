@@ -22,9 +22,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
-    /// Opening, migrating or querying the database failed.
+    /// Opening, migrating or querying the database failed (boxed: results of the store pass
+    /// through every call, and SQLite's errors are large).
     #[error(transparent)]
-    Sqlite(#[from] SqliteError),
+    Sqlite(Box<SqliteError>),
 
     /// The transaction holding a batch of writes could not commit; none of them is stored.
     #[error("failed to commit a batch of writes")]
@@ -175,6 +176,12 @@ pub enum StoreError {
         #[source]
         source: tokio::task::JoinError,
     },
+}
+
+impl From<SqliteError> for StoreError {
+    fn from(err: SqliteError) -> StoreError {
+        StoreError::Sqlite(Box::new(err))
+    }
 }
 
 /// Attaches what the store was doing to a rusqlite error.

@@ -38,7 +38,7 @@ const MIGRATIONS: &[Migration] = &[
 
 /// The coordinator database's schema.
 pub(crate) const SCHEMA: Schema = Schema {
-    file: "the database",
+    file: "database",
     program: "coordinator",
     newer_hint: "run the newer coordinator, or restore a backup",
     migrations: MIGRATIONS,
@@ -47,18 +47,14 @@ pub(crate) const SCHEMA: Schema = Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use evalctl_common::migrations::{check_directory, user_version};
+    use evalctl_common::migrations::{
+        check_directory, foreign_key_violations, table_names, user_version,
+    };
     use evalctl_common::sqlite::SqliteError;
     use rusqlite::Connection;
 
     fn tables(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn
-            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
-            .unwrap();
-        stmt.query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        table_names(conn).unwrap()
     }
 
     #[test]
@@ -113,14 +109,7 @@ mod tests {
                 "missing table {table}"
             );
         }
-        let check: Vec<String> = conn
-            .prepare("PRAGMA foreign_key_check")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert!(check.is_empty());
+        assert!(foreign_key_violations(&conn).unwrap().is_empty());
         drop(conn);
 
         // Reopening applies nothing.

@@ -1041,8 +1041,8 @@ async fn a_batch_commits_together_and_a_failing_op_rolls_back_alone() {
     let err = failing.await.unwrap().unwrap_err();
     assert!(
         matches!(
-            err,
-            StoreError::Sqlite(SqliteError::Sql {
+            &err,
+            StoreError::Sqlite(e) if matches!(**e, SqliteError::Sql {
                 action: "break a constraint",
                 ..
             })

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `sqlite` (feature `sqlite`) | opening SQLite files, the errors of doing so, attaching context to statements |
 //! | `migrations` (feature `sqlite`) | numbered `.sql` schema migrations tracked by `PRAGMA user_version` |
+//! | [`lock`] | an exclusive lock file naming its holder, so two processes never share a store |
 //! | [`signal`] | SIGINT/SIGTERM as a shutdown future |
 //! | [`duration`] | human durations ("30s", "2m") in config files |
 //! | [`error_chain`] | an error and its causes on one line |
@@ -13,6 +14,7 @@
 //! crate depends on no other evalctl crate.
 
 pub mod duration;
+pub mod lock;
 #[cfg(feature = "sqlite")]
 pub mod migrations;
 pub mod signal;

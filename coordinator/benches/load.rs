@@ -516,6 +516,7 @@ async fn run(
             source_name: "load.yaml".to_owned(),
             dry_run: false,
             submitted_by: "load".to_owned(),
+            allow_empty: false,
         })
         .await
         .expect("submit the campaign")

@@ -400,6 +400,36 @@ impl Expansion {
     pub fn step_count(&self) -> usize {
         self.units.iter().map(|u| u.steps.len()).sum()
     }
+
+    /// Refuses an expansion with no unit to run: stored, it would succeed at once and pass
+    /// for a benchmark that ran. `allow_empty` (`--allow-empty`) lets it through.
+    pub fn check_not_empty(&self, allow_empty: bool) -> Result<(), EmptyCampaign> {
+        if allow_empty || !self.units.is_empty() {
+            return Ok(());
+        }
+        let count = |kind: DropKind| self.dropped.iter().filter(|d| d.kind == kind).count();
+        Err(EmptyCampaign {
+            campaign: self.campaign.name.clone(),
+            excluded: count(DropKind::Excluded),
+            pruned: count(DropKind::Pruned),
+        })
+    }
+}
+
+/// A campaign whose matrix leaves nothing to run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "campaign `{campaign}` has nothing to run: {excluded} combinations excluded by `exclude`, \
+     {pruned} pruned because their weights do not fit (hint: `evalctl submit --dry-run` lists \
+     them; fix the matrix, or pass --allow-empty to store it anyway)"
+)]
+pub struct EmptyCampaign {
+    /// The campaign.
+    pub campaign: String,
+    /// Combinations an `exclude` entry removed.
+    pub excluded: usize,
+    /// Combinations fit pruning removed.
+    pub pruned: usize,
 }
 
 // ---- agents and leases ----
@@ -416,8 +446,15 @@ pub struct AgentGpu {
     pub gpu_type: String,
     /// Name as the driver reports it.
     pub name: String,
-    /// Memory in GB.
+    /// Memory in GB. Rows written before registrations were checked may hold `null` (a NaN
+    /// or infinite report); they read as 0, so one bad report cannot break every reader.
+    #[serde(deserialize_with = "null_as_zero")]
     pub memory_gb: f64,
+}
+
+/// A JSON number, or `null` read as 0.
+fn null_as_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(0.0))
 }
 
 /// What an agent announces about itself.

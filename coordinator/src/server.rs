@@ -5,8 +5,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use evalctl_common::lock::{FileLock, LockError};
 use evalctl_proto::v1 as pb;
 use evalctl_proto::v1::agent_service_server::AgentServiceServer;
 use evalctl_proto::v1::campaign_service_server::CampaignServiceServer;
@@ -47,6 +49,28 @@ pub enum ServeError {
         #[source]
         source: StoreError,
     },
+    /// Another coordinator serves the same database.
+    #[error(
+        "failed to start on database `{}`: another evalctl-coordinator serves it (hint: stop \
+         that coordinator, or give this one its own --data-dir)",
+        database.display()
+    )]
+    Locked {
+        /// Database file.
+        database: std::path::PathBuf,
+        /// Who holds the lock.
+        #[source]
+        source: LockError,
+    },
+    /// The database's lock file could not be created or locked.
+    #[error("failed to lock database `{}`", database.display())]
+    Lock {
+        /// Database file.
+        database: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: LockError,
+    },
     /// The listen address could not be bound.
     #[error("failed to listen on {addr}")]
     Bind {
@@ -64,9 +88,38 @@ pub enum ServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
+/// Takes `<database>.lock` (creating the database's directory), so that a second coordinator
+/// on the same database refuses to start, naming the first one's process id.
+fn serve_lock(database: &Path) -> Result<FileLock, ServeError> {
+    let lock_error = |source| ServeError::Lock {
+        database: database.to_owned(),
+        source,
+    };
+    let mut name = database.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    if let Some(parent) = database.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|source| {
+            lock_error(LockError::Io {
+                path: path.clone(),
+                source,
+            })
+        })?;
+    }
+    FileLock::acquire(&path).map_err(|source| match source {
+        LockError::Held { .. } => ServeError::Locked {
+            database: database.to_owned(),
+            source,
+        },
+        LockError::Io { .. } => lock_error(source),
+    })
+}
+
 /// A coordinator with its store open and its listeners bound, ready to serve.
 pub struct Coordinator {
     config: Config,
+    /// `<database>.lock`, held while this coordinator exists and serves.
+    lock: FileLock,
     store: Store,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -88,6 +141,7 @@ impl Coordinator {
             )),
             None => None,
         };
+        let lock = serve_lock(&config.database)?;
         let store = Store::open(&config.database)
             .await
             .map_err(|source| ServeError::Store {
@@ -117,6 +171,7 @@ impl Coordinator {
         };
         Ok(Coordinator {
             config,
+            lock,
             store,
             listener,
             metrics_listener,
@@ -160,6 +215,7 @@ impl Coordinator {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServeError> {
         let Coordinator {
             config,
+            lock: _lock,
             store,
             listener,
             metrics_listener,

@@ -105,6 +105,7 @@ async fn submit(c: &Running, campaign: &str, models: usize) -> pb::SubmitRespons
             source_name: "test.yaml".into(),
             dry_run: false,
             submitted_by: "test".into(),
+            allow_empty: false,
         })
         .await
         .unwrap()
@@ -809,5 +810,130 @@ async fn step_documents_are_checked_against_the_schema_version() {
         .collect()
         .await;
     assert_eq!(stored, [newer_minor, older_minor], "stored as sent");
+    c.stop().await;
+}
+
+/// A second coordinator on the same database refuses to start and names the first one's
+/// process; once the first has stopped, a coordinator starts there again.
+#[tokio::test]
+async fn a_second_coordinator_on_the_same_database_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Running::start(dir.path(), Duration::from_secs(30)).await;
+    let mut config = Config::with_data_dir(dir.path());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let err = Coordinator::bind(config)
+        .await
+        .err()
+        .expect("the second coordinator is refused");
+    let text = evalctl_common::error_chain(&err);
+    assert!(matches!(err, ServeError::Locked { .. }), "{text}");
+    assert!(
+        text.contains("another evalctl-coordinator serves it"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("is held by process {}", std::process::id())),
+        "{text}"
+    );
+    first.stop().await;
+    let again = Running::start(dir.path(), Duration::from_secs(30)).await;
+    again.stop().await;
+}
+
+/// A matrix whose excludes remove every combination is refused at submit, dry runs
+/// included, with the reason; `allow_empty` stores it anyway.
+#[tokio::test]
+async fn a_campaign_with_nothing_to_run_is_refused_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    let empty = format!(
+        "{}exclude:\n  - {{ framework: vllm }}\n",
+        matrix("empty", 2)
+    );
+    let request = |dry_run: bool, allow_empty: bool| pb::SubmitRequest {
+        matrix_yaml: empty.clone(),
+        source_name: "empty.yaml".into(),
+        dry_run,
+        submitted_by: "test".into(),
+        allow_empty,
+    };
+    for dry_run in [true, false] {
+        let err = c
+            .campaigns()
+            .await
+            .submit(request(dry_run, false))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(
+                "campaign `empty` has nothing to run: 2 combinations excluded by `exclude`, 0 pruned"
+            ),
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains("--allow-empty"), "{}", err.message());
+    }
+    let listed = c
+        .campaigns()
+        .await
+        .list_campaigns(pb::ListCampaignsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.campaigns.is_empty(), "nothing stored: {listed:?}");
+
+    let stored = c
+        .campaigns()
+        .await
+        .submit(request(false, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stored.units, stored.dropped.len()), (0, 2));
+    c.stop().await;
+}
+
+/// A GPU report with NaN, infinite or negative memory is refused naming the field, and
+/// nothing of it is stored: listing agents keeps working for everyone.
+#[tokio::test]
+async fn a_registration_with_garbage_gpu_memory_is_refused_and_blinds_nobody() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Running::start(dir.path(), Duration::from_secs(30)).await;
+    register(&c, "good", 1).await;
+    for memory_gb in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -80.0, 0.0] {
+        let err = c
+            .agents()
+            .await
+            .register(pb::RegisterRequest {
+                agent_id: "bad".into(),
+                gpus: vec![pb::GpuInfo {
+                    index: 0,
+                    uuid: "GPU-0".into(),
+                    gpu_type: "H100-80GB".into(),
+                    name: "NVIDIA H100 80GB HBM3".into(),
+                    memory_gb,
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{memory_gb}: {err:?}");
+        assert!(
+            err.message().contains("field `gpus.memory_gb`"),
+            "{}",
+            err.message()
+        );
+    }
+    let agents = c
+        .campaigns()
+        .await
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .agents;
+    let ids: Vec<&str> = agents.iter().map(|a| a.agent_id.as_str()).collect();
+    assert_eq!(ids, ["good"]);
     c.stop().await;
 }

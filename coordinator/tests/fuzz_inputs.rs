@@ -170,6 +170,7 @@ fn methods() -> Vec<(&'static str, Kind, Vec<u8>)> {
                 source_name: "quickstart.yaml".into(),
                 dry_run: false,
                 submitted_by: "fuzz".into(),
+                allow_empty: false,
             }
             .encode_to_vec(),
         ),

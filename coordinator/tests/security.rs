@@ -203,6 +203,7 @@ fn submit_request(campaign: &str) -> pb::SubmitRequest {
         source_name: "test.yaml".into(),
         dry_run: false,
         submitted_by: "test".into(),
+        allow_empty: false,
     }
 }
 

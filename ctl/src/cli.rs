@@ -131,6 +131,10 @@ pub struct SubmitArgs {
     /// Print units, steps and dropped combinations without contacting a coordinator.
     #[arg(long)]
     pub dry_run: bool,
+    /// Accept a matrix that leaves no unit to run (refused otherwise: such a campaign would
+    /// succeed at once without running anything).
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 /// `evalctl status`.

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use evalctl_coordinator::domain::EmptyCampaign;
 use evalctl_coordinator::matrix::MatrixError;
 
 /// Exit code: a command failed for a reason not listed below.
@@ -26,6 +27,9 @@ pub enum CliError {
     /// The matrix file does not expand.
     #[error("invalid matrix")]
     InvalidMatrix(#[source] MatrixError),
+    /// The matrix expands to no unit to run.
+    #[error(transparent)]
+    EmptyCampaign(EmptyCampaign),
     /// A file could not be read.
     #[error("failed to read `{path}`")]
     Read {
@@ -161,7 +165,7 @@ impl CliError {
     /// The documented exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            CliError::InvalidMatrix(_) => EXIT_INVALID_MATRIX,
+            CliError::InvalidMatrix(_) | CliError::EmptyCampaign(_) => EXIT_INVALID_MATRIX,
             CliError::Unreachable { .. } => EXIT_UNREACHABLE,
             CliError::Rpc { status, .. } => match status.code() {
                 tonic::Code::NotFound => EXIT_NOT_FOUND,

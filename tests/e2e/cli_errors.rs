@@ -82,3 +82,34 @@ fn dry_run_needs_no_coordinator_and_matches_the_library_expansion() {
     );
     assert!(text.contains("pruned"), "{text}");
 }
+
+#[test]
+fn a_matrix_with_nothing_to_run_exits_5_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.yaml");
+    let quickstart =
+        std::fs::read_to_string(workspace_root().join("matrices/quickstart.yaml")).unwrap();
+    // The quickstart's dimensions, every combination excluded (its includes left out: they
+    // extend combinations that would no longer exist).
+    let dimensions = &quickstart[..quickstart.find("\ninclude:").expect("an include section")];
+    std::fs::write(
+        &path,
+        format!("{dimensions}\nexclude:\n  - {{ framework: sim }}\n"),
+    )
+    .unwrap();
+    let output = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(5), "{err}");
+    assert!(err.contains("has nothing to run"), "{err}");
+    assert!(err.contains("--allow-empty"), "{err}");
+    let output = evalctl(
+        None,
+        &[
+            "submit",
+            "--dry-run",
+            "--allow-empty",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}

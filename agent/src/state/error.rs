@@ -32,13 +32,15 @@ pub enum StateError {
 
     /// Another process (or another `AgentState` in this one) holds the state directory.
     #[error(
-        "failed to open the agent state in `{}`: another evalctl-agent uses it (hint: stop \
-         that agent, or give each agent its own `state_dir`)",
+        "failed to open the agent state in `{}`: another evalctl-agent uses it ({holder}) \
+         (hint: stop that agent, or give each agent its own `state_dir`)",
         path.display()
     )]
     Busy {
         /// The state directory.
         path: PathBuf,
+        /// Who holds it: "process 1234".
+        holder: String,
     },
 
     /// Opening, migrating or querying the SQLite file failed.

@@ -23,16 +23,14 @@ mod migrations;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::{OsStrExt as _, OsStringExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use evalctl_common::lock::{FileLock, LockError};
 use evalctl_common::sqlite;
 use evalctl_proto::v1::{Lease, ResultBatch};
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension as _, TransactionBehavior, params};
 
@@ -56,7 +54,7 @@ pub struct AgentState {
     inner: Mutex<Inner>,
     path: PathBuf,
     /// Held for the life of the state; dropping it unlocks.
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 #[derive(Debug)]
@@ -463,25 +461,13 @@ pub struct LaunchIntent {
 }
 
 /// Takes the exclusive lock on `<state_dir>/agent.lock`.
-fn lock(state_dir: &Path) -> Result<Flock<File>, StateError> {
-    let path = state_dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StateError::Lock {
-            path: path.clone(),
-            source,
-        })?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
-        Errno::EWOULDBLOCK => StateError::Busy {
+fn lock(state_dir: &Path) -> Result<FileLock, StateError> {
+    FileLock::acquire(&state_dir.join(LOCK_FILE)).map_err(|err| match err {
+        LockError::Held { holder, .. } => StateError::Busy {
             path: state_dir.to_owned(),
+            holder: holder.map_or_else(|| "another process".to_owned(), |p| format!("process {p}")),
         },
-        errno => StateError::Lock {
-            path,
-            source: errno.into(),
-        },
+        LockError::Io { path, source } => StateError::Lock { path, source },
     })
 }
 
@@ -566,6 +552,8 @@ mod tests {
         let err = AgentState::open(dir.path()).unwrap_err();
         assert!(matches!(err, StateError::Busy { .. }), "{err}");
         assert!(err.to_string().contains("another evalctl-agent"), "{err}");
+        let holder = format!("(process {})", std::process::id());
+        assert!(err.to_string().contains(&holder), "{err}");
         drop(state);
         AgentState::open(dir.path()).unwrap();
     }

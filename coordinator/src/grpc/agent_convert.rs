@@ -18,6 +18,13 @@ use crate::domain::{
     StepId, UnitId,
 };
 
+/// Most CPU slots an agent may offer.
+const MAX_CPU_SLOTS: u32 = 4096;
+/// Largest GPU memory accepted, in GB: far above any device, far below nonsense.
+const MAX_GPU_MEMORY_GB: f64 = 100_000.0;
+/// Largest epoch, sequence or time the store can hold (SQLite integers are signed 64-bit).
+const MAX_STORED_INT: u64 = i64::MAX as u64;
+
 /// Longest id (agent, lease, unit, step) accepted, in bytes.
 const MAX_ID_BYTES: usize = 256;
 /// Most GPUs an agent may register, and GPU indices it may offer.
@@ -68,12 +75,40 @@ fn at_most(field: &str, len: usize, max: usize) -> Result<(), Status> {
 /// The lease and epoch of a fenced call.
 pub(crate) fn fenced(lease: &str, epoch: u64) -> Result<(LeaseId, u64), Status> {
     id("lease_id", lease)?;
-    if epoch == 0 {
-        return Err(Status::invalid_argument(
-            "field `epoch` is 0; a lease's epoch starts at 1 (hint: send the epoch of the lease)",
-        ));
-    }
+    epoch_in_range("epoch", epoch)?;
     Ok((LeaseId(lease.to_owned()), epoch))
+}
+
+/// An epoch is at least 1 (a lease's first) and fits the store.
+fn epoch_in_range(field: &str, epoch: u64) -> Result<(), Status> {
+    if epoch == 0 {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` is 0; a lease's epoch starts at 1 (hint: send the epoch of the lease)"
+        )));
+    }
+    stored_int(field, epoch)
+}
+
+/// An integer the store keeps as a signed 64-bit value.
+fn stored_int(field: &str, value: u64) -> Result<(), Status> {
+    if value > MAX_STORED_INT {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` is {value}; at most {MAX_STORED_INT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A GPU's memory: a finite number of GB above 0 and at most [`MAX_GPU_MEMORY_GB`] (a
+/// driver reporting garbage must not poison what every reader of agents decodes).
+fn gpu_memory(field: &str, memory_gb: f64) -> Result<(), Status> {
+    if !memory_gb.is_finite() || memory_gb <= 0.0 || memory_gb > MAX_GPU_MEMORY_GB {
+        return Err(Status::invalid_argument(format!(
+            "field `{field}` is {memory_gb}; expected a finite number of GB above 0 and at most \
+             {MAX_GPU_MEMORY_GB}"
+        )));
+    }
+    Ok(())
 }
 
 /// A registration from the wire, checked.
@@ -104,6 +139,14 @@ pub(crate) fn registration(req: pb::RegisterRequest) -> Result<AgentRegistration
             )));
         }
         id("gpus.gpu_type", &gpu.gpu_type)?;
+        gpu_memory("gpus.memory_gb", gpu.memory_gb)?;
+        if gpu.index as usize >= MAX_GPUS {
+            return Err(Status::invalid_argument(format!(
+                "field `gpus.index` is {}; at most {}",
+                gpu.index,
+                MAX_GPUS - 1
+            )));
+        }
     }
     for (key, value) in &req.labels {
         id("labels", key)?;
@@ -136,6 +179,22 @@ pub(crate) fn lease_request(
     id("agent_id", &req.agent_id)?;
     at_most("free_gpu_indices", req.free_gpu_indices.len(), MAX_GPUS)?;
     at_most("warm_configs", req.warm_configs.len(), MAX_WARM_CONFIGS)?;
+    if let Some(index) = req
+        .free_gpu_indices
+        .iter()
+        .find(|&&i| i as usize >= MAX_GPUS)
+    {
+        return Err(Status::invalid_argument(format!(
+            "field `free_gpu_indices` holds {index}; at most {}",
+            MAX_GPUS - 1
+        )));
+    }
+    if req.cpu_slots_free > MAX_CPU_SLOTS {
+        return Err(Status::invalid_argument(format!(
+            "field `cpu_slots_free` is {}; at most {MAX_CPU_SLOTS}",
+            req.cpu_slots_free
+        )));
+    }
     for warm in &req.warm_configs {
         id("warm_configs", warm)?;
     }
@@ -165,6 +224,7 @@ pub(crate) fn heartbeat(req: pb::HeartbeatRequest) -> Result<Heartbeat, Status> 
     let mut leases = Vec::with_capacity(req.leases.len());
     for progress in req.leases {
         id("leases.lease_id", &progress.lease_id)?;
+        epoch_in_range("leases.epoch", progress.epoch)?;
         leases.push((LeaseId(progress.lease_id), progress.epoch));
     }
     Ok(Heartbeat {
@@ -210,8 +270,6 @@ pub(crate) fn release(req: pb::ReleaseRequest) -> Result<(LeaseId, u64, ReleaseR
     Ok((lease, epoch, ReleaseReason::parse(&req.reason)))
 }
 
-/// A result batch from the wire, checked, with its records counted (which also checks
-/// that they are zstd). The error says what is wrong with it.
 /// Why a result batch is not stored.
 #[derive(Debug)]
 pub(crate) enum Refusal {
@@ -228,15 +286,15 @@ impl From<String> for Refusal {
     }
 }
 
+/// A result batch from the wire, checked, with its records counted (which also checks
+/// that they are zstd). The error says what is wrong with it, and whether
+/// sending it again can help.
 pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, Refusal> {
     let field_error = |status: Status| status.message().to_owned();
     id("lease_id", &batch.lease_id).map_err(field_error)?;
     id("unit_id", &batch.unit_id).map_err(field_error)?;
-    if batch.epoch == 0 {
-        return Err(Refusal::ForGood(
-            "field `epoch` is 0; a lease's epoch starts at 1".to_owned(),
-        ));
-    }
+    epoch_in_range("epoch", batch.epoch).map_err(field_error)?;
+    stored_int("sequence", batch.sequence).map_err(field_error)?;
     if batch.results.is_empty() {
         return Err(Refusal::ForGood("field `results` is empty".to_owned()));
     }
@@ -244,6 +302,12 @@ pub(crate) async fn result_batch(batch: pb::ResultBatch) -> Result<ResultBatch, 
     let mut results = Vec::with_capacity(batch.results.len());
     for result in batch.results {
         id("results.step_id", &result.step_id).map_err(field_error)?;
+        if result.finished_at_ms < 0 {
+            return Err(Refusal::ForGood(format!(
+                "field `results.finished_at_ms` is {}; expected Unix milliseconds (at least 0)",
+                result.finished_at_ms
+            )));
+        }
         let step = result.step_id;
         // A known major version whose fields do not have their shape is refused; a newer
         // minor version is stored as sent. A major version this build does not know ends the
@@ -371,5 +435,189 @@ mod tests {
         assert_eq!(head("ééé", 3), "é… (4 bytes cut)");
         assert_eq!(tail("ééé", 3), "(4 bytes cut) …é");
         assert_eq!(tail("abcdef", 2), "(4 bytes cut) …ef");
+    }
+
+    /// Every numeric field of every agent message, over its whole range (NaN and infinities
+    /// included): a value is accepted exactly when it is in range, and a refusal is
+    /// INVALID_ARGUMENT (or, for a result batch, a refusal for good) naming the field.
+    mod numeric_fields {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// The refusal names `field`.
+        fn names(status: &Status, field: &str) -> bool {
+            status.code() == tonic::Code::InvalidArgument
+                && status.message().contains(&format!("`{field}`"))
+        }
+
+        fn register(index: u32, memory_gb: f64) -> Result<AgentRegistration, Status> {
+            registration(pb::RegisterRequest {
+                agent_id: "a".into(),
+                gpus: vec![pb::GpuInfo {
+                    index,
+                    uuid: "GPU-0".into(),
+                    gpu_type: "H100-80GB".into(),
+                    name: "NVIDIA H100".into(),
+                    memory_gb,
+                }],
+                ..Default::default()
+            })
+        }
+
+        const DOCUMENT: &str = "{\"schema\":1,\"simulated\":true,\"step_label\":\"s\",\
+            \"connections_opened\":1,\"served_model\":\"m\",\"started_at_ms\":0,\
+            \"finished_at_ms\":0}";
+
+        fn batch(
+            epoch: u64,
+            attempt: u32,
+            sequence: u64,
+            step_index: u32,
+            at: i64,
+        ) -> pb::ResultBatch {
+            pb::ResultBatch {
+                lease_id: "l".into(),
+                epoch,
+                unit_id: "u".into(),
+                attempt,
+                sequence,
+                results: vec![pb::StepResult {
+                    step_id: "s".into(),
+                    step_index,
+                    result_json: DOCUMENT.into(),
+                    finished_at_ms: at,
+                    ..Default::default()
+                }],
+            }
+        }
+
+        fn runtime() -> tokio::runtime::Runtime {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a runtime")
+        }
+
+        fn any_f64() -> impl Strategy<Value = f64> {
+            prop_oneof![
+                Just(f64::NAN),
+                Just(f64::INFINITY),
+                Just(f64::NEG_INFINITY),
+                Just(0.0),
+                Just(-0.0),
+                Just(MAX_GPU_MEMORY_GB),
+                Just(MAX_GPU_MEMORY_GB * 1.0001),
+                -1e6..1e6f64,
+                any::<f64>(),
+            ]
+        }
+
+        fn any_u64() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0),
+                Just(1),
+                Just(MAX_STORED_INT),
+                Just(MAX_STORED_INT + 1),
+                Just(u64::MAX),
+                any::<u64>(),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn register_gpus(index in any::<u32>(), memory_gb in any_f64()) {
+                let ok_memory = memory_gb.is_finite() && memory_gb > 0.0 && memory_gb <= MAX_GPU_MEMORY_GB;
+                let ok_index = (index as usize) < MAX_GPUS;
+                match register(index, memory_gb) {
+                    Ok(agent) => {
+                        prop_assert!(ok_memory && ok_index);
+                        prop_assert_eq!(agent.gpus[0].memory_gb, memory_gb);
+                    }
+                    Err(status) if !ok_memory => prop_assert!(names(&status, "gpus.memory_gb"), "{status:?}"),
+                    Err(status) => prop_assert!(!ok_index && names(&status, "gpus.index"), "{status:?}"),
+                }
+            }
+
+            #[test]
+            fn acquire_lease(free in any::<u32>(), wait_ms in any::<u64>(), slots in any::<u32>()) {
+                let request = pb::AcquireLeaseRequest {
+                    agent_id: "a".into(),
+                    free_gpu_indices: vec![free],
+                    wait_ms,
+                    cpu_slots_free: slots,
+                    ..Default::default()
+                };
+                match lease_request(request) {
+                    Ok((request, wait)) => {
+                        prop_assert!((free as usize) < MAX_GPUS && slots <= MAX_CPU_SLOTS);
+                        prop_assert_eq!(request.free_gpu_indices, vec![free]);
+                        prop_assert_eq!(wait, Duration::from_millis(wait_ms));
+                    }
+                    Err(status) if (free as usize) >= MAX_GPUS => prop_assert!(names(&status, "free_gpu_indices"), "{status:?}"),
+                    Err(status) => prop_assert!(slots > MAX_CPU_SLOTS && names(&status, "cpu_slots_free"), "{status:?}"),
+                }
+            }
+
+            #[test]
+            fn heartbeat_leases(epoch in any_u64(), finished in any::<u32>(), current in any::<u32>()) {
+                let request = pb::HeartbeatRequest {
+                    agent_id: "a".into(),
+                    leases: vec![pb::LeaseProgress {
+                        lease_id: "l".into(),
+                        epoch,
+                        steps_finished: finished,
+                        current_step: current,
+                    }],
+                    ..Default::default()
+                };
+                let ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                match heartbeat(request) {
+                    Ok(beat) => prop_assert!(ok && beat.leases[0].1 == epoch),
+                    Err(status) => prop_assert!(!ok && names(&status, "leases.epoch"), "{status:?}"),
+                }
+            }
+
+            #[test]
+            fn complete_fail_and_release_epochs(epoch in any_u64()) {
+                let ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                let outcomes = [
+                    fenced("l", epoch).map(|_| ()),
+                    failure(pb::FailRequest { lease_id: "l".into(), epoch, ..Default::default() }).map(|_| ()),
+                    release(pb::ReleaseRequest { lease_id: "l".into(), epoch, reason: "shutdown".into() }).map(|_| ()),
+                ];
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(()) => prop_assert!(ok),
+                        Err(status) => prop_assert!(!ok && names(&status, "epoch"), "{status:?}"),
+                    }
+                }
+            }
+
+            #[test]
+            fn result_batches(
+                epoch in any_u64(),
+                attempt in any::<u32>(),
+                sequence in any_u64(),
+                step_index in any::<u32>(),
+                at in prop_oneof![Just(-1i64), Just(0i64), Just(i64::MIN), Just(i64::MAX), any::<i64>()],
+            ) {
+                let outcome = runtime().block_on(result_batch(batch(epoch, attempt, sequence, step_index, at)));
+                let epoch_ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                let sequence_ok = sequence <= MAX_STORED_INT;
+                match outcome {
+                    Ok(batch) => {
+                        prop_assert!(epoch_ok && sequence_ok && at >= 0);
+                        prop_assert_eq!((batch.epoch, batch.attempt, batch.sequence), (epoch, attempt, sequence));
+                        prop_assert_eq!(batch.results[0].finished_at_ms, at);
+                    }
+                    Err(Refusal::ForGood(text)) => {
+                        let field = if !epoch_ok { "`epoch`" } else if !sequence_ok { "`sequence`" } else { "`results.finished_at_ms`" };
+                        prop_assert!(text.contains(field), "{text}");
+                        prop_assert!(!(epoch_ok && sequence_ok && at >= 0), "{text}");
+                    }
+                    Err(Refusal::NotNow(status)) => prop_assert!(false, "{status:?}"),
+                }
+            }
+        }
     }
 }

@@ -113,6 +113,9 @@ impl CampaignService for CampaignApi {
             req.source_name.as_str()
         };
         let expansion = matrix::expand_str(source, &req.matrix_yaml).map_err(matrix_error)?;
+        expansion
+            .check_not_empty(req.allow_empty)
+            .map_err(|err| Status::invalid_argument(err.to_string()))?;
         let dropped = expansion.dropped.iter().map(convert::dropped).collect();
         let units = expansion.units.len() as u64;
         let steps = expansion.step_count() as u64;

@@ -1326,3 +1326,43 @@ async fn heartbeats_that_change_nothing_but_times_share_one_write() {
             .drain
     );
 }
+
+/// A row written before registrations were checked, with a GPU whose memory was NaN (stored
+/// as JSON `null`), still reads: its memory is 0 and every other agent lists as before.
+#[tokio::test]
+async fn an_agent_row_with_a_null_gpu_memory_still_reads() {
+    use crate::domain::{AgentGpu, AgentId, AgentRegistration};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    let registration = |id: &str| AgentRegistration {
+        id: AgentId(id.into()),
+        hostname: id.into(),
+        gpus: vec![AgentGpu {
+            index: 0,
+            uuid: format!("GPU-{id}"),
+            gpu_type: "H100-80GB".into(),
+            name: "NVIDIA H100".into(),
+            memory_gb: 80.0,
+        }],
+        labels: Default::default(),
+        frameworks: vec![],
+        version: "0".into(),
+        driver_version: String::new(),
+        cuda_version: String::new(),
+    };
+    for id in ["good", "old"] {
+        store.register_agent(&registration(id)).await.unwrap();
+    }
+    exec(
+        &store,
+        "UPDATE agents SET gpus_json = replace(gpus_json, '80.0', 'null') WHERE id = 'old'",
+    )
+    .await;
+    let listed = store.list_agents().await.unwrap();
+    let memory: Vec<(String, f64)> = listed
+        .iter()
+        .map(|a| (a.id.to_string(), a.gpus[0].memory_gb))
+        .collect();
+    assert_eq!(memory, [("good".into(), 80.0), ("old".into(), 0.0)]);
+}

@@ -30,6 +30,10 @@ pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliE
     })?;
     let source_name = args.matrix.display().to_string();
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
+    // A local run of nothing is always a mistake: no `--allow-empty` here.
+    expansion
+        .check_not_empty(false)
+        .map_err(CliError::EmptyCampaign)?;
     let gpus = runner::detect_gpus(args.gpus.as_deref(), &Default::default()).map_err(|e| {
         CliError::Local {
             what: "parse --gpus",
@@ -102,6 +106,7 @@ async fn drive(
             source_name,
             dry_run: false,
             submitted_by: super::submit::local_user(),
+            allow_empty: false,
         })
         .await
         .map_err(CliError::rpc("submit"))?

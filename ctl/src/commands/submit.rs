@@ -45,6 +45,9 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<ExitCode, Cli
     let source_name = args.matrix.display().to_string();
     // Validate here first: a bad file gets its line and column without a coordinator.
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
+    expansion
+        .check_not_empty(args.allow_empty)
+        .map_err(CliError::EmptyCampaign)?;
     let report = if args.dry_run {
         dry_run_report(&expansion)
     } else {
@@ -55,6 +58,7 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<ExitCode, Cli
                 source_name,
                 dry_run: false,
                 submitted_by: local_user(),
+                allow_empty: args.allow_empty,
             })
             .await
             .map_err(CliError::rpc("submit"))?

@@ -563,6 +563,12 @@ fn evalctl_local_runs_the_quickstart_to_its_end() {
     );
     let report = json_stdout(&output);
     assert_eq!(report["state"], "succeeded", "{report}");
+    // A normal run says nothing alarming (the CLI logs warnings and errors only).
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR"),
+        "a normal run logged:\n{stderr}"
+    );
     let results = report["results"].as_array().unwrap();
     assert_eq!(results.len(), 4, "{report}");
     for r in results {

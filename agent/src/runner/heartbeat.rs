@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 
 use evalctl_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Ctx, StopReason};
 
@@ -68,6 +68,11 @@ pub async fn beat(ctx: &Ctx, stop: &CancellationToken) -> Result<HashSet<String>
     };
     for lease_id in &reply.revoked_lease_ids {
         if let Some(slot) = slots.iter().find(|s| &s.lease_id == lease_id) {
+            if slot.has_ended() {
+                // A heartbeat that crossed the lease's Complete, Fail or Release.
+                debug!(lease = %lease_id, "a lease that just ended is no longer the agent's");
+                continue;
+            }
             warn!(lease = %lease_id, "the coordinator revoked this lease; stopping its unit");
             slot.stop_with(StopReason::Revoked);
         }

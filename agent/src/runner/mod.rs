@@ -134,6 +134,9 @@ pub struct LeaseSlot {
     /// Cancelled when the unit must stop; `reason` says why.
     pub stop: CancellationToken,
     reason: OnceLock<StopReason>,
+    /// The coordinator confirmed the lease's end (complete, fail or release): a heartbeat
+    /// that then finds it gone reports nothing unusual.
+    ended: AtomicBool,
 }
 
 impl LeaseSlot {
@@ -146,7 +149,18 @@ impl LeaseSlot {
             current_step: AtomicU32::new(0),
             stop: CancellationToken::new(),
             reason: OnceLock::new(),
+            ended: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the coordinator confirmed the lease's end.
+    pub fn mark_ended(&self) {
+        self.ended.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the coordinator confirmed the lease's end.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
     }
 
     /// Asks the unit to stop; the first reason given wins.

@@ -377,11 +377,17 @@ async fn finish(
             // Complete only once the coordinator holds every result.
             if outbox::wait_delivered(ctx, &lease.lease_id, &slot.stop).await {
                 match complete(ctx, lease).await {
-                    Ok(()) => keep_server = true,
+                    Ok(()) => {
+                        slot.mark_ended();
+                        keep_server = true;
+                    }
                     // A resubmission added steps while the unit ran: give the lease back so
                     // the unit is leased again with its whole step list.
                     Err(status) if status.message().contains("cannot complete") => {
                         keep_server = release(ctx, lease, "steps-added").await;
+                        if keep_server {
+                            slot.mark_ended();
+                        }
                     }
                     Err(_) => {}
                 }
@@ -399,8 +405,10 @@ async fn finish(
                 _ = deadline => {}
                 _ = slot.stop.cancelled() => {}
             }
-            if slot.stop_reason() != Some(StopReason::Revoked) {
-                fail(ctx, lease, &error, &log_tail).await;
+            if slot.stop_reason() != Some(StopReason::Revoked)
+                && fail(ctx, lease, &error, &log_tail).await
+            {
+                slot.mark_ended();
             }
         }
         Ending::Stopped => {
@@ -442,7 +450,11 @@ async fn stop_and_release(ctx: &Ctx, lease: &pb::Lease, slot: &LeaseSlot) -> boo
             } else {
                 "shutdown"
             };
-            !release(ctx, lease, why).await
+            let released = release(ctx, lease, why).await;
+            if released {
+                slot.mark_ended();
+            }
+            !released
         }
     }
 }
@@ -471,8 +483,8 @@ async fn complete(ctx: &Ctx, lease: &pb::Lease) -> Result<(), tonic::Status> {
     }
 }
 
-/// Reports the unit's own failure.
-async fn fail(ctx: &Ctx, lease: &pb::Lease, error: &str, log_tail: &str) {
+/// Reports the unit's own failure; true when the coordinator took the report.
+async fn fail(ctx: &Ctx, lease: &pb::Lease, error: &str, log_tail: &str) -> bool {
     let request = pb::FailRequest {
         lease_id: lease.lease_id.clone(),
         epoch: lease.epoch,
@@ -486,15 +498,21 @@ async fn fail(ctx: &Ctx, lease: &pb::Lease, error: &str, log_tail: &str) {
     })
     .await
     {
-        Ok(response) => info!(
-            will_retry = response.into_inner().will_retry,
-            "failure reported"
-        ),
-        Err(status) => warn!(
-            code = ?status.code(),
-            message = status.message(),
-            "failed to report the unit's failure; the lease will expire"
-        ),
+        Ok(response) => {
+            info!(
+                will_retry = response.into_inner().will_retry,
+                "failure reported"
+            );
+            true
+        }
+        Err(status) => {
+            warn!(
+                code = ?status.code(),
+                message = status.message(),
+                "failed to report the unit's failure; the lease will expire"
+            );
+            false
+        }
     }
 }
 

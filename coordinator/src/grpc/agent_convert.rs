@@ -570,7 +570,7 @@ mod tests {
                     }],
                     ..Default::default()
                 };
-                let ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                let ok = (1..=MAX_STORED_INT).contains(&epoch);
                 match heartbeat(request) {
                     Ok(beat) => prop_assert!(ok && beat.leases[0].1 == epoch),
                     Err(status) => prop_assert!(!ok && names(&status, "leases.epoch"), "{status:?}"),
@@ -579,7 +579,7 @@ mod tests {
 
             #[test]
             fn complete_fail_and_release_epochs(epoch in any_u64()) {
-                let ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                let ok = (1..=MAX_STORED_INT).contains(&epoch);
                 let outcomes = [
                     fenced("l", epoch).map(|_| ()),
                     failure(pb::FailRequest { lease_id: "l".into(), epoch, ..Default::default() }).map(|_| ()),
@@ -602,7 +602,7 @@ mod tests {
                 at in prop_oneof![Just(-1i64), Just(0i64), Just(i64::MIN), Just(i64::MAX), any::<i64>()],
             ) {
                 let outcome = runtime().block_on(result_batch(batch(epoch, attempt, sequence, step_index, at)));
-                let epoch_ok = epoch >= 1 && epoch <= MAX_STORED_INT;
+                let epoch_ok = (1..=MAX_STORED_INT).contains(&epoch);
                 let sequence_ok = sequence <= MAX_STORED_INT;
                 match outcome {
                     Ok(batch) => {

@@ -12,9 +12,18 @@ use std::path::{Path, PathBuf};
 /// An exclusive lock, released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct FileLock {
-    /// The locked file; closing it releases the lock.
-    _file: File,
+    /// The locked file.
+    file: File,
     path: PathBuf,
+}
+
+impl Drop for FileLock {
+    /// Unlocks before the file closes. Closing alone is not enough: a child forked by another
+    /// thread between our open and its `exec` holds a duplicate of the descriptor, and the
+    /// lock would stay until that child execs.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
 }
 
 /// Why a lock could not be taken.
@@ -81,7 +90,7 @@ impl FileLock {
         writeln!(file, "{}", std::process::id()).map_err(io)?;
         file.flush().map_err(io)?;
         Ok(FileLock {
-            _file: file,
+            file,
             path: path.to_owned(),
         })
     }

@@ -67,6 +67,11 @@ cmake_flags=(
   -DCMAKE_BUILD_TYPE=Release
   -DBUILD_SHARED_LIBS=OFF
   -DGGML_NATIVE=ON
+  # No AMX: on CPUs that have it (Sapphire Rapids and later), ggml's AMX matmul segfaults on
+  # q8_0 models under hypervisors that do not grant the tile state (seen on CI machines).
+  # AVX-512 and AVX2 stay; explicit -mno-* win over what -march=native turns on.
+  "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+  "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
   -DLLAMA_OPENSSL=OFF         # no HTTPS in the server; no libssl-dev needed
   -DLLAMA_BUILD_UI=OFF        # no Web UI: it would need npm ...
   -DLLAMA_USE_PREBUILT_UI=OFF # ... or a download from a model hub

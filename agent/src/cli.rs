@@ -11,7 +11,26 @@ use evalctl_sim_server::{self as sim_server, LatencyModel, SimConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::launcher::supervisor::SuperviseArgs;
 use crate::runner::{self, AgentConfig, FileConfig, config::default_state_dir};
+
+/// Exit code: the agent stopped on an error; the message on stderr says which.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: the command line is wrong (clap's own code).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the TLS setup between agent and coordinator cannot work — the coordinator's
+/// certificate is not signed by the CA given, the coordinator refused the agent's
+/// certificate, or an `http://` URL points at a TLS port. Retrying would not help.
+pub const EXIT_TLS: u8 = 3;
+
+/// The documented exit code for an error `run` returned.
+pub fn exit_code(err: &anyhow::Error) -> std::process::ExitCode {
+    let code = match err.downcast_ref::<runner::AgentError>() {
+        Some(runner::AgentError::Tls { .. }) => EXIT_TLS,
+        _ => EXIT_FAILURE,
+    };
+    std::process::ExitCode::from(code)
+}
 
 /// `evalctl-agent` arguments.
 #[derive(Debug, Parser)]
@@ -41,6 +60,10 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Serve a simulated OpenAI-compatible streaming model (for the quickstart and tests).
     SimServer(SimServerArgs),
+    /// Supervise one server for the agent (the agent runs this; `main` dispatches it before
+    /// anything else starts).
+    #[command(hide = true)]
+    Supervise(SuperviseArgs),
 }
 
 /// Flags of `evalctl-agent sim-server`.
@@ -162,6 +185,8 @@ impl RunArgs {
         };
         let simulated = self.gpus.clone().or_else(|| file.simulated_gpus.clone());
         let mut config = AgentConfig::new("http://127.0.0.1:7717", default_state_dir());
+        // This very binary supervises the servers it starts.
+        config.supervisor = PathBuf::from(crate::launcher::THIS_EXECUTABLE);
         config.apply_file(file)?;
         if let Some(v) = &self.coordinator {
             config.coordinator = v.clone();
@@ -238,9 +263,13 @@ impl SimServerArgs {
     }
 }
 
-/// Runs one subcommand to its end.
+/// Runs one subcommand to its end (but `supervise`, which `main` runs before the runtime
+/// starts: [`crate::launcher::supervisor::run`]).
 pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Supervise(_) => {
+            anyhow::bail!("`supervise` runs before the async runtime starts, not from `run`")
+        }
         Command::Run(args) => {
             let signal = evalctl_common::signal::shutdown_signal();
             let (config, simulated) = args.resolve()?;

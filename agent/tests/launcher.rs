@@ -243,6 +243,7 @@ fn spec(dir: &Path, argv: Vec<String>) -> LaunchSpec {
         startup_timeout: Duration::from_secs(20),
         log_path: dir.join("logs/unit/server.log"),
         stop_grace: Duration::from_secs(3),
+        supervisor: PathBuf::from(env!("CARGO_BIN_EXE_evalctl-agent")),
     }
 }
 
@@ -291,7 +292,7 @@ async fn the_sim_server_becomes_healthy_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut spec = spec(dir.path(), Vec::new());
     spec.command = sim_server(spec.port, &["--model", "m"]).into();
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     assert_eq!(server.base_url(), format!("http://127.0.0.1:{}", spec.port));
     let started = Instant::now();
     server
@@ -344,7 +345,7 @@ async fn the_sim_preset_runs_the_sibling_agent_binary() {
             spec.port
         )
     );
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     server
         .wait_healthy(&CancellationToken::new())
         .await
@@ -361,7 +362,7 @@ async fn a_server_that_exits_at_startup_fails_with_its_exit_code_and_log_tail() 
         dir.path(),
         sh("echo 'loading weights'; echo 'torch.OutOfMemoryError: CUDA out of memory' >&2; exit 3"),
     );
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let started = Instant::now();
     let err = server
         .wait_healthy(&CancellationToken::new())
@@ -405,7 +406,7 @@ async fn a_server_that_never_listens_times_out_with_the_last_probe_and_tail() {
         sh("echo 'compiling CUDA graphs'; exec sleep 60"),
     );
     spec.startup_timeout = Duration::from_millis(1200);
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let started = Instant::now();
     let err = server
         .wait_healthy(&CancellationToken::new())
@@ -446,7 +447,7 @@ async fn a_server_answering_503_times_out_with_that_status() {
     let mut spec = spec(dir.path(), Vec::new());
     spec.command = sim_server(spec.port, &["--startup-delay", "60s"]).into();
     spec.startup_timeout = Duration::from_secs(4);
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let err = server
         .wait_healthy(&CancellationToken::new())
         .await
@@ -461,7 +462,9 @@ async fn a_server_answering_503_times_out_with_that_status() {
 #[tokio::test]
 async fn cancelling_the_health_wait_returns_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = launcher::spawn(&spec(dir.path(), argv(&["sleep", "60"]))).unwrap();
+    let mut server = launcher::spawn(&spec(dir.path(), argv(&["sleep", "60"])))
+        .await
+        .unwrap();
     let cancel = CancellationToken::new();
     let trigger = cancel.clone();
     tokio::spawn(async move {
@@ -485,7 +488,7 @@ async fn stop_kills_the_whole_group_including_a_grandchild_that_ignores_sigterm(
     );
     let mut spec = spec(dir.path(), sh(&script));
     spec.stop_grace = Duration::from_millis(500);
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let grandchild = wait_for_pid_file(&pid_file).await;
     let pgid = server.record().pgid;
     assert_ne!(grandchild, pgid);
@@ -507,31 +510,150 @@ async fn stop_kills_the_whole_group_including_a_grandchild_that_ignores_sigterm(
 }
 
 #[tokio::test]
-async fn stop_ends_the_group_even_after_its_leader_exited() {
+async fn when_the_leader_exits_its_supervisor_ends_what_it_left() {
     let dir = tempfile::tempdir().unwrap();
     let pid_file = dir.path().join("worker.pid");
     let script = format!("sleep 1000 & echo $! > '{}'; exit 0", pid_file.display());
-    let mut server = launcher::spawn(&spec(dir.path(), sh(&script))).unwrap();
+    let mut server = launcher::spawn(&spec(dir.path(), sh(&script)))
+        .await
+        .unwrap();
     let worker = wait_for_pid_file(&pid_file).await;
     let pgid = server.record().pgid;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while server.try_exit().is_none() {
         assert!(Instant::now() < deadline, "the leader did not exit");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(group_alive(pgid), "the worker still runs in the group");
+    // The exit is reported once the worker is gone too, with the leader's status.
+    assert_eq!(server.try_exit().map(|s| s.code()), Some(Some(0)));
+    assert!(
+        process_gone(worker),
+        "the worker {worker} outlived its leader"
+    );
+    assert!(!group_alive(pgid));
     let outcome = stop_and_check_gone(&mut server).await;
+    assert!(
+        matches!(outcome, StopOutcome::AlreadyExited { status: Some(s) } if s.code() == Some(0)),
+        "{outcome:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("logs/unit/server.log")).unwrap();
+    assert!(
+        log.contains("the server exited and left processes running; they were terminated"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn stop_ends_a_grandchild_that_left_the_group_with_setsid() {
+    // A server whose helper starts its own session (and so its own process group), as
+    // some frameworks' daemons do: a group signal does not reach it; its supervisor does.
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("grandchild.pid");
+    let script = format!(
+        "setsid sh -c 'echo $$ > \"{}\"; exec sleep 1000' & wait",
+        pid_file.display()
+    );
+    let mut server = launcher::spawn(&spec(dir.path(), sh(&script)))
+        .await
+        .unwrap();
+    let grandchild = wait_for_pid_file(&pid_file).await;
+    let pgid = server.record().pgid;
+    assert_ne!(process_group(grandchild), pgid, "setsid left the group");
+    let started = Instant::now();
+    let outcome = stop_and_check_gone(&mut server).await;
+    let took = started.elapsed();
     assert!(
         matches!(outcome, StopOutcome::Terminated { .. }),
         "{outcome:?}"
     );
-    assert!(process_gone(worker));
+    assert!(process_gone(grandchild), "grandchild {grandchild} survived");
+    eprintln!("stop ended a setsid grandchild in {took:?}");
 }
 
 #[tokio::test]
-async fn dropping_an_unstopped_server_kills_its_group() {
+async fn a_dropped_link_ends_the_whole_tree_as_an_agents_death_does() {
+    // Dropping an unstopped server closes the agent's end of the link, which is what the
+    // kernel does when the agent dies: the supervisor then ends the server and everything
+    // below it, a `setsid` grandchild included, and exits.
     let dir = tempfile::tempdir().unwrap();
-    let server = launcher::spawn(&spec(dir.path(), argv(&["sleep", "1000"]))).unwrap();
+    let pid_file = dir.path().join("grandchild.pid");
+    let script = format!(
+        "setsid sh -c 'echo $$ > \"{}\"; exec sleep 1000' & exec sleep 1000",
+        pid_file.display()
+    );
+    let server = launcher::spawn(&spec(dir.path(), sh(&script)))
+        .await
+        .unwrap();
+    let grandchild = wait_for_pid_file(&pid_file).await;
+    let pgid = server.record().pgid;
+    let supervisor = supervisor_of(pgid);
+    let started = Instant::now();
+    drop(server);
+    eventually(
+        || process_gone(pgid) && process_gone(grandchild) && process_gone(supervisor),
+        "the server, its grandchild and the supervisor are gone",
+    )
+    .await;
+    eprintln!("a closed link ended the tree in {:?}", started.elapsed());
+    let log = std::fs::read_to_string(dir.path().join("logs/unit/server.log")).unwrap();
+    assert!(log.contains("the agent's link closed"), "{log}");
+}
+
+#[tokio::test]
+async fn the_supervisor_exits_as_its_server_did() {
+    // Exit codes and signals reach the agent as if the server were its own child.
+    let dir = tempfile::tempdir().unwrap();
+    for (script, code, signal) in [
+        ("exit 0", Some(0), None),
+        ("exit 3", Some(3), None),
+        ("exit 255", Some(255), None),
+        ("kill -TERM $$", None, Some(15)),
+        ("kill -KILL $$", None, Some(9)),
+        ("kill -SEGV $$", None, Some(11)),
+    ] {
+        let mut server = launcher::spawn(&spec(dir.path(), sh(script)))
+            .await
+            .unwrap();
+        let err = server
+            .wait_healthy(&CancellationToken::new())
+            .await
+            .unwrap_err();
+        let LaunchError::Exited { status, .. } = err else {
+            panic!("{script}: expected Exited, got {err:?}");
+        };
+        assert_eq!((status.code(), status.signal()), (code, signal), "{script}");
+        assert!(
+            !status.core_dumped(),
+            "{script}: the supervisor dumps no core"
+        );
+        stop_and_check_gone(&mut server).await;
+    }
+}
+
+#[tokio::test]
+async fn the_server_starts_with_no_signal_blocked() {
+    // The supervisor blocks the signals it reads from a signalfd; its server must not inherit
+    // that mask, or SIGTERM would never reach it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = launcher::spawn(&spec(
+        dir.path(),
+        // Not through a shell: dash resets the mask itself when it forks.
+        argv(&["grep", "SigBlk", "/proc/self/status"]),
+    ))
+    .await
+    .unwrap();
+    let _ = server.wait_healthy(&CancellationToken::new()).await;
+    stop_and_check_gone(&mut server).await;
+    let log = std::fs::read_to_string(dir.path().join("logs/unit/server.log")).unwrap();
+    assert!(log.contains("SigBlk:\t0000000000000000"), "{log}");
+}
+
+#[tokio::test]
+async fn dropping_an_unstopped_server_ends_its_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = launcher::spawn(&spec(dir.path(), argv(&["sleep", "1000"])))
+        .await
+        .unwrap();
     let pgid = server.record().pgid;
     assert!(group_alive(pgid));
     drop(server);
@@ -544,7 +666,7 @@ async fn the_log_captures_stdout_and_stderr_and_appends_across_launches() {
     let mut spec = spec(dir.path(), sh("echo to-stdout; echo to-stderr >&2; exit 0"));
     assert!(!spec.log_path.parent().unwrap().exists());
     for _ in 0..2 {
-        let mut server = launcher::spawn(&spec).unwrap();
+        let mut server = launcher::spawn(&spec).await.unwrap();
         assert_eq!(server.log_path(), spec.log_path);
         let err = server
             .wait_healthy(&CancellationToken::new())
@@ -567,7 +689,7 @@ async fn the_log_captures_stdout_and_stderr_and_appends_across_launches() {
     spec.env.insert("FOO".into(), "bar baz".into());
     spec.cuda_visible_devices = Some("2,3".into());
     spec.log_path = dir.path().join("env.log");
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let _ = server.wait_healthy(&CancellationToken::new()).await;
     stop_and_check_gone(&mut server).await;
     let log = std::fs::read_to_string(&spec.log_path).unwrap();
@@ -576,7 +698,7 @@ async fn the_log_captures_stdout_and_stderr_and_appends_across_launches() {
     // `None` leaves CUDA_VISIBLE_DEVICES as the agent has it.
     spec.cuda_visible_devices = None;
     spec.log_path = dir.path().join("env-none.log");
-    let mut server = launcher::spawn(&spec).unwrap();
+    let mut server = launcher::spawn(&spec).await.unwrap();
     let _ = server.wait_healthy(&CancellationToken::new()).await;
     stop_and_check_gone(&mut server).await;
     let inherited = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
@@ -587,8 +709,9 @@ async fn the_log_captures_stdout_and_stderr_and_appends_across_launches() {
 #[tokio::test]
 async fn spawn_failures_name_the_program_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let err =
-        launcher::spawn(&spec(dir.path(), argv(&["evalctl-no-such-server", "--x"]))).unwrap_err();
+    let err = launcher::spawn(&spec(dir.path(), argv(&["evalctl-no-such-server", "--x"])))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LaunchError::Spawn { .. }), "{err:?}");
     let text = err.to_string();
     assert!(
@@ -600,11 +723,42 @@ async fn spawn_failures_name_the_program_with_a_hint() {
 
     let script = dir.path().join("not-executable.sh");
     std::fs::write(&script, "#!/bin/sh\nexit 0\n").unwrap();
-    let err = launcher::spawn(&spec(dir.path(), vec![script.display().to_string()])).unwrap_err();
+    let err = launcher::spawn(&spec(dir.path(), vec![script.display().to_string()]))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("is not executable"), "{err}");
 
-    let err = launcher::spawn(&spec(dir.path(), Vec::new())).unwrap_err();
+    let err = launcher::spawn(&spec(dir.path(), Vec::new()))
+        .await
+        .unwrap_err();
     assert!(matches!(err, LaunchError::EmptyCommand), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_missing_or_wrong_supervisor_fails_the_launch_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path(), argv(&["sleep", "1000"]));
+    spec.supervisor = dir.path().join("no-such-evalctl-agent");
+    let err = launcher::spawn(&spec).await.unwrap_err();
+    assert!(matches!(err, LaunchError::Supervisor { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("failed to start the server's supervisor `"),
+        "{text}"
+    );
+    assert!(text.contains("supervises every server"), "{text}");
+
+    // A program that is no supervisor exits without a word.
+    spec.supervisor = PathBuf::from("false");
+    let err = launcher::spawn(&spec).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.starts_with(
+            "failed to start the server: its supervisor `false` exited (exit status: 1) \
+             without starting it"
+        ),
+        "{text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -647,8 +801,21 @@ impl Drop for Orphan {
             nix::unistd::Pid::from_raw(self.pgid()),
             nix::sys::signal::Signal::SIGKILL,
         );
+        // Not every orphan leads its group: kill it by pid too, so a failed test ends
+        // instead of waiting for its `sleep 1000`.
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether `pid` runs with `token` in its environment (it has exec'd: a child between fork
+/// and exec still has its parent's).
+fn carries(pid: i32, token: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|&b| b == 0)
+            .any(|entry| entry == format!("{}={token}", launcher::LAUNCH_TOKEN_ENV).as_bytes())
+    })
 }
 
 #[tokio::test]
@@ -743,7 +910,12 @@ async fn end_launch_ends_what_carries_the_token_and_nothing_else() {
     let mut loose = with_token("exec sleep 1000", false);
     let loose_pid = loose.child.id() as i32;
     eventually(
-        || launcher_members(server.pgid()) >= 2 && launcher_members(bystander.pgid()) >= 2,
+        || {
+            launcher_members(server.pgid()) >= 2
+                && launcher_members(bystander.pgid()) >= 2
+                && carries(wanderer, &token)
+                && carries(loose_pid, &token)
+        },
         "the processes started",
     )
     .await;
@@ -788,6 +960,28 @@ async fn end_launch_ends_what_carries_the_token_and_nothing_else() {
         .is_empty(),
         "nothing carries the token any more"
     );
+}
+
+/// The process group of a live process.
+fn process_group(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The parent of a live process (for a server, its supervisor).
+fn supervisor_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Live members of a group, counted from /proc.

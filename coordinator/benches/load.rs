@@ -5,6 +5,10 @@
 //! is the real binary in a process of its own, so its CPU time and memory are read from
 //! `/proc`.
 //!
+//! At the end the coordinator is restarted on the same address and the whole fleet
+//! registers again at once (every agent retrying with backoff and jitter, as agents do);
+//! the bench reports how long that took.
+//!
 //! It reports lease grants per second, heartbeat latency (p50/p99/max), the latency of
 //! each phase of an agent's cycle, request records ingested per second, the
 //! coordinator's CPU (cores busy, and per grant: the whole process and its store writer
@@ -31,7 +35,8 @@
 //! own CPU time is printed too, so a saturated client is not mistaken for a slow
 //! coordinator.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -60,8 +65,93 @@ const STEP_DOCUMENT: &str = "{\"schema\":1,\"schema_minor\":1,\"simulated\":true
     \"step_label\":\"chat @ c=1 #0\",\"metrics\":null,\"tokenization\":null,\
     \"connections_opened\":1,\"served_model\":\"m\",\"started_at_ms\":0,\"finished_at_ms\":1}";
 
-/// Registrations (and so connections being opened) in flight at once.
+/// Registrations (and so connections being opened) in flight at once, in the first
+/// registration of the fleet.
 const REGISTER_CONCURRENCY: usize = 512;
+
+/// Longest an agent keeps retrying its registration.
+const REGISTER_DEADLINE: Duration = Duration::from_secs(120);
+
+/// The loopback source address of connection `c`: 32 connections per address, from
+/// 127.1.0.1 on.
+fn source_address(c: u64) -> std::net::IpAddr {
+    let host = c / 32;
+    std::net::IpAddr::from([127, 1, (host / 250) as u8, (host % 250 + 1) as u8])
+}
+
+/// How a fleet's registration went.
+struct Registration {
+    took: Duration,
+    heartbeat_interval_ms: u64,
+    retries: u64,
+    max_tries: u64,
+    failed: u64,
+}
+
+/// Registers agents `load-0` … on `channels` (agent `i` on channel `i % len`), each
+/// retrying a failed registration with exponential backoff and jitter (200 ms doubling to
+/// 5 s, as the agent does) until [`REGISTER_DEADLINE`]; at most `concurrency` at once.
+async fn register_all(
+    channels: &[Channel],
+    agents: u64,
+    concurrency: Option<usize>,
+) -> Registration {
+    let started = Instant::now();
+    let dialing = Arc::new(tokio::sync::Semaphore::new(
+        concurrency.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+    ));
+    let mut registrations = Vec::new();
+    for i in 0..agents {
+        let mut client = AgentServiceClient::new(channels[(i as usize) % channels.len()].clone());
+        let dialing = Arc::clone(&dialing);
+        registrations.push(tokio::spawn(async move {
+            let _slot = dialing.acquire_owned().await.expect("semaphore open");
+            let mut tries = 0u64;
+            let mut delay = Duration::from_millis(200);
+            loop {
+                tries += 1;
+                let answer = client
+                    .register(pb::RegisterRequest {
+                        agent_id: format!("load-{i}"),
+                        hostname: format!("host-{i}"),
+                        version: "load".to_owned(),
+                        ..Default::default()
+                    })
+                    .await;
+                match answer {
+                    Ok(answer) => break (Some(answer.into_inner().heartbeat_interval_ms), tries),
+                    Err(_) if started.elapsed() < REGISTER_DEADLINE => {
+                        let jittered = delay.mul_f64(rand::random_range(0.5..1.0));
+                        tokio::time::sleep(jittered).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(status) => {
+                        eprintln!("load: load-{i} did not register: {status}");
+                        break (None, tries);
+                    }
+                }
+            }
+        }));
+    }
+    let mut outcome = Registration {
+        took: Duration::ZERO,
+        heartbeat_interval_ms: 0,
+        retries: 0,
+        max_tries: 0,
+        failed: 0,
+    };
+    for registration in registrations {
+        let (interval, tries) = registration.await.expect("register task");
+        match interval {
+            Some(ms) => outcome.heartbeat_interval_ms = ms,
+            None => outcome.failed += 1,
+        }
+        outcome.retries += tries - 1;
+        outcome.max_tries = outcome.max_tries.max(tries);
+    }
+    outcome.took = started.elapsed();
+    outcome
+}
 
 /// Counters shared by every simulated agent.
 #[derive(Default)]
@@ -97,6 +187,16 @@ impl Counters {
 struct Coordinator {
     child: Child,
     url: String,
+}
+
+impl Coordinator {
+    /// Stops the coordinator as an operator would (SIGTERM) and waits for it.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Coordinator {
@@ -178,7 +278,7 @@ fn taskset(args: &[&str]) {
     assert!(status.success(), "taskset {args:?} failed");
 }
 
-fn start_coordinator(data_dir: &std::path::Path, cpus: Option<&str>) -> Coordinator {
+fn start_coordinator(data_dir: &std::path::Path, cpus: Option<&str>, listen: &str) -> Coordinator {
     let binary = env!("CARGO_BIN_EXE_evalctl-coordinator");
     let mut command = match cpus {
         Some(cpus) => {
@@ -188,32 +288,12 @@ fn start_coordinator(data_dir: &std::path::Path, cpus: Option<&str>) -> Coordina
         }
         None => Command::new(binary),
     };
-    let mut child = command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--lease-ttl",
-            "30s",
-            "--data-dir",
-        ])
+    command
+        .args(["--listen", listen, "--lease-ttl", "30s", "--data-dir"])
         .arg(data_dir)
         // Per-grant info lines would be most of the work at thousands of grants a second.
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn evalctl-coordinator");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the listen address");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+        .env("RUST_LOG", "warn");
+    let (child, addr) = support::spawn_coordinator(command);
     Coordinator {
         child,
         url: format!("http://{addr}"),
@@ -502,7 +582,8 @@ async fn run(
     placement: Placement,
 ) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let coordinator = start_coordinator(dir.path(), placement.coordinator.as_deref());
+    let mut coordinator =
+        start_coordinator(dir.path(), placement.coordinator.as_deref(), "127.0.0.1:0");
     let pid = coordinator.child.id();
     let load = Instant::now();
     let mut campaigns = CampaignServiceClient::connect(coordinator.url.clone())
@@ -527,10 +608,14 @@ async fn run(
         load.elapsed().as_secs_f64()
     );
 
+    // Each connection from a source address of its own, as each host of a fleet has one
+    // (and as the coordinator's per-peer connection cap expects): loopback answers on all
+    // of 127.0.0.0/8.
     let mut channels = Vec::new();
-    for _ in 0..connections {
+    for c in 0..connections {
         let channel = Endpoint::from_shared(coordinator.url.clone())
             .expect("endpoint")
+            .local_address(Some(source_address(c)))
             .connect_lazy();
         channels.push(channel);
     }
@@ -538,49 +623,14 @@ async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let blob = Arc::new(records_blob(records));
 
-    // Register every agent first.
-    let started = Instant::now();
+    // Register every agent first. A fleet does not dial all at once: at most this many
+    // registrations (and so new connections) are in flight.
     let mut interval = Duration::from_millis(env_number("EVALCTL_LOAD_HEARTBEAT_MS", 0));
-    // A fleet does not dial all at once: at most this many registrations (and so new
-    // connections) are in flight, and a refused connection is retried as an agent would,
-    // so the loopback listen backlog is not what the bench measures.
-    let dialing = Arc::new(tokio::sync::Semaphore::new(REGISTER_CONCURRENCY));
-    let mut registrations = Vec::new();
-    for i in 0..agents {
-        let mut client = AgentServiceClient::new(channels[(i % connections) as usize].clone());
-        let dialing = Arc::clone(&dialing);
-        registrations.push(tokio::spawn(async move {
-            let _slot = dialing.acquire_owned().await.expect("semaphore open");
-            let mut tries = 0;
-            loop {
-                let answer = client
-                    .register(pb::RegisterRequest {
-                        agent_id: format!("load-{i}"),
-                        hostname: format!("host-{i}"),
-                        version: "load".to_owned(),
-                        ..Default::default()
-                    })
-                    .await;
-                match answer {
-                    Err(status) if status.code() == tonic::Code::Unknown && tries < 5 => {
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(100 * tries)).await;
-                    }
-                    answer => break answer.map(|r| r.into_inner().heartbeat_interval_ms),
-                }
-            }
-        }));
+    let first = register_all(&channels, agents, Some(REGISTER_CONCURRENCY)).await;
+    if interval.is_zero() {
+        interval = Duration::from_millis(first.heartbeat_interval_ms);
     }
-    for registration in registrations {
-        let answered = registration
-            .await
-            .expect("register task")
-            .expect("register");
-        if interval.is_zero() {
-            interval = Duration::from_millis(answered);
-        }
-    }
-    let registered = started.elapsed();
+    let registered = first.took;
     eprintln!(
         "load: {agents} agents registered in {:.1}s; heartbeat every {interval:?}",
         registered.as_secs_f64()
@@ -685,7 +735,32 @@ async fn run(
         "  errors:           {}",
         counters.errors.load(Ordering::Relaxed)
     );
+
+    // A coordinator restart: every agent's connection breaks at once, and the whole fleet
+    // registers again on the same address, all at once, with retries and backoff.
+    let port = coordinator
+        .url
+        .rsplit(':')
+        .next()
+        .expect("a port")
+        .to_owned();
+    coordinator.terminate();
     drop(coordinator);
+    let restarted = start_coordinator(
+        dir.path(),
+        placement.coordinator.as_deref(),
+        &format!("127.0.0.1:{port}"),
+    );
+    let again = register_all(&channels, agents, None).await;
+    println!(
+        "  after a restart:  {agents} agents registered again in {:.1}s ({} retries, at most {} tries \
+         for one agent, {} failed)",
+        again.took.as_secs_f64(),
+        again.retries,
+        again.max_tries,
+        again.failed
+    );
+    drop(restarted);
     // Tasks blocked in long polls end with the runtime.
     drop(tasks);
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::auth::Role;
+use crate::auth::identity::AgentCertMap;
 use crate::auth::rate::Rate;
 use crate::config::{Config, ConfigError, FileConfig, LogFormat};
 
@@ -47,6 +48,17 @@ pub struct Args {
     /// PEM CA of agents' client certificates: agent calls then need one (mutual TLS).
     #[arg(long, env = "EVALCTL_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// With --tls-client-ca: let the client certificate name NAME (a DNS or URI subject
+    /// alternative name) act as the agent ids matching PATTERN (`*`: any run of
+    /// characters), besides NAME itself; repeatable, or `;`-separated. Replaces the config
+    /// file's [agent_cert_map].
+    #[arg(
+        long,
+        env = "EVALCTL_AGENT_CERT_MAP",
+        value_name = "NAME=PATTERN[,PATTERN...]",
+        value_delimiter = ';'
+    )]
+    pub agent_cert_map: Vec<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long, env = "EVALCTL_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -59,6 +71,23 @@ pub struct Args {
     /// How long shutdown waits for in-flight calls, e.g. "10s".
     #[arg(long, env = "EVALCTL_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// gRPC connections open at once, from everyone [default: 16384].
+    #[arg(long, env = "EVALCTL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// gRPC connections open at once from one peer (IPv4 address, IPv6 /64) [default: 512].
+    #[arg(long, env = "EVALCTL_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<usize>,
+    /// TLS handshakes in flight from one peer [default: 32].
+    #[arg(long, env = "EVALCTL_MAX_HANDSHAKES_PER_PEER")]
+    pub max_handshakes_per_peer: Option<usize>,
+    /// Close a connection with no call for this long, e.g. "120s"; "0s" never does
+    /// [default: 120s].
+    #[arg(long, env = "EVALCTL_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Close a new connection that has not started a call this long after its handshake
+    /// [default: 10s].
+    #[arg(long, env = "EVALCTL_FIRST_CALL_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub first_call_timeout: Option<Duration>,
 }
 
 /// `evalctl-coordinator` subcommands: administration without a running server.
@@ -142,6 +171,13 @@ impl Args {
             self.tls_key.clone().or(file.tls_key),
             self.tls_client_ca.clone().or(file.tls_client_ca),
         )?;
+        config.agent_cert_map = if self.agent_cert_map.is_empty() {
+            AgentCertMap::new(file.agent_cert_map.unwrap_or_default())
+        } else {
+            AgentCertMap::from_flags(&self.agent_cert_map)
+        }
+        .map_err(ConfigError::AgentCertMap)?;
+        config.check_agent_cert_map()?;
         config.metrics_addr = self.metrics_addr.or(file.metrics_addr);
         config.submit_rate = Rate {
             per_minute: self
@@ -156,6 +192,29 @@ impl Args {
         if let Some(grace) = self.shutdown_grace.or(file.shutdown_grace) {
             config.shutdown_grace = grace;
         }
+        let limits = &mut config.connections;
+        if let Some(n) = self.max_connections.or(file.max_connections) {
+            limits.max_connections = n;
+        }
+        if let Some(n) = self
+            .max_connections_per_peer
+            .or(file.max_connections_per_peer)
+        {
+            limits.max_per_peer = n;
+        }
+        if let Some(n) = self
+            .max_handshakes_per_peer
+            .or(file.max_handshakes_per_peer)
+        {
+            limits.max_handshakes_per_peer = n;
+        }
+        if let Some(idle) = self.idle_timeout.or(file.idle_timeout) {
+            limits.idle_timeout = (!idle.is_zero()).then_some(idle);
+        }
+        if let Some(first) = self.first_call_timeout.or(file.first_call_timeout) {
+            limits.first_call_timeout = first;
+        }
+        config.check_connections()?;
         let log_format = self.log_format.or(file.log_format).unwrap_or_default();
         Ok((config, log_format))
     }
@@ -236,6 +295,51 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn agent_cert_map_flags_replace_the_file_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "tls_cert = \"s.pem\"\ntls_key = \"k.pem\"\ntls_client_ca = \"ca.pem\"\n\
+             [agent_cert_map]\n\"pool.lab\" = [\"gpu-*\"]\n",
+        )
+        .unwrap();
+        let from_file =
+            Args::parse_from(["evalctl-coordinator", "--config", file.to_str().unwrap()]);
+        let (config, _) = from_file.resolve().unwrap();
+        let expected = AgentCertMap::from_flags(&["pool.lab=gpu-*".to_owned()]).unwrap();
+        assert_eq!(config.agent_cert_map, expected);
+
+        let flags = Args::parse_from([
+            "evalctl-coordinator",
+            "--config",
+            file.to_str().unwrap(),
+            "--agent-cert-map",
+            "a.lab=a-*,spare;b.lab=b-*",
+            "--agent-cert-map",
+            "c.lab=c1",
+        ]);
+        let (config, _) = flags.resolve().unwrap();
+        let expected = AgentCertMap::from_flags(&[
+            "a.lab=a-*,spare".to_owned(),
+            "b.lab=b-*".to_owned(),
+            "c.lab=c1".to_owned(),
+        ])
+        .unwrap();
+        assert_eq!(config.agent_cert_map, expected);
+
+        let bad = Args::parse_from([
+            "evalctl-coordinator",
+            "--config",
+            file.to_str().unwrap(),
+            "--agent-cert-map",
+            "gpu-*",
+        ]);
+        let err = evalctl_common::error_chain(&bad.resolve().unwrap_err());
+        assert!(err.contains("NAME=PATTERN"), "{err}");
     }
 
     #[test]

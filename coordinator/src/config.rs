@@ -2,13 +2,16 @@
 //! variables and flags (flags > env > file > defaults). `deploy/coordinator.toml`
 //! is the documented default file.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::identity::{AgentCertMap, CertMapError};
 use crate::auth::rate::Rate;
+use crate::connections::ConnectionLimits;
 use crate::tls::TlsFiles;
 
 /// Default gRPC listen address.
@@ -58,6 +61,10 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// PEM CA that signs agents' client certificates: agent calls then need one (mTLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// With `tls_client_ca`: client certificate names (DNS or URI subject alternative
+    /// names) and the agent id patterns each may act as besides the name itself, e.g.
+    /// `"gpu-pool.lab" = ["gpu-*"]`.
+    pub agent_cert_map: Option<BTreeMap<String, Vec<String>>>,
     /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
     pub metrics_addr: Option<SocketAddr>,
     /// Submissions per minute per token once the burst is spent; 0 = no limit.
@@ -67,6 +74,19 @@ pub struct FileConfig {
     /// How long shutdown waits for in-flight calls, e.g. "10s".
     #[serde(default, with = "evalctl_common::duration::optional")]
     pub shutdown_grace: Option<Duration>,
+    /// gRPC connections open at once, from everyone.
+    pub max_connections: Option<usize>,
+    /// gRPC connections open at once from one peer (IPv4 address, IPv6 /64).
+    pub max_connections_per_peer: Option<usize>,
+    /// TLS handshakes in flight from one peer.
+    pub max_handshakes_per_peer: Option<usize>,
+    /// How long a connection may stay without a call, e.g. "120s"; "0s" keeps idle
+    /// connections open.
+    #[serde(default, with = "evalctl_common::duration::optional")]
+    pub idle_timeout: Option<Duration>,
+    /// How long a new connection may take to start its first call, e.g. "10s".
+    #[serde(default, with = "evalctl_common::duration::optional")]
+    pub first_call_timeout: Option<Duration>,
 }
 
 /// The coordinator's effective configuration.
@@ -88,6 +108,11 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     /// Submissions per token (applied while tokens are enforced).
     pub submit_rate: Rate,
+    /// Caps on connections and how long idle ones stay.
+    pub connections: ConnectionLimits,
+    /// Under mutual TLS: the agent ids client certificate names may act as, besides the
+    /// name itself (docs/security.md).
+    pub agent_cert_map: AgentCertMap,
 }
 
 impl Config {
@@ -102,6 +127,8 @@ impl Config {
             tls: None,
             metrics_addr: None,
             submit_rate: DEFAULT_SUBMIT_RATE,
+            connections: ConnectionLimits::DEFAULT,
+            agent_cert_map: AgentCertMap::default(),
         }
     }
 
@@ -126,12 +153,43 @@ impl Config {
         }
     }
 
+    /// Refuses connection caps of zero (nothing could connect) and a first-call timeout of
+    /// zero (nothing could start a call).
+    pub fn check_connections(&self) -> Result<(), ConfigError> {
+        let limits = &self.connections;
+        let zero = [
+            ("max_connections", limits.max_connections),
+            ("max_connections_per_peer", limits.max_per_peer),
+            ("max_handshakes_per_peer", limits.max_handshakes_per_peer),
+        ]
+        .into_iter()
+        .find(|(_, n)| *n == 0);
+        if let Some((setting, _)) = zero {
+            return Err(ConfigError::ZeroLimit(setting));
+        }
+        if limits.first_call_timeout.is_zero() {
+            return Err(ConfigError::ZeroLimit("first_call_timeout"));
+        }
+        Ok(())
+    }
+
     /// Refuses plain text on a non-loopback address unless `insecure` is set.
     pub fn check_transport(&self) -> Result<(), ConfigError> {
         if self.tls.is_some() || self.listen.ip().is_loopback() || self.insecure {
             Ok(())
         } else {
             Err(ConfigError::PlainTextOffLoopback(self.listen))
+        }
+    }
+
+    /// Refuses an agent certificate map without mutual TLS, where no certificate is
+    /// presented to map.
+    pub fn check_agent_cert_map(&self) -> Result<(), ConfigError> {
+        let mutual = self.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if self.agent_cert_map.is_empty() || mutual {
+            Ok(())
+        } else {
+            Err(ConfigError::AgentCertMapWithoutMutualTls)
         }
     }
 
@@ -192,6 +250,20 @@ pub enum ConfigError {
         "TLS needs both a certificate and a key (hint: pass --tls-cert and --tls-key; --tls-client-ca only with them)"
     )]
     TlsIncomplete,
+    /// A connection limit of zero.
+    #[error(
+        "`{0}` is 0: no client could connect (hint: give a positive number, or leave it out for the default)"
+    )]
+    ZeroLimit(&'static str),
+    /// An agent certificate map entry that cannot be used.
+    #[error("invalid agent certificate map")]
+    AgentCertMap(#[source] CertMapError),
+    /// An agent certificate map without a client CA.
+    #[error(
+        "an agent certificate map needs mutual TLS (hint: pass --tls-client-ca, or drop \
+         --agent-cert-map / [agent_cert_map])"
+    )]
+    AgentCertMapWithoutMutualTls,
 }
 
 impl FileConfig {
@@ -250,6 +322,27 @@ mod tests {
         assert!(config.set_tls(None, None, Some("ca.pem".into())).is_err());
         assert!(config.set_tls(None, None, None).is_ok());
         assert!(config.tls.is_none());
+    }
+
+    #[test]
+    fn an_agent_cert_map_is_read_from_the_file_and_needs_mutual_tls() {
+        let file: FileConfig =
+            toml::from_str("[agent_cert_map]\n\"gpu-pool.lab\" = [\"gpu-*\", \"spare\"]\n")
+                .unwrap();
+        let entries = file.agent_cert_map.unwrap();
+        let mut config = Config::with_data_dir(Path::new("/tmp"));
+        config.agent_cert_map = AgentCertMap::new(entries).unwrap();
+        assert!(!config.agent_cert_map.is_empty());
+        let err = config.check_agent_cert_map().unwrap_err();
+        assert!(err.to_string().contains("--tls-client-ca"), "{err}");
+        config
+            .set_tls(
+                Some("c.pem".into()),
+                Some("k.pem".into()),
+                Some("ca.pem".into()),
+            )
+            .unwrap();
+        config.check_agent_cert_map().unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod auth;
 pub mod config;
+pub mod connections;
 pub mod domain;
 pub mod events;
 pub mod grpc;

@@ -24,6 +24,13 @@ pub const MAX_TEXT_FIELD: usize = 4096;
 /// Longest token name.
 pub const MAX_TOKEN_NAME: usize = 64;
 
+/// Audit entries in one `ListAudit` reply when the caller asks for none in particular.
+pub const DEFAULT_AUDIT_PAGE: usize = 100;
+
+/// Most audit entries in one `ListAudit` reply, whatever the caller asks for; the rest
+/// come in further pages.
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
 /// Refuses `value` when it is longer than `max` bytes.
 pub fn at_most(field: &str, value: &str, max: usize) -> Result<(), Status> {
     if value.len() > max {

@@ -143,9 +143,17 @@ fn describe(row: &TokenRow) -> String {
         ),
         None => "live".to_owned(),
     };
+    let last_used = row.last_used_ms.map_or_else(
+        || "never used".to_owned(),
+        |ms| {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            format!("last used {}", humantime::format_rfc3339_seconds(at))
+        },
+    );
     format!(
-        "{}\t{}\t{}\tcreated by {}\t{}",
-        row.token_id, row.name, row.role, row.created_by, state
+        "{}\t{}\t{}\tcreated by {}\t{}\t{}",
+        row.token_id, row.name, row.role, row.created_by, last_used, state
     )
 }
 

@@ -42,6 +42,12 @@ struct RefusedLabels {
     reason: String,
 }
 
+/// Labels naming why a connection was refused or ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
 /// Labels naming a state.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
@@ -78,6 +84,12 @@ pub struct Metrics {
     campaigns: Family<StateLabels, Gauge>,
     units: Family<StateLabels, Gauge>,
     agents: Family<StateLabels, Gauge>,
+    connections_open: Gauge,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_closed_idle: Counter,
+    tls_handshake_failures: Family<ReasonLabels, Counter>,
+    store_writable: Gauge,
+    store_write_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -119,6 +131,42 @@ impl Metrics {
         registry.register("campaigns", "Campaigns by state", campaigns.clone());
         registry.register("units", "Units of all campaigns by state", units.clone());
         registry.register("agents", "Registered agents by state", agents.clone());
+        let connections_open = Gauge::default();
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_closed_idle = Counter::default();
+        let tls_handshake_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_open",
+            "gRPC connections open (TLS handshake done or plain text)",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "gRPC connections closed on accept, by the cap they would pass",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "connections_closed_idle",
+            "gRPC connections closed for having no call for the idle (or first-call) timeout",
+            connections_closed_idle.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed or timed out, by reason",
+            tls_handshake_failures.clone(),
+        );
+        let store_writable = Gauge::default();
+        let store_write_failures = Counter::default();
+        registry.register(
+            "store_writable",
+            "1 while the store's last write succeeded; 0 while writes fail (a full disk, an I/O error)",
+            store_writable.clone(),
+        );
+        registry.register(
+            "store_write_failures",
+            "Store writes that failed for want of storage",
+            store_write_failures.clone(),
+        );
         Metrics {
             registry,
             rpc_requests,
@@ -127,7 +175,41 @@ impl Metrics {
             campaigns,
             units,
             agents,
+            connections_open,
+            connections_refused,
+            connections_closed_idle,
+            tls_handshake_failures,
+            store_writable,
+            store_write_failures,
         }
+    }
+
+    /// A connection opened (`1`) or closed (`-1`).
+    pub fn connection_opened(&self, change: i64) {
+        self.connections_open.inc_by(change);
+    }
+
+    /// Counts a connection refused on accept for `reason`.
+    pub fn connection_refused(&self, reason: &str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed for being idle.
+    pub fn connection_closed_idle(&self) {
+        self.connections_closed_idle.inc();
+    }
+
+    /// Counts a failed TLS handshake (`timeout`, `error`).
+    pub fn tls_handshake_failed(&self, reason: &str) {
+        self.tls_handshake_failures
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a call let through.
@@ -201,6 +283,11 @@ impl Metrics {
                 agent_states.get(state).copied().unwrap_or(0),
             );
         }
+        let health = store.health();
+        self.store_writable.set(i64::from(health.writable));
+        let counted = self.store_write_failures.get();
+        self.store_write_failures
+            .inc_by(health.write_failures.saturating_sub(counted));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");

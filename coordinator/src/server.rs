@@ -20,6 +20,7 @@ use tracing::{error, info, warn};
 
 use crate::auth::{AuthLayer, AuthSettings, Authenticator};
 use crate::config::{Config, ConfigError};
+use crate::connections::{Admission, CallCountLayer};
 use crate::events::EventBus;
 use crate::grpc::status::chain;
 use crate::grpc::{AgentApi, CampaignApi, TokenApi};
@@ -30,6 +31,16 @@ use crate::reaper::Reaper;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, ServerTls, TlsError};
 use crate::work::WorkSignal;
+
+/// How often an HTTP/2 ping checks that a connection's peer is still there.
+const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a ping may go unanswered before the connection is closed.
+const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// File descriptors kept for the database, logs and the metrics endpoint beyond the
+/// connection cap.
+const RESERVED_FDS: u64 = 256;
 
 /// Why the coordinator could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +152,9 @@ impl Coordinator {
             )),
             None => None,
         };
+        let mut config = config;
+        config.connections.max_connections =
+            fit_connections_to_fd_limit(config.connections.max_connections);
         let lock = serve_lock(&config.database)?;
         let store = Store::open(&config.database)
             .await
@@ -233,6 +247,7 @@ impl Coordinator {
                 open_without_tokens: config.open_without_tokens(),
                 agent_client_cert: tls.as_ref().is_some_and(|t| t.mutual()),
                 submit_rate: config.submit_rate,
+                agent_cert_map: Arc::new(config.agent_cert_map.clone()),
             },
         ));
         announce_security(&config, &auth).await;
@@ -244,6 +259,11 @@ impl Coordinator {
         health_reporter
             .set_serving::<AgentServiceServer<AgentApi>>()
             .await;
+        tokio::spawn(report_store_health(
+            store.clone(),
+            health_reporter.clone(),
+            stop.clone(),
+        ));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -291,10 +311,22 @@ impl Coordinator {
         }
 
         let server_stop = stop.clone();
-        let incoming = tls::incoming::incoming(listener, tls.clone(), stop.clone());
+        let admission = Admission::new(config.connections);
+        let incoming = tls::incoming::incoming(
+            listener,
+            tls.clone(),
+            admission,
+            Arc::clone(&metrics),
+            stop.clone(),
+        );
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+                // A peer that vanished (power loss, a network partition) while a call is
+                // open is noticed within these, and its connection freed.
+                .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+                .layer(CallCountLayer)
                 .layer(AuthLayer::new(Arc::clone(&auth), Arc::clone(&metrics)))
                 .add_service(health_service)
                 .add_service(reflection)
@@ -344,6 +376,39 @@ impl Coordinator {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit (as much as the connection cap
+/// needs), and returns the connection cap that fits under it: each connection is a file
+/// descriptor, and running out of them would fail the store and the log too, not only new
+/// connections.
+fn fit_connections_to_fd_limit(max_connections: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(RESERVED_FDS);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return max_connections;
+    };
+    let mut limit = soft;
+    if soft < wanted {
+        let raised = wanted.min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() {
+            limit = raised;
+        }
+    }
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_FDS)).unwrap_or(usize::MAX);
+    if fits < max_connections {
+        warn!(
+            max_connections,
+            open_files_limit = limit,
+            effective = fits,
+            "the open-files limit is too low for --max-connections; capping connections \
+             at {fits} (hint: raise LimitNOFILE in the service unit, or ulimit -n)"
+        );
+        return fits.max(1);
+    }
+    max_connections
+}
+
 /// Says how callers are authenticated, and warns where that is weak.
 async fn announce_security(config: &Config, auth: &Authenticator) {
     let enforced = match auth.enforced().await {
@@ -377,6 +442,51 @@ async fn announce_security(config: &Config, auth: &Authenticator) {
                  (hint: evalctl-coordinator token create admin --role operator)"
             ),
             _ => {}
+        }
+    }
+}
+
+/// How often the gRPC health service looks at whether the store writes.
+const STORE_HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the gRPC health service's answer true: the campaign and agent services are
+/// NOT_SERVING while the store cannot write (their calls would fail or stall), SERVING again
+/// once it can.
+async fn report_store_health(
+    store: Store,
+    reporter: tonic_health::server::HealthReporter,
+    stop: CancellationToken,
+) {
+    let mut serving = true;
+    let mut ticks = tokio::time::interval(STORE_HEALTH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let writable = store.health().writable;
+        if writable == serving {
+            continue;
+        }
+        serving = writable;
+        if writable {
+            reporter
+                .set_serving::<CampaignServiceServer<CampaignApi>>()
+                .await;
+            reporter.set_serving::<AgentServiceServer<AgentApi>>().await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::Serving)
+                .await;
+        } else {
+            reporter
+                .set_not_serving::<CampaignServiceServer<CampaignApi>>()
+                .await;
+            reporter
+                .set_not_serving::<AgentServiceServer<AgentApi>>()
+                .await;
+            reporter
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
         }
     }
 }

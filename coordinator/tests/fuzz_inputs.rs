@@ -283,13 +283,26 @@ fn methods() -> Vec<(&'static str, Kind, Vec<u8>)> {
             }
             .encode_to_vec(),
         ),
+        (
+            "ListAudit",
+            Kind::Unary,
+            pb::ListAuditRequest {
+                actor: "fuzz".into(),
+                action: "refused".into(),
+                since_ms: 1,
+                until_ms: 2_000_000_000_000,
+                limit: 10,
+                before_id: 5,
+            }
+            .encode_to_vec(),
+        ),
     ]
     .into_iter()
     .map(|(name, kind, seed)| {
         let service = match name {
             "Register" | "AcquireLease" | "Heartbeat" | "ReportResults" | "Complete" | "Fail"
             | "Release" => agent,
-            "CreateToken" | "ListTokens" | "RevokeToken" => tokens,
+            "CreateToken" | "ListTokens" | "RevokeToken" | "ListAudit" => tokens,
             _ => campaign,
         };
         (leak(format!("{service}{name}")), kind, seed)

@@ -19,28 +19,72 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command takes.
+/// Options given before the subcommand (`evalctl --coordinator URL status`), with their
+/// environment variables. The connection options can also follow the subcommand of a command
+/// that talks to a coordinator (`evalctl status --coordinator URL`), where they win; commands
+/// that do not (`local`, `bench`) neither take nor show them.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Coordinator URL.
-    #[arg(long, global = true, env = "EVALCTL_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
+    #[arg(long, env = "EVALCTL_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Print machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
     /// Bearer token (prefer --token-file or EVALCTL_TOKEN: flags show in `ps`).
-    #[arg(long, global = true, env = "EVALCTL_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "EVALCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// File whose first line is the bearer token.
-    #[arg(long, global = true, env = "EVALCTL_TOKEN_FILE")]
+    #[arg(long, env = "EVALCTL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// PEM CA that signed the coordinator's certificate, for https:// URLs [default: the
     /// system roots].
-    #[arg(long, global = true, env = "EVALCTL_CA_FILE")]
+    #[arg(long, env = "EVALCTL_CA_FILE")]
     pub ca_file: Option<PathBuf>,
     /// Log line format on stderr (`local` logs its coordinator and agent there too).
     #[arg(long, global = true, value_enum, env = "EVALCTL_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    /// These options with the connection options given after the subcommand applied.
+    pub fn with(&self, connection: Option<&ConnectionArgs>) -> GlobalArgs {
+        let mut merged = self.clone();
+        if let Some(c) = connection {
+            if let Some(url) = &c.coordinator {
+                merged.coordinator.clone_from(url);
+            }
+            if c.token.is_some() {
+                merged.token.clone_from(&c.token);
+            }
+            if c.token_file.is_some() {
+                merged.token_file.clone_from(&c.token_file);
+            }
+            if c.ca_file.is_some() {
+                merged.ca_file.clone_from(&c.ca_file);
+            }
+        }
+        merged
+    }
+}
+
+/// How to reach the coordinator, given after the subcommand of a command that talks to one.
+/// (Their environment variables are read by [`GlobalArgs`].)
+#[derive(Debug, Clone, Default, Args)]
+pub struct ConnectionArgs {
+    /// Coordinator URL [env: EVALCTL_COORDINATOR] [default: http://127.0.0.1:7717].
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Bearer token (prefer --token-file or EVALCTL_TOKEN: flags show in `ps`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// File whose first line is the bearer token [env: EVALCTL_TOKEN_FILE].
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA that signed the coordinator's certificate, for https:// URLs [env:
+    /// EVALCTL_CA_FILE] [default: the system roots].
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -68,7 +112,7 @@ pub enum Command {
     /// Show a campaign's step results: latency percentiles and throughput per step.
     Results(ResultsArgs),
     /// List registered agents with their GPUs, leases and last heartbeat.
-    Agents,
+    Agents(AgentsArgs),
     /// Ask an agent to finish its running units and take no more.
     Drain(DrainArgs),
     /// Run a matrix on this machine: coordinator and agent in one process, to the end.
@@ -78,6 +122,9 @@ pub enum Command {
     /// Create, list or revoke API tokens (operator only).
     #[command(subcommand)]
     Token(crate::commands::token::TokenCommand),
+    /// Show the audit log: who did what, newest first, filtered by actor, action and time
+    /// (operator only).
+    Audit(crate::commands::audit::AuditArgs),
     /// Export a campaign's step results (or request records) as CSV, JSON Lines or Parquet.
     Export(crate::commands::export::ExportArgs),
     /// Write a self-contained HTML report of a campaign, with charts.
@@ -88,9 +135,43 @@ pub enum Command {
     Recommend(crate::commands::recommend::RecommendArgs),
 }
 
+impl Command {
+    /// The connection options given after the subcommand; `None` for commands that do not
+    /// talk to a coordinator.
+    pub fn connection(&self) -> Option<&ConnectionArgs> {
+        Some(match self {
+            Command::Submit(a) => &a.connection,
+            Command::Status(a) => &a.connection,
+            Command::Watch(a) | Command::Retry(a) => &a.connection,
+            Command::Cancel(a) => &a.connection,
+            Command::Results(a) => &a.connection,
+            Command::Agents(a) => &a.connection,
+            Command::Drain(a) => &a.connection,
+            Command::Token(command) => command.connection(),
+            Command::Export(a) => &a.connection,
+            Command::Report(a) => &a.connection,
+            Command::Compare(a) => &a.connection,
+            Command::Recommend(a) => &a.connection,
+            Command::Audit(a) => &a.connection,
+            Command::Local(_) | Command::Bench(_) => return None,
+        })
+    }
+}
+
+/// `evalctl agents`.
+#[derive(Debug, Args)]
+pub struct AgentsArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+}
+
 /// `evalctl results`.
 #[derive(Debug, Args)]
 pub struct ResultsArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
 }
@@ -98,6 +179,9 @@ pub struct ResultsArgs {
 /// `evalctl drain`.
 #[derive(Debug, Args)]
 pub struct DrainArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Agent id (`evalctl agents` lists them).
     pub agent: String,
 }
@@ -126,6 +210,9 @@ pub struct LocalArgs {
 /// `evalctl submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// The matrix file (YAML).
     pub matrix: PathBuf,
     /// Print units, steps and dropped combinations without contacting a coordinator.
@@ -140,6 +227,9 @@ pub struct SubmitArgs {
 /// `evalctl status`.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Campaign name or id; all campaigns when omitted.
     pub campaign: Option<String>,
 }
@@ -147,6 +237,9 @@ pub struct StatusArgs {
 /// A command that names one campaign.
 #[derive(Debug, Args)]
 pub struct CampaignArg {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
 }
@@ -154,6 +247,9 @@ pub struct CampaignArg {
 /// `evalctl cancel`.
 #[derive(Debug, Args)]
 pub struct CancelArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
     /// Why, for the audit log.

@@ -6,7 +6,9 @@
 
 use std::sync::OnceLock;
 
-use evalctl_proto::client::{self as agent_client, BearerToken, ClientAuth, ClientError};
+use evalctl_proto::client::{
+    self as agent_client, BearerToken, ClientAuth, ClientError, TlsProblem,
+};
 use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
 use evalctl_proto::v1::token_service_client::TokenServiceClient;
 use tonic::service::interceptor::InterceptedService;
@@ -72,6 +74,61 @@ async fn channel(url: &str) -> Result<AuthedChannel, CliError> {
     Ok(InterceptedService::new(channel, bearer))
 }
 
+/// `err` with what it says about the TLS setup made explicit ([`CliError::Tls`]): an
+/// untrusted certificate found in a failed connection's chain, or a call that failed on the
+/// connection to an `http://` URL whose port turns out to speak TLS. Other errors are
+/// returned as they are.
+pub async fn diagnose(err: CliError, url: &str) -> CliError {
+    let problem = match &err {
+        CliError::Unreachable { source, .. } => setup_problem(source, url).await,
+        CliError::Rpc { status, .. } => setup_problem(status, url).await,
+        _ => None,
+    };
+    let Some(problem) = problem else {
+        return err;
+    };
+    let source: Option<Box<dyn std::error::Error + Send + Sync>> = match err {
+        _ if problem == TlsProblem::PlainTextToTls => None,
+        CliError::Unreachable { source, .. } => Some(Box::new(source)),
+        CliError::Rpc { status, .. } => Some(Box::new(StatusCause(status))),
+        other => Some(Box::new(other)),
+    };
+    let auth = AUTH.get().cloned().unwrap_or_default();
+    CliError::Tls {
+        url: url.to_owned(),
+        description: problem.describe(&auth),
+        problem,
+        source,
+    }
+}
+
+/// A status as a cause: its message, then its own causes (a status's `Display` is a debug
+/// dump).
+#[derive(Debug)]
+struct StatusCause(tonic::Status);
+
+impl std::fmt::Display for StatusCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.message())
+    }
+}
+
+impl std::error::Error for StatusCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.0)
+    }
+}
+
+/// The TLS problem in `err`, or [`TlsProblem::PlainTextToTls`] when the connection to an
+/// `http://` URL failed and its port speaks TLS.
+async fn setup_problem(err: &(dyn std::error::Error + 'static), url: &str) -> Option<TlsProblem> {
+    if let Some(problem) = agent_client::tls_problem(err) {
+        return Some(problem);
+    }
+    (agent_client::is_connection_failure(err) && agent_client::serves_tls(url).await)
+        .then_some(TlsProblem::PlainTextToTls)
+}
+
 /// Connects to `url`, failing fast with a clear error when nothing listens there.
 pub async fn connect(url: &str) -> Result<Client, CliError> {
     Ok(CampaignServiceClient::new(channel(url).await?)
@@ -81,5 +138,5 @@ pub async fn connect(url: &str) -> Result<Client, CliError> {
 
 /// Connects the token service at `url`.
 pub async fn connect_tokens(url: &str) -> Result<TokenClient, CliError> {
-    Ok(TokenServiceClient::new(channel(url).await?))
+    Ok(TokenServiceClient::new(channel(url).await?).max_decoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -5,12 +5,14 @@ use std::process::ExitCode;
 
 use evalctl_coordinator::domain::EmptyCampaign;
 use evalctl_coordinator::matrix::MatrixError;
+use evalctl_proto::client::TlsProblem;
 
 /// Exit code: a command failed for a reason not listed below.
 pub const EXIT_FAILURE: u8 = 1;
 /// Exit code: the command line itself is wrong (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the coordinator could not be reached.
+/// Exit code: the coordinator could not be reached, or its TLS setup and the CLI's do not
+/// match (an untrusted certificate, `http://` to a TLS port).
 pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit code: the named campaign (or other object) does not exist.
 pub const EXIT_NOT_FOUND: u8 = 4;
@@ -56,6 +58,21 @@ pub enum CliError {
         /// The cause.
         #[source]
         source: tonic::transport::Error,
+    },
+    /// The TLS setup cannot work: the coordinator's certificate is not trusted, or an
+    /// `http://` URL points at its TLS port. Retrying would not help.
+    #[error("failed to connect to the coordinator at {url}: {description}")]
+    Tls {
+        /// The URL tried.
+        url: String,
+        /// What is wrong, naming the files given ([`TlsProblem::describe`]).
+        description: String,
+        /// What is wrong.
+        problem: TlsProblem,
+        /// The transport error or status it was found in; none when a probe of the port
+        /// found it (the failed call's own chain, "operation was canceled", says nothing).
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The coordinator answered with an error status.
     #[error("{what} failed: {}", .status.message())]
@@ -136,6 +153,7 @@ impl CliError {
     /// A one-line hint the user can act on, when there is one.
     pub fn hint(&self) -> Option<String> {
         match self {
+            CliError::Tls { url, problem, .. } => Some(problem.hint(url)),
             CliError::Unreachable { .. } => Some(
                 "start one with `evalctl-coordinator`, or point --coordinator / EVALCTL_COORDINATOR at a running one".into(),
             ),
@@ -166,7 +184,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             CliError::InvalidMatrix(_) | CliError::EmptyCampaign(_) => EXIT_INVALID_MATRIX,
-            CliError::Unreachable { .. } => EXIT_UNREACHABLE,
+            CliError::Unreachable { .. } | CliError::Tls { .. } => EXIT_UNREACHABLE,
             CliError::Rpc { status, .. } => match status.code() {
                 tonic::Code::NotFound => EXIT_NOT_FOUND,
                 tonic::Code::InvalidArgument => EXIT_INVALID_MATRIX,
@@ -184,6 +202,17 @@ impl CliError {
             | CliError::Prices(_)
             | CliError::Local { .. } => EXIT_FAILURE,
         })
+    }
+
+    /// A matrix file that could not be read (the I/O error) or was refused as read (too
+    /// large, not UTF-8).
+    pub fn matrix_file(err: evalctl_coordinator::matrix::MatrixError) -> CliError {
+        match err {
+            evalctl_coordinator::matrix::MatrixError::Read { path, source } => {
+                CliError::Read { path, source }
+            }
+            other => CliError::InvalidMatrix(other),
+        }
     }
 
     /// Wraps a status from the call `what`.

@@ -10,6 +10,7 @@ pub mod error;
 pub mod export;
 pub mod render;
 pub mod report;
+pub mod when;
 
 use std::process::ExitCode;
 
@@ -18,24 +19,32 @@ use error::CliError;
 
 /// Runs one `evalctl` invocation and returns its exit code.
 pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let global = &cli.global;
+    let global = &cli.global.with(cli.command.connection());
     client::configure(global)?;
-    match &cli.command {
+    let outcome = match &cli.command {
         Command::Submit(args) => commands::submit::run(global, args).await,
         Command::Status(args) => commands::status::run(global, args).await,
         Command::Watch(args) => commands::watch::run(global, args).await,
         Command::Cancel(args) => commands::control::cancel(global, args).await,
         Command::Retry(args) => commands::control::retry(global, args).await,
         Command::Results(args) => commands::results::run(global, args).await,
-        Command::Agents => commands::agents::list(global).await,
+        Command::Agents(_) => commands::agents::list(global).await,
         Command::Drain(args) => commands::agents::drain(global, args).await,
         Command::Local(args) => commands::local::run(global, args).await,
         Command::Bench(args) => commands::bench::run(global, args).await,
         Command::Token(command) => commands::token::run(global, command).await,
+        Command::Audit(args) => commands::audit::run(global, args).await,
         Command::Export(args) => commands::export::run(global, args).await,
         Command::Report(args) => commands::report::run(global, args).await,
         Command::Compare(args) => commands::compare::run(global, args).await,
         Command::Recommend(args) => commands::recommend::run(global, args).await,
+    };
+    match outcome {
+        // `local` talks to a coordinator of its own, not to --coordinator.
+        Err(err) if !matches!(cli.command, Command::Local(_)) => {
+            Err(client::diagnose(err, &global.coordinator).await)
+        }
+        outcome => outcome,
     }
 }
 

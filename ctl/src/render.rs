@@ -18,6 +18,15 @@ pub fn emit(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// Writes `text` to stderr as is (warnings that must not mix with the output on stdout).
+pub fn emit_stderr(text: &str) -> Result<(), CliError> {
+    let mut err = std::io::stderr().lock();
+    match err.write_all(text.as_bytes()).and_then(|()| err.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Output(e)),
+        _ => Ok(()),
+    }
+}
+
 /// Writes `value` as pretty JSON and a newline to stdout.
 pub fn emit_json<T: Serialize>(value: &T) -> Result<(), CliError> {
     let mut text = serde_json::to_string_pretty(value).expect("output types serialize to JSON");

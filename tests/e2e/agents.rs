@@ -213,7 +213,7 @@ fn slow_campaign(prefix: &str) -> SimCampaign {
 }
 
 #[test]
-fn a_killed_agents_unit_is_finished_by_another_and_its_orphan_server_ended_on_restart() {
+fn a_killed_agents_unit_is_finished_by_another_and_its_unsupervised_orphan_ended_on_restart() {
     let dir = tempfile::tempdir().unwrap();
     let coordinator = CoordinatorProcess::start_with(dir.path(), &["--lease-ttl", "3s"]);
     let url = coordinator.url();
@@ -227,7 +227,15 @@ fn a_killed_agents_unit_is_finished_by_another_and_its_orphan_server_ended_on_re
     });
     let orphans = processes_with(&campaign.marker);
     assert!(!orphans.is_empty(), "agent A's server should be running");
-    agent_a.kill9();
+    // The agent and its server's supervisor die, the server lives on: an orphan that only
+    // the restart-time reaper can end (a plain kill -9 of the agent leaves none; see
+    // supervisor.rs).
+    agent_a.kill9_with_supervisors();
+    let orphans = processes_with(&campaign.marker);
+    assert!(
+        !orphans.is_empty(),
+        "agent A's server should outlive its supervisor"
+    );
     let first = results(&url, &campaign.name);
     let finished_by_a: BTreeSet<String> = first
         .iter()
@@ -252,12 +260,13 @@ fn a_killed_agents_unit_is_finished_by_another_and_its_orphan_server_ended_on_re
     }
     assert!(agent_b.log().contains("lease granted"), "{}", agent_b.log());
 
-    // (g) The killed agent's server outlived it; restarting the agent ends it.
+    // (g) The killed agent's server outlived it and its supervisor; restarting the agent
+    // ends it.
     assert!(
         orphans
             .iter()
             .all(|pid| Path::new(&format!("/proc/{pid}")).exists()),
-        "the orphan server should still run after SIGKILL of its agent"
+        "the orphan server should still run after SIGKILL of its agent and supervisor"
     );
     let mut agent_a = AgentProcess::start(&url, &state_a, &[]);
     eventually(

@@ -113,3 +113,80 @@ fn a_matrix_with_nothing_to_run_exits_5_unless_allowed() {
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
 }
+
+#[test]
+fn matrix_files_are_refused_alike_by_dry_run_and_submit_with_the_matrix_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    // 5 MB: over the 4 MiB matrix limit, under the 16 MiB message limit.
+    let big = dir.path().join("big.yaml");
+    let mut text = String::from("campaign: big\n");
+    while text.len() < 5_000_000 {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, &text).unwrap();
+    // 50 MB: over the message limit too; the matrix limit is still what is named.
+    let huge = dir.path().join("huge.yaml");
+    std::fs::write(&huge, text.repeat(10)).unwrap();
+    let coordinator = CoordinatorProcess::start(&dir.path().join("data"));
+    for (file, dry_run) in [(&big, true), (&big, false), (&huge, false)] {
+        let mut args = vec!["submit", file.to_str().unwrap()];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let output = evalctl(Some(&coordinator.url()), &args);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(5), "{args:?}: {err}");
+        assert!(
+            err.contains("the limit is 4194304 bytes") && !err.contains("16777216"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_matrix_that_is_not_utf8_exits_5_naming_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("latin1.yaml");
+    std::fs::write(&path, b"campaign: x\n# caf\xe9\n").unwrap();
+    let output = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("latin1.yaml:2:6") && err.contains("not UTF-8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn each_subcommand_shows_only_the_flags_it_uses() {
+    let help = |args: &[&str]| {
+        let output = evalctl(None, args);
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for connected in [&["status", "--help"][..], &["token", "list", "--help"]] {
+        let text = help(connected);
+        for flag in ["--coordinator", "--token", "--ca-file"] {
+            assert!(text.contains(flag), "{connected:?} shows {flag}:\n{text}");
+        }
+    }
+    for offline in [&["bench", "--help"][..], &["local", "--help"]] {
+        let text = help(offline);
+        for flag in ["--coordinator", "--token ", "--token-file", "--ca-file"] {
+            assert!(!text.contains(flag), "{offline:?} hides {flag}:\n{text}");
+        }
+    }
+    // The connection flags work before and after the subcommand; after it, they win.
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let before = evalctl(None, &["--coordinator", &url, "status"]);
+    assert!(before.status.success(), "{}", stderr(&before));
+    let after = evalctl(None, &["status", "--coordinator", &url]);
+    assert!(after.status.success(), "{}", stderr(&after));
+    let overridden = evalctl(
+        Some(&url),
+        &["status", "--coordinator", "http://127.0.0.1:1"],
+    );
+    assert_eq!(overridden.status.code(), Some(3), "{}", stderr(&overridden));
+}

@@ -166,3 +166,24 @@ fn coordinator_stops_gracefully_on_sigterm_and_reports_health() {
         coordinator.log()
     );
 }
+
+#[test]
+fn a_submission_without_user_variables_names_the_os_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let output = std::process::Command::new(evalctl_tests::binary("evalctl"))
+        .args(["submit", &quickstart()])
+        .env("EVALCTL_COORDINATOR", coordinator.url())
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .expect("run evalctl submit");
+    assert!(output.status.success(), "{output:?}");
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .unwrap();
+    let me = String::from_utf8_lossy(&me.stdout).trim().to_owned();
+    let listed = json_stdout(&evalctl(Some(&coordinator.url()), &["--json", "status"]));
+    assert_eq!(listed[0]["submitted_by"], me.as_str(), "{listed}");
+}

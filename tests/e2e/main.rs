@@ -13,3 +13,6 @@ mod results_export;
 mod results_fixture;
 mod security;
 mod spot;
+mod store_health;
+mod supervisor;
+mod tls_errors;

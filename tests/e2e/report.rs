@@ -142,6 +142,12 @@ fn report_shows_coverage_curves_and_failures_and_renders_in_chromium() {
         "summary counts the exclusion"
     );
     assert!(html.contains(r#"class="state-failed""#));
+    // A unit that succeeded on its first attempt made one try, not zero.
+    assert!(
+        html.contains(r#"<td>succeeded</td><td class="num">2/2</td><td class="num">1</td>"#),
+        "succeeded units show their one try: {}",
+        &html[html.find(r#"<table class="units""#).unwrap_or(0)..][..600]
+    );
     assert!(html.contains("sim-broken"));
     assert!(
         html.contains("no-such-flag"),

@@ -1,6 +1,7 @@
 //! TLS, tokens and roles with the real binaries: certificates from `gen-certs`, a token
 //! bootstrapped on the database file, a coordinator with mutual TLS, the CLI and an agent
-//! that run a campaign end to end over TLS with tokens.
+//! that run a campaign end to end over TLS with tokens; an agent whose certificate names
+//! another agent refused; what happened read back with `evalctl audit` and `token list`.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +18,16 @@ fn run_ok(mut command: Command) -> String {
     assert!(
         output.status.success(),
         "{command:?} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn run_ok_output(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed\nstdout:\n{}\nstderr:\n{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
@@ -138,14 +149,16 @@ fn an_agent_with_tls_and_a_token_runs_a_campaign_and_refusals_are_clear() {
     args.extend(operator);
     json_stdout(&evalctl(Some(&url), &args));
 
-    // An agent without its client certificate never registers; with it, it runs the
-    // campaign to its end.
+    // An agent without its client certificate never registers; with it (and the agent id
+    // its certificate names), it runs the campaign to its end.
     let token_file = dir.path().join("agent.token");
     std::fs::write(&token_file, format!("{agent_token}\n")).unwrap();
     let agent = AgentProcess::start(
         &url,
         &dir.path().join("agent"),
         &[
+            "--agent-id",
+            "node1",
             "--ca-file",
             &ca,
             "--token-file",
@@ -191,6 +204,96 @@ fn an_agent_with_tls_and_a_token_runs_a_campaign_and_refusals_are_clear() {
     assert!(
         !output.status.success() && stderr.contains("client certificate"),
         "an agent without a client certificate is refused:\n{stderr}"
+    );
+
+    // node1's certificate may not register as another agent.
+    let mut impostor = Command::new(binary("evalctl-agent"));
+    impostor
+        .args([
+            "run",
+            "--coordinator",
+            &url,
+            "--agent-id",
+            "node2",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("agent3"))
+        .args(["--ca-file", &ca, "--token", &agent_token])
+        .args(["--client-cert", &cert("agent-node1.pem")])
+        .args(["--client-key", &cert("agent-node1-key.pem")]);
+    let output = impostor.output().expect("run an agent under another id");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains("DNS:node1")
+            && stderr.contains("agent id `node2`"),
+        "an agent whose certificate names another agent is refused:\n{stderr}"
+    );
+
+    // The audit log, for operators only: the impostor is recorded under its token's name,
+    // with the certificate's names and the agent id it asked for.
+    let refused = evalctl(
+        Some(&url),
+        &["audit", "--ca-file", &ca, "--token", &viewer_token],
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("ListAudit needs the operator role"),
+        "{stderr}"
+    );
+    let mut identity = serde_json::Value::Null;
+    eventually(
+        Duration::from_secs(10),
+        "the impostor's audit entry",
+        || {
+            let mut args = vec![
+                "audit", "--actor", "node1", "--action", "refused", "--since", "10m", "--json",
+            ];
+            args.extend(operator);
+            let entries = json_stdout(&evalctl(Some(&url), &args));
+            match entries
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["detail"]["reason"] == "agent_identity"))
+            {
+                Some(entry) => {
+                    identity = entry.clone();
+                    true
+                }
+                None => false,
+            }
+        },
+    );
+    assert_eq!(identity["detail"]["agent_id"], "node2", "{identity:#}");
+    assert_eq!(identity["detail"]["certificate_names"], "DNS:node1");
+    assert_eq!(identity["target"], "rpc/evalctl.v1.AgentService/Register");
+    let mut args = vec!["audit", "--actor", "viewer", "--action", "refused"];
+    args.extend(operator);
+    let table = run_ok_output(&evalctl(Some(&url), &args));
+    assert!(
+        table.contains("rpc/evalctl.v1.CampaignService/Submit"),
+        "the viewer's refused submit:\n{table}"
+    );
+
+    // Tokens show when they were last used.
+    let mut args = vec!["token", "list", "--json"];
+    args.extend(operator);
+    let tokens = json_stdout(&evalctl(Some(&url), &args));
+    let node1 = tokens
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["name"] == "node1"))
+        .expect("the agent token is listed");
+    assert!(
+        node1["last_used_ms"].as_i64().is_some_and(|ms| ms > 0),
+        "{tokens:#}"
+    );
+    let mut on_file = Command::new(binary("evalctl-coordinator"));
+    on_file.args(["token", "list", "--data-dir"]).arg(&data);
+    let listed = run_ok(on_file);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("\tnode1\t") && l.contains("last used 20")),
+        "{listed}"
     );
 
     // Revoking the viewer token stops it at once.

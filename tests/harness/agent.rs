@@ -101,25 +101,48 @@ impl AgentProcess {
         &self.log
     }
 
-    /// SIGKILL: no flush, no release, its servers keep running.
+    /// SIGKILL: no flush, no release. Its servers' supervisors see the agent's link close
+    /// and end them.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// The host dies: the agent and every server process group it started are SIGKILLed
-    /// at once. The agent is stopped first (SIGSTOP) so it cannot start a server between
-    /// the look at its children and the kill.
+    /// SIGKILL of the agent and of its servers' supervisors, not of the servers: what the
+    /// restart-time orphan reaper is for. The agent is stopped first (SIGSTOP) so its link
+    /// stays open until the supervisors are dead.
+    pub fn kill9_with_supervisors(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        let _ = signal::kill(pid, Signal::SIGSTOP);
+        for supervisor in crate::procs::children_of(self.child.id()) {
+            let _ = signal::kill(Pid::from_raw(supervisor), Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The host dies: the agent and every process below it (supervisors, servers and what
+    /// they started) are SIGKILLed at once. Everything is stopped first (SIGSTOP) so nothing
+    /// starts a process between the look at the tree and the kill.
     pub fn kill9_with_servers(&mut self) {
         let pid = Pid::from_raw(self.child.id() as i32);
         let _ = signal::kill(pid, Signal::SIGSTOP);
-        let children = crate::procs::children_of(self.child.id());
+        let mut tree = Vec::new();
+        // Stopping a process between looks; a second look finds what forked meanwhile.
+        for _ in 0..2 {
+            for process in crate::procs::descendants_of(self.child.id()) {
+                let _ = signal::kill(Pid::from_raw(process), Signal::SIGSTOP);
+                if !tree.contains(&process) {
+                    tree.push(process);
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for child in children {
+        for process in tree {
             // Servers lead their own process group; anything else dies with its pid.
-            let _ = signal::killpg(Pid::from_raw(child), Signal::SIGKILL);
-            let _ = signal::kill(Pid::from_raw(child), Signal::SIGKILL);
+            let _ = signal::killpg(Pid::from_raw(process), Signal::SIGKILL);
+            let _ = signal::kill(Pid::from_raw(process), Signal::SIGKILL);
         }
     }
 

@@ -24,7 +24,7 @@ mod proxy;
 pub use agent::AgentProcess;
 pub use ledger::{AgentLog, Fault, FinishedStep, Ledger, Rng, SeenResult};
 pub use metadata::{Cloud, FakeMetadata};
-pub use procs::{children_of, group_alive, processes_with};
+pub use procs::{children_of, descendants_of, group_alive, process_gone, processes_with};
 pub use proxy::Proxy;
 
 /// How long a process may take to print its listen address.

@@ -47,6 +47,41 @@ pub enum LaunchError {
         source: std::io::Error,
     },
 
+    /// The link to the supervisor (a Unix socket pair) could not be created.
+    #[error("failed to create the link to the server's supervisor")]
+    Link(#[source] std::io::Error),
+
+    /// The supervisor (the agent's own binary, run as `supervise`) could not be started.
+    #[error("failed to start the server's supervisor `{}` (hint: {hint})", program.display())]
+    Supervisor {
+        /// The supervisor program.
+        program: PathBuf,
+        /// What the user can do about it.
+        hint: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The supervisor exited, closed its link or said nothing for a long while, without
+    /// starting the server.
+    #[error(
+        "failed to start the server: its supervisor `{}` {what} without starting it{}",
+        program.display(),
+        tail_section(.log_path, .log_tail)
+    )]
+    SupervisorSilent {
+        /// The supervisor program.
+        program: PathBuf,
+        /// What it did: "exited (exit status: 2)", "closed its link", "did not report
+        /// within 30s".
+        what: String,
+        /// The server's log file, where the supervisor writes its errors.
+        log_path: PathBuf,
+        /// The last lines of the log (about 4 KiB).
+        log_tail: String,
+    },
+
     /// The new process's start time could not be read from `/proc` (the group was killed).
     #[error("failed to read the start time of server process {pid}")]
     StartTime {
@@ -122,9 +157,9 @@ impl LaunchError {
     /// The tail of the server's log, for errors that carry one.
     pub fn log_tail(&self) -> Option<&str> {
         match self {
-            LaunchError::Exited { log_tail, .. } | LaunchError::Unhealthy { log_tail, .. } => {
-                Some(log_tail)
-            }
+            LaunchError::Exited { log_tail, .. }
+            | LaunchError::Unhealthy { log_tail, .. }
+            | LaunchError::SupervisorSilent { log_tail, .. } => Some(log_tail),
             _ => None,
         }
     }

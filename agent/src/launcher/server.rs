@@ -1,8 +1,11 @@
 //! Starting a server process, waiting for its health endpoint, and stopping it.
 //!
-//! The server runs in its own process group with stdout and stderr appended to a log file.
-//! [`RunningServer::stop`] ends the whole group (SIGTERM, grace, SIGKILL) and reaps the
-//! server's main process; dropping a server that was not stopped kills its group.
+//! Every server runs under a supervisor (the agent's own binary, run as `supervise`; see
+//! [`super::supervisor`]) that ends the server's whole process tree when the agent asks it
+//! to or when the agent dies. The server runs in its own process group with stdout and
+//! stderr appended to a log file. [`RunningServer::stop`] asks the supervisor (SIGTERM), which
+//! ends the tree (SIGTERM, grace, SIGKILL) and exits as the server did; dropping a server that
+//! was not stopped closes the link, which has the supervisor end it all the same.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -12,13 +15,15 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use super::error::LaunchError;
-use super::group::{self, Ending, group_alive};
+use super::group::{self, Ending, KILL_WAIT, group_alive};
 use super::health::{self, Probe};
 use super::orphans::ServerRecord;
-use super::procfs;
+use super::supervisor::link::{self, Link, StartFailure};
+use super::supervisor::report::TreeEnding;
 use super::template::RenderedCommand;
 
 /// The agent's own binary name: a command starting with it runs the `evalctl-agent` installed
@@ -33,6 +38,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How much of the log an error carries.
 pub const LOG_TAIL_BYTES: usize = 4096;
+
+/// What `evalctl-agent run` passes as [`LaunchSpec::supervisor`]: its own executable, which
+/// stays runnable even when the file was replaced by an upgrade.
+pub const THIS_EXECUTABLE: &str = "/proc/self/exe";
+
+/// How much longer than the grace and the SIGKILL wait a supervisor may take to end its
+/// server before the agent kills it and the server's group itself.
+const SUPERVISOR_SLACK: Duration = Duration::from_secs(5);
 
 /// Everything needed to launch one server.
 #[derive(Debug, Clone)]
@@ -56,6 +69,16 @@ pub struct LaunchSpec {
     pub log_path: PathBuf,
     /// [`RunningServer::stop`]: SIGTERM, this long, then SIGKILL of the group.
     pub stop_grace: Duration,
+    /// The program run as `<supervisor> supervise …` to supervise the server: a build of
+    /// `evalctl-agent`. [`THIS_EXECUTABLE`] in the agent binary; elsewhere
+    /// [`default_supervisor`].
+    pub supervisor: PathBuf,
+}
+
+/// The supervisor for a process that is not `evalctl-agent` itself (`evalctl local`,
+/// tests): the `evalctl-agent` next to the running executable, else the one on `PATH`.
+pub fn default_supervisor() -> PathBuf {
+    resolve_program(AGENT_PROGRAM)
 }
 
 /// How [`RunningServer::stop`] ended the server.
@@ -81,11 +104,16 @@ pub enum StopOutcome {
     Stuck,
 }
 
-/// A launched server process group.
+/// A launched server process group and its supervisor.
 #[derive(Debug)]
 pub struct RunningServer {
+    /// The supervisor; it exits as the server did, once the server's processes are gone.
     child: tokio::process::Child,
-    /// Pid of the main process, which is also the group id.
+    /// The supervisor's pid (ours to signal: it is our child, unreaped until `exit_status`).
+    supervisor_pid: i32,
+    /// The link to the supervisor; dropping it has the supervisor end the server.
+    link: Link,
+    /// Pid of the server's main process, which is also the group id.
     pgid: i32,
     start_time_ticks: u64,
     command: String,
@@ -95,7 +123,7 @@ pub struct RunningServer {
     startup_timeout: Duration,
     stop_grace: Duration,
     log_path: PathBuf,
-    /// The main process's exit status, once reaped.
+    /// The supervisor's exit status, once reaped: the server's, mirrored.
     exit_status: Option<ExitStatus>,
     /// Set by `stop`; `Drop` kills the group when this is unset.
     stopped: Option<StopOutcome>,
@@ -131,12 +159,14 @@ pub fn resolve_program(program: &str) -> PathBuf {
     PathBuf::from(program)
 }
 
-/// Spawns the server in its own process group, stdout and stderr appended to the log file
-/// (after a header line naming the command). Must be called inside a tokio runtime.
+/// Spawns the server under its supervisor, in its own process group, stdout and stderr
+/// appended to the log file (after a header line naming the command), and waits for the
+/// supervisor to report it started. Must be called inside a tokio runtime.
 ///
 /// `PYTHONUNBUFFERED=1` is set unless the agent or the framework set it, so a Python server's
-/// last words reach the log before it dies.
-pub fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
+/// last words reach the log before it dies. The environment is the supervisor's, which the
+/// server inherits.
+pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
     let (program, args) = spec
         .command
         .argv
@@ -151,14 +181,10 @@ pub fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
     })?;
 
     let resolved = resolve_program(program);
-    let mut cmd = tokio::process::Command::new(&resolved);
-    cmd.args(args)
-        .envs(&spec.env)
-        .stdin(Stdio::null())
+    let mut cmd = link::command(&spec.supervisor, spec.stop_grace, &resolved, args);
+    cmd.envs(&spec.env)
         .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr))
-        .process_group(0)
-        .kill_on_drop(false);
+        .stderr(Stdio::from(stderr));
     if std::env::var_os("PYTHONUNBUFFERED").is_none() && !spec.env.contains_key("PYTHONUNBUFFERED")
     {
         cmd.env("PYTHONUNBUFFERED", "1");
@@ -166,19 +192,56 @@ pub fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
     if let Some(devices) = &spec.cuda_visible_devices {
         cmd.env("CUDA_VISIBLE_DEVICES", devices);
     }
-    let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-        program: resolved.display().to_string(),
-        hint: spawn_hint(program, &source),
-        source,
+    let supervised = link::start(cmd).await.map_err(|failure| match failure {
+        StartFailure::Link(source) => LaunchError::Link(source),
+        StartFailure::Supervisor(source) => LaunchError::Supervisor {
+            program: spec.supervisor.clone(),
+            hint: supervisor_hint(&spec.supervisor, &source),
+            source,
+        },
+        StartFailure::Server { errno } => {
+            let source = if errno == 0 {
+                std::io::Error::other("the supervisor could not start it")
+            } else {
+                std::io::Error::from_raw_os_error(errno)
+            };
+            LaunchError::Spawn {
+                program: resolved.display().to_string(),
+                hint: spawn_hint(program, &source),
+                source,
+            }
+        }
+        StartFailure::Silent { status } => LaunchError::SupervisorSilent {
+            program: spec.supervisor.clone(),
+            what: status.map_or_else(
+                || "closed its link".to_owned(),
+                |status| format!("exited ({status})"),
+            ),
+            log_path: spec.log_path.clone(),
+            log_tail: read_tail(&spec.log_path, LOG_TAIL_BYTES).unwrap_or_default(),
+        },
+        StartFailure::NoReport => LaunchError::SupervisorSilent {
+            program: spec.supervisor.clone(),
+            what: format!(
+                "did not report within {}",
+                humantime::format_duration(link::START_REPORT_TIMEOUT)
+            ),
+            log_path: spec.log_path.clone(),
+            log_tail: read_tail(&spec.log_path, LOG_TAIL_BYTES).unwrap_or_default(),
+        },
     })?;
-    let pid = child
+    let supervisor_pid = supervised
+        .child
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .expect("invariant: a child that was just spawned and not waited for has a pid");
-    let mut server = RunningServer {
-        child,
+    let pid = supervised.server_pid;
+    let server = RunningServer {
+        child: supervised.child,
+        supervisor_pid,
+        link: supervised.link,
         pgid: pid,
-        start_time_ticks: 0,
+        start_time_ticks: supervised.start_time_ticks,
         command: command_line,
         host: spec.host.clone(),
         port: spec.port,
@@ -189,17 +252,39 @@ pub fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
         exit_status: None,
         stopped: None,
     };
-    // Not reaped yet, so /proc/<pid> exists even if the process has already exited. On
-    // failure `server` is dropped, which kills the group.
-    server.start_time_ticks =
-        procfs::process_start_time(pid).map_err(|source| LaunchError::StartTime { pid, source })?;
+    // The supervisor reads it before the server can be reaped; 0 means it could not. On
+    // failure `server` is dropped, which has the supervisor end the server.
+    if server.start_time_ticks == 0 {
+        return Err(LaunchError::StartTime {
+            pid,
+            source: std::io::Error::other("the supervisor could not read it from /proc"),
+        });
+    }
     tracing::info!(
         pgid = pid,
+        supervisor = supervisor_pid,
         command = %server.command,
         log = %server.log_path.display(),
         "server started"
     );
     Ok(server)
+}
+
+fn supervisor_hint(program: &Path, err: &std::io::Error) -> String {
+    match err.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "`{}` supervises every server and is not installed; put `{AGENT_PROGRAM}` next to \
+             this executable or on PATH",
+            program.display()
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            format!(
+                "`{}` is not executable by the agent's user",
+                program.display()
+            )
+        }
+        _ => format!("check that `{}` runs", program.display()),
+    }
 }
 
 fn open_log(path: &Path) -> Result<File, LaunchError> {
@@ -352,8 +437,9 @@ impl RunningServer {
         }
     }
 
-    /// Non-blocking: `Some(status)` once the server's main process has exited (it is reaped
-    /// then; other processes of its group may still run).
+    /// Non-blocking: `Some(status)` once the supervisor has exited, which it does when the
+    /// server's main process exited and the rest of its tree is gone; the status is the
+    /// server's.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit_status.is_none() {
             match self.child.try_wait() {
@@ -366,37 +452,120 @@ impl RunningServer {
         self.exit_status
     }
 
-    /// Ends the server: SIGTERM to the whole group, up to `stop_grace` for every process of
-    /// it to exit (the main process is reaped meanwhile), then SIGKILL to the group.
-    /// Idempotent: later calls return the first outcome.
+    /// Ends the server: SIGTERM to its supervisor, which sends SIGTERM to the server's whole
+    /// tree, waits up to `stop_grace` for every process of it to exit, then sends SIGKILL;
+    /// the supervisor is reaped. Idempotent: later calls return the first outcome.
     pub async fn stop(&mut self) -> StopOutcome {
         if let Some(outcome) = self.stopped {
             return outcome;
         }
         let (pgid, grace) = (self.pgid, self.stop_grace);
         self.try_exit();
-        let outcome = if self.exit_status.is_some() && !group_alive(pgid) {
+        let outcome = if self.exit_status.is_none() {
+            self.stop_supervised().await
+        } else if group_alive(pgid) {
+            // The supervisor is gone (killed on its own) while the server's group lives.
+            tracing::warn!(
+                pgid,
+                "the server's supervisor is gone; ending the server's process group directly"
+            );
+            let ending = group::end_group(pgid, grace, || !group_alive(pgid)).await;
+            self.outcome(ending)
+        } else {
             StopOutcome::AlreadyExited {
                 status: self.exit_status,
             }
-        } else {
-            let ending = group::end_group(pgid, grace, || {
-                self.try_exit().is_some() && !group_alive(pgid)
-            })
-            .await;
-            match ending {
-                Ending::Terminated => StopOutcome::Terminated {
-                    status: self.exit_status,
-                },
-                Ending::Killed => StopOutcome::Killed {
-                    status: self.exit_status,
-                },
-                Ending::Stuck => StopOutcome::Stuck,
-            }
         };
+        match outcome {
+            StopOutcome::Killed { .. } => tracing::warn!(
+                pgid,
+                grace = %humantime::format_duration(grace),
+                "the server outlived its stop grace and was killed with SIGKILL"
+            ),
+            StopOutcome::Stuck => {
+                tracing::warn!(pgid, "server processes still run after SIGKILL")
+            }
+            _ => {}
+        }
         tracing::info!(pgid, ?outcome, "server stopped");
         self.stopped = Some(outcome);
         outcome
+    }
+
+    /// [`RunningServer::stop`] while the supervisor runs.
+    async fn stop_supervised(&mut self) -> StopOutcome {
+        let pgid = self.pgid;
+        // Our child and not yet reaped, so the pid is still the supervisor's.
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.supervisor_pid), Signal::SIGTERM);
+        let limit = self.stop_grace + KILL_WAIT + SUPERVISOR_SLACK;
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.exit_status = Some(status);
+                match self.link.ending().await {
+                    Some(TreeEnding::Exited | TreeEnding::Terminated) => StopOutcome::Terminated {
+                        status: self.exit_status,
+                    },
+                    Some(TreeEnding::Killed) => StopOutcome::Killed {
+                        status: self.exit_status,
+                    },
+                    Some(TreeEnding::Stuck) => StopOutcome::Stuck,
+                    // It died without a word (killed by someone else): judge by the group.
+                    None if group_alive(pgid) => {
+                        let ending =
+                            group::end_group(pgid, Duration::ZERO, || !group_alive(pgid)).await;
+                        self.outcome(ending)
+                    }
+                    None => StopOutcome::Terminated {
+                        status: self.exit_status,
+                    },
+                }
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(pgid, error = %err, "failed to wait for the server's supervisor");
+                self.kill_everything().await
+            }
+            Err(_) => {
+                tracing::warn!(
+                    pgid,
+                    waited = %humantime::format_duration(limit),
+                    "the server's supervisor did not end the server in time; killing it and the \
+                     server's process group"
+                );
+                self.kill_everything().await
+            }
+        }
+    }
+
+    /// The last resort when the supervisor does not do its job: SIGKILL to it and to the
+    /// server's group.
+    async fn kill_everything(&mut self) -> StopOutcome {
+        let pgid = self.pgid;
+        let _ = self.child.start_kill();
+        group::signal_group(pgid, Signal::SIGKILL);
+        let child = &mut self.child;
+        let reaped = tokio::time::timeout(KILL_WAIT, child.wait()).await;
+        if let Ok(Ok(status)) = reaped {
+            self.exit_status = Some(status);
+        }
+        if group::wait_until(KILL_WAIT, || !group_alive(pgid)).await {
+            StopOutcome::Killed {
+                status: self.exit_status,
+            }
+        } else {
+            StopOutcome::Stuck
+        }
+    }
+
+    fn outcome(&self, ending: Ending) -> StopOutcome {
+        match ending {
+            Ending::Terminated => StopOutcome::Terminated {
+                status: self.exit_status,
+            },
+            Ending::Killed => StopOutcome::Killed {
+                status: self.exit_status,
+            },
+            Ending::Stuck => StopOutcome::Stuck,
+        }
     }
 
     /// The last `max_bytes` of the log, UTF-8 lossy, starting after a line break when the
@@ -431,9 +600,14 @@ impl Drop for RunningServer {
         if self.stopped.is_some() {
             return;
         }
-        // An unreaped main process keeps the pgid from being reused; a reaped one with live
-        // group members too. Without either there is nothing to kill.
-        if self.try_exit().is_none() || group_alive(self.pgid) {
+        if self.try_exit().is_none() {
+            // Dropping `link` right after this closes it: the supervisor ends the server.
+            tracing::warn!(
+                pgid = self.pgid,
+                "server dropped without stop; its supervisor ends it"
+            );
+        } else if group_alive(self.pgid) {
+            // The supervisor is gone but the group lives on: nobody else will end it.
             tracing::warn!(
                 pgid = self.pgid,
                 "server dropped without stop; killing its process group"

@@ -148,6 +148,9 @@ pub struct AgentConfig {
     pub auth: ClientAuth,
     /// File holding the bearer token, read at start when `auth.token` is unset.
     pub token_file: Option<PathBuf>,
+    /// The `evalctl-agent` that supervises each server (`supervise`): the running binary for
+    /// `evalctl-agent run`, else [`crate::launcher::default_supervisor`].
+    pub supervisor: PathBuf,
 }
 
 impl AgentConfig {
@@ -170,6 +173,7 @@ impl AgentConfig {
             preemption: None,
             auth: ClientAuth::default(),
             token_file: None,
+            supervisor: crate::launcher::default_supervisor(),
         }
     }
 

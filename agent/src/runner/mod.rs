@@ -91,6 +91,23 @@ pub enum AgentError {
         /// What it answered.
         message: String,
     },
+    /// The TLS setup between agent and coordinator cannot work: the coordinator's
+    /// certificate is not trusted, it refused the agent's certificate, or an `http://` URL
+    /// points at its TLS port. Retrying would not help.
+    #[error(
+        "failed to connect to the coordinator at {url}: {description}; a TLS setup error does \
+         not go away by retrying, so the agent stops (hint: {hint})"
+    )]
+    Tls {
+        /// The URL.
+        url: String,
+        /// What is wrong, naming the files given.
+        description: String,
+        /// What to change.
+        hint: String,
+        /// What is wrong.
+        problem: evalctl_proto::client::TlsProblem,
+    },
     /// The coordinator URL, TLS files or token cannot be used.
     #[error("failed to set up the connection to the coordinator at {url}")]
     Connect {
@@ -476,6 +493,15 @@ async fn register(ctx: &Ctx, shutdown: &CancellationToken) -> Result<bool, Agent
                 return Ok(true);
             }
             Err(status) => {
+                if let Some(problem) = tls_setup_problem(&ctx.config.coordinator, &status).await {
+                    let url = ctx.config.coordinator.clone();
+                    return Err(AgentError::Tls {
+                        description: problem.describe(&ctx.config.auth),
+                        hint: problem.hint(&url),
+                        url,
+                        problem,
+                    });
+                }
                 warn!(
                     code = ?status.code(),
                     message = status.message(),
@@ -487,6 +513,19 @@ async fn register(ctx: &Ctx, shutdown: &CancellationToken) -> Result<bool, Agent
             }
         }
     }
+}
+
+/// The TLS problem behind a failed call, if it has one: a certificate error in its chain,
+/// or a call to an `http://` URL that failed on the connection to a port speaking TLS.
+async fn tls_setup_problem(
+    url: &str,
+    status: &tonic::Status,
+) -> Option<evalctl_proto::client::TlsProblem> {
+    if let Some(problem) = client::tls_problem(status) {
+        return Some(problem);
+    }
+    (client::is_connection_failure(status) && client::serves_tls(url).await)
+        .then_some(evalctl_proto::client::TlsProblem::PlainTextToTls)
 }
 
 /// Re-registers after the coordinator forgot this agent (a fresh database).
@@ -712,7 +751,9 @@ fn hostname() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// Exponential backoff between retries of a call to the coordinator: 200 ms doubling to 5 s.
+/// Exponential backoff between retries of a call to the coordinator: 200 ms doubling to 5 s,
+/// each wait drawn between half and all of that ("equal jitter"), so a fleet that lost its
+/// coordinator at the same moment does not come back in lockstep.
 pub(crate) struct Backoff {
     next: Duration,
 }
@@ -728,13 +769,47 @@ impl Backoff {
         self.next = Duration::from_millis(200);
     }
 
+    /// The wait before the next retry, and the step after it.
+    fn draw(&mut self) -> Duration {
+        let delay = self.next.mul_f64(rand::random_range(0.5..=1.0));
+        self.next = (self.next * 2).min(Duration::from_secs(5));
+        delay
+    }
+
     /// Sleeps the current delay; false when `stop` fired first.
     pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> bool {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Duration::from_secs(5));
+        let delay = self.draw();
         tokio::select! {
             _ = tokio::time::sleep(delay) => true,
             _ = stop.cancelled() => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_between_half_and_all_of_a_doubling_step_capped_at_5s() {
+        let mut backoff = Backoff::new();
+        let mut step = Duration::from_millis(200);
+        let mut draws = Vec::new();
+        for _ in 0..10 {
+            let delay = backoff.draw();
+            assert!(
+                delay >= step / 2 && delay <= step,
+                "{delay:?} for step {step:?}"
+            );
+            draws.push(delay);
+            step = (step * 2).min(Duration::from_secs(5));
+        }
+        assert!(draws[9] <= Duration::from_secs(5) && draws[9] >= Duration::from_millis(2500));
+        // Agents that start retrying together spread out: 20 first draws are not all alike.
+        let firsts: std::collections::BTreeSet<Duration> =
+            (0..20).map(|_| Backoff::new().draw()).collect();
+        assert!(firsts.len() > 1, "{firsts:?}");
+        backoff.reset();
+        assert!(backoff.draw() <= Duration::from_millis(200));
     }
 }

@@ -222,6 +222,7 @@ async fn launch(
             .log_dir()
             .join(format!("{}-a{}.log", lease.unit_id, lease.attempt)),
         stop_grace: ctx.config.stop_grace,
+        supervisor: ctx.config.supervisor.clone(),
     };
     info!(
         lease = %lease.lease_id,
@@ -246,7 +247,7 @@ async fn launch(
             "failed to record the launch in the agent state: {err}"
         ))
     })?;
-    let mut server = match launcher::spawn(&spec) {
+    let mut server = match launcher::spawn(&spec).await {
         Ok(server) => server,
         Err(e) => {
             let _ = ctx.state.forget_launch(&launch.token);

@@ -17,9 +17,11 @@ use tonic::{Code, Status};
 use tracing::warn;
 
 use super::Role;
+use super::identity::{AgentCertMap, AgentIdentity};
 use super::policy::{self, Access};
 use super::rate::{Rate, RateLimiter};
 use super::token::{self, Presented};
+use super::usage::UseThrottle;
 use crate::grpc::status::chain;
 use crate::store::{Store, TokenRow};
 use crate::tls::PeerInfo;
@@ -39,6 +41,9 @@ pub struct Caller {
     pub token_id: Option<String>,
     /// What the caller may do.
     pub role: Role,
+    /// For agent calls under mutual TLS: the agent ids the client certificate may act as
+    /// (the handlers check the ids the call names). `None` without mutual TLS.
+    pub agent_identity: Option<AgentIdentity>,
 }
 
 impl Caller {
@@ -48,6 +53,7 @@ impl Caller {
             name: "anonymous".to_owned(),
             token_id: None,
             role: Role::Operator,
+            agent_identity: None,
         }
     }
 }
@@ -61,6 +67,9 @@ pub struct AuthSettings {
     pub agent_client_cert: bool,
     /// Submissions per caller (not applied while tokens are not enforced).
     pub submit_rate: Rate,
+    /// With `agent_client_cert`: certificate names and the agent ids each may act as,
+    /// beside the name itself.
+    pub agent_cert_map: Arc<AgentCertMap>,
 }
 
 /// Why a call was refused.
@@ -82,9 +91,17 @@ pub enum Refusal {
         needs: &'static str,
     },
     /// An agent call without a verified client certificate (mutual TLS).
-    ClientCertRequired,
+    ClientCertRequired {
+        /// The name of the valid token the call carried, if it carried one.
+        name: Option<String>,
+    },
     /// Too many submissions; the next one is allowed after this long.
-    RateLimited(Duration),
+    RateLimited {
+        /// The token's name.
+        name: String,
+        /// How long until the next submission is allowed.
+        wait: Duration,
+    },
     /// The token table could not be read.
     Unavailable(String),
 }
@@ -96,9 +113,9 @@ impl Refusal {
             Refusal::MissingToken
             | Refusal::MalformedToken
             | Refusal::UnknownToken
-            | Refusal::ClientCertRequired => Code::Unauthenticated,
+            | Refusal::ClientCertRequired { .. } => Code::Unauthenticated,
             Refusal::Forbidden { .. } => Code::PermissionDenied,
-            Refusal::RateLimited(_) => Code::ResourceExhausted,
+            Refusal::RateLimited { .. } => Code::ResourceExhausted,
             Refusal::Unavailable(_) => Code::Unavailable,
         }
     }
@@ -110,9 +127,22 @@ impl Refusal {
             Refusal::MalformedToken => "malformed_token",
             Refusal::UnknownToken => "unknown_token",
             Refusal::Forbidden { .. } => "forbidden",
-            Refusal::ClientCertRequired => "client_cert_required",
-            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::ClientCertRequired { .. } => "client_cert_required",
+            Refusal::RateLimited { .. } => "rate_limited",
             Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The name of the valid token the refused call carried: who the audit log names.
+    /// `None` when the call carried no valid token (or it was not checked).
+    pub fn actor(&self) -> Option<&str> {
+        match self {
+            Refusal::Forbidden { name, .. } | Refusal::RateLimited { name, .. } => Some(name),
+            Refusal::ClientCertRequired { name } => name.as_deref(),
+            Refusal::MissingToken
+            | Refusal::MalformedToken
+            | Refusal::UnknownToken
+            | Refusal::Unavailable(_) => None,
         }
     }
 
@@ -132,11 +162,11 @@ impl Refusal {
             Refusal::Forbidden { name, role, needs } => {
                 format!("token `{name}` has role {role}; {method} needs {needs}")
             }
-            Refusal::ClientCertRequired => "agent calls need a client certificate signed \
+            Refusal::ClientCertRequired { .. } => "agent calls need a client certificate signed \
                  by the coordinator's client CA (hint: pass --client-cert and --client-key \
                  to the agent)"
                 .to_owned(),
-            Refusal::RateLimited(wait) => format!(
+            Refusal::RateLimited { wait, .. } => format!(
                 "too many submissions; try again in {:.1}s",
                 wait.as_secs_f64()
             ),
@@ -159,6 +189,7 @@ pub struct Authenticator {
     store: Store,
     settings: AuthSettings,
     submits: RateLimiter,
+    uses: UseThrottle,
     cache: Mutex<Option<(Instant, Arc<Cached>)>>,
 }
 
@@ -167,6 +198,7 @@ impl Authenticator {
     pub fn new(store: Store, settings: AuthSettings) -> Authenticator {
         Authenticator {
             submits: RateLimiter::new(settings.submit_rate),
+            uses: UseThrottle::default(),
             store,
             settings,
             cache: Mutex::new(None),
@@ -241,44 +273,90 @@ impl Authenticator {
         if access == Access::Public {
             return Ok(Caller::anonymous());
         }
-        if access == Access::Agent
-            && self.settings.agent_client_cert
-            && !peer.is_some_and(|p| p.client_cert)
-        {
-            return Err(Refusal::ClientCertRequired);
+        let mutual = access == Access::Agent && self.settings.agent_client_cert;
+        let certificate = peer.filter(|p| p.client_cert);
+        if mutual && certificate.is_none() {
+            // Refused whatever the token; a valid one still names who was refused.
+            let name = self.token_of(authorization).await.map(|row| row.name);
+            return Err(Refusal::ClientCertRequired { name });
         }
         let tokens = self.tokens().await?;
-        if self.settings.open_without_tokens && !tokens.any_created {
-            return Ok(Caller::anonymous());
-        }
-        let secret = match token::presented(authorization) {
-            Presented::Missing => return Err(Refusal::MissingToken),
-            Presented::Malformed => return Err(Refusal::MalformedToken),
-            Presented::Bearer(secret) => secret,
-        };
-        let row = tokens
-            .by_hash
-            .get(&token::hash(secret))
-            .ok_or(Refusal::UnknownToken)?;
-        if !access.allows(row.role) {
-            return Err(Refusal::Forbidden {
+        let mut caller = if self.settings.open_without_tokens && !tokens.any_created {
+            Caller::anonymous()
+        } else {
+            let row = match_token(&tokens, authorization)?;
+            self.note_use(&row.token_id);
+            if !access.allows(row.role) {
+                return Err(Refusal::Forbidden {
+                    name: row.name.clone(),
+                    role: row.role,
+                    needs: access.describe(),
+                });
+            }
+            if policy::method_name(path) == "Submit" && path.contains("CampaignService") {
+                self.submits
+                    .check(&row.token_id, Instant::now())
+                    .map_err(|wait| Refusal::RateLimited {
+                        name: row.name.clone(),
+                        wait,
+                    })?;
+            }
+            Caller {
                 name: row.name.clone(),
+                token_id: Some(row.token_id.clone()),
                 role: row.role,
-                needs: access.describe(),
-            });
-        }
-        let caller = Caller {
-            name: row.name.clone(),
-            token_id: Some(row.token_id.clone()),
-            role: row.role,
+                agent_identity: None,
+            }
         };
-        if policy::method_name(path) == "Submit" && path.contains("CampaignService") {
-            self.submits
-                .check(&row.token_id, Instant::now())
-                .map_err(Refusal::RateLimited)?;
+        if mutual && let Some(peer) = certificate {
+            caller.agent_identity = Some(AgentIdentity::new(
+                Arc::clone(&peer.client_cert_names),
+                Arc::clone(&self.settings.agent_cert_map),
+            ));
         }
         Ok(caller)
     }
+
+    /// The live token an `authorization` header names, if it names one (for attributing a
+    /// refusal decided before the token mattered).
+    async fn token_of(&self, authorization: Option<&http::HeaderValue>) -> Option<TokenRow> {
+        let tokens = self.tokens().await.ok()?;
+        let row = match_token(&tokens, authorization).ok()?;
+        self.note_use(&row.token_id);
+        Some(row.clone())
+    }
+
+    /// Writes the token's `last_used_ms`, at most once per
+    /// [`RECORD_EVERY`](super::usage::RECORD_EVERY); the
+    /// call does not wait for the write.
+    fn note_use(&self, token_id: &str) {
+        if !self.uses.due(token_id, Instant::now()) {
+            return;
+        }
+        let store = self.store.clone();
+        let token_id = token_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(err) = store.record_token_use(&token_id).await {
+                warn!(token = %token_id, error = %chain(&err), "failed to record a token's use");
+            }
+        });
+    }
+}
+
+/// The live token of an `authorization` header, or why there is none.
+fn match_token<'a>(
+    tokens: &'a Cached,
+    authorization: Option<&http::HeaderValue>,
+) -> Result<&'a TokenRow, Refusal> {
+    let secret = match token::presented(authorization) {
+        Presented::Missing => return Err(Refusal::MissingToken),
+        Presented::Malformed => return Err(Refusal::MalformedToken),
+        Presented::Bearer(secret) => secret,
+    };
+    tokens
+        .by_hash
+        .get(&token::hash(secret))
+        .ok_or(Refusal::UnknownToken)
 }
 
 /// The remote address of a peer, for logs.

@@ -21,6 +21,13 @@ use crate::tls::PeerInfo;
 /// Header carrying the request id, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// A call's request id, for handlers (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// The audit log's actor for a refused call that carried no valid token.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+
 /// Longest request id taken from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -103,10 +110,13 @@ where
                 let caller = match decision {
                     Ok(caller) => caller,
                     Err(refusal) => {
-                        let presented_by = "unauthenticated";
+                        // A valid token names who was refused (a role it lacks, a rate
+                        // limit, a missing client certificate); else nobody is known.
+                        let actor = refusal.actor().unwrap_or(UNAUTHENTICATED).to_owned();
                         warn!(
                             path = %path,
                             peer = ?peer_addr(peer.as_ref()),
+                            actor = %actor,
                             refusal = refusal.kind(),
                             code = ?refusal.code(),
                             "call refused"
@@ -119,10 +129,6 @@ where
                             "code": format!("{:?}", refusal.code()),
                             "peer": peer_addr(peer.as_ref()).map(|a| a.to_string()),
                         });
-                        let actor = match &refusal {
-                            super::Refusal::Forbidden { name, .. } => name.clone(),
-                            _ => presented_by.to_owned(),
-                        };
                         let target = format!("rpc{path}");
                         // The answer does not wait for the audit write.
                         tokio::spawn(async move {
@@ -139,6 +145,7 @@ where
                 };
                 tracing::Span::current().record("caller", caller.name.as_str());
                 request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(RequestId(request_id.clone()));
                 metrics.called(&method);
                 let outcome = inner.call(request).await;
                 let elapsed = started.elapsed();
@@ -202,6 +209,14 @@ pub fn token_name<T>(request: &tonic::Request<T>) -> Option<String> {
         .get::<Caller>()
         .filter(|c| c.token_id.is_some())
         .map(|c| c.name.clone())
+}
+
+/// The request id of a request, for handlers; empty when none was attached.
+pub fn request_id_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |id| id.0.clone())
 }
 
 /// The caller of a request, for handlers; `anonymous` when none was attached.

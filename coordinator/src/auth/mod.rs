@@ -5,7 +5,11 @@
 //! - [`policy`]: the one table mapping an RPC path to the access it needs.
 //! - [`authenticator`]: who is calling — the token cache over the store, the open mode,
 //!   mutual TLS for agents; why a call is refused.
+//! - [`identity`]: which agent ids an agent's client certificate may act as (its subject
+//!   alternative names and the operator's map); the agent service checks every id a call
+//!   names against it.
 //! - [`rate`]: per-caller token buckets (submissions).
+//! - [`usage`]: tokens' `last_used`, written at most once a minute per token.
 //! - [`layer`]: the tower layer in front of every service: request id and span, the
 //!   decision, logging and auditing of refusals.
 //!
@@ -14,11 +18,13 @@
 //! and no token ever created) every caller may do everything, as `anonymous`.
 
 pub mod authenticator;
+pub mod identity;
 pub mod layer;
 pub mod policy;
 pub mod rate;
 pub mod role;
 pub mod token;
+pub mod usage;
 
 pub use authenticator::{AuthSettings, Authenticator, Caller, Refusal};
 pub use layer::AuthLayer;

@@ -1,5 +1,7 @@
 //! `AgentService`: what agents on GPU hosts call. docs/leases.md describes the protocol
-//! (each RPC and the statuses it answers with); the store enforces its rules.
+//! (each RPC and the statuses it answers with); the store enforces its rules. Under mutual
+//! TLS each handler first checks the agent id or lease its call names against the client
+//! certificate (`agent_binding`).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -16,10 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
+use super::agent_binding::Binding;
 use super::agent_convert::{self, Failure, Heartbeat, Refusal};
 use super::convert;
 use super::status::{chain, is_refusal, store_error};
+use crate::domain::LeaseId;
 use crate::events::{CampaignEvent, EventBus};
+use crate::limits;
 use crate::store::{BatchOutcome, LeaseEnd, PendingWrite, Store, StoreError, UnitRef};
 use crate::work::WorkSignal;
 
@@ -83,7 +88,11 @@ impl AgentApi {
     }
 
     /// Validates and queues one result batch; the answer is awaited in stream order.
-    async fn queue_batch(&self, batch: pb::ResultBatch) -> Result<InFlight, Status> {
+    async fn queue_batch(
+        &self,
+        binding: &mut Binding,
+        batch: pb::ResultBatch,
+    ) -> Result<InFlight, Status> {
         let template = pb::ResultAck {
             unit_id: batch.unit_id.clone(),
             attempt: batch.attempt,
@@ -91,6 +100,12 @@ impl AgentApi {
             accepted: false,
             error: String::new(),
         };
+        // The lease's agent first: a batch this certificate may not send is not unpacked.
+        // (An overlong lease id is refused by the conversion.)
+        if batch.lease_id.len() <= limits::MAX_SHORT_FIELD {
+            let lease = LeaseId(batch.lease_id.clone());
+            binding.check_lease(&self.store, &lease).await?;
+        }
         let batch = match agent_convert::result_batch(batch).await {
             Ok(batch) => batch,
             Err(Refusal::ForGood(error)) => {
@@ -167,8 +182,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let req = request.into_inner();
-        let agent = agent_convert::registration(req)?;
+        let binding = Binding::of(&request, "Register");
+        let agent = agent_convert::registration(request.into_inner())?;
+        binding.check_agent(&self.store, &agent.id)?;
         let registered = self
             .store
             .register_agent(&agent)
@@ -195,7 +211,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::AcquireLeaseRequest>,
     ) -> Result<Response<pb::AcquireLeaseResponse>, Status> {
+        let binding = Binding::of(&request, "AcquireLease");
         let (lease_request, wait) = agent_convert::lease_request(request.into_inner())?;
+        binding.check_agent(&self.store, &lease_request.agent)?;
         let deadline = tokio::time::Instant::now() + wait.min(MAX_ACQUIRE_WAIT);
         // Subscribed before looking, so work that appears while we look wakes us.
         let mut work = self.work.subscribe();
@@ -248,11 +266,13 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let binding = Binding::of(&request, "Heartbeat");
         let Heartbeat {
             agent,
             leases,
             draining,
         } = agent_convert::heartbeat(request.into_inner())?;
+        binding.check_agent(&self.store, &agent)?;
         let reply = self
             .store
             .heartbeat(&agent, &leases, draining, self.lease_ttl)
@@ -275,10 +295,11 @@ impl AgentService for AgentApi {
         &self,
         request: Request<Streaming<pb::ResultBatch>>,
     ) -> Result<Response<Self::ReportResultsStream>, Status> {
+        let binding = Binding::of(&request, "ReportResults");
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(ACK_BUFFER);
         let api = self.clone();
-        tokio::spawn(async move { api.results_loop(inbound, tx).await });
+        tokio::spawn(async move { api.results_loop(binding, inbound, tx).await });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -286,8 +307,10 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::CompleteRequest>,
     ) -> Result<Response<pb::CompleteResponse>, Status> {
+        let mut binding = Binding::of(&request, "Complete");
         let req = request.into_inner();
         let (lease, epoch) = agent_convert::fenced(&req.lease_id, req.epoch)?;
+        binding.check_lease(&self.store, &lease).await?;
         let unit = self
             .store
             .complete(&lease, epoch)
@@ -305,12 +328,14 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::FailRequest>,
     ) -> Result<Response<pb::FailResponse>, Status> {
+        let mut binding = Binding::of(&request, "Fail");
         let Failure {
             lease,
             epoch,
             error,
             log_tail,
         } = agent_convert::failure(request.into_inner())?;
+        binding.check_lease(&self.store, &lease).await?;
         let outcome = self
             .store
             .fail(&lease, epoch, &error, &log_tail)
@@ -341,7 +366,9 @@ impl AgentService for AgentApi {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let mut binding = Binding::of(&request, "Release");
         let (lease, epoch, reason) = agent_convert::release(request.into_inner())?;
+        binding.check_lease(&self.store, &lease).await?;
         let outcome = self
             .store
             .release(&lease, epoch, &reason)
@@ -374,6 +401,7 @@ impl AgentApi {
     /// past that the stream stops reading, so a slow agent or store pushes back.
     async fn results_loop(
         self,
+        mut binding: Binding,
         mut inbound: Streaming<pb::ResultBatch>,
         tx: mpsc::Sender<Result<pb::ResultAck, Status>>,
     ) {
@@ -399,7 +427,7 @@ impl AgentApi {
                 }
                 message = inbound.message(), if reading && in_flight.len() < RESULTS_IN_FLIGHT => {
                     match message {
-                        Ok(Some(batch)) => match self.queue_batch(batch).await {
+                        Ok(Some(batch)) => match self.queue_batch(&mut binding, batch).await {
                             Ok(queued) => in_flight.push_back(queued),
                             Err(status) => {
                                 let _ = tx.send(Err(status)).await;

@@ -193,6 +193,7 @@ impl CampaignService for CampaignApi {
         let campaigns = self.store.list_campaigns().await.map_err(store_error)?;
         Ok(Response::new(pb::ListCampaignsResponse {
             campaigns: campaigns.iter().map(convert::campaign_info).collect(),
+            store: Some(convert::store_health(&self.store.health())),
         }))
     }
 
@@ -205,6 +206,7 @@ impl CampaignService for CampaignApi {
         Ok(Response::new(pb::GetCampaignResponse {
             campaign: Some(convert::campaign_info(&info)),
             dropped: dropped.iter().map(convert::dropped).collect(),
+            store: Some(convert::store_health(&self.store.health())),
         }))
     }
 

@@ -82,6 +82,7 @@ pub fn unit_row(u: &UnitRow) -> pb::UnitSummary {
         steps: u.steps_total,
         state: unit_state(u.state) as i32,
         attempts: u.attempts,
+        tries: u.tries,
         last_error: u.last_error.clone().unwrap_or_default(),
         log_tail: u.log_tail.clone().unwrap_or_default(),
         steps_succeeded: u.steps_succeeded,
@@ -310,5 +311,15 @@ pub fn step_result(r: StoredResult) -> pb::StepResult {
         agent_id: r.agent.to_string(),
         attempt: r.attempt,
         finished_at_ms: r.finished_at_ms,
+    }
+}
+
+/// The store's health on the wire.
+pub fn store_health(health: &crate::store::HealthSnapshot) -> pb::StoreHealth {
+    pb::StoreHealth {
+        writable: health.writable,
+        failing_since_ms: health.failing_since_ms.unwrap_or(0),
+        last_error: health.last_error.clone().unwrap_or_default(),
+        write_failures: health.write_failures,
     }
 }

@@ -2,7 +2,9 @@
 //! wire messages and domain types. Nothing outside this module sees prost types.
 
 pub mod agent;
+mod agent_binding;
 mod agent_convert;
+mod audit;
 pub mod campaign;
 pub mod convert;
 pub mod status;

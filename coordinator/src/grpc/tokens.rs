@@ -1,5 +1,6 @@
-//! `TokenService`: creating, listing and revoking API tokens (operator only; the
-//! authorization layer checks that before a call gets here).
+//! `TokenService`: creating, listing and revoking API tokens, and reading the audit log
+//! (`super::audit`); operator only, the authorization layer checks that before a call gets
+//! here.
 
 use std::sync::Arc;
 
@@ -57,6 +58,7 @@ pub fn token_info(row: &TokenRow) -> pb::TokenInfo {
         created_by: row.created_by.clone(),
         revoked_ms: row.revoked_ms.unwrap_or(0),
         revoked_by: row.revoked_by.clone().unwrap_or_default(),
+        last_used_ms: row.last_used_ms.unwrap_or(0),
     }
 }
 
@@ -127,5 +129,14 @@ impl TokenService for TokenApi {
         Ok(Response::new(pb::RevokeTokenResponse {
             token: Some(token_info(&row)),
         }))
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        super::audit::list(&self.store, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -23,6 +23,20 @@ pub enum MatrixError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is larger than the coordinator accepts.
+    #[error(
+        "matrix file `{}` is {bytes} bytes; the limit is {limit} bytes (hint: split the \
+         campaign into several matrix files)",
+        path.display()
+    )]
+    TooLarge {
+        /// The path given.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+        /// [`crate::limits::MAX_MATRIX_BYTES`].
+        limit: usize,
+    },
     /// The text is not valid YAML (or is more than one YAML document).
     #[error("{}", Located { file, line: *line, column: *column, message, hint })]
     Syntax {
@@ -59,7 +73,7 @@ impl MatrixError {
     /// Line and column (1-based) the error points at; `None` for a failed read.
     pub fn line_col(&self) -> Option<(usize, usize)> {
         match self {
-            MatrixError::Read { .. } => None,
+            MatrixError::Read { .. } | MatrixError::TooLarge { .. } => None,
             MatrixError::Syntax { line, column, .. }
             | MatrixError::Invalid { line, column, .. } => Some((*line, *column)),
         }

@@ -1075,3 +1075,57 @@ fn the_example_in_docs_matrix_md_expands_as_described() {
     assert_eq!(e.step_count(), 9);
     assert_eq!(e.units[1].config.quantization.args, "--quantization fp8");
 }
+
+#[test]
+fn a_nul_in_any_value_is_refused_where_it_is() {
+    let yaml = BASE.replace(
+        "  - { name: vllm }",
+        "  - { name: vllm, env: { HF_HOME: \"/cache\\0/x\" } }",
+    );
+    let err = fail(&yaml);
+    let text = err.to_string();
+    assert!(text.starts_with("t.yaml:"), "{text}");
+    assert!(text.contains("NUL"), "{text}");
+    assert_eq!(err.line_col().map(|(line, _)| line), Some(8), "{text}");
+}
+
+#[test]
+fn a_matrix_over_the_parser_budget_is_explained_in_words() {
+    // More values than the parser's node budget allows.
+    let mut yaml = String::from("campaign: big\nlabels:\n");
+    for i in 0..300_000 {
+        yaml.push_str(&format!("  - {i}\n"));
+    }
+    let text = fail(&yaml).to_string();
+    assert!(text.contains("too large"), "{text}");
+    assert!(
+        !text.contains("Nodes {") && !text.contains("{ nodes"),
+        "no Rust debug text: {text}"
+    );
+}
+
+#[test]
+fn reading_a_matrix_file_checks_its_size_and_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b'#'; crate::limits::MAX_MATRIX_BYTES + 10]).unwrap();
+    let err = super::read_file(&big).unwrap_err();
+    assert!(matches!(err, MatrixError::TooLarge { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("big.yaml") && text.contains("4194304"),
+        "{text}"
+    );
+
+    let latin1 = dir.path().join("latin1.yaml");
+    std::fs::write(&latin1, b"campaign: t\nnotes: caf\xe9 au lait\n").unwrap();
+    let err = super::read_file(&latin1).unwrap_err();
+    assert_eq!(err.line_col(), Some((2, 11)), "{err}");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+
+    let fine = dir.path().join("fine.yaml");
+    std::fs::write(&fine, "campaign: t # café\n").unwrap();
+    assert_eq!(super::read_file(&fine).unwrap(), "campaign: t # café\n");
+    let err = super::read_file(&dir.path().join("missing.yaml")).unwrap_err();
+    assert!(matches!(err, MatrixError::Read { .. }), "{err:?}");
+}

@@ -358,7 +358,7 @@ macro_rules! units_select {
              (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
              (SELECT COUNT(*) FROM steps s
               WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
-             l.agent_id, u.position, u.unit_key, u.log_tail
+             l.agent_id, u.position, u.unit_key, u.log_tail, u.infra_attempts
          FROM units u
          LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL"
     };
@@ -392,14 +392,21 @@ pub(crate) fn units(
     while let Some(r) = rows.next().sql("read units")? {
         let row = read_unit(r).sql("read units")?;
         let config = parts.config(row.parts, row.extra_args, &row.labels_json)?;
+        let state = parse_unit_state(&row.state)?;
+        // Every attempt that ended was counted as the unit's own failure or as an
+        // infrastructure ending; a running or succeeded unit is on one attempt more.
+        let tries = row.attempts
+            + row.infra_attempts
+            + u32::from(matches!(state, UnitState::Leased | UnitState::Succeeded));
         out.push((
             row.order,
             UnitRow {
                 id: UnitId(row.id),
                 label: row.label,
                 config,
-                state: parse_unit_state(&row.state)?,
+                state,
                 attempts: row.attempts,
+                tries,
                 last_error: row.last_error,
                 log_tail: row.log_tail,
                 steps_total: row.steps_total,
@@ -423,6 +430,7 @@ struct RawUnit {
     labels_json: String,
     state: String,
     attempts: u32,
+    infra_attempts: u32,
     last_error: Option<String>,
     log_tail: Option<String>,
     epoch: u64,
@@ -448,6 +456,7 @@ fn read_unit(r: &Row<'_>) -> rusqlite::Result<RawUnit> {
         steps_succeeded: r.get(13)?,
         agent_id: r.get(14)?,
         order: (r.get(15)?, r.get(16)?),
+        infra_attempts: r.get(18)?,
         log_tail: r.get(17)?,
     })
 }

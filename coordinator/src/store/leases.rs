@@ -286,6 +286,18 @@ pub(crate) fn lookup(conn: &Connection, lease: &LeaseId) -> Result<Held, StoreEr
     })
 }
 
+/// The agent a lease was granted to, live or ended; `None` for an unknown lease.
+pub(crate) fn holder(conn: &Connection, lease: &LeaseId) -> Result<Option<AgentId>, StoreError> {
+    conn.prepare_cached("SELECT agent_id FROM leases WHERE lease_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([lease.as_str()], |r| r.get::<_, String>(0))
+                .optional()
+        })
+        .sql("look up the lease's agent")
+        .map(|agent| agent.map(AgentId))
+        .map_err(StoreError::from)
+}
+
 impl Held {
     /// Refuses `epoch` unless it is the lease's and the unit's current epoch.
     pub(crate) fn check_epoch(&self, epoch: u64) -> Result<(), StoreError> {

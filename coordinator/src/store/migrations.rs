@@ -34,6 +34,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_scheduler_models",
         sql: include_str!("../../migrations/0005_scheduler_models.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_audit_and_token_use",
+        sql: include_str!("../../migrations/0006_audit_and_token_use.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

@@ -51,6 +51,7 @@ mod campaigns;
 mod clock;
 mod connection;
 mod error;
+pub mod health;
 mod leases;
 mod migrations;
 mod placement;
@@ -71,8 +72,12 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::audit::{AuditFilter, AuditPage};
 pub(crate) use self::clock::Clock;
+use self::error::SqlContext as _;
 pub use self::error::StoreError;
+pub use self::health::HealthSnapshot;
+use self::health::StoreHealth;
 pub use self::leases::MAX_INFRA_ATTEMPTS;
 use self::readers::ReaderPool;
 pub use self::rows::{
@@ -108,6 +113,8 @@ struct Inner {
     clock: Clock,
     /// Heartbeats answered from a read, waiting to be written.
     renewals: Arc<agents::Renewals>,
+    /// Whether writes fail for want of storage.
+    health: Arc<StoreHealth>,
     #[cfg(test)]
     stats: Arc<writer::Stats>,
 }
@@ -168,6 +175,8 @@ impl Store {
         .map_err(|source| StoreError::BlockingTask { source })??;
 
         let writer_clock = clock.clone();
+        let health = Arc::new(StoreHealth::default());
+        let writer_health = Arc::clone(&health);
         let (tx, rx) = mpsc::channel(writer::QUEUE);
         #[cfg(test)]
         let stats = Arc::new(writer::Stats::default());
@@ -180,6 +189,7 @@ impl Store {
                     conn,
                     rx,
                     writer_clock,
+                    writer_health,
                     #[cfg(test)]
                     writer_stats,
                 )
@@ -192,6 +202,7 @@ impl Store {
                 path,
                 clock,
                 renewals: Arc::default(),
+                health,
                 tx: Some(tx),
                 writer: Some(handle),
                 #[cfg(test)]
@@ -203,6 +214,30 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Whether the store can write (see [`health`]).
+    pub fn health(&self) -> HealthSnapshot {
+        self.inner.health.snapshot()
+    }
+
+    /// Caps the database at its current size plus `extra_pages` pages (SQLite's
+    /// `max_page_count`), so that writes past it fail with `SQLITE_FULL` as on a full disk;
+    /// `None` lifts the cap. For drills and tests of what a full disk looks like.
+    #[doc(hidden)]
+    pub async fn limit_pages(&self, extra_pages: Option<u64>) -> Result<(), StoreError> {
+        self.write(move |conn, _| {
+            let pages: u64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .sql("read the page count")?;
+            let max = extra_pages.map_or(4_294_967_294, |extra| pages + extra);
+            conn.query_row(&format!("PRAGMA max_page_count = {max}"), [], |r| {
+                r.get::<_, u64>(0)
+            })
+            .sql("set max_page_count")?;
+            Ok(())
+        })
+        .await
     }
 
     /// Inserts or extends a campaign.
@@ -446,6 +481,12 @@ impl Store {
             .map(PendingWrite)
     }
 
+    /// The agent a lease was granted to (live or ended); `None` for an unknown lease.
+    pub async fn lease_holder(&self, lease: &LeaseId) -> Result<Option<AgentId>, StoreError> {
+        let lease = lease.clone();
+        self.read(move |conn| leases::holder(conn, &lease)).await
+    }
+
     /// The unit of a live lease at `epoch` finished: it succeeds and the lease ends
     /// `succeeded`. Refused with [`StoreError::StepsMissing`] while some step has no stored
     /// result, and fenced like every holder's write ([`StoreError::StaleEpoch`],
@@ -583,6 +624,12 @@ impl Store {
     /// The newest `limit` audit entries, newest first.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         self.read(move |conn| audit::recent(conn, limit)).await
+    }
+
+    /// The newest audit entries that match `filter`, at most `filter.limit` of them, with
+    /// the cursor of the next page.
+    pub async fn audit_page(&self, filter: AuditFilter) -> Result<AuditPage, StoreError> {
+        self.read(move |conn| audit::page(conn, &filter)).await
     }
 
     /// Copies the WAL into the database file and truncates it (`wal_checkpoint(TRUNCATE)`),

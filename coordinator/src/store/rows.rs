@@ -232,6 +232,9 @@ pub struct UnitRow {
     pub state: UnitState,
     /// Attempts spent on the unit's own failures.
     pub attempts: u32,
+    /// Attempts made: leases granted since the unit was (re)queued, the current one
+    /// included.
+    pub tries: u32,
     /// Last error, kept across retries.
     pub last_error: Option<String>,
     /// End of the server log that went with the last error, when the server was the cause.
@@ -258,6 +261,8 @@ pub struct StepRow {
 /// One entry of the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditEntry {
+    /// Its position in the log: larger is newer.
+    pub audit_id: i64,
     /// When, Unix ms.
     pub at_ms: i64,
     /// Who (operator or agent identity).

@@ -1,5 +1,6 @@
 //! API tokens: creating, listing and revoking them, and the table the authenticator
-//! caches. Only the SHA-256 of a secret is stored (migration `0003_tokens`).
+//! caches. Only the SHA-256 of a secret is stored (migration `0003_tokens`); when a token
+//! was last used is kept since `0006_audit_and_token_use`.
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -25,6 +26,9 @@ pub struct TokenRow {
     pub revoked_ms: Option<i64>,
     /// Who revoked it.
     pub revoked_by: Option<String>,
+    /// When it last authenticated a call, Unix ms (recorded at most once a minute);
+    /// `None` while it was never used.
+    pub last_used_ms: Option<i64>,
 }
 
 /// A token the authenticator can match a presented secret against.
@@ -46,8 +50,8 @@ pub struct TokenTable {
     pub live: Vec<AuthToken>,
 }
 
-const COLUMNS: &str =
-    "token_id, name, role, created_ms, created_by, revoked_ms, revoked_by, secret_sha256";
+const COLUMNS: &str = "token_id, name, role, created_ms, created_by, revoked_ms, revoked_by, \
+     secret_sha256, last_used_ms";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, Vec<u8>)> {
     let role: String = r.get(2)?;
@@ -63,6 +67,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRow, Vec<u8>)> {
             created_by: r.get(4)?,
             revoked_ms: r.get(5)?,
             revoked_by: r.get(6)?,
+            last_used_ms: r.get(8)?,
         },
         r.get(7)?,
     ))
@@ -118,6 +123,7 @@ fn create(
         created_by: actor.to_owned(),
         revoked_ms: None,
         revoked_by: None,
+        last_used_ms: None,
     })
 }
 
@@ -157,6 +163,17 @@ fn revoke(
         &serde_json::json!({ "name": token.name, "role": token.role.as_str() }),
     )?;
     Ok(Some(token))
+}
+
+/// Records that the token authenticated a call now; never moves the time backwards.
+fn touch(conn: &Connection, now_ms: i64, token_id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE api_tokens SET last_used_ms = ?2
+         WHERE token_id = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2)",
+    )
+    .and_then(|mut s| s.execute((token_id, now_ms)))
+    .sql("record a token's use")?;
+    Ok(())
 }
 
 fn list(conn: &Connection) -> Result<Vec<TokenRow>, StoreError> {
@@ -227,6 +244,14 @@ impl Store {
     ) -> Result<Option<TokenRow>, StoreError> {
         let (id_or_name, actor) = (id_or_name.to_owned(), actor.to_owned());
         self.write(move |conn, now_ms| revoke(conn, now_ms, &id_or_name, &actor))
+            .await
+    }
+
+    /// Records that the token with this id authenticated a call now (`last_used_ms`). The
+    /// authenticator calls it at most once a minute per token.
+    pub async fn record_token_use(&self, token_id: &str) -> Result<(), StoreError> {
+        let token_id = token_id.to_owned();
+        self.write(move |conn, now_ms| touch(conn, now_ms, &token_id))
             .await
     }
 
@@ -314,6 +339,7 @@ mod tests {
             .unwrap();
         let listed = store.list_tokens().await.unwrap();
         assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|t| t.last_used_ms.is_none()));
         let actions: Vec<String> = store
             .audit(10)
             .await
@@ -330,5 +356,25 @@ mod tests {
                 "token_create"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_token_use_is_recorded_and_never_moves_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).await.unwrap();
+        let a = token::generate();
+        store
+            .create_token(&a.token_id, "node1", Role::Agent, a.hash, "bootstrap")
+            .await
+            .unwrap();
+        store.record_token_use(&a.token_id).await.unwrap();
+        let first = store.list_tokens().await.unwrap()[0].last_used_ms;
+        assert!(first.is_some_and(|ms| ms > 0), "{first:?}");
+        store.record_token_use("tok_unknown").await.unwrap();
+        store.record_token_use(&a.token_id).await.unwrap();
+        let second = store.list_tokens().await.unwrap()[0].last_used_ms;
+        assert!(second >= first, "{first:?} then {second:?}");
+        let table = store.token_table().await.unwrap();
+        assert_eq!(table.live[0].row.token_id, a.token_id);
     }
 }

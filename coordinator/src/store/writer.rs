@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
 use super::error::{SqlContext as _, StoreError};
+use super::health::{StoreHealth, is_storage_failure};
 
 /// Most operations in one transaction.
 pub(crate) const MAX_BATCH: usize = 512;
@@ -52,7 +53,8 @@ pub(crate) enum Command {
 /// A type-erased write operation and its answer.
 pub(crate) trait Job: Send {
     /// Runs the operation; returns whether it succeeded (else its savepoint is rolled back).
-    fn run(&mut self, conn: &Connection, now_ms: i64) -> bool;
+    /// A failure for want of storage is recorded in `health`.
+    fn run(&mut self, conn: &Connection, now_ms: i64, health: &StoreHealth) -> bool;
     /// Answers the caller once the batch's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), Arc<rusqlite::Error>>);
 }
@@ -78,11 +80,16 @@ pub(crate) fn job<T: Send + 'static>(
 }
 
 impl<T: Send> Job for Op<T> {
-    fn run(&mut self, conn: &Connection, now_ms: i64) -> bool {
+    fn run(&mut self, conn: &Connection, now_ms: i64, health: &StoreHealth) -> bool {
         let Some(f) = self.f.take() else {
             return false;
         };
         let out = f(conn, now_ms);
+        if let Err(err) = &out
+            && is_storage_failure(err)
+        {
+            health.write_failed(now_ms, evalctl_common::error_chain(err));
+        }
         let ok = out.is_ok();
         self.out = Some(out);
         ok
@@ -116,6 +123,7 @@ pub(crate) fn run(
     conn: Connection,
     mut rx: mpsc::Receiver<Command>,
     clock: Clock,
+    health: Arc<StoreHealth>,
     #[cfg(test)] stats: Arc<Stats>,
 ) {
     let mut jobs: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
@@ -139,7 +147,7 @@ pub(crate) fn run(
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 stats.largest_batch.fetch_max(jobs.len(), Ordering::Relaxed);
             }
-            wal_dirty |= run_batch(&conn, &mut jobs, clock.now_ms());
+            wal_dirty |= run_batch(&conn, &mut jobs, clock.now_ms(), &health);
         }
         if !checkpoints.is_empty() {
             for reply in checkpoints.drain(..) {
@@ -157,13 +165,20 @@ pub(crate) fn run(
 }
 
 /// Runs `jobs` in one transaction, a savepoint each, and answers them all. Returns whether
-/// the batch committed.
-fn run_batch(conn: &Connection, jobs: &mut Vec<Box<dyn Job>>, now_ms: i64) -> bool {
+/// the batch committed. A batch that committed with no failure for want of storage tells
+/// `health` the store writes.
+fn run_batch(
+    conn: &Connection,
+    jobs: &mut Vec<Box<dyn Job>>,
+    now_ms: i64,
+    health: &StoreHealth,
+) -> bool {
+    let failures_before = health.failures();
     let outcome = (|| {
         conn.execute_batch("BEGIN IMMEDIATE")?;
         for job in jobs.iter_mut() {
             exec(conn, "SAVEPOINT op")?;
-            if job.run(conn, now_ms) {
+            if job.run(conn, now_ms, health) {
                 exec(conn, "RELEASE op")?;
             } else {
                 exec(conn, "ROLLBACK TO op")?;
@@ -174,8 +189,16 @@ fn run_batch(conn: &Connection, jobs: &mut Vec<Box<dyn Job>>, now_ms: i64) -> bo
         exec(conn, "COMMIT")
     })();
     let commit = match outcome {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            if health.failures() == failures_before {
+                health.write_succeeded();
+            }
+            Ok(())
+        }
         Err(e) => {
+            if is_storage_failure(&e) {
+                health.write_failed(now_ms, e.to_string());
+            }
             tracing::error!(error = %e, ops = jobs.len(), "store write batch failed");
             if !conn.is_autocommit()
                 && let Err(rollback) = conn.execute_batch("ROLLBACK")

@@ -8,12 +8,15 @@
 //! | `ca.pem`, `ca-key.pem` | the lab CA; keep the key offline once done |
 //! | `server.pem`, `server-key.pem` | the coordinator's certificate, for `--hosts` |
 //! | `agent-NAME.pem`, `agent-NAME-key.pem` | one client certificate per agent (mutual TLS) |
+//!
+//! An agent's certificate carries its name as a DNS subject alternative name: under mutual
+//! TLS it may act as the agent id `NAME` only ([`crate::auth::identity`]).
 
 use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
 };
 
 /// Why certificates could not be generated.
@@ -153,6 +156,9 @@ pub fn generate(out: &Path, request: &CertsRequest) -> Result<Vec<PathBuf>, Cert
 
     for agent in &request.agents {
         let mut client = CertificateParams::default();
+        let san = Ia5String::try_from(agent.as_str())
+            .map_err(gen_err(&format!("the name of agent {agent}")))?;
+        client.subject_alt_names = vec![SanType::DnsName(san)];
         client.distinguished_name = name(agent);
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         client.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -221,4 +227,34 @@ fn write(
     f.write_all(text.as_bytes()).map_err(failed)?;
     written.push(path);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{CertName, names, read_certs};
+
+    #[test]
+    fn agent_certificates_carry_their_name_as_a_dns_san() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(
+            dir.path(),
+            &CertsRequest {
+                hosts: vec!["localhost".into()],
+                agents: vec!["gpu-node-07".into(), "node_1".into()],
+                days: 1,
+                force: false,
+            },
+        )
+        .unwrap();
+        for agent in ["gpu-node-07", "node_1"] {
+            let path = dir.path().join(format!("agent-{agent}.pem"));
+            let certs = read_certs(&path, "an agent certificate").unwrap();
+            assert_eq!(
+                names::subject_alt_names(&certs[0]),
+                [CertName::Dns(agent.to_owned())],
+                "{agent}"
+            );
+        }
+    }
 }

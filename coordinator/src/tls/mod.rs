@@ -7,6 +7,8 @@
 //! - [`incoming`] accepts TCP connections and runs TLS handshakes off the accept loop, with
 //!   a timeout and a cap on handshakes in flight.
 //! - [`certs`] writes a CA and certificates for a lab without a PKI (`gen-certs`).
+//! - [`names`] reads the subject alternative names of a client certificate, which bind it
+//!   to the agent ids it may use.
 //!
 //! With a client CA, a client certificate is optional at the handshake but verified when
 //! presented; the authorization layer then requires one for `AgentService` calls, so agents
@@ -14,6 +16,7 @@
 
 pub mod certs;
 pub mod incoming;
+pub mod names;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -24,6 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 pub use incoming::{Conn, PeerInfo};
+pub use names::CertName;
 
 /// Files the TLS configuration is built from.
 #[derive(Debug, Clone, PartialEq, Eq)]

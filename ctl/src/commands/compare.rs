@@ -17,6 +17,9 @@ use crate::render;
 /// `evalctl compare`.
 #[derive(Debug, clap::Args)]
 pub struct CompareArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: crate::cli::ConnectionArgs,
     /// The base campaign (name or id), e.g. last night's.
     pub base: String,
     /// The new campaign (name or id).

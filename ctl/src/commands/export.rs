@@ -23,6 +23,9 @@ use crate::render;
 /// `evalctl export`.
 #[derive(Debug, clap::Args)]
 pub struct ExportArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: crate::cli::ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
     /// Output file.

@@ -24,10 +24,7 @@ use crate::render;
 
 /// Runs `evalctl local`.
 pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliError> {
-    let yaml = std::fs::read_to_string(&args.matrix).map_err(|source| CliError::Read {
-        path: args.matrix.clone(),
-        source,
-    })?;
+    let yaml = matrix::read_file(&args.matrix).map_err(CliError::matrix_file)?;
     let source_name = args.matrix.display().to_string();
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
     // A local run of nothing is always a mistake: no `--allow-empty` here.

@@ -1,6 +1,7 @@
 //! One module per `evalctl` subcommand.
 
 pub mod agents;
+pub mod audit;
 pub mod bench;
 pub mod compare;
 pub mod control;

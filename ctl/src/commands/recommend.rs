@@ -18,6 +18,9 @@ use crate::render;
 /// `evalctl recommend`.
 #[derive(Debug, clap::Args)]
 pub struct RecommendArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: crate::cli::ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
     /// Objectives, e.g. "ttft_p90=500ms,tpot_p90=50ms" (latency metrics: ttft, tpot, itl,

@@ -18,6 +18,9 @@ use crate::report::{self, ReportData};
 /// `evalctl report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
+    /// How to reach the coordinator.
+    #[command(flatten)]
+    pub connection: crate::cli::ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
     /// Output HTML file.

@@ -17,7 +17,10 @@ struct UnitJson {
     state: &'static str,
     steps_done: u32,
     steps: u32,
+    /// Attempts spent on the unit's own failures (they count against `max_attempts`).
     attempts: u32,
+    /// Attempts made, the running one included (preempted ones too).
+    tries: u32,
     agent: String,
     last_error: String,
     log_tail: String,
@@ -35,12 +38,13 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
     let mut client = client::connect(&global.coordinator).await?;
     match &args.campaign {
         None => {
-            let campaigns = client
+            let listed = client
                 .list_campaigns(pb::ListCampaignsRequest {})
                 .await
                 .map_err(CliError::rpc("list campaigns"))?
-                .into_inner()
-                .campaigns;
+                .into_inner();
+            warn_unwritable(listed.store.as_ref())?;
+            let campaigns = listed.campaigns;
             if global.json {
                 let list: Vec<CampaignJson> = campaigns.iter().map(CampaignJson::from).collect();
                 render::emit_json(&list)?;
@@ -80,6 +84,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                 .await
                 .map_err(CliError::rpc("get campaign"))?
                 .into_inner();
+            warn_unwritable(got.store.as_ref())?;
             let units = client
                 .list_units(pb::ListUnitsRequest {
                     campaign: name.clone(),
@@ -100,6 +105,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                         steps_done: u.steps_succeeded,
                         steps: u.steps,
                         attempts: u.attempts,
+                        tries: u.tries,
                         agent: u.agent_id.clone(),
                         last_error: u.last_error.clone(),
                         log_tail: u.log_tail.clone(),
@@ -115,6 +121,22 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says on stderr (so `--json` output stays what it was) that the coordinator's store
+/// cannot write, since when and why: campaigns stall meanwhile.
+fn warn_unwritable(store: Option<&pb::StoreHealth>) -> Result<(), CliError> {
+    let Some(store) = store.filter(|s| !s.writable) else {
+        return Ok(());
+    };
+    render::emit_stderr(&format!(
+        "WARNING: the coordinator's store cannot write since {} ({} failed writes): {}\n  \
+         Campaigns stall until it can (hint: free disk space on the file system of the \
+         coordinator's database; it resumes by itself).\n",
+        render::timestamp(store.failing_since_ms),
+        store.write_failures,
+        store.last_error,
+    ))
 }
 
 /// "0s", "2m 5s": time lost to preemptions, to the second.
@@ -157,7 +179,7 @@ fn human_detail(d: &DetailJson) -> String {
         "CONFIGURATION",
         "STATE",
         "STEPS",
-        "ATTEMPTS",
+        "TRIES",
         "AGENT",
         "LAST ERROR",
     ]);
@@ -167,7 +189,7 @@ fn human_detail(d: &DetailJson) -> String {
             u.label.clone(),
             u.state.to_owned(),
             format!("{}/{}", u.steps_done, u.steps),
-            u.attempts.to_string(),
+            u.tries.to_string(),
             u.agent.clone(),
             u.last_error.clone(),
         ]);

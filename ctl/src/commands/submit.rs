@@ -38,10 +38,7 @@ struct UnitJson {
 
 /// Runs `evalctl submit`.
 pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<ExitCode, CliError> {
-    let yaml = std::fs::read_to_string(&args.matrix).map_err(|source| CliError::Read {
-        path: args.matrix.clone(),
-        source,
-    })?;
+    let yaml = matrix::read_file(&args.matrix).map_err(CliError::matrix_file)?;
     let source_name = args.matrix.display().to_string();
     // Validate here first: a bad file gets its line and column without a coordinator.
     let expansion = matrix::expand_str(&source_name, &yaml).map_err(CliError::InvalidMatrix)?;
@@ -179,5 +176,17 @@ fn human(r: &SubmitJson) -> String {
 pub fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(os_user)
+}
+
+/// The name of this process's user from the user database (`$USER` is unset under cron,
+/// systemd units and many containers), else `uid N`.
+fn os_user() -> String {
+    let uid = nix::unistd::Uid::current();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid {uid}"),
+    }
 }

@@ -7,7 +7,7 @@ use clap::{Subcommand, ValueEnum};
 use evalctl_proto::v1 as pb;
 use serde_json::json;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{ConnectionArgs, GlobalArgs};
 use crate::client;
 use crate::error::CliError;
 use crate::render;
@@ -23,15 +23,36 @@ pub enum TokenCommand {
         /// What the token may do.
         #[arg(long, value_enum)]
         role: RoleArg,
+        /// How to reach the coordinator.
+        #[command(flatten)]
+        connection: ConnectionArgs,
     },
     /// List tokens, live and revoked (never their secrets).
-    List,
+    List {
+        /// How to reach the coordinator.
+        #[command(flatten)]
+        connection: ConnectionArgs,
+    },
     /// Revoke a token by id or by the name of a live token; it stops working at once.
     Revoke {
-        /// Token id (`tok_…`) or name. (Not named `token`: that is the global `--token`.)
+        /// Token id (`tok_…`) or name. (Not named `token`: that is the `--token` option.)
         #[arg(value_name = "TOKEN")]
         id_or_name: String,
+        /// How to reach the coordinator.
+        #[command(flatten)]
+        connection: ConnectionArgs,
     },
+}
+
+impl TokenCommand {
+    /// The connection options given after the subcommand.
+    pub fn connection(&self) -> &ConnectionArgs {
+        match self {
+            TokenCommand::Create { connection, .. }
+            | TokenCommand::List { connection }
+            | TokenCommand::Revoke { connection, .. } => connection,
+        }
+    }
 }
 
 /// A role on the command line.
@@ -73,14 +94,27 @@ fn info_json(token: &pb::TokenInfo) -> serde_json::Value {
         "created_by": token.created_by,
         "revoked_ms": (token.revoked_ms != 0).then_some(token.revoked_ms),
         "revoked_by": (!token.revoked_by.is_empty()).then_some(&token.revoked_by),
+        "last_used_ms": (token.last_used_ms != 0).then_some(token.last_used_ms),
     })
+}
+
+/// When a token last authenticated a call (to the minute: it is recorded once a minute),
+/// or `never`.
+fn last_used(ms: i64) -> String {
+    if ms == 0 {
+        "never".to_owned()
+    } else {
+        render::timestamp(ms)
+    }
 }
 
 /// Runs `evalctl token …`.
 pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<ExitCode, CliError> {
     let mut client = client::connect_tokens(&global.coordinator).await?;
     match command {
-        TokenCommand::Create { token_name, role } => {
+        TokenCommand::Create {
+            token_name, role, ..
+        } => {
             let response = client
                 .create_token(pb::CreateTokenRequest {
                     name: token_name.clone(),
@@ -104,7 +138,7 @@ pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<ExitCode
                 render::emit(&format!("{}\n", response.secret))?;
             }
         }
-        TokenCommand::List => {
+        TokenCommand::List { .. } => {
             let tokens = client
                 .list_tokens(pb::ListTokensRequest {})
                 .await
@@ -114,7 +148,8 @@ pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<ExitCode
             if global.json {
                 render::emit_json(&tokens.iter().map(info_json).collect::<Vec<_>>())?;
             } else {
-                let mut table = render::table(["ID", "NAME", "ROLE", "CREATED BY", "STATE"]);
+                let mut table =
+                    render::table(["ID", "NAME", "ROLE", "CREATED BY", "LAST USED", "STATE"]);
                 for token in &tokens {
                     let state = if token.revoked_ms == 0 {
                         "live".to_owned()
@@ -126,13 +161,14 @@ pub async fn run(global: &GlobalArgs, command: &TokenCommand) -> Result<ExitCode
                         token.name.as_str(),
                         role_name(token.role),
                         token.created_by.as_str(),
+                        &last_used(token.last_used_ms),
                         state.as_str(),
                     ]);
                 }
                 render::emit(&format!("{table}\n"))?;
             }
         }
-        TokenCommand::Revoke { id_or_name } => {
+        TokenCommand::Revoke { id_or_name, .. } => {
             let revoked = client
                 .revoke_token(pb::RevokeTokenRequest {
                     token: id_or_name.clone(),

@@ -67,14 +67,14 @@ pub fn summary(data: &ReportData) -> String {
                 u.label.as_str().into(),
                 render::unit_state(u.state).into(),
                 Cell::Num(format!("{}/{}", u.steps_succeeded, u.steps)),
-                Cell::Num(u.attempts.to_string()),
+                Cell::Num(u.tries.to_string()),
                 first_line(&u.last_error).into(),
             ]
         })
         .collect();
     html.push_str(&table(
         "units",
-        &["unit", "state", "steps done", "attempts", "last error"],
+        &["unit", "state", "steps done", "tries", "last error"],
         &unit_rows,
     ));
     if !data.dropped.is_empty() {
@@ -121,9 +121,9 @@ pub fn failures(data: &ReportData) -> String {
     for u in failed {
         let _ = write!(
             html,
-            r#"<div class="failure"><h3 class="state-failed">{}</h3><p>Attempts: {}. Last error: {}</p>"#,
+            r#"<div class="failure"><h3 class="state-failed">{}</h3><p>Tries: {}. Last error: {}</p>"#,
             escape(&u.label),
-            u.attempts,
+            u.tries,
             escape(if u.last_error.is_empty() {
                 "(none recorded)"
             } else {

@@ -1,6 +1,11 @@
 //! Connections to the coordinator: TLS (server verified against a CA file or the system
 //! roots, optionally a client certificate for mutual TLS) and the bearer token sent with
-//! every call. The agent and the `evalctl` CLI both connect through here.
+//! every call. The agent and the `evalctl` CLI both connect through here, and read what a
+//! failed connection says about their TLS setup in [`problem`].
+
+pub mod problem;
+
+pub use problem::{TlsProblem, is_connection_failure, serves_tls, tls_problem};
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

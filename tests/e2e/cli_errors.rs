@@ -72,6 +72,10 @@ fn dry_run_needs_no_coordinator_and_matches_the_library_expansion() {
         pruned > 0,
         "nightly-h100 should prune combinations that do not fit"
     );
+    let units = report["unit_list"].as_array().unwrap();
+    for (unit, expanded) in units.iter().zip(&expansion.units) {
+        assert_eq!(unit["command"], expanded.config.framework.command.as_str());
+    }
 
     let human = evalctl(None, &["submit", "--dry-run", path.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&human.stdout);

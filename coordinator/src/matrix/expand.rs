@@ -21,7 +21,7 @@ use crate::domain::{
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
-use super::model::Dim;
+use super::model::{CPU, Dim};
 use super::placeholders;
 use super::validate::{DimRef, Include, Matcher, Resolved};
 use super::yaml::Pos;
@@ -401,6 +401,10 @@ fn unit_config(r: &Resolved, model_paths: &[Vec<String>], candidate: &Candidate)
     let g = &r.gpus[gpu];
     let q = &r.quants[quant];
     let mut framework_spec = r.frameworks[framework].clone();
+    if g.gpu_type.value == CPU {
+        // Engines refuse a tensor-parallel size of 0, which `{gpu.count}` is on CPU units.
+        framework_spec.command = r.cpu_commands[framework].clone();
+    }
     if let Some(env) = &candidate.extras.env {
         framework_spec
             .env

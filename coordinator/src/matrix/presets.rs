@@ -152,6 +152,60 @@ impl Preset {
     }
 }
 
+/// The placeholder a preset passes to its tensor-parallel flag.
+const GPU_COUNT: &str = "{gpu.count}";
+
+/// `command` as CPU units run it: without `FLAG {gpu.count}` (or `FLAG={gpu.count}`), where
+/// FLAG is `preset`'s tensor-parallel flag. A CPU unit has no GPUs, so `{gpu.count}` renders
+/// as 0, and vLLM, SGLang, TGI and TensorRT-LLM all refuse a tensor-parallel size of 0; left
+/// out, each engine runs its default of one. A command without that pair, or a framework
+/// without a preset or with a preset that has no such flag, is returned as it is.
+pub(crate) fn cpu_command(command: &str, preset: Option<&Preset>) -> String {
+    let Some(flag) = preset.and_then(|p| p.tensor_parallel_flag) else {
+        return command.to_owned();
+    };
+    let mut rest = command;
+    let mut kept = String::with_capacity(command.len());
+    while let Some((start, end)) = find_flag_with_count(rest, flag) {
+        // Drop the pair and the whitespace before it (or after it, at the very start).
+        let before = rest[..start].trim_end();
+        kept.push_str(before);
+        rest = &rest[end..];
+        if kept.is_empty() {
+            rest = rest.trim_start();
+        }
+    }
+    kept.push_str(rest);
+    kept
+}
+
+/// The byte range of the first `flag {gpu.count}` or `flag={gpu.count}` in `command` that
+/// stands as whole words.
+fn find_flag_with_count(command: &str, flag: &str) -> Option<(usize, usize)> {
+    let mut from = 0;
+    while let Some(found) = command[from..].find(flag) {
+        let start = from + found;
+        from = start + flag.len();
+        let after = &command[from..];
+        let value = match after.strip_prefix('=') {
+            Some(value) => value,
+            None if after.starts_with(char::is_whitespace) => after.trim_start(),
+            None => continue, // a longer flag that starts like this one
+        };
+        let Some(rest) = value.strip_prefix(GPU_COUNT) else {
+            continue;
+        };
+        let starts_word = command[..start]
+            .chars()
+            .next_back()
+            .is_none_or(char::is_whitespace);
+        if starts_word && rest.chars().next().is_none_or(char::is_whitespace) {
+            return Some((start, command.len() - rest.len()));
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::placeholders::{self, SERVER};
@@ -197,6 +251,47 @@ mod tests {
         for (name, flag) in expected {
             assert_eq!(preset(name).unwrap().tensor_parallel_flag, flag, "{name}");
         }
+    }
+
+    #[test]
+    fn cpu_commands_leave_out_the_tensor_parallel_flag() {
+        let vllm = preset("vllm");
+        assert_eq!(
+            cpu_command(vllm.unwrap().command, vllm),
+            "vllm serve {model.path} --host {host} --port {port} {quant.args}"
+        );
+        for p in PRESETS {
+            let cpu = cpu_command(p.command, Some(p));
+            assert!(!cpu.contains(GPU_COUNT), "{}: {cpu}", p.name);
+            assert!(!cpu.contains("  "), "{}: {cpu}", p.name);
+        }
+        let cases = [
+            // `=` form, at the end, and twice.
+            ("s --tp={gpu.count}", "s"),
+            ("s --tp {gpu.count} --x --tp {gpu.count}", "s --x"),
+            // Another flag that merely starts like it, or a value that is not the count.
+            ("s --tpx {gpu.count} --tp 2", "s --tpx {gpu.count} --tp 2"),
+            ("s --tp {gpu.count}x", "s --tp {gpu.count}x"),
+            ("s x--tp {gpu.count}", "s x--tp {gpu.count}"),
+            // At the very start (a command that is only flags).
+            ("--tp {gpu.count} --y", "--y"),
+            // Other whitespace is kept as written.
+            ("s\t--tp  {gpu.count}\n--y 'a  b'", "s\n--y 'a  b'"),
+        ];
+        let sglang = preset("sglang");
+        for (command, cpu) in cases {
+            assert_eq!(cpu_command(command, sglang), cpu, "{command:?}");
+        }
+        // No preset, or one without a tensor-parallel flag: unchanged.
+        assert_eq!(
+            cpu_command("s --tp {gpu.count}", None),
+            "s --tp {gpu.count}"
+        );
+        let llamacpp = preset("llamacpp");
+        assert_eq!(
+            cpu_command("s --tp {gpu.count}", llamacpp),
+            "s --tp {gpu.count}"
+        );
     }
 
     #[test]

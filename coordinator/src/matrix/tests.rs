@@ -394,6 +394,56 @@ workloads:
 }
 
 #[test]
+fn cpu_units_run_presets_without_their_tensor_parallel_flag() {
+    // A CPU unit renders `{gpu.count}` as 0, and vLLM refuses `--tensor-parallel-size 0`.
+    let yaml = BASE
+        .replace(
+            "  - { type: H100-80GB, memory_gb: 80, counts: [1, 2] }\n",
+            "  - { type: H100-80GB, memory_gb: 80, counts: [2] }\n  - { type: cpu }\n",
+        )
+        .replace(
+            "  - { name: sglang }\n",
+            "  - { name: vllm-eager, preset: vllm, command: 'vllm serve {model.path} --port {port} --tensor-parallel-size={gpu.count} --enforce-eager' }
+  - { name: custom, command: 'srv --port {port} --tp {gpu.count}' }
+",
+        )
+        .replace("  - { name: big, path: org/big, params_b: 70 }\n", "");
+    let e = expand(&yaml);
+    let command = |label: &str| {
+        e.units
+            .iter()
+            .find(|u| u.config.label() == label)
+            .unwrap_or_else(|| panic!("no unit {label} in {:?}", labels(&e)))
+            .config
+            .framework
+            .command
+            .clone()
+    };
+    // GPU units keep the preset's command as it always was, so their ids do not change.
+    assert_eq!(
+        command("small / H100-80GB x2 / vllm / bf16"),
+        "vllm serve {model.path} --host {host} --port {port} --tensor-parallel-size {gpu.count} {quant.args}"
+    );
+    assert_eq!(
+        command("small / cpu x1 / vllm / bf16"),
+        "vllm serve {model.path} --host {host} --port {port} {quant.args}"
+    );
+    // An entry's own command loses its preset's flag too, in either spelling.
+    assert_eq!(
+        command("small / cpu x1 / vllm-eager / fp8"),
+        "vllm serve {model.path} --port {port} --enforce-eager"
+    );
+    // A framework without a preset is the user's own: its command is left as written.
+    assert_eq!(
+        command("small / cpu x1 / custom / bf16"),
+        "srv --port {port} --tp {gpu.count}"
+    );
+    for unit in &e.units {
+        assert_eq!(unit.id, unit.config.unit_id());
+    }
+}
+
+#[test]
 fn presets_fill_fields_and_entries_override_them() {
     let yaml = BASE.replace(
         "  - { name: sglang }\n",

@@ -32,6 +32,9 @@ pub(crate) struct Resolved {
     pub gpus: Vec<GpuEntry>,
     /// Frameworks, presets applied.
     pub frameworks: Vec<FrameworkSpec>,
+    /// Each framework's command for CPU units (by framework index): its command without
+    /// its preset's tensor-parallel flag (see [`presets::cpu_command`]).
+    pub cpu_commands: Vec<String>,
     /// Quantizations.
     pub quants: Vec<Quant>,
     /// Workloads and their load points, in file order.
@@ -132,6 +135,11 @@ pub(crate) fn validate(
         .collect::<Result<Vec<_>, _>>()?;
     let (frameworks, framework_presets) = v.frameworks(&file)?;
     let quants = v.quantizations(&file, &frameworks, &framework_presets)?;
+    let cpu_commands = frameworks
+        .iter()
+        .zip(&framework_presets)
+        .map(|(f, preset)| presets::cpu_command(&f.command, *preset))
+        .collect();
     let workloads = file
         .workloads
         .iter()
@@ -161,6 +169,7 @@ pub(crate) fn validate(
         models,
         gpus: file.gpus,
         frameworks,
+        cpu_commands,
         quants,
         workloads,
         exclude,

@@ -34,6 +34,10 @@ struct UnitJson {
     unit_id: String,
     label: String,
     steps: u64,
+    /// The server command template this unit launches (dry runs only: the coordinator's
+    /// reply does not carry it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<String>,
 }
 
 /// Runs `evalctl submit`.
@@ -88,6 +92,7 @@ fn dry_run_report(expansion: &Expansion) -> SubmitJson {
                 unit_id: u.id.to_string(),
                 label: u.config.label(),
                 steps: u.steps.len() as u64,
+                command: Some(u.config.framework.command.clone()),
             })
             .collect(),
         dropped: expansion
@@ -120,6 +125,7 @@ fn submitted_report(r: pb::SubmitResponse) -> SubmitJson {
                 unit_id: u.unit_id,
                 label: u.label,
                 steps: u64::from(u.steps),
+                command: None,
             })
             .collect(),
         dropped: r.dropped.into_iter().map(DroppedJson::from).collect(),

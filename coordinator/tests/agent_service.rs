@@ -452,7 +452,7 @@ async fn refusals_answer_with_statuses_that_say_why() {
             lease_id: old.lease_id.clone(),
             epoch: old.epoch,
             error: "late".into(),
-            log_tail: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -497,6 +497,7 @@ async fn refusals_answer_with_statuses_that_say_why() {
             epoch: new.epoch,
             error: "server exited with status 1".into(),
             log_tail: "Traceback …".into(),
+            failure_class: pb::FailureClass::Unspecified.into(),
         })
         .await
         .unwrap()

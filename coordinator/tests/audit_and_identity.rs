@@ -710,7 +710,7 @@ async fn a_client_certificate_acts_only_as_the_agent_ids_it_names() {
                     lease_id: fenced.0.clone(),
                     epoch: fenced.1,
                     error: "poisoned".into(),
-                    log_tail: String::new(),
+                    ..Default::default()
                 },
                 Some(&fleet),
             ))

@@ -387,17 +387,19 @@ fn servers_that_crash_or_never_get_healthy_fail_their_units_with_the_log_tail() 
     campaign.max_attempts = 2;
     campaign.extra_frameworks = format!(
         "  - name: crashes\n    command: sh -c 'echo {marker}-boom on port {{port}} >&2; exit 3'\n\
-         \x20 - name: hangs\n    command: sh -c 'echo {marker}-waiting {{port}}; exec sleep 600'\n    startup_timeout: 2s\n",
+         \x20 - name: hangs\n    command: sh -c 'echo {marker}-waiting {{port}}; exec sleep 600'\n    startup_timeout: 2s\n\
+         \x20 - name: bad-flag\n    command: evalctl-agent sim-server --port {{port}} --model {{model.name}} --no-such-flag\n",
         marker = campaign.marker
     );
-    // Three units: sim (succeeds), crashes, hangs; the include adds sim args to sim only.
+    // Four units: sim (succeeds), crashes, hangs, bad-flag (the real simulator, whose
+    // argument parser refuses the flag); the include adds sim args to sim only.
     let path = dir.path().join("bad.yaml");
     std::fs::write(&path, campaign.yaml()).unwrap();
     let submitted = json_stdout(&evalctl(
         Some(&url),
         &["submit", path.to_str().unwrap(), "--json"],
     ));
-    assert_eq!(submitted["units"], 3, "{submitted}");
+    assert_eq!(submitted["units"], 4, "{submitted}");
 
     assert_eq!(
         wait_ended(&url, &campaign.name, Duration::from_secs(90)),
@@ -432,6 +434,15 @@ fn servers_that_crash_or_never_get_healthy_fail_their_units_with_the_log_tail() 
         error.contains("health") || error.contains("healthy"),
         "{error}"
     );
+    // A refused command line fails once, not max_attempts times, with the engine's line.
+    let refused = by_framework("bad-flag");
+    assert_eq!(refused["state"], "failed", "{refused}");
+    assert_eq!(refused["attempts"], 1, "{refused}");
+    let error = refused["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("(bad argument: error: unexpected argument '--no-such-flag' found)"),
+        "{error}"
+    );
 
     // The log tails are stored with the units and shown by `status`.
     let crashed_tail = crashed["log_tail"].as_str().unwrap();
@@ -449,6 +460,10 @@ fn servers_that_crash_or_never_get_healthy_fail_their_units_with_the_log_tail() 
     assert!(text.contains("Server log of failed unit"), "{text}");
     assert!(
         text.contains(&format!("{}-boom on port", campaign.marker)),
+        "{text}"
+    );
+    assert!(
+        text.contains("bad argument: error: unexpected argument"),
         "{text}"
     );
     agent.terminate(Duration::from_secs(20));

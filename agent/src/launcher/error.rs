@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use super::diagnosis::{self, Diagnosis};
+
 /// What can go wrong launching a server and waiting for it.
 ///
 /// Messages say what failed ("failed to …") and never repeat their source; print the chain to
@@ -151,6 +153,17 @@ impl LaunchError {
                 humantime::format_duration(*waited)
             ),
             other => other.to_string(),
+        }
+    }
+
+    /// What kind of failure this is and the line that shows it, when recognisable: a
+    /// program that was not found, or a known message at the end of the server's log.
+    pub fn diagnosis(&self) -> Option<Diagnosis> {
+        match self {
+            LaunchError::Spawn {
+                program, source, ..
+            } => diagnosis::diagnose_spawn(program, source),
+            other => other.log_tail().and_then(diagnosis::diagnose),
         }
     }
 

@@ -6,6 +6,9 @@
 //! - [`server`]: [`spawn`], [`RunningServer`] (health wait, exit polling, stop, log tail).
 //! - [`supervisor`]: the process between the agent and each server (`evalctl-agent
 //!   supervise`) that ends the server's whole tree when the agent stops it or dies.
+//! - [`diagnosis`]: what kind of failure a server that did not start had (a refused
+//!   command line, a port in use, out of memory, missing model files or engine), and the
+//!   log line that shows it.
 //! - [`orphans`]: [`ServerRecord`] and [`end_orphans`], which ends the groups a crashed agent
 //!   left running, identified by process group id and start time so a reused pid is never
 //!   killed; and [`end_launch`], for a crash between a spawn and its record, which finds
@@ -13,6 +16,7 @@
 //! - `group` and `procfs` (private): process groups and `/proc` (start times, group members,
 //!   descendants); the launcher is Linux only.
 
+pub mod diagnosis;
 mod error;
 mod group;
 mod health;
@@ -22,6 +26,7 @@ pub mod server;
 pub mod supervisor;
 pub mod template;
 
+pub use diagnosis::{Diagnosis, FailureClass};
 pub use error::LaunchError;
 pub use group::group_alive;
 pub use orphans::{LAUNCH_TOKEN_ENV, OrphanOutcome, ServerRecord, end_launch, end_orphans};

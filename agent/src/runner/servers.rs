@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::Ctx;
 use super::probe;
-use crate::launcher::{self, LaunchSpec, RunningServer, TemplateValues};
+use crate::launcher::{self, Diagnosis, LaunchSpec, RunningServer, TemplateValues};
 use crate::state::LaunchIntent;
 
 pub use crate::launcher::LOG_TAIL_BYTES;
@@ -42,6 +42,8 @@ pub struct LaunchFailure {
     pub log_tail: String,
     /// The launch was stopped by the agent (shutdown, revoked lease), not by the server.
     pub cancelled: bool,
+    /// What kind of failure it was, when the log or the OS error tell.
+    pub diagnosis: Option<Diagnosis>,
 }
 
 /// Servers kept running after their unit.
@@ -166,6 +168,7 @@ async fn launch(
         error,
         log_tail: String::new(),
         cancelled: false,
+        diagnosis: None,
     };
     let config = lease
         .config
@@ -251,7 +254,10 @@ async fn launch(
         Ok(server) => server,
         Err(e) => {
             let _ = ctx.state.forget_launch(&launch.token);
-            return Err(fail(evalctl_common::error_chain(&e)));
+            return Err(LaunchFailure {
+                diagnosis: e.diagnosis(),
+                ..fail(evalctl_common::error_chain(&e))
+            });
         }
     };
     let mut record = server.record();
@@ -273,6 +279,7 @@ async fn launch(
         let _ = ctx.state.forget_server(record.pgid);
         return Err(LaunchFailure {
             error: err.summary(),
+            diagnosis: launcher::diagnosis::diagnose(&log_tail),
             log_tail,
             cancelled,
         });

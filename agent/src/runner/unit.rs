@@ -14,6 +14,7 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use super::servers::{self, LOG_TAIL_BYTES, Session};
 use super::step::{self, ResultContext, Target};
 use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
+use crate::launcher::FailureClass;
 
 use evalctl_loadgen as loadgen;
 use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument};
@@ -29,7 +30,12 @@ enum Ending {
     /// Every step has a result.
     Finished,
     /// The unit's own failure (server, template, every request failing).
-    Failed { error: String, log_tail: String },
+    Failed {
+        error: String,
+        log_tail: String,
+        /// What kind of failure it was, when the agent could tell.
+        class: pb::FailureClass,
+    },
     /// The agent asked the unit to stop (the slot says why).
     Stopped,
 }
@@ -90,8 +96,26 @@ async fn execute(
         Ok(server) => server,
         Err(failure) if failure.cancelled || slot.stop.is_cancelled() => return stopped(),
         Err(failure) => {
+            // The engine's own line, and what kind of failure it shows, go with the error:
+            // `status`, the report and the events show the error, and the coordinator
+            // reacts to the kind.
+            let (error, class) = match &failure.diagnosis {
+                Some(diagnosis) => (
+                    format!(
+                        "the server did not start: {} ({})",
+                        failure.error,
+                        diagnosis.describe()
+                    ),
+                    failure_class(diagnosis.class),
+                ),
+                None => (
+                    format!("the server did not start: {}", failure.error),
+                    pb::FailureClass::Unspecified,
+                ),
+            };
             return Ending::Failed {
-                error: format!("the server did not start: {}", failure.error),
+                class,
+                error,
                 log_tail: failure.log_tail,
             };
         }
@@ -102,6 +126,7 @@ async fn execute(
         Ok(json) => json,
         Err(err) => {
             return Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: format!("failed to encode the environment: {err}"),
                 log_tail: String::new(),
             };
@@ -163,6 +188,7 @@ async fn execute(
             // The result cannot be made durable: stop rather than report what could be lost.
             error!(step = %label, error = %err, "failed to store the step result in the outbox");
             return Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: format!("step {label}: failed to store the result locally: {err}"),
                 log_tail: String::new(),
             };
@@ -194,6 +220,7 @@ async fn load_step(
         Ok(plan) => plan,
         Err(err) => {
             return Err(Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: evalctl_common::error_chain(&err),
                 log_tail: session.server.log_tail(LOG_TAIL_BYTES),
             });
@@ -227,6 +254,7 @@ async fn load_step(
             _ = check.tick() => {
                 if let Some(status) = session.server.try_exit() {
                     return Err(Ending::Failed {
+                        class: pb::FailureClass::Unspecified,
                         error: format!("the server exited during step {label} ({status})"),
                         log_tail: session.server.log_tail(LOG_TAIL_BYTES),
                     });
@@ -238,6 +266,7 @@ async fn load_step(
         Ok(outcome) => outcome,
         Err(err) => {
             return Err(Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: format!("step {label}: {}", evalctl_common::error_chain(&err)),
                 log_tail: session.server.log_tail(LOG_TAIL_BYTES),
             });
@@ -245,6 +274,7 @@ async fn load_step(
     };
     if let Some(reason) = step::failure(&outcome) {
         return Err(Ending::Failed {
+            class: pb::FailureClass::Unspecified,
             error: format!("step {label}: {reason}"),
             log_tail: session.server.log_tail(LOG_TAIL_BYTES),
         });
@@ -270,6 +300,7 @@ async fn load_step(
         Ok(result) => result,
         Err(err) => {
             return Err(Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: format!("step {label}: failed to encode the result: {err}"),
                 log_tail: String::new(),
             });
@@ -319,6 +350,7 @@ async fn harness_step(
         Err(harness::HarnessError::Cancelled) => return Err(Ending::Stopped),
         Err(harness::HarnessError::Failed { error, log_tail }) => {
             return Err(Ending::Failed {
+                class: pb::FailureClass::Unspecified,
                 error: format!("step {label}: {error}"),
                 log_tail,
             });
@@ -326,6 +358,7 @@ async fn harness_step(
     };
     if let Some(status) = session.server.try_exit() {
         return Err(Ending::Failed {
+            class: pb::FailureClass::Unspecified,
             error: format!("the server exited during step {label} ({status})"),
             log_tail: session.server.log_tail(LOG_TAIL_BYTES),
         });
@@ -355,6 +388,7 @@ async fn harness_step(
         finished_at_ms: document.finished_at_ms,
     };
     let result_json = serde_json::to_string(&document).map_err(|e| Ending::Failed {
+        class: pb::FailureClass::Unspecified,
         error: format!("step {label}: failed to encode the result: {e}"),
         log_tail: String::new(),
     })?;
@@ -395,7 +429,11 @@ async fn finish(
                 forget_stored_lease = !stop_and_release(ctx, lease, slot).await;
             }
         }
-        Ending::Failed { error, log_tail } => {
+        Ending::Failed {
+            error,
+            log_tail,
+            class,
+        } => {
             warn!(%error, "unit failed");
             // Results of the steps that did finish are kept: deliver them first.
             let flush = CancellationToken::new();
@@ -406,7 +444,7 @@ async fn finish(
                 _ = slot.stop.cancelled() => {}
             }
             if slot.stop_reason() != Some(StopReason::Revoked)
-                && fail(ctx, lease, &error, &log_tail).await
+                && fail(ctx, lease, &error, &log_tail, class).await
             {
                 slot.mark_ended();
             }
@@ -483,13 +521,31 @@ async fn complete(ctx: &Ctx, lease: &pb::Lease) -> Result<(), tonic::Status> {
     }
 }
 
+/// The wire form of a failure class.
+fn failure_class(class: FailureClass) -> pb::FailureClass {
+    match class {
+        FailureClass::BadArgument => pb::FailureClass::BadArgument,
+        FailureClass::PortInUse => pb::FailureClass::PortInUse,
+        FailureClass::OutOfMemory => pb::FailureClass::OutOfMemory,
+        FailureClass::MissingModel => pb::FailureClass::MissingModel,
+        FailureClass::MissingEngine => pb::FailureClass::MissingEngine,
+    }
+}
+
 /// Reports the unit's own failure; true when the coordinator took the report.
-async fn fail(ctx: &Ctx, lease: &pb::Lease, error: &str, log_tail: &str) -> bool {
+async fn fail(
+    ctx: &Ctx,
+    lease: &pb::Lease,
+    error: &str,
+    log_tail: &str,
+    class: pb::FailureClass,
+) -> bool {
     let request = pb::FailRequest {
         lease_id: lease.lease_id.clone(),
         epoch: lease.epoch,
         error: error.to_owned(),
         log_tail: log_tail.to_owned(),
+        failure_class: class.into(),
     };
     match call_with_patience(|| {
         let mut client = ctx.client.clone();

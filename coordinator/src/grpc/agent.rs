@@ -25,7 +25,7 @@ use super::status::{chain, is_refusal, store_error};
 use crate::domain::LeaseId;
 use crate::events::{CampaignEvent, EventBus};
 use crate::limits;
-use crate::store::{BatchOutcome, LeaseEnd, PendingWrite, Store, StoreError, UnitRef};
+use crate::store::{BatchOutcome, LeaseEnd, PendingWrite, Retry, Store, StoreError, UnitRef};
 use crate::work::WorkSignal;
 
 /// Longest an `AcquireLease` call waits for work, whatever `wait_ms` asks.
@@ -334,11 +334,19 @@ impl AgentService for AgentApi {
             epoch,
             error,
             log_tail,
+            class,
         } = agent_convert::failure(request.into_inner())?;
         binding.check_lease(&self.store, &lease).await?;
+        // An engine that refuses its command line refuses it on every host: retrying would
+        // spend the night on the same error.
+        let retry = if class == pb::FailureClass::BadArgument {
+            Retry::Never
+        } else {
+            Retry::WithinAttempts
+        };
         let outcome = self
             .store
-            .fail(&lease, epoch, &error, &log_tail)
+            .fail(&lease, epoch, &error, &log_tail, retry)
             .await
             .map_err(store_error)?;
         let unit = &outcome.unit;
@@ -352,8 +360,13 @@ impl AgentService for AgentApi {
             });
         } else {
             warn!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, %error, "unit failed");
-            self.publish(unit, "unit_failed", || {
-                format!("failed after {} attempts: {error}", outcome.attempts)
+            self.publish(unit, "unit_failed", || match retry {
+                Retry::Never => format!(
+                    "failed without retrying (the engine refused its command line, as it would on any agent): {error}"
+                ),
+                Retry::WithinAttempts => {
+                    format!("failed after {} attempts: {error}", outcome.attempts)
+                }
             });
         }
         self.work.notify();

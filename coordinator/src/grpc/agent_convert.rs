@@ -244,6 +244,9 @@ pub(crate) struct Failure {
     pub error: String,
     /// The log tail; one longer than [`MAX_LOG_TAIL_BYTES`] is cut to its end.
     pub log_tail: String,
+    /// What kind of failure the agent recognised; a value this coordinator does not know
+    /// (a newer agent's) counts as unrecognised.
+    pub class: pb::FailureClass,
 }
 
 /// A `Fail` request from the wire, checked; an empty error gets a placeholder message.
@@ -255,11 +258,13 @@ pub(crate) fn failure(req: pb::FailRequest) -> Result<Failure, Status> {
         head(&req.error, MAX_ERROR_BYTES)
     };
     let log_tail = tail(&req.log_tail, MAX_LOG_TAIL_BYTES);
+    let class = pb::FailureClass::try_from(req.failure_class).unwrap_or_default();
     Ok(Failure {
         lease,
         epoch,
         error,
         log_tail,
+        class,
     })
 }
 
@@ -574,6 +579,17 @@ mod tests {
                 match heartbeat(request) {
                     Ok(beat) => prop_assert!(ok && beat.leases[0].1 == epoch),
                     Err(status) => prop_assert!(!ok && names(&status, "leases.epoch"), "{status:?}"),
+                }
+            }
+
+            #[test]
+            fn failure_classes(class in any::<i32>()) {
+                let request = pb::FailRequest { lease_id: "l".into(), epoch: 1, failure_class: class, ..Default::default() };
+                let failure = failure(request).expect("any class is taken");
+                match pb::FailureClass::try_from(class) {
+                    Ok(known) => prop_assert_eq!(failure.class, known),
+                    // A newer agent's class this coordinator does not know: unrecognised.
+                    Err(_) => prop_assert_eq!(failure.class, pb::FailureClass::Unspecified),
                 }
             }
 

@@ -657,7 +657,12 @@ async fn the_epoch_grows_on_every_lease_and_stale_writes_are_refused() {
         (1, 2)
     );
     assert_eq!(
-        stale(env.store.fail(&old.lease, 1, "boom", "").await.unwrap_err()),
+        stale(
+            env.store
+                .fail(&old.lease, 1, "boom", "", Retry::WithinAttempts)
+                .await
+                .unwrap_err()
+        ),
         (1, 2)
     );
     assert_eq!(
@@ -946,6 +951,34 @@ async fn complete_is_refused_while_steps_lack_results() {
 }
 
 #[tokio::test]
+async fn a_failure_that_would_repeat_everywhere_fails_the_unit_at_once() {
+    let env = env().await;
+    let u = h100("m", 1);
+    let campaign = submit(&env, "c", 0, 3, vec![u.clone()]).await;
+    env.store
+        .register_agent(&agent("a1", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    let lease = must_acquire(&env, &ask("a1", &[0])).await;
+    let out = env
+        .store
+        .fail(
+            &lease.lease,
+            lease.epoch,
+            "bad argument: error: unrecognized arguments: --x",
+            "",
+            Retry::Never,
+        )
+        .await
+        .unwrap();
+    assert!(!out.will_retry);
+    assert_eq!((out.attempts, out.max_attempts), (1, 3));
+    let row = unit_row(&env, &campaign, &u.id).await;
+    assert_eq!((row.state, row.attempts), (UnitState::Failed, 1));
+    assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+}
+
+#[tokio::test]
 async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
     let env = env().await;
     let u = h100("m", 1);
@@ -962,7 +995,13 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
         .unwrap();
     let out = env
         .store
-        .fail(&first.lease, first.epoch, "server crashed", "CUDA OOM")
+        .fail(
+            &first.lease,
+            first.epoch,
+            "server crashed",
+            "CUDA OOM",
+            Retry::WithinAttempts,
+        )
         .await
         .unwrap();
     assert!(out.will_retry);
@@ -970,7 +1009,13 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
     // Repeated: acknowledged with the same answer, nothing spent.
     assert!(
         env.store
-            .fail(&first.lease, first.epoch, "server crashed", "")
+            .fail(
+                &first.lease,
+                first.epoch,
+                "server crashed",
+                "",
+                Retry::WithinAttempts,
+            )
             .await
             .unwrap()
             .will_retry
@@ -995,6 +1040,7 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
             second.epoch,
             "health timeout",
             "no /health after 20m",
+            Retry::WithinAttempts,
         )
         .await
         .unwrap();
@@ -1071,7 +1117,7 @@ async fn preemption_does_not_count_against_max_attempts() {
     let lease = must_acquire(&env, &ask("a1", &[0])).await;
     let out = env
         .store
-        .fail(&lease.lease, lease.epoch, "boom", "")
+        .fail(&lease.lease, lease.epoch, "boom", "", Retry::WithinAttempts)
         .await
         .unwrap();
     assert!(!out.will_retry);

@@ -19,7 +19,7 @@ use rusqlite::{Connection, OptionalExtension, Row};
 use super::error::{SqlContext, StoreError};
 use super::placement::{self, Placement};
 use super::rows::{
-    ExpiredLease, FailOutcome, GrantedLease, LeaseEnd, ReleaseOutcome, UnitRef, UnitState,
+    ExpiredLease, FailOutcome, GrantedLease, LeaseEnd, ReleaseOutcome, Retry, UnitRef, UnitState,
 };
 use super::specs::Parts;
 use crate::domain::{
@@ -477,6 +477,7 @@ pub(crate) fn fail(
     epoch: u64,
     error: &str,
     log_tail: &str,
+    retry: Retry,
 ) -> Result<FailOutcome, StoreError> {
     let held = lookup(conn, lease)?;
     if !held.check_live(epoch, &[LeaseEnd::Failed])? {
@@ -488,7 +489,7 @@ pub(crate) fn fail(
         });
     }
     let attempts = held.attempts.saturating_add(1);
-    let will_retry = attempts < held.max_attempts;
+    let will_retry = retry == Retry::WithinAttempts && attempts < held.max_attempts;
     let state = if will_retry {
         UnitState::Pending
     } else {

@@ -83,8 +83,8 @@ use self::readers::ReaderPool;
 pub use self::rows::{
     AgentRow, AgentState, AuditEntry, BatchOutcome, CampaignInfo, CampaignState, ExpiredLease,
     FailOutcome, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd, Registered, ReleaseOutcome,
-    StateCounts, StepRow, StepState, StoredResult, StoredStep, SubmitOutcome, UnitRef, UnitRow,
-    UnitState, UnknownState,
+    Retry, StateCounts, StepRow, StepState, StoredResult, StoredStep, SubmitOutcome, UnitRef,
+    UnitRow, UnitState, UnknownState,
 };
 pub use self::tokens::{AuthToken, TokenRow, TokenTable};
 use self::writer::Command;
@@ -499,20 +499,24 @@ impl Store {
     }
 
     /// The unit of a live lease at `epoch` failed on its own account: one more attempt is
-    /// spent and `error` and `log_tail` are kept as its last error. With attempts left it
-    /// goes back to the queue with its finished steps; at the campaign's `max_attempts` it
-    /// fails, and so do its pending steps. The lease ends `failed`. Fenced like
-    /// [`Store::complete`]; failing a lease that already failed is acknowledged again.
+    /// spent and `error` and `log_tail` are kept as its last error. With attempts left (and
+    /// [`Retry::WithinAttempts`]) it goes back to the queue with its finished steps; at the
+    /// campaign's `max_attempts`, or at once with [`Retry::Never`], it fails, and so do its
+    /// pending steps. The lease ends `failed`. Fenced like [`Store::complete`]; failing a
+    /// lease that already failed is acknowledged again.
     pub async fn fail(
         &self,
         lease: &LeaseId,
         epoch: u64,
         error: &str,
         log_tail: &str,
+        retry: Retry,
     ) -> Result<FailOutcome, StoreError> {
         let (lease, error, log_tail) = (lease.clone(), error.to_owned(), log_tail.to_owned());
-        self.write(move |conn, now_ms| leases::fail(conn, now_ms, &lease, epoch, &error, &log_tail))
-            .await
+        self.write(move |conn, now_ms| {
+            leases::fail(conn, now_ms, &lease, epoch, &error, &log_tail, retry)
+        })
+        .await
     }
 
     /// The agent gives a live lease at `epoch` back without failing its unit: the lease

@@ -379,6 +379,16 @@ pub struct BatchOutcome {
     pub steps_total: u64,
 }
 
+/// Whether a unit that failed on its own account may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Back to the queue while the campaign's `max_attempts` allow.
+    WithinAttempts,
+    /// Never: the failure would repeat on any agent (an engine that refuses its command
+    /// line).
+    Never,
+}
+
 /// What a `fail` did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FailOutcome {

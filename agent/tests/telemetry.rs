@@ -100,7 +100,6 @@ async fn run_step(
         indices,
         20.0,
         Some(MetricsEndpoint {
-            framework: "sim",
             base_url: &sim.base_url,
             path: "/metrics",
         }),

@@ -235,7 +235,6 @@ async fn load_step(
         &lease.gpu_indices,
         ctx.config.telemetry_rate_hz,
         framework.map(|f| telemetry::MetricsEndpoint {
-            framework: &f.name,
             base_url: &target.base_url,
             path: &f.metrics_path,
         }),

@@ -153,53 +153,93 @@ fn parse_value(text: &str) -> Option<f64> {
     }
 }
 
-/// The series kept for `framework` (its matrix name); empty for an unknown framework.
-/// Names a server does not expose (another version's) are simply absent.
-pub fn kept_series(framework: &str) -> &'static [(&'static str, SeriesKind)] {
+/// The series evalctl keeps, by engine. Each engine names its own (`vllm:`, `sglang:`,
+/// `tgi_`, `llamacpp:`, `sim:`), so one list serves every server: a framework keeps what its
+/// server exposes, whatever the matrix calls it (`vllm-eager` with `preset: vllm`, or a
+/// command of one's own that runs vLLM). Names a version does not expose are absent.
+const ENGINE_SERIES: &[(&str, &[(&str, SeriesKind)])] = {
     use SeriesKind::{Counter, Gauge};
-    match framework {
-        "vllm" => &[
-            ("vllm:gpu_cache_usage_perc", Gauge), // vLLM V0
-            ("vllm:kv_cache_usage_perc", Gauge),  // vLLM V1
-            ("vllm:num_requests_running", Gauge),
-            ("vllm:num_requests_waiting", Gauge),
-            ("vllm:num_preemptions_total", Counter),
-            ("vllm:prompt_tokens_total", Counter),
-            ("vllm:generation_tokens_total", Counter),
-        ],
-        "sglang" => &[
-            ("sglang:token_usage", Gauge),
-            ("sglang:num_running_reqs", Gauge),
-            ("sglang:num_queue_reqs", Gauge),
-            ("sglang:cache_hit_rate", Gauge),
-            ("sglang:prompt_tokens_total", Counter),
-            ("sglang:generation_tokens_total", Counter),
-        ],
-        "tgi" => &[
-            ("tgi_queue_size", Gauge),
-            ("tgi_batch_current_size", Gauge),
-            ("tgi_batch_current_max_tokens", Gauge),
-            ("tgi_request_count", Counter),
-            ("tgi_request_success", Counter),
-        ],
-        "llamacpp" | "llama.cpp" | "llama-cpp" => &[
-            ("llamacpp:kv_cache_usage_ratio", Gauge),
-            ("llamacpp:kv_cache_tokens", Gauge),
-            ("llamacpp:requests_processing", Gauge),
-            ("llamacpp:requests_deferred", Gauge),
-            ("llamacpp:prompt_tokens_total", Counter),
-            ("llamacpp:tokens_predicted_total", Counter),
-        ],
-        "sim" => &[
-            ("sim:num_requests_running", Gauge),
-            ("sim:num_requests_waiting", Gauge),
-            ("sim:prompt_tokens_total", Counter),
-            ("sim:generation_tokens_total", Counter),
-            ("sim:request_success_total", Counter),
-            ("sim:request_aborted_total", Counter),
-        ],
-        _ => &[],
-    }
+    &[
+        (
+            "vllm",
+            &[
+                ("vllm:gpu_cache_usage_perc", Gauge), // vLLM V0
+                ("vllm:kv_cache_usage_perc", Gauge),  // vLLM V1
+                ("vllm:num_requests_running", Gauge),
+                ("vllm:num_requests_waiting", Gauge),
+                ("vllm:num_preemptions_total", Counter),
+                ("vllm:prompt_tokens_total", Counter),
+                ("vllm:generation_tokens_total", Counter),
+                // Prefix caching, in tokens: the step's hit rate is hits / queries.
+                ("vllm:prefix_cache_queries_total", Counter),
+                ("vllm:prefix_cache_hits_total", Counter),
+            ],
+        ),
+        (
+            "sglang",
+            &[
+                ("sglang:token_usage", Gauge),
+                ("sglang:num_running_reqs", Gauge),
+                ("sglang:num_queue_reqs", Gauge),
+                ("sglang:cache_hit_rate", Gauge),
+                ("sglang:prompt_tokens_total", Counter),
+                ("sglang:generation_tokens_total", Counter),
+            ],
+        ),
+        (
+            "tgi",
+            &[
+                ("tgi_queue_size", Gauge),
+                ("tgi_batch_current_size", Gauge),
+                ("tgi_batch_current_max_tokens", Gauge),
+                ("tgi_request_count", Counter),
+                ("tgi_request_success", Counter),
+            ],
+        ),
+        (
+            "llamacpp",
+            &[
+                ("llamacpp:kv_cache_usage_ratio", Gauge),
+                ("llamacpp:kv_cache_tokens", Gauge),
+                ("llamacpp:requests_processing", Gauge),
+                ("llamacpp:requests_deferred", Gauge),
+                ("llamacpp:prompt_tokens_total", Counter),
+                ("llamacpp:tokens_predicted_total", Counter),
+            ],
+        ),
+        (
+            "sim",
+            &[
+                ("sim:num_requests_running", Gauge),
+                ("sim:num_requests_waiting", Gauge),
+                ("sim:prompt_tokens_total", Counter),
+                ("sim:generation_tokens_total", Counter),
+                ("sim:request_success_total", Counter),
+                ("sim:request_aborted_total", Counter),
+            ],
+        ),
+    ]
+};
+
+/// Every kept series of every engine (see [`ENGINE_SERIES`]).
+pub fn kept_series() -> &'static [(&'static str, SeriesKind)] {
+    static KEPT: std::sync::LazyLock<Vec<(&'static str, SeriesKind)>> =
+        std::sync::LazyLock::new(|| {
+            ENGINE_SERIES
+                .iter()
+                .flat_map(|(_, series)| series.iter().copied())
+                .collect()
+        });
+    &KEPT
+}
+
+/// The kept series of one engine (`vllm`, `sglang`, `tgi`, `llamacpp`, `sim`), for docs and
+/// tests; empty for another name.
+pub fn engine_series(engine: &str) -> &'static [(&'static str, SeriesKind)] {
+    ENGINE_SERIES
+        .iter()
+        .find(|(name, _)| *name == engine)
+        .map_or(&[], |(_, series)| series)
 }
 
 /// The kept series' values in one exposition, by name. A name with several label sets
@@ -332,7 +372,7 @@ process_start_time_seconds 1.7e9
 
     #[test]
     fn selects_kept_series_summing_counts_and_averaging_ratios() {
-        let selected = select(&parse(VLLM).unwrap(), kept_series("vllm"));
+        let selected = select(&parse(VLLM).unwrap(), kept_series());
         assert_eq!(selected["vllm:num_requests_running"], 7.0);
         assert_eq!(selected["vllm:kv_cache_usage_perc"], 0.5);
         assert_eq!(selected["vllm:num_preemptions_total"], 3.0);
@@ -340,7 +380,41 @@ process_start_time_seconds 1.7e9
             !selected.contains_key("vllm:num_requests_waiting"),
             "not exposed"
         );
-        assert!(kept_series("unknown").is_empty());
+        assert!(engine_series("unknown").is_empty());
+    }
+
+    #[test]
+    fn prefix_cache_counters_are_kept_as_deltas_whatever_the_framework_is_called() {
+        // vLLM V1's prefix cache counters, in tokens, before and after a step.
+        let before = "# TYPE vllm:prefix_cache_queries_total counter\n\
+                      vllm:prefix_cache_queries_total{engine=\"0\",model_name=\"m\"} 1000\n\
+                      # TYPE vllm:prefix_cache_hits_total counter\n\
+                      vllm:prefix_cache_hits_total{engine=\"0\",model_name=\"m\"} 100\n";
+        let after = before
+            .replace("} 1000", "} 5000")
+            .replace("} 100\n", "} 3100\n");
+        let scrapes =
+            [before, after.as_str()].map(|text| select(&parse(text).unwrap(), kept_series()));
+        let refs: Vec<&BTreeMap<String, f64>> = scrapes.iter().collect();
+        let summary = summarise_series(&refs, kept_series());
+        let queries = summary["vllm:prefix_cache_queries_total"].delta.unwrap();
+        let hits = summary["vllm:prefix_cache_hits_total"].delta.unwrap();
+        assert_eq!((queries, hits), (4000.0, 3000.0), "a 75% hit rate");
+        assert_eq!(
+            summary.len(),
+            2,
+            "only what the server exposed: {summary:?}"
+        );
+        // Every engine's list is in the union, and no name is listed twice.
+        for engine in ["vllm", "sglang", "tgi", "llamacpp", "sim"] {
+            for series in engine_series(engine) {
+                assert!(kept_series().contains(series), "{engine}: {series:?}");
+            }
+        }
+        let mut names: Vec<&str> = kept_series().iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), kept_series().len());
     }
 
     #[test]
@@ -355,7 +429,7 @@ process_start_time_seconds 1.7e9
             })
             .collect();
         let refs: Vec<_> = scrapes.iter().collect();
-        let s = summarise_series(&refs, kept_series("sim"));
+        let s = summarise_series(&refs, engine_series("sim"));
         let running = &s["sim:num_requests_running"];
         assert_eq!((running.mean, running.max), (Some(4.0), Some(6.0)));
         // 10 → 15 (+5), then a restart to 3 (+3).

@@ -15,8 +15,6 @@ use super::{GpuSource, TelemetrySummary};
 /// The framework's metrics endpoint, when it has one.
 #[derive(Debug, Clone, Copy)]
 pub struct MetricsEndpoint<'a> {
-    /// Framework name as the matrix gives it ("vllm", "sim", …): selects the kept series.
-    pub framework: &'a str,
     /// Server base URL.
     pub base_url: &'a str,
     /// Path of the Prometheus endpoint; empty when the framework declares none.
@@ -60,7 +58,7 @@ impl StepRecorder {
             .as_ref()
             .map_or_else(Instant::now, SamplerHandle::started);
         let scraper = match endpoint {
-            Some(e) => ServerScraper::start(e.base_url, e.path, e.framework, started).await,
+            Some(e) => ServerScraper::start(e.base_url, e.path, started).await,
             None => None,
         };
         StepRecorder { sampler, scraper }

@@ -1,6 +1,6 @@
 //! Scraping an inference server's own Prometheus endpoint during a step: once before it, at
-//! 1 Hz during it and once after it, keeping the framework's configured series
-//! ([`kept_series`]).
+//! 1 Hz during it and once after it, keeping the series evalctl knows of every engine
+//! ([`kept_series`]), whichever the server exposes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -61,16 +61,15 @@ struct Target {
 
 impl ServerScraper {
     /// Scrapes `base_url` + `metrics_path` now ("before"), then every second. `None` when
-    /// the framework declares no endpoint (`metrics_path` empty) or evalctl keeps none of
-    /// its series. `started` is the step telemetry's time origin.
+    /// the framework declares no endpoint (`metrics_path` empty). `started` is the step
+    /// telemetry's time origin.
     pub async fn start(
         base_url: &str,
         metrics_path: &str,
-        framework: &str,
         started: Instant,
     ) -> Option<ServerScraperHandle> {
-        let kept = kept_series(framework);
-        if metrics_path.is_empty() || kept.is_empty() {
+        let kept = kept_series();
+        if metrics_path.is_empty() {
             return None;
         }
         let path = if metrics_path.starts_with('/') {

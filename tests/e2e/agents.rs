@@ -495,12 +495,17 @@ fn a_partitioned_agent_stops_its_stale_unit_when_the_link_heals() {
     assert!(agent_a.running());
     proxy.heal();
 
-    // A learns from its next heartbeat that the lease is gone and stops the unit.
-    eventually(
-        Duration::from_secs(30),
-        "agent A to stop its stale unit",
-        || agent_a.log().contains("revoked"),
-    );
+    // A learns from its next heartbeat that the lease is gone and stops the unit. (On a
+    // timeout the panic shows A's log: this wait once failed under a loaded full run.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent_a.log().contains("revoked") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after 30s waiting for agent A to stop its stale unit; its log:\n{}",
+            agent_a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eventually(Duration::from_secs(15), "agent A's server to stop", || {
         a_servers
             .iter()

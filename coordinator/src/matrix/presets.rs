@@ -22,6 +22,9 @@ pub(crate) struct Preset {
     pub startup_timeout_ms: u64,
     /// The flag that sets tensor parallelism (followed by `{gpu.count}` in `command`).
     pub tensor_parallel_flag: Option<&'static str>,
+    /// Other spellings the engine accepts for that flag, which a framework entry's own
+    /// command may use; [`cpu_command`] leaves them out on CPU units too.
+    pub tensor_parallel_aliases: &'static [&'static str],
     /// Default `{quant.args}` for quantization names; a quantization's own `args` win.
     pub quant_args: &'static [(&'static str, &'static str)],
 }
@@ -51,16 +54,20 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: Some("/metrics"),
         startup_timeout_ms: 20 * MINUTE_MS,
         tensor_parallel_flag: Some("--tensor-parallel-size"),
+        tensor_parallel_aliases: &["-tp"],
         quant_args: VLLM_LIKE_QUANT_ARGS,
     },
     Preset {
         name: "sglang",
         title: "SGLang (`python3 -m sglang.launch_server`)",
-        command: "python3 -m sglang.launch_server --model-path {model.path} --host {host} --port {port} --tp {gpu.count} --enable-metrics {quant.args}",
+        // `--tp-size`, not `--tp`: SGLang declares no `--tp`; argparse takes it only as an
+        // abbreviation, which a future flag starting with `--tp` would make ambiguous.
+        command: "python3 -m sglang.launch_server --model-path {model.path} --host {host} --port {port} --tp-size {gpu.count} --enable-metrics {quant.args}",
         health: "/health",
         metrics: Some("/metrics"),
         startup_timeout_ms: 20 * MINUTE_MS,
-        tensor_parallel_flag: Some("--tp"),
+        tensor_parallel_flag: Some("--tp-size"),
+        tensor_parallel_aliases: &["--tp", "--tensor-parallel-size"],
         quant_args: VLLM_LIKE_QUANT_ARGS,
     },
     Preset {
@@ -71,6 +78,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: Some("/metrics"),
         startup_timeout_ms: 20 * MINUTE_MS,
         tensor_parallel_flag: Some("--num-shard"),
+        tensor_parallel_aliases: &[],
         quant_args: &[
             ("bf16", "--dtype bfloat16"),
             ("fp16", "--dtype float16"),
@@ -91,6 +99,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: Some("/metrics"),
         startup_timeout_ms: 5 * MINUTE_MS,
         tensor_parallel_flag: None,
+        tensor_parallel_aliases: &[],
         quant_args: &[],
     },
     Preset {
@@ -102,6 +111,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: None,
         startup_timeout_ms: 30 * MINUTE_MS,
         tensor_parallel_flag: Some("--tp_size"),
+        tensor_parallel_aliases: &["--tensor_parallel_size"],
         quant_args: &[],
     },
     Preset {
@@ -112,6 +122,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: None,
         startup_timeout_ms: 5 * MINUTE_MS,
         tensor_parallel_flag: None,
+        tensor_parallel_aliases: &[],
         quant_args: &[],
     },
     Preset {
@@ -122,6 +133,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         metrics: Some("/metrics"),
         startup_timeout_ms: MINUTE_MS,
         tensor_parallel_flag: None,
+        tensor_parallel_aliases: &[],
         quant_args: &[],
     },
 ];
@@ -156,18 +168,32 @@ impl Preset {
 const GPU_COUNT: &str = "{gpu.count}";
 
 /// `command` as CPU units run it: without `FLAG {gpu.count}` (or `FLAG={gpu.count}`), where
-/// FLAG is `preset`'s tensor-parallel flag. A CPU unit has no GPUs, so `{gpu.count}` renders
-/// as 0, and vLLM, SGLang, TGI and TensorRT-LLM all refuse a tensor-parallel size of 0; left
-/// out, each engine runs its default of one. A command without that pair, or a framework
-/// without a preset or with a preset that has no such flag, is returned as it is.
+/// FLAG is `preset`'s tensor-parallel flag or one of its aliases. A CPU unit has no GPUs, so
+/// `{gpu.count}` renders as 0, and vLLM, SGLang, TGI and TensorRT-LLM all refuse a
+/// tensor-parallel size of 0; left out, each engine runs its default of one. A command
+/// without such a pair, or a framework without a preset or with a preset that has no such
+/// flag, is returned as it is.
 pub(crate) fn cpu_command(command: &str, preset: Option<&Preset>) -> String {
-    let Some(flag) = preset.and_then(|p| p.tensor_parallel_flag) else {
+    let Some(preset) = preset else {
         return command.to_owned();
     };
+    let flags = preset
+        .tensor_parallel_flag
+        .iter()
+        .chain(preset.tensor_parallel_aliases);
+    let mut command = command.to_owned();
+    for flag in flags {
+        command = without_flag_with_count(&command, flag);
+    }
+    command
+}
+
+/// `command` without each `flag {gpu.count}` pair and the whitespace before it (after it,
+/// at the very start).
+fn without_flag_with_count(command: &str, flag: &str) -> String {
     let mut rest = command;
     let mut kept = String::with_capacity(command.len());
     while let Some((start, end)) = find_flag_with_count(rest, flag) {
-        // Drop the pair and the whitespace before it (or after it, at the very start).
         let before = rest[..start].trim_end();
         kept.push_str(before);
         rest = &rest[end..];
@@ -243,7 +269,7 @@ mod tests {
         }
         let expected = [
             ("vllm", Some("--tensor-parallel-size")),
-            ("sglang", Some("--tp")),
+            ("sglang", Some("--tp-size")),
             ("tgi", Some("--num-shard")),
             ("llamacpp", None),
             ("trtllm", Some("--tp_size")),
@@ -275,6 +301,9 @@ mod tests {
             ("s x--tp {gpu.count}", "s x--tp {gpu.count}"),
             // At the very start (a command that is only flags).
             ("--tp {gpu.count} --y", "--y"),
+            // The flag itself and the other alias; `--tp` does not take `--tp-size` apart.
+            ("s --tp-size {gpu.count} --y", "s --y"),
+            ("s --tensor-parallel-size={gpu.count}", "s"),
             // Other whitespace is kept as written.
             ("s\t--tp  {gpu.count}\n--y 'a  b'", "s\n--y 'a  b'"),
         ];

@@ -471,7 +471,7 @@ fn presets_fill_fields_and_entries_override_them() {
     assert_eq!(vllm.startup_timeout_ms, 20 * 60 * 1000);
     let sglang = fw("sglang");
     assert!(
-        sglang.command.contains("--tp {gpu.count}"),
+        sglang.command.contains("--tp-size {gpu.count}"),
         "{}",
         sglang.command
     );

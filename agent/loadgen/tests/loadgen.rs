@@ -335,9 +335,10 @@ async fn several_tokens_per_chunk_take_the_count_from_usage() {
         (9, Some(TokenSource::Usage))
     );
     assert_ttft_matches(&r, &log);
-    // TPOT spreads the 60 ms of decoding over 8 tokens, not 2 chunks.
+    // TPOT spreads the 60 ms of decoding over 8 tokens (7.5 ms), not 2 chunks (30 ms); the
+    // margin absorbs a loaded machine's scheduling delays in the scripted server's sleeps.
     let tpot = r.tpot_ms().expect("tpot");
-    assert!((tpot - 60.0 / 8.0).abs() < 1.0, "tpot {tpot}");
+    assert!((tpot - 60.0 / 8.0).abs() < 3.0, "tpot {tpot}");
     assert_eq!(
         r.server_request_id.as_deref(),
         Some("chatcmpl-s"),
@@ -709,6 +710,7 @@ async fn rate_mode_reports_client_lag() {
         Stop::Requests(60),
         2,
     );
+    let tolerance_ms = p.lag_tolerance_ms;
     let started = Instant::now();
     let outcome = run(p).await;
     let m = &outcome.metrics;
@@ -719,7 +721,14 @@ async fn rate_mode_reports_client_lag() {
         lag.p50, lag.p99, lag.max
     );
     assert!(lag.p50 < 5.0, "lag p50 {}", lag.p50);
-    assert!(!m.client_fell_behind);
+    // Whether the client kept up depends on the machine (a loaded debug run once saw p99
+    // 10.6 ms); what the metrics must do is flag it exactly when p99 passes the tolerance.
+    assert_eq!(
+        m.client_fell_behind,
+        lag.p99 > tolerance_ms,
+        "p99 {}",
+        lag.p99
+    );
     // 60 arrivals at 100/s take about 0.6 s.
     let elapsed = started.elapsed().as_secs_f64();
     assert!((0.25..3.0).contains(&elapsed), "elapsed {elapsed}");

@@ -11,31 +11,19 @@
 //! cause of a crash is usually the last thing the engine printed that matches, while the
 //! lines after it are the wrapping tracebacks ("Engine core initialization failed").
 
-/// The kinds of failure the agent tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    /// The engine refused its command line (an unknown flag, a value out of range).
-    BadArgument,
-    /// The server could not bind its port.
-    PortInUse,
-    /// The server ran out of memory loading the model or sizing its KV cache.
-    OutOfMemory,
-    /// The model's files were not found.
-    MissingModel,
-    /// The engine's program or Python module is not installed.
-    MissingEngine,
-}
+/// The kinds of failure the agent tells apart are the wire contract's, so the coordinator
+/// gets the same kind the agent found.
+pub use evalctl_proto::v1::FailureClass;
 
-impl FailureClass {
-    /// A few words for messages, e.g. "bad argument".
-    pub fn label(self) -> &'static str {
-        match self {
-            FailureClass::BadArgument => "bad argument",
-            FailureClass::PortInUse => "port in use",
-            FailureClass::OutOfMemory => "out of memory",
-            FailureClass::MissingModel => "model files not found",
-            FailureClass::MissingEngine => "engine not installed",
-        }
+/// A few words for messages, e.g. "bad argument".
+pub fn label(class: FailureClass) -> &'static str {
+    match class {
+        FailureClass::BadArgument => "bad argument",
+        FailureClass::PortInUse => "port in use",
+        FailureClass::OutOfMemory => "out of memory",
+        FailureClass::MissingModel => "model files not found",
+        FailureClass::MissingEngine => "engine not installed",
+        FailureClass::Unspecified => "not recognised",
     }
 }
 
@@ -51,7 +39,7 @@ pub struct Diagnosis {
 impl Diagnosis {
     /// `bad argument: <the engine's line>`, for the unit's error.
     pub fn describe(&self) -> String {
-        format!("{}: {}", self.class.label(), self.line)
+        format!("{}: {}", label(self.class), self.line)
     }
 }
 

@@ -14,7 +14,6 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 use super::servers::{self, LOG_TAIL_BYTES, Session};
 use super::step::{self, ResultContext, Target};
 use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
-use crate::launcher::FailureClass;
 
 use evalctl_loadgen as loadgen;
 use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument};
@@ -106,7 +105,7 @@ async fn execute(
                         failure.error,
                         diagnosis.describe()
                     ),
-                    failure_class(diagnosis.class),
+                    diagnosis.class,
                 ),
                 None => (
                     format!("the server did not start: {}", failure.error),
@@ -517,17 +516,6 @@ async fn complete(ctx: &Ctx, lease: &pb::Lease) -> Result<(), tonic::Status> {
             warn!(code = ?status.code(), message = status.message(), "the coordinator refused completion");
             Err(status)
         }
-    }
-}
-
-/// The wire form of a failure class.
-fn failure_class(class: FailureClass) -> pb::FailureClass {
-    match class {
-        FailureClass::BadArgument => pb::FailureClass::BadArgument,
-        FailureClass::PortInUse => pb::FailureClass::PortInUse,
-        FailureClass::OutOfMemory => pb::FailureClass::OutOfMemory,
-        FailureClass::MissingModel => pb::FailureClass::MissingModel,
-        FailureClass::MissingEngine => pb::FailureClass::MissingEngine,
     }
 }
 

@@ -266,8 +266,10 @@ fn assert_ttft_matches(record: &RequestRecord, log: &RequestLog) {
         record.ttft_ms().expect("ttft"),
         log.ttft_ms().expect("server ttft"),
     );
+    // 5 ms: a loaded machine delays the two clocks' readings by a few ms (2.5 ms seen),
+    // while the chunks a wrong TTFT would count come 20 ms or more away in these tests.
     assert!(
-        (client - server).abs() <= 2.0,
+        (client - server).abs() <= 5.0,
         "ttft client {client} vs server {server}"
     );
 }

@@ -74,6 +74,23 @@ pub fn unit_state(state: i32) -> &'static str {
     }
 }
 
+/// A unit's state in words, as `unit_state`, except that a unit that failed because its
+/// model ran out of memory "does not fit": that is a finding about the configuration, not
+/// a failure of the engine or the host.
+pub fn unit_outcome(unit: &pb::UnitSummary) -> &'static str {
+    if does_not_fit(unit) {
+        "does not fit"
+    } else {
+        unit_state(unit.state)
+    }
+}
+
+/// Whether the unit failed because its model ran out of memory.
+pub fn does_not_fit(unit: &pb::UnitSummary) -> bool {
+    unit.state == pb::UnitState::Failed as i32
+        && unit.failure_class == pb::FailureClass::OutOfMemory as i32
+}
+
 /// "done/total" from counts, where done = succeeded.
 pub fn progress(counts: Option<&pb::StateCounts>) -> String {
     let c = counts.cloned().unwrap_or_default();

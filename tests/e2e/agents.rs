@@ -623,3 +623,147 @@ fn evalctl_local_runs_the_quickstart_to_its_end() {
     assert_no_servers_left("--model sim-1b");
     assert_no_servers_left("--model sim-8b");
 }
+
+#[test]
+fn a_missing_engine_sends_its_unit_to_another_agent_and_out_of_memory_does_not_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let mut campaign = SimCampaign::new("host-faults");
+    // `remote-engine` is the simulator under another program name, installed on agent B's
+    // PATH only; `oom` dies as PyTorch does when the weights do not fit.
+    let engine = format!("{}-engine", campaign.marker);
+    campaign.extra_frameworks = format!(
+        "  - name: remote-engine\n    command: {engine} sim-server --port {{port}} --model {{model.name}}\n\
+         \x20 - name: oom\n    command: 'sh -c \"echo {marker} loading; echo torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB >&2; exit 1\"'\n",
+        marker = campaign.marker
+    );
+    let path = dir.path().join("faults.yaml");
+    std::fs::write(&path, campaign.yaml()).unwrap();
+
+    // Agent B has the engine (the simulator linked under the engine's name on its PATH).
+    // It registers, then is paused past its acquire wait, so it holds no lease and asks for
+    // none: it is the other active agent the unit can wait for.
+    let bin = dir.path().join("b-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(evalctl_tests::binary("evalctl-agent"), bin.join(&engine)).unwrap();
+    let search_path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut b =
+        AgentProcess::start_with_env(&url, &dir.path().join("b"), &[], &[("PATH", &search_path)]);
+    b.pause();
+    std::thread::sleep(Duration::from_secs(3));
+    let submitted = json_stdout(&evalctl(
+        Some(&url),
+        &["submit", path.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(submitted["units"], 3, "{submitted}");
+
+    // Agent A lacks the engine: its host is faulted for that framework and the unit waits
+    // for B, with no attempt spent. The OOM unit does not fit, tried once.
+    let mut a = AgentProcess::start(&url, &dir.path().join("a"), &[]);
+    let unit_of = |detail: &Value, framework: &str| -> Value {
+        detail["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| {
+                u["label"]
+                    .as_str()
+                    .unwrap()
+                    .contains(&format!("/ {framework} /"))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {framework} unit in {detail}"))
+    };
+    let faulted = |agents: &Value| -> Option<Value> {
+        agents
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|agent| !agent["lacking"].as_array().unwrap().is_empty())
+            .cloned()
+    };
+    eventually(
+        Duration::from_secs(60),
+        "agent A to be found lacking the engine and the OOM unit to end",
+        || {
+            let detail = status(&url, &campaign.name);
+            let agents = json_stdout(&evalctl(Some(&url), &["agents", "--json"]));
+            faulted(&agents).is_some() && unit_of(&detail, "oom")["state"] == "does not fit"
+        },
+    );
+    let agents = json_stdout(&evalctl(Some(&url), &["agents", "--json"]));
+    let a_listed = faulted(&agents).unwrap();
+    let fault = &a_listed["lacking"][0];
+    assert_eq!(fault["kind"], "framework", "{agents}");
+    assert_eq!(fault["name"], "remote-engine", "{agents}");
+    assert!(
+        fault["error"].as_str().unwrap().contains(&engine),
+        "{agents}"
+    );
+    let detail = status(&url, &campaign.name);
+    let waiting = unit_of(&detail, "remote-engine");
+    assert_eq!(waiting["state"], "pending", "{waiting}");
+    assert_eq!(waiting["attempts"], 0, "{waiting}");
+    let oom = unit_of(&detail, "oom");
+    assert_eq!(oom["tries"], 1, "not retried: {oom}");
+    assert!(
+        oom["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("out of memory: torch.OutOfMemoryError: CUDA out of memory"),
+        "{oom}"
+    );
+    let human = String::from_utf8_lossy(&evalctl(Some(&url), &["status", &campaign.name]).stdout)
+        .into_owned();
+    assert!(human.contains("does not fit"), "{human}");
+    let listing = String::from_utf8_lossy(&evalctl(Some(&url), &["agents"]).stdout).into_owned();
+    assert!(
+        listing.contains("lacks framework remote-engine"),
+        "{listing}"
+    );
+
+    // B goes on and runs the unit; the campaign ends.
+    b.resume();
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(60)),
+        "failed",
+        "the OOM unit counts as failed in the campaign's state"
+    );
+    let detail = status(&url, &campaign.name);
+    let ran = unit_of(&detail, "remote-engine");
+    assert_eq!(ran["state"], "succeeded", "{ran}");
+    assert_eq!(unit_of(&detail, "sim")["state"], "succeeded", "{detail}");
+    let b_id = json_stdout(&evalctl(Some(&url), &["agents", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|agent| agent["agent_id"].as_str().unwrap().to_owned())
+        .find(|id| *id != a_listed["agent_id"].as_str().unwrap())
+        .expect("agent B is listed");
+    let remote_results: Vec<Value> = results(&url, &campaign.name)
+        .into_iter()
+        .filter(|r| r.to_string().contains("remote-engine"))
+        .collect();
+    assert!(!remote_results.is_empty());
+    for result in &remote_results {
+        assert_eq!(agent_of(result), b_id, "{result}");
+    }
+
+    // The report lists the OOM unit as not fitting, apart from failures.
+    let page = dir.path().join("report.html");
+    evalctl(
+        Some(&url),
+        &["report", &campaign.name, "-o", page.to_str().unwrap()],
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<h3>Does not fit</h3>"), "{html}");
+    assert!(html.contains("<td>does not fit</td>"), "{html}");
+    a.terminate(Duration::from_secs(20));
+    b.terminate(Duration::from_secs(20));
+    assert_no_servers_left(&campaign.marker);
+}

@@ -20,7 +20,18 @@ impl AgentProcess {
     /// Starts an agent talking to `coordinator_url` with its state in `state_dir`, with
     /// extra flags (e.g. `--gpus H100-80GB:2`), and waits until it registered.
     pub fn start(coordinator_url: &str, state_dir: &Path, extra: &[&str]) -> AgentProcess {
-        let agent = AgentProcess::spawn(coordinator_url, state_dir, extra);
+        AgentProcess::start_with_env(coordinator_url, state_dir, extra, &[])
+    }
+
+    /// [`AgentProcess::start`] with environment variables set for the agent (and so for
+    /// the servers it starts), e.g. a `PATH` that has an engine another agent lacks.
+    pub fn start_with_env(
+        coordinator_url: &str,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
+        let agent = AgentProcess::spawn_with_env(coordinator_url, state_dir, extra, env);
         eventually(Duration::from_secs(30), "the agent to register", || {
             agent.log().contains("registered")
         });
@@ -31,6 +42,15 @@ impl AgentProcess {
     /// be down or out of reach): the test flags (short stop grace, flush timeout and
     /// acquire wait) and `extra`.
     pub fn spawn(coordinator_url: &str, state_dir: &Path, extra: &[&str]) -> AgentProcess {
+        AgentProcess::spawn_with_env(coordinator_url, state_dir, extra, &[])
+    }
+
+    fn spawn_with_env(
+        coordinator_url: &str,
+        state_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         std::fs::create_dir_all(state_dir).expect("create agent state dir");
         let log = state_dir.join(format!("agent-{}.log", unique_suffix()));
         let log_file = std::fs::File::create(&log).expect("create agent log");
@@ -47,6 +67,7 @@ impl AgentProcess {
             ])
             .args(extra)
             .env("EVALCTL_LOG", "info,evalctl_agent=debug")
+            .envs(env.iter().copied())
             .env_remove("EVALCTL_AGENT_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -79,6 +100,17 @@ impl AgentProcess {
             state_dir: state_dir.to_owned(),
             log,
         }
+    }
+
+    /// Stops the agent (SIGSTOP): it keeps its registration but asks for no work and
+    /// sends no heartbeat until [`AgentProcess::resume`].
+    pub fn pause(&self) {
+        let _ = signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGSTOP);
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub fn resume(&self) {
+        let _ = signal::kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
     }
 
     /// The state directory.

@@ -25,7 +25,9 @@ use super::status::{chain, is_refusal, store_error};
 use crate::domain::LeaseId;
 use crate::events::{CampaignEvent, EventBus};
 use crate::limits;
-use crate::store::{BatchOutcome, LeaseEnd, PendingWrite, Retry, Store, StoreError, UnitRef};
+use crate::store::{
+    BatchOutcome, FailureKind, LeaseEnd, PendingWrite, Reaction, Store, StoreError, UnitRef,
+};
 use crate::work::WorkSignal;
 
 /// Longest an `AcquireLease` call waits for work, whatever `wait_ms` asks.
@@ -337,37 +339,50 @@ impl AgentService for AgentApi {
             class,
         } = agent_convert::failure(request.into_inner())?;
         binding.check_lease(&self.store, &lease).await?;
-        // An engine that refuses its command line refuses it on every host: retrying would
-        // spend the night on the same error.
-        let retry = if class == pb::FailureClass::BadArgument {
-            Retry::Never
-        } else {
-            Retry::WithinAttempts
-        };
+        let kind = failure_kind(class);
         let outcome = self
             .store
-            .fail(&lease, epoch, &error, &log_tail, retry)
+            .fail(&lease, epoch, &error, &log_tail, kind)
             .await
             .map_err(store_error)?;
         let unit = &outcome.unit;
         if outcome.will_retry {
-            info!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, %error, "unit failed; will retry");
-            self.publish(unit, "unit_retrying", || {
-                format!(
+            info!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, kind = kind.as_str(), %error, "unit failed; will retry");
+            self.publish(unit, "unit_retrying", || match &outcome.reaction {
+                Reaction::HostFault { .. } => format!(
+                    "the agent's host cannot run it ({error}); it will not be given units needing the same until it registers again, and the unit waits for another agent"
+                ),
+                _ => format!(
                     "attempt {} of {} failed: {error}",
                     outcome.attempts, outcome.max_attempts
-                )
+                ),
             });
         } else {
-            warn!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, %error, "unit failed");
-            self.publish(unit, "unit_failed", || match retry {
-                Retry::Never => format!(
+            warn!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, kind = kind.as_str(), %error, "unit failed");
+            self.publish(unit, "unit_failed", || match &outcome.reaction {
+                Reaction::FailedAtOnce => format!(
                     "failed without retrying (the engine refused its command line, as it would on any agent): {error}"
                 ),
-                Retry::WithinAttempts => {
+                Reaction::DoesNotFit => format!(
+                    "does not fit: the server ran out of memory (not retried): {error}"
+                ),
+                Reaction::HostFault { .. } => {
+                    format!("failed: no other agent can run it: {error}")
+                }
+                Reaction::Counted => {
                     format!("failed after {} attempts: {error}", outcome.attempts)
                 }
             });
+            if let Reaction::HostFault { also_failed } = &outcome.reaction {
+                for other in also_failed {
+                    self.publish(other, "unit_failed", || {
+                        format!(
+                            "failed without running: no agent can run it ({error}, found by unit {})",
+                            unit.unit
+                        )
+                    });
+                }
+            }
         }
         self.work.notify();
         Ok(Response::new(pb::FailResponse {
@@ -478,4 +493,16 @@ fn oldest(in_flight: &mut VecDeque<InFlight>) -> impl Future<Output = Answered> 
             .poll(cx)
             .map(|outcome| Answered::Stored(template.clone(), outcome)),
     })
+}
+
+/// The store's spelling of the agent's classification.
+fn failure_kind(class: pb::FailureClass) -> FailureKind {
+    match class {
+        pb::FailureClass::Unspecified => FailureKind::Unrecognised,
+        pb::FailureClass::BadArgument => FailureKind::BadArgument,
+        pb::FailureClass::PortInUse => FailureKind::PortInUse,
+        pb::FailureClass::OutOfMemory => FailureKind::OutOfMemory,
+        pb::FailureClass::MissingModel => FailureKind::MissingModel,
+        pb::FailureClass::MissingEngine => FailureKind::MissingEngine,
+    }
 }

@@ -9,8 +9,8 @@ use crate::domain::{
     ModelSpec, QuantizationSpec, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
 };
 use crate::store::{
-    AgentRow, CampaignInfo, CampaignState, GrantedLease, StateCounts, StoredResult, UnitRow,
-    UnitState,
+    AgentRow, CampaignInfo, CampaignState, FailureKind, GrantedLease, StateCounts, StoredResult,
+    UnitRow, UnitState,
 };
 
 /// Campaign state to its wire enum.
@@ -87,6 +87,21 @@ pub fn unit_row(u: &UnitRow) -> pb::UnitSummary {
         log_tail: u.log_tail.clone().unwrap_or_default(),
         steps_succeeded: u.steps_succeeded,
         agent_id: u.agent_id.clone().unwrap_or_default(),
+        failure_class: u
+            .failure_kind
+            .map_or(pb::FailureClass::Unspecified, failure_class) as i32,
+    }
+}
+
+/// The store's failure kind to the wire.
+pub fn failure_class(kind: FailureKind) -> pb::FailureClass {
+    match kind {
+        FailureKind::Unrecognised => pb::FailureClass::Unspecified,
+        FailureKind::BadArgument => pb::FailureClass::BadArgument,
+        FailureKind::PortInUse => pb::FailureClass::PortInUse,
+        FailureKind::OutOfMemory => pb::FailureClass::OutOfMemory,
+        FailureKind::MissingModel => pb::FailureClass::MissingModel,
+        FailureKind::MissingEngine => pb::FailureClass::MissingEngine,
     }
 }
 
@@ -292,6 +307,16 @@ pub fn agent_info(a: &AgentRow) -> pb::AgentInfo {
         last_heartbeat_ms: a.last_heartbeat_ms,
         lease_ids: a.leases.iter().map(ToString::to_string).collect(),
         version: a.version.clone(),
+        faults: a
+            .faults
+            .iter()
+            .map(|f| pb::AgentFault {
+                kind: f.kind.clone(),
+                name: f.name.clone(),
+                error: f.error.clone(),
+                found_at_ms: f.found_at_ms,
+            })
+            .collect(),
     }
 }
 

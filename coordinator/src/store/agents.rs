@@ -1,4 +1,4 @@
-//! Agents: registration, heartbeats (which renew leases and carry drain orders), drain,
+//! Agents: registration (which forgets what the host was found lacking), heartbeats (which renew leases and carry drain orders), drain,
 //! listing, and marking agents lost.
 
 use std::collections::HashMap;
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::audit;
 use super::error::{SqlContext, StoreError, json};
+use super::faults;
 use super::leases::millis;
 use super::rows::{AgentRow, AgentState, HeartbeatReply, Registered, UnknownState};
 use crate::domain::{AgentId, AgentRegistration, LeaseId};
@@ -65,6 +66,8 @@ pub(crate) fn register(
             )
         })
         .sql("register the agent")?;
+    // A restarted agent may have had its engine or models installed meanwhile.
+    faults::clear(conn, &agent.id)?;
     Ok(Registered {
         new,
         drain_requested,
@@ -413,8 +416,10 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
             AgentState::Draining if leases.is_empty() => AgentState::Drained,
             state => state,
         };
+        let id = AgentId(id);
+        let faults = faults::list(conn, &id)?;
         out.push(AgentRow {
-            id: AgentId(id),
+            id,
             hostname: get(1)?,
             gpus: json(&get(2)?, "decode the agent's GPUs")?,
             labels: json(&get(3)?, "decode the agent's labels")?,
@@ -427,6 +432,7 @@ pub(crate) fn list(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
             registered_at_ms: r.get(10).sql("list agents")?,
             last_heartbeat_ms: r.get(11).sql("list agents")?,
             leases,
+            faults,
         });
     }
     Ok(out)

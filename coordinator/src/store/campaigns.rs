@@ -6,7 +6,8 @@ use serde_json::json;
 use super::audit;
 use super::error::{SqlContext, StoreError};
 use super::rows::{
-    CampaignInfo, CampaignState, StateCounts, StepRow, UnitRow, UnitState, UnknownState,
+    CampaignInfo, CampaignState, FailureKind, StateCounts, StepRow, UnitRow, UnitState,
+    UnknownState,
 };
 use super::specs::Parts;
 use crate::domain::{CampaignId, DropKind, Dropped, StepId, StepSpec, UnitId};
@@ -358,7 +359,7 @@ macro_rules! units_select {
              (SELECT COUNT(*) FROM steps s WHERE s.unit_key = u.unit_key),
              (SELECT COUNT(*) FROM steps s
               WHERE s.unit_key = u.unit_key AND s.state = 'succeeded'),
-             l.agent_id, u.position, u.unit_key, u.log_tail, u.infra_attempts
+             l.agent_id, u.position, u.unit_key, u.log_tail, u.infra_attempts, u.failure_kind
          FROM units u
          LEFT JOIN leases l ON l.unit_key = u.unit_key AND l.ended_at_ms IS NULL"
     };
@@ -413,6 +414,7 @@ pub(crate) fn units(
                 steps_succeeded: row.steps_succeeded,
                 agent_id: row.agent_id,
                 epoch: row.epoch,
+                failure_kind: row.failure_kind.as_deref().and_then(FailureKind::parse),
             },
         ));
     }
@@ -437,6 +439,7 @@ struct RawUnit {
     steps_total: u32,
     steps_succeeded: u32,
     agent_id: Option<String>,
+    failure_kind: Option<String>,
     /// `(position, unit_key)`: the order of first submission.
     order: (i64, i64),
 }
@@ -458,6 +461,7 @@ fn read_unit(r: &Row<'_>) -> rusqlite::Result<RawUnit> {
         order: (r.get(15)?, r.get(16)?),
         infra_attempts: r.get(18)?,
         log_tail: r.get(17)?,
+        failure_kind: r.get(19)?,
     })
 }
 

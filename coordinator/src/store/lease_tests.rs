@@ -659,7 +659,7 @@ async fn the_epoch_grows_on_every_lease_and_stale_writes_are_refused() {
     assert_eq!(
         stale(
             env.store
-                .fail(&old.lease, 1, "boom", "", Retry::WithinAttempts)
+                .fail(&old.lease, 1, "boom", "", FailureKind::Unrecognised)
                 .await
                 .unwrap_err()
         ),
@@ -967,7 +967,7 @@ async fn a_failure_that_would_repeat_everywhere_fails_the_unit_at_once() {
             lease.epoch,
             "bad argument: error: unrecognized arguments: --x",
             "",
-            Retry::Never,
+            FailureKind::BadArgument,
         )
         .await
         .unwrap();
@@ -1000,7 +1000,7 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
             first.epoch,
             "server crashed",
             "CUDA OOM",
-            Retry::WithinAttempts,
+            FailureKind::Unrecognised,
         )
         .await
         .unwrap();
@@ -1014,7 +1014,7 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
                 first.epoch,
                 "server crashed",
                 "",
-                Retry::WithinAttempts,
+                FailureKind::Unrecognised,
             )
             .await
             .unwrap()
@@ -1040,7 +1040,7 @@ async fn fail_retries_until_max_attempts_then_fails_with_the_last_error() {
             second.epoch,
             "health timeout",
             "no /health after 20m",
-            Retry::WithinAttempts,
+            FailureKind::Unrecognised,
         )
         .await
         .unwrap();
@@ -1117,7 +1117,13 @@ async fn preemption_does_not_count_against_max_attempts() {
     let lease = must_acquire(&env, &ask("a1", &[0])).await;
     let out = env
         .store
-        .fail(&lease.lease, lease.epoch, "boom", "", Retry::WithinAttempts)
+        .fail(
+            &lease.lease,
+            lease.epoch,
+            "boom",
+            "",
+            FailureKind::Unrecognised,
+        )
         .await
         .unwrap();
     assert!(!out.will_retry);
@@ -1519,3 +1525,201 @@ async fn the_estimate_orders_units_and_without_sizes_the_most_gpus_go_first() {
 }
 
 mod schedule_sim;
+
+// ---- failure kinds and host faults ----
+
+/// Fails the lease with a classified failure.
+async fn fail_as(env: &Env, lease: &GrantedLease, kind: FailureKind, error: &str) -> FailOutcome {
+    env.store
+        .fail(&lease.lease, lease.epoch, error, "last lines", kind)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn out_of_memory_stores_the_unit_as_not_fitting_without_retrying() {
+    let env = env().await;
+    let u = h100("m", 1);
+    let campaign = submit(&env, "c", 0, 3, vec![u.clone()]).await;
+    env.store
+        .register_agent(&agent("a1", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    let lease = must_acquire(&env, &ask("a1", &[0])).await;
+    let out = fail_as(
+        &env,
+        &lease,
+        FailureKind::OutOfMemory,
+        "out of memory: torch.OutOfMemoryError: CUDA out of memory",
+    )
+    .await;
+    assert_eq!(out.reaction, Reaction::DoesNotFit);
+    assert!(!out.will_retry);
+    let row = unit_row(&env, &campaign, &u.id).await;
+    assert_eq!(row.state, UnitState::Failed);
+    assert_eq!(row.failure_kind, Some(FailureKind::OutOfMemory));
+    assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+}
+
+#[tokio::test]
+async fn a_missing_engine_sends_the_unit_to_another_agent_and_spares_its_attempts() {
+    let env = env().await;
+    let vllm = h100("m", 1);
+    let sglang = unit_of(config("m", "H100-80GB", 1, "sglang", &[]), 2);
+    let campaign = submit(&env, "c", 0, 1, vec![vllm.clone(), sglang.clone()]).await;
+    for host in ["a1", "a2"] {
+        env.store
+            .register_agent(&agent(host, gpus("H100-80GB", 1)))
+            .await
+            .unwrap();
+    }
+    let first = must_acquire(&env, &ask("a1", &[0])).await;
+    let missing = first.unit.unit.clone();
+    let out = fail_as(
+        &env,
+        &first,
+        FailureKind::MissingEngine,
+        "engine not installed: `vllm`: No such file or directory",
+    )
+    .await;
+    assert!(out.will_retry, "another agent may run it");
+    assert_eq!(
+        out.reaction,
+        Reaction::HostFault {
+            also_failed: vec![]
+        }
+    );
+    // max_attempts is 1, yet the unit is pending: the host's fault is not the unit's.
+    let row = unit_row(&env, &campaign, &missing).await;
+    assert_eq!((row.state, row.attempts), (UnitState::Pending, 0));
+    assert_eq!(row.failure_kind, Some(FailureKind::MissingEngine));
+
+    // a1 gets the other framework's unit, never the one it lacks the engine for.
+    let other = must_acquire(&env, &ask("a1", &[0])).await;
+    assert_ne!(other.unit.unit, missing);
+    finish_steps(&env, &other, 1).await;
+    env.store.complete(&other.lease, other.epoch).await.unwrap();
+    assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+    // a2 takes it.
+    let retried = must_acquire(&env, &ask("a2", &[0])).await;
+    assert_eq!(retried.unit.unit, missing);
+
+    // The fault is listed with the agent and forgotten when it registers again.
+    let agents = env.store.list_agents().await.unwrap();
+    let a1 = agents.iter().find(|a| a.id.as_str() == "a1").unwrap();
+    assert_eq!(a1.faults.len(), 1);
+    let fault = &a1.faults[0];
+    let lacked = if missing == vllm.id { "vllm" } else { "sglang" };
+    assert_eq!(
+        (fault.kind.as_str(), fault.name.as_str()),
+        ("framework", lacked)
+    );
+    assert!(fault.error.contains("No such file"), "{}", fault.error);
+    env.store
+        .register_agent(&agent("a1", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    let agents = env.store.list_agents().await.unwrap();
+    assert!(agents.iter().all(|a| a.faults.is_empty()));
+}
+
+#[tokio::test]
+async fn a_missing_engine_no_agent_has_fails_every_unit_needing_it() {
+    let env = env().await;
+    let (a, b) = (h100("a", 1), h100("b", 1));
+    let sglang = unit_of(config("a", "H100-80GB", 1, "sglang", &[]), 2);
+    let first_campaign = submit(&env, "c1", 0, 3, vec![a.clone(), sglang.clone()]).await;
+    let second_campaign = submit(&env, "c2", 0, 3, vec![b.clone()]).await;
+    env.store
+        .register_agent(&agent("only", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    // A drained agent does not count as one that could run it.
+    env.store
+        .register_agent(&agent("drained", gpus("H100-80GB", 1)))
+        .await
+        .unwrap();
+    env.store
+        .drain_agent(&AgentId("drained".into()), "alice")
+        .await
+        .unwrap();
+    let mut lease = must_acquire(&env, &ask("only", &[0])).await;
+    while lease.unit.unit == sglang.id {
+        finish_steps(&env, &lease, 1).await;
+        env.store.complete(&lease.lease, lease.epoch).await.unwrap();
+        lease = must_acquire(&env, &ask("only", &[0])).await;
+    }
+    let out = fail_as(
+        &env,
+        &lease,
+        FailureKind::MissingEngine,
+        "engine not installed: bash: vllm: command not found",
+    )
+    .await;
+    assert!(!out.will_retry);
+    let Reaction::HostFault { also_failed } = &out.reaction else {
+        panic!("{:?}", out.reaction);
+    };
+    // The other vLLM unit, in the other campaign, fails with it; the SGLang unit is not
+    // touched.
+    assert_eq!(also_failed.len(), 1, "{also_failed:?}");
+    let other = &also_failed[0];
+    for (campaign, unit) in [
+        (&lease.unit.campaign, &lease.unit.unit),
+        (&other.campaign, &other.unit),
+    ] {
+        let row = unit_row(&env, campaign, unit).await;
+        assert_eq!(row.state, UnitState::Failed);
+        assert_eq!(row.failure_kind, Some(FailureKind::MissingEngine));
+        let error = row.last_error.unwrap();
+        assert!(error.starts_with("no agent can run it: "), "{error}");
+        assert!(error.contains("command not found"), "{error}");
+    }
+    assert_ne!(lease.unit.campaign, other.campaign);
+    let steps_left: i64 = count(
+        &env,
+        "SELECT COUNT(*) FROM steps WHERE state = 'pending'
+         AND unit_key IN (SELECT unit_key FROM units WHERE state = 'failed')",
+    )
+    .await;
+    assert_eq!(steps_left, 0, "the failed units' steps failed too");
+    let _ = (first_campaign, second_campaign);
+    // What is left to run is the SGLang unit, if it did not run first.
+    if let Some(left) = acquire(&env, &ask("only", &[0])).await {
+        assert_eq!(left.unit.unit, sglang.id);
+    }
+}
+
+#[tokio::test]
+async fn a_missing_model_keeps_the_agent_off_that_model_only() {
+    let env = env().await;
+    // Same shape (GPU, framework, labels), two models: the walk steps past the unit of
+    // the model the host lacks to the next unit of the shape.
+    let (big, small) = (
+        h100_sized("big", 1, Some(70.0)),
+        h100_sized("small", 1, Some(8.0)),
+    );
+    let campaign = submit(&env, "c", 0, 3, vec![small.clone(), big.clone()]).await;
+    for host in ["a1", "a2"] {
+        env.store
+            .register_agent(&agent(host, gpus("H100-80GB", 1)))
+            .await
+            .unwrap();
+    }
+    let first = must_acquire(&env, &ask("a1", &[0])).await;
+    assert_eq!(first.unit.unit, big.id, "largest model first");
+    let out = fail_as(
+        &env,
+        &first,
+        FailureKind::MissingModel,
+        "model files not found: OSError: org/big does not appear to have a file named config.json",
+    )
+    .await;
+    assert!(out.will_retry);
+    let next = must_acquire(&env, &ask("a1", &[0])).await;
+    assert_eq!(next.unit.unit, small.id, "a1 skips the model it lacks");
+    let row = unit_row(&env, &campaign, &big.id).await;
+    assert_eq!((row.state, row.attempts), (UnitState::Pending, 0));
+    let retried = must_acquire(&env, &ask("a2", &[0])).await;
+    assert_eq!(retried.unit.unit, big.id);
+}

@@ -10,16 +10,22 @@
 //!   the unit's current one (and, for complete/fail/release, the lease is still live).
 //! - Two budgets: `units.attempts` counts the unit's own failures against the campaign's
 //!   `max_attempts`; `units.infra_attempts` counts infrastructure endings (preemption,
-//!   release, expiry), which never fail a unit until [`MAX_INFRA_ATTEMPTS`].
+//!   release, expiry, a host lacking the engine or the model), which never fail a unit
+//!   until [`MAX_INFRA_ATTEMPTS`].
+//! - The kind of a failure decides what is done about it (`fail`): a bad argument fails
+//!   the unit at once, out of memory stores it as "does not fit", a missing engine or model
+//!   faults the agent's host for it (`faults`) and the unit waits for another agent.
 
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::error::{SqlContext, StoreError};
+use super::faults;
 use super::placement::{self, Placement};
 use super::rows::{
-    ExpiredLease, FailOutcome, GrantedLease, LeaseEnd, ReleaseOutcome, Retry, UnitRef, UnitState,
+    ExpiredLease, FailOutcome, FailureKind, GrantedLease, LeaseEnd, Reaction, ReleaseOutcome,
+    UnitRef, UnitState,
 };
 use super::specs::Parts;
 use crate::domain::{
@@ -477,7 +483,7 @@ pub(crate) fn fail(
     epoch: u64,
     error: &str,
     log_tail: &str,
-    retry: Retry,
+    kind: FailureKind,
 ) -> Result<FailOutcome, StoreError> {
     let held = lookup(conn, lease)?;
     if !held.check_live(epoch, &[LeaseEnd::Failed])? {
@@ -486,16 +492,24 @@ pub(crate) fn fail(
             attempts: held.attempts,
             max_attempts: held.max_attempts,
             unit: held.unit,
+            reaction: Reaction::Counted,
         });
     }
+    let log_tail = (!log_tail.is_empty()).then_some(log_tail);
+    if let Some(lacking) = faults::Lacking::of(kind) {
+        return fail_for_host(conn, now_ms, held, error, log_tail, kind, lacking);
+    }
     let attempts = held.attempts.saturating_add(1);
-    let will_retry = retry == Retry::WithinAttempts && attempts < held.max_attempts;
+    let (will_retry, reaction) = match kind {
+        FailureKind::BadArgument => (false, Reaction::FailedAtOnce),
+        FailureKind::OutOfMemory => (false, Reaction::DoesNotFit),
+        _ => (attempts < held.max_attempts, Reaction::Counted),
+    };
     let state = if will_retry {
         UnitState::Pending
     } else {
         UnitState::Failed
     };
-    let log_tail = (!log_tail.is_empty()).then_some(log_tail);
     set_unit(
         conn,
         now_ms,
@@ -505,13 +519,73 @@ pub(crate) fn fail(
         held.infra_attempts,
         Some((error, log_tail)),
     )?;
+    set_failure_kind(conn, held.unit_key, kind)?;
     end_lease(conn, now_ms, &held, LeaseEnd::Failed, Some(error))?;
     Ok(FailOutcome {
         will_retry,
         attempts,
         max_attempts: held.max_attempts,
         unit: held.unit,
+        reaction,
     })
+}
+
+/// A failure that shows the agent's host lacks the engine or the model: the host is
+/// faulted for it, and the unit goes back to the queue as after an infrastructure ending
+/// while another agent may run it, or fails with every pending unit needing the same
+/// part when none may.
+fn fail_for_host(
+    conn: &Connection,
+    now_ms: i64,
+    held: Held,
+    error: &str,
+    log_tail: Option<&str>,
+    kind: FailureKind,
+    lacking: faults::Lacking,
+) -> Result<FailOutcome, StoreError> {
+    let fault = faults::record(conn, now_ms, &held.agent, held.unit_key, lacking, error)?;
+    let infra = held.infra_attempts.saturating_add(1);
+    let elsewhere =
+        faults::another_agent_may_run(conn, &held.agent, &fault)? && infra < MAX_INFRA_ATTEMPTS;
+    let (state, message) = if elsewhere {
+        (UnitState::Pending, error.to_owned())
+    } else {
+        (
+            UnitState::Failed,
+            format!("no agent can run it: {error} (on agent {})", held.agent),
+        )
+    };
+    set_unit(
+        conn,
+        now_ms,
+        &held,
+        state,
+        held.attempts,
+        infra,
+        Some((&message, log_tail)),
+    )?;
+    set_failure_kind(conn, held.unit_key, kind)?;
+    end_lease(conn, now_ms, &held, LeaseEnd::Failed, Some(error))?;
+    let also_failed = if elsewhere {
+        Vec::new()
+    } else {
+        faults::fail_pending_needing(conn, now_ms, &fault, kind, &message)?
+    };
+    Ok(FailOutcome {
+        will_retry: elsewhere,
+        attempts: held.attempts,
+        max_attempts: held.max_attempts,
+        unit: held.unit,
+        reaction: Reaction::HostFault { also_failed },
+    })
+}
+
+/// Keeps how the unit's last failure was classified.
+fn set_failure_kind(conn: &Connection, unit_key: i64, kind: FailureKind) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE units SET failure_kind = ?2 WHERE unit_key = ?1")
+        .and_then(|mut s| s.execute((unit_key, kind.as_str())))
+        .sql("record the failure's kind")?;
+    Ok(())
 }
 
 /// See [`Store::release`](super::Store::release).

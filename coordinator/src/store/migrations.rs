@@ -39,6 +39,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0006_audit_and_token_use",
         sql: include_str!("../../migrations/0006_audit_and_token_use.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_failure_kinds_and_host_faults",
+        sql: include_str!("../../migrations/0007_failure_kinds_and_host_faults.sql"),
+    },
 ];
 
 /// The coordinator database's schema.
@@ -108,6 +113,7 @@ mod tests {
             "unit_history",
             "audit_log",
             "api_tokens",
+            "agent_faults",
         ] {
             assert!(
                 after_steps.iter().any(|t| t == table),

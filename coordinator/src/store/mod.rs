@@ -51,6 +51,7 @@ mod campaigns;
 mod clock;
 mod connection;
 mod error;
+mod faults;
 pub mod health;
 mod leases;
 mod migrations;
@@ -81,10 +82,10 @@ use self::health::StoreHealth;
 pub use self::leases::MAX_INFRA_ATTEMPTS;
 use self::readers::ReaderPool;
 pub use self::rows::{
-    AgentRow, AgentState, AuditEntry, BatchOutcome, CampaignInfo, CampaignState, ExpiredLease,
-    FailOutcome, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd, Registered, ReleaseOutcome,
-    Retry, StateCounts, StepRow, StepState, StoredResult, StoredStep, SubmitOutcome, UnitRef,
-    UnitRow, UnitState, UnknownState,
+    AgentFault, AgentRow, AgentState, AuditEntry, BatchOutcome, CampaignInfo, CampaignState,
+    ExpiredLease, FailOutcome, FailureKind, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd,
+    Reaction, Registered, ReleaseOutcome, StateCounts, StepRow, StepState, StoredResult,
+    StoredStep, SubmitOutcome, UnitRef, UnitRow, UnitState, UnknownState,
 };
 pub use self::tokens::{AuthToken, TokenRow, TokenTable};
 use self::writer::Command;
@@ -500,9 +501,11 @@ impl Store {
 
     /// The unit of a live lease at `epoch` failed on its own account: one more attempt is
     /// spent and `error` and `log_tail` are kept as its last error. With attempts left (and
-    /// [`Retry::WithinAttempts`]) it goes back to the queue with its finished steps; at the
-    /// campaign's `max_attempts`, or at once with [`Retry::Never`], it fails, and so do its
-    /// pending steps. The lease ends `failed`. Fenced like [`Store::complete`]; failing a
+    /// a kind the retry budget applies to) it goes back to the queue with its finished
+    /// steps; at the campaign's `max_attempts` it fails, and so do its pending steps. The
+    /// `kind` decides the reaction ([`Reaction`]): a bad argument fails the unit at once, out
+    /// of memory stores it as "does not fit", a missing engine or model is a fault of the
+    /// agent's host and sends the unit to another agent. The lease ends `failed`. Fenced like [`Store::complete`]; failing a
     /// lease that already failed is acknowledged again.
     pub async fn fail(
         &self,
@@ -510,11 +513,11 @@ impl Store {
         epoch: u64,
         error: &str,
         log_tail: &str,
-        retry: Retry,
+        kind: FailureKind,
     ) -> Result<FailOutcome, StoreError> {
         let (lease, error, log_tail) = (lease.clone(), error.to_owned(), log_tail.to_owned());
         self.write(move |conn, now_ms| {
-            leases::fail(conn, now_ms, &lease, epoch, &error, &log_tail, retry)
+            leases::fail(conn, now_ms, &lease, epoch, &error, &log_tail, kind)
         })
         .await
     }

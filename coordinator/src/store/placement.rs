@@ -3,9 +3,10 @@
 //!
 //! - A unit fits an agent when the agent has enough free GPUs of the unit's type (offered,
 //!   registered, and not held by its live leases) or a free CPU slot for a CPU unit, runs
-//!   the unit's framework (an agent naming none runs any) and carries every label the unit
-//!   asks for. [`Matcher`] decides, caching each decision per GPU part, framework part and
-//!   label set.
+//!   the unit's framework (an agent naming none runs any), carries every label the unit
+//!   asks for, and its host is not known to lack the unit's framework or model (`faults`).
+//!   [`Matcher`] decides, caching each decision per GPU part, framework part, model part
+//!   and label set.
 //! - Warm first: among the configurations the agent names as warm, a fitting pending unit
 //!   of the first campaign (by priority, then age) that has one, the earliest in it.
 //! - Otherwise the best fitting unit of the highest priority that has one: first a unit
@@ -17,6 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use super::error::{SqlContext, StoreError, json};
+use super::faults;
 use super::specs::{Part, Parts};
 use crate::domain::{AgentGpu, AgentId, LeaseRequest, UnitId};
 
@@ -51,6 +53,7 @@ pub(crate) fn choose(
         parts: Parts::lazy(),
         gpus: HashMap::new(),
         frameworks: HashMap::new(),
+        models: HashMap::new(),
         labels: HashMap::new(),
     };
     let campaigns = runnable_campaigns(conn)?;
@@ -119,6 +122,8 @@ struct AgentFit {
     labels: BTreeMap<String, String>,
     /// Empty = any.
     frameworks: Vec<String>,
+    /// What its host lacks, as `(kind, spec JSON)` (`faults`); nearly always empty.
+    lacking: HashSet<(String, String)>,
 }
 
 impl AgentFit {
@@ -165,6 +170,7 @@ impl AgentFit {
             cpu: request.cpu_slots_free > 0,
             labels: json(&labels, "decode the agent's labels")?,
             frameworks: json(&frameworks, "decode the agent's frameworks")?,
+            lacking: faults::lacking(conn, &request.agent)?,
         }))
     }
 }
@@ -193,6 +199,7 @@ struct Candidate {
     gpu_spec: i64,
     framework_spec: i64,
     labels_json: String,
+    model_spec: i64,
     /// The model's `params_b` (0 when not given).
     model_size: f64,
     position: i64,
@@ -207,6 +214,7 @@ fn candidate(r: &Row<'_>) -> rusqlite::Result<Candidate> {
         model_size: r.get(3)?,
         position: r.get(4)?,
         unit_key: r.get(5)?,
+        model_spec: r.get(6)?,
     })
 }
 
@@ -217,6 +225,8 @@ struct Matcher {
     /// gpu_spec → the GPU indices it would get, or `None` when it does not fit.
     gpus: HashMap<i64, Option<Vec<u32>>>,
     frameworks: HashMap<i64, bool>,
+    /// model_spec → whether the host has the model (is not known to lack it).
+    models: HashMap<i64, bool>,
     labels: HashMap<String, bool>,
 }
 
@@ -251,14 +261,39 @@ impl Matcher {
         let Part::Framework(framework) = self.parts.fetch(conn, framework_spec)? else {
             return Err(wrong_kind("units.framework_spec", framework_spec));
         };
-        let ok = self.agent.frameworks.is_empty()
+        let ok = (self.agent.frameworks.is_empty()
             || self
                 .agent
                 .frameworks
                 .iter()
-                .any(|f| f.eq_ignore_ascii_case(&framework.name));
+                .any(|f| f.eq_ignore_ascii_case(&framework.name)))
+            && !self.lacks(conn, "framework", framework_spec)?;
         self.frameworks.insert(framework_spec, ok);
         Ok(ok)
+    }
+
+    /// Whether the host has the unit's model (is not known to lack its files).
+    fn model(&mut self, conn: &Connection, model_spec: i64) -> Result<bool, StoreError> {
+        if self.agent.lacking.is_empty() {
+            return Ok(true);
+        }
+        if let Some(&known) = self.models.get(&model_spec) {
+            return Ok(known);
+        }
+        let ok = !self.lacks(conn, "model", model_spec)?;
+        self.models.insert(model_spec, ok);
+        Ok(ok)
+    }
+
+    /// Whether the host is known to lack the part `spec_id` of this kind.
+    fn lacks(&self, conn: &Connection, kind: &str, spec_id: i64) -> Result<bool, StoreError> {
+        if self.agent.lacking.is_empty() {
+            return Ok(false);
+        }
+        let Some(spec_json) = faults::spec_json(conn, spec_id)? else {
+            return Ok(false);
+        };
+        Ok(self.agent.lacking.contains(&(kind.to_owned(), spec_json)))
     }
 
     fn labels(&mut self, labels_json: &str) -> Result<bool, StoreError> {
@@ -282,7 +317,10 @@ impl Matcher {
         let Some(gpus) = self.gpus(conn, c.gpu_spec)? else {
             return Ok(None);
         };
-        if !self.framework(conn, c.framework_spec)? || !self.labels(&c.labels_json)? {
+        if !self.framework(conn, c.framework_spec)?
+            || !self.labels(&c.labels_json)?
+            || !self.model(conn, c.model_spec)?
+        {
             return Ok(None);
         }
         Ok(Some(gpus))
@@ -345,7 +383,8 @@ fn warm_candidate(
     unit: &UnitId,
 ) -> Result<Option<Candidate>, StoreError> {
     conn.prepare_cached(
-        "SELECT gpu_spec, framework_spec, labels_json, model_size, position, unit_key
+        "SELECT gpu_spec, framework_spec, labels_json, model_size, position, unit_key,
+             model_spec
          FROM units WHERE campaign_key = ?1 AND unit_id = ?2 AND state = 'pending'",
     )
     .and_then(|mut s| {
@@ -399,7 +438,7 @@ fn best_fitting(
     fit: &mut Matcher,
 ) -> Result<Option<(Candidate, Vec<u32>, Rank)>, StoreError> {
     const COLUMNS: &str = "SELECT gpu_spec, framework_spec, labels_json, model_size, position,
-             unit_key
+             unit_key, model_spec
          FROM units INDEXED BY units_runnable_by_size
          WHERE campaign_key = ?1 AND state = 'pending'";
     const ORDER: &str =
@@ -409,6 +448,11 @@ fn best_fitting(
     let next_framework = format!("{COLUMNS} AND gpu_spec = ?2 AND framework_spec > ?3 {ORDER}");
     let next_labels =
         format!("{COLUMNS} AND gpu_spec = ?2 AND framework_spec = ?3 AND labels_json > ?4 {ORDER}");
+    // The shape's next unit in the index's order (smaller model, else later position).
+    let next_in_shape = format!(
+        "{COLUMNS} AND gpu_spec = ?2 AND framework_spec = ?3 AND labels_json = ?4
+             AND (model_size < ?5 OR (model_size = ?5 AND position > ?6)) {ORDER}"
+    );
     let query = |sql: &str, params: &[&dyn rusqlite::ToSql]| {
         conn.prepare_cached(sql)
             .and_then(|mut s| s.query_row(params, candidate).optional())
@@ -420,6 +464,9 @@ fn best_fitting(
         Gpu,
         Framework,
         Labels,
+        /// Only this unit: its host lacks the unit's model, the shape's next unit may
+        /// need another. Row by row, but only for an agent with a model fault.
+        Unit,
     }
     let mut best: Option<(Candidate, Vec<u32>, Rank)> = None;
     let mut at = query(&first, &[&campaign_key])?;
@@ -428,6 +475,7 @@ fn best_fitting(
             None => Skip::Gpu,
             Some(_) if !fit.framework(conn, c.framework_spec)? => Skip::Framework,
             Some(_) if !fit.labels(&c.labels_json)? => Skip::Labels,
+            Some(_) if !fit.model(conn, c.model_spec)? => Skip::Unit,
             Some(gpus) => {
                 let rank = Rank::new(c.model_size, gpus.len(), c.position);
                 if best.as_ref().is_none_or(|(_, _, b)| rank > *b) {
@@ -438,7 +486,20 @@ fn best_fitting(
         };
         // Past this shape: its next labels, else its next framework, else its next GPU.
         at = None;
-        if matches!(skip, Skip::Labels) {
+        if matches!(skip, Skip::Unit) {
+            at = query(
+                &next_in_shape,
+                &[
+                    &campaign_key,
+                    &c.gpu_spec,
+                    &c.framework_spec,
+                    &c.labels_json,
+                    &c.model_size,
+                    &c.position,
+                ],
+            )?;
+        }
+        if at.is_none() && matches!(skip, Skip::Labels | Skip::Unit) {
             at = query(
                 &next_labels,
                 &[

@@ -247,6 +247,8 @@ pub struct UnitRow {
     pub agent_id: Option<String>,
     /// Fencing token of the latest lease (0 before the first).
     pub epoch: u64,
+    /// How the agent classified the last failure, when it did.
+    pub failure_kind: Option<FailureKind>,
 }
 
 /// A step with its state.
@@ -379,14 +381,73 @@ pub struct BatchOutcome {
     pub steps_total: u64,
 }
 
-/// Whether a unit that failed on its own account may be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Back to the queue while the campaign's `max_attempts` allow.
-    WithinAttempts,
-    /// Never: the failure would repeat on any agent (an engine that refuses its command
-    /// line).
-    Never,
+/// How the agent classified a unit's failure (the wire contract's `FailureClass`, as the
+/// store keeps it). It decides the coordinator's reaction; see [`Reaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// Not recognised: the unit's retry budget applies.
+    Unrecognised,
+    /// The engine refused its command line; it would on any agent.
+    BadArgument,
+    /// The server could not bind its port.
+    PortInUse,
+    /// The model does not fit: the server ran out of memory loading it or sizing its cache.
+    OutOfMemory,
+    /// The model's files are not on the agent's host.
+    MissingModel,
+    /// The engine's program is not installed on the agent's host.
+    MissingEngine,
+}
+
+impl FailureKind {
+    /// The `units.failure_kind` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Unrecognised => "unrecognised",
+            FailureKind::BadArgument => "bad_argument",
+            FailureKind::PortInUse => "port_in_use",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::MissingModel => "missing_model",
+            FailureKind::MissingEngine => "missing_engine",
+        }
+    }
+
+    /// Reads the `units.failure_kind` spelling.
+    pub fn parse(text: &str) -> Option<FailureKind> {
+        [
+            FailureKind::Unrecognised,
+            FailureKind::BadArgument,
+            FailureKind::PortInUse,
+            FailureKind::OutOfMemory,
+            FailureKind::MissingModel,
+            FailureKind::MissingEngine,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+}
+
+/// What the coordinator did about a failure, which follows its [`FailureKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reaction {
+    /// Counted against the campaign's `max_attempts`: tried again while they allow
+    /// (unrecognised failures, a port in use).
+    Counted,
+    /// Failed at once: the engine refused its command line, as it would on any agent.
+    FailedAtOnce,
+    /// Stored as "does not fit" and not tried again: the model ran out of memory.
+    DoesNotFit,
+    /// A fault of the agent's host (its engine or model files are missing): the agent is
+    /// given no unit needing them until it registers again, and the unit waits for
+    /// another agent, counted as an infrastructure ending. When no other active agent
+    /// could take it, the unit fails, and so does every pending unit needing what is
+    /// missing (`also_failed`), rather than waiting for an agent that is not there.
+    HostFault {
+        /// The units failed with it for want of an agent, besides this one.
+        also_failed: Vec<UnitRef>,
+    },
 }
 
 /// What a `fail` did.
@@ -394,12 +455,27 @@ pub enum Retry {
 pub struct FailOutcome {
     /// The unit.
     pub unit: UnitRef,
-    /// The unit is pending again; false when it ran out of attempts and failed.
+    /// The unit is pending again; false when it failed.
     pub will_retry: bool,
-    /// Attempts spent on the unit's own failures, this one included.
+    /// Attempts spent on the unit's own failures, this one included when it counted.
     pub attempts: u32,
     /// The campaign's `max_attempts`.
     pub max_attempts: u32,
+    /// What was done about the failure.
+    pub reaction: Reaction,
+}
+
+/// What an agent's host lacks (see [`Reaction::HostFault`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AgentFault {
+    /// `framework` or `model`.
+    pub kind: String,
+    /// The framework's or model's name.
+    pub name: String,
+    /// The failure that showed it.
+    pub error: String,
+    /// When, Unix ms.
+    pub found_at_ms: i64,
 }
 
 /// What a `release` (or an expiry) did to the unit.
@@ -462,6 +538,8 @@ pub struct AgentRow {
     pub last_heartbeat_ms: i64,
     /// Its live leases.
     pub leases: Vec<LeaseId>,
+    /// What its host lacks, found by failures since it last registered.
+    pub faults: Vec<AgentFault>,
 }
 
 /// A stored step result with what it was a result of.

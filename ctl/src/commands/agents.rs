@@ -1,4 +1,5 @@
-//! `evalctl agents`: registered agents with their GPUs, state, leases and last heartbeat;
+//! `evalctl agents`: registered agents with their GPUs, state, leases, last heartbeat and
+//! what their hosts were found to lack (a framework's program, a model's files);
 //! `evalctl drain AGENT`: ask one to finish its units and take no more.
 
 use std::process::ExitCode;
@@ -23,6 +24,16 @@ struct AgentJson {
     frameworks: Vec<String>,
     lease_ids: Vec<String>,
     last_heartbeat: String,
+    /// What the host was found to lack since the agent last registered.
+    lacking: Vec<FaultJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct FaultJson {
+    kind: String,
+    name: String,
+    error: String,
+    found_at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,7 +77,16 @@ pub async fn list(global: &GlobalArgs) -> Result<ExitCode, CliError> {
             ago(now_ms - agent.last_heartbeat_ms),
         ]);
     }
-    render::emit(&format!("{table}\n"))?;
+    let mut out = format!("{table}\n");
+    for agent in &agents {
+        for fault in &agent.faults {
+            out.push_str(&format!(
+                "\nAgent {} lacks {} {} (given no unit needing it until it registers again): {}\n",
+                agent.agent_id, fault.kind, fault.name, fault.error
+            ));
+        }
+    }
+    render::emit(&out)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -115,6 +135,16 @@ fn agent_json(agent: &pb::AgentInfo) -> AgentJson {
         frameworks: agent.frameworks.clone(),
         lease_ids: agent.lease_ids.clone(),
         last_heartbeat: render::timestamp(agent.last_heartbeat_ms),
+        lacking: agent
+            .faults
+            .iter()
+            .map(|f| FaultJson {
+                kind: f.kind.clone(),
+                name: f.name.clone(),
+                error: f.error.clone(),
+                found_at: render::timestamp(f.found_at_ms),
+            })
+            .collect(),
     }
 }
 

@@ -101,7 +101,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                     .map(|u| UnitJson {
                         unit_id: u.unit_id.clone(),
                         label: u.label.clone(),
-                        state: render::unit_state(u.state),
+                        state: render::unit_outcome(u),
                         steps_done: u.steps_succeeded,
                         steps: u.steps,
                         attempts: u.attempts,
@@ -200,10 +200,15 @@ fn human_detail(d: &DetailJson) -> String {
     for u in d
         .units
         .iter()
-        .filter(|u| u.state == "failed" && !u.log_tail.is_empty())
+        .filter(|u| matches!(u.state, "failed" | "does not fit") && !u.log_tail.is_empty())
     {
+        let what = if u.state == "failed" {
+            "failed unit"
+        } else {
+            "unit that does not fit"
+        };
         out.push_str(&format!(
-            "\nServer log of failed unit {} ({}), last lines:\n",
+            "\nServer log of {what} {} ({}), last lines:\n",
             u.unit_id, u.label
         ));
         for line in last_lines(&u.log_tail, FAILED_LOG_LINES) {

@@ -65,7 +65,7 @@ pub fn summary(data: &ReportData) -> String {
         .map(|u| {
             vec![
                 u.label.as_str().into(),
-                render::unit_state(u.state).into(),
+                render::unit_outcome(u).into(),
                 Cell::Num(format!("{}/{}", u.steps_succeeded, u.steps)),
                 Cell::Num(u.tries.to_string()),
                 first_line(&u.last_error).into(),
@@ -106,19 +106,35 @@ fn first_line(text: &str) -> String {
     }
 }
 
-/// Failed units with their last error and the tail of their server log.
+/// Failed units with their last error and the tail of their server log; units whose model
+/// ran out of memory come first, as configurations that do not fit, not as failures.
 pub fn failures(data: &ReportData) -> String {
     let mut html = String::from(r#"<h2 id="failures">Failures</h2>"#);
-    let failed: Vec<&pb::UnitSummary> = data
+    let (not_fitting, failed): (Vec<&pb::UnitSummary>, Vec<&pb::UnitSummary>) = data
         .units
         .iter()
         .filter(|u| u.state == pb::UnitState::Failed as i32)
-        .collect();
+        .partition(|u| render::does_not_fit(u));
+    if !not_fitting.is_empty() {
+        html.push_str(
+            "<h3>Does not fit</h3><p>These configurations ran out of memory loading the model or sizing its KV cache. They were not retried: they need more memory, more GPUs or a smaller quantization.</p>",
+        );
+        failure_entries(&mut html, &not_fitting);
+    }
     if failed.is_empty() {
         html.push_str("<p>No unit failed.</p>");
         return html;
     }
-    for u in failed {
+    if !not_fitting.is_empty() {
+        html.push_str("<h3>Failed</h3>");
+    }
+    failure_entries(&mut html, &failed);
+    html
+}
+
+/// One block per unit: its last error and the end of its server log.
+fn failure_entries(html: &mut String, units: &[&pb::UnitSummary]) {
+    for u in units {
         let _ = write!(
             html,
             r#"<div class="failure"><h3 class="state-failed">{}</h3><p>Tries: {}. Last error: {}</p>"#,
@@ -141,5 +157,4 @@ pub fn failures(data: &ReportData) -> String {
         }
         html.push_str("</div>");
     }
-    html
 }

@@ -60,10 +60,77 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Serve a simulated OpenAI-compatible streaming model (for the quickstart and tests).
     SimServer(SimServerArgs),
+    /// Check that this host can run a matrix's units: engines, models, GPUs, disk, ports.
+    Doctor(DoctorArgs),
     /// Supervise one server for the agent (the agent runs this; `main` dispatches it before
     /// anything else starts).
     #[command(hide = true)]
     Supervise(SuperviseArgs),
+}
+
+/// Flags of `evalctl-agent doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The units to check: a file with the output of `evalctl submit --dry-run --json
+    /// MATRIX`, or `-` to read it from stdin.
+    units: PathBuf,
+    /// TOML config file of the agent (its state directory, server address, GPU aliases).
+    #[arg(long, env = "EVALCTL_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// State directory [default: ~/.local/state/evalctl/agent].
+    #[arg(long, env = "EVALCTL_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// FAKE GPUs the agent runs with instead of NVML's, e.g. "H100-80GB:8".
+    #[arg(long, env = "EVALCTL_AGENT_GPUS")]
+    gpus: Option<String>,
+    /// Print the findings as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl DoctorArgs {
+    /// Runs the preflight; an error when it found a problem that would fail units.
+    fn run(&self) -> anyhow::Result<()> {
+        use std::io::Read as _;
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let simulated = self.gpus.clone().or_else(|| file.simulated_gpus.clone());
+        let mut config = AgentConfig::new("http://127.0.0.1:7717", default_state_dir());
+        config.apply_file(file)?;
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = dir.clone();
+        }
+        let (source, text) = if self.units.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("failed to read the units from stdin")?;
+            ("stdin".to_owned(), text)
+        } else {
+            let text = std::fs::read_to_string(&self.units)
+                .with_context(|| format!("failed to read {}", self.units.display()))?;
+            (self.units.display().to_string(), text)
+        };
+        let units = crate::doctor::parse_units(&source, &text)?;
+        let host = crate::doctor::Host::probe(
+            simulated.as_deref(),
+            &config.gpu_aliases,
+            config.state_dir.clone(),
+            config.server_host.clone(),
+        );
+        let report = crate::doctor::check(&units, &host);
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.human());
+        }
+        if report.worst() == crate::doctor::Level::Fail {
+            anyhow::bail!("the preflight found problems that would fail units on this host");
+        }
+        Ok(())
+    }
 }
 
 /// Flags of `evalctl-agent sim-server`.
@@ -283,6 +350,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
             runner::run(config, gpus, shutdown).await?;
             Ok(())
         }
+        Command::Doctor(args) => args.run(),
         Command::SimServer(args) => {
             // Handlers first: a SIGTERM that arrives once the address is out must be graceful.
             let shutdown = evalctl_common::signal::shutdown_signal();

@@ -14,6 +14,7 @@
 //! (`evalctl-proto`); it links no coordinator code.
 
 pub mod cli;
+pub mod doctor;
 pub mod launcher;
 pub mod preemption;
 pub mod runner;

@@ -205,6 +205,11 @@ pub struct LocalArgs {
     /// with a server command that needs none.
     #[arg(long)]
     pub gpus: Option<String>,
+    /// Only check that this host can run the matrix's units (engines, model files, GPUs,
+    /// disk, ports), print what was found and exit: 0 when ready, 8 when a problem would
+    /// fail units. Nothing is started.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `evalctl submit`.

@@ -22,6 +22,8 @@ pub const EXIT_INVALID_MATRIX: u8 = 5;
 pub const EXIT_CAMPAIGN_FAILED: u8 = 6;
 /// Exit code: `compare` flagged a regression.
 pub const EXIT_REGRESSION: u8 = 7;
+/// Exit code: `local --check` found a problem that would fail units on this host.
+pub const EXIT_NOT_READY: u8 = 8;
 
 /// Errors a user can see.
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ mod compare;
 mod control_plane;
 mod layering;
 mod llamacpp;
+mod preflight;
 mod report;
 mod results_export;
 mod results_fixture;

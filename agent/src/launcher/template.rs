@@ -54,6 +54,36 @@ pub struct TemplateValues {
 }
 
 impl TemplateValues {
+    /// The values for the unit `unit_id` of configuration `config`, its server listening on
+    /// `host:port` with the host's GPUs `gpu_indices` (empty for a CPU unit).
+    pub fn for_unit(
+        unit_id: &str,
+        config: &evalctl_proto::v1::UnitConfig,
+        host: &str,
+        port: u16,
+        gpu_indices: &[u32],
+    ) -> TemplateValues {
+        let model = config.model.clone().unwrap_or_default();
+        let gpu = config.gpu.clone().unwrap_or_default();
+        let quant = config.quantization.clone().unwrap_or_default();
+        let framework = config.framework.clone().unwrap_or_default();
+        TemplateValues {
+            model_name: model.name,
+            model_path: model.path,
+            model_tokenizer: model.tokenizer,
+            host: host.to_owned(),
+            port,
+            gpu_count: gpu_indices.len() as u32,
+            gpu_type: gpu.gpu_type,
+            gpu_indices: gpu_indices.to_vec(),
+            quant_name: quant.name,
+            quant_bits: quant.bits,
+            quant_args: quant.args,
+            framework_name: framework.name,
+            unit_id: unit_id.to_owned(),
+        }
+    }
+
     /// The text placeholder `name` renders to, or `None` when `name` is not a SERVER
     /// placeholder.
     pub fn value(&self, name: &str) -> Option<String> {

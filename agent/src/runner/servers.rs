@@ -174,30 +174,11 @@ async fn launch(
         .config
         .as_ref()
         .ok_or_else(|| fail("the lease carries no unit configuration".into()))?;
-    let (model, gpu, framework, quant) = (
-        config.model.clone().unwrap_or_default(),
-        config.gpu.clone().unwrap_or_default(),
-        config.framework.clone().unwrap_or_default(),
-        config.quantization.clone().unwrap_or_default(),
-    );
+    let framework = config.framework.clone().unwrap_or_default();
     let host = ctx.config.server_host.clone();
     let port = launcher::free_port(&host)
         .map_err(|e| fail(format!("failed to find a free port on {host}: {e}")))?;
-    let values = TemplateValues {
-        model_name: model.name.clone(),
-        model_path: model.path.clone(),
-        model_tokenizer: model.tokenizer.clone(),
-        host: host.clone(),
-        port,
-        gpu_count: lease.gpu_indices.len() as u32,
-        gpu_type: gpu.gpu_type.clone(),
-        gpu_indices: lease.gpu_indices.clone(),
-        quant_name: quant.name.clone(),
-        quant_bits: quant.bits,
-        quant_args: quant.args.clone(),
-        framework_name: framework.name.clone(),
-        unit_id: lease.unit_id.clone(),
-    };
+    let values = TemplateValues::for_unit(&lease.unit_id, config, &host, port, &lease.gpu_indices);
     let command = launcher::render_command(&framework.command, &config.extra_args, &values)
         .map_err(|e| fail(format!("failed to render the server command: {e}")))?;
     let cuda_visible_devices = (!lease.gpu_indices.is_empty()).then(|| {
@@ -287,7 +268,7 @@ async fn launch(
     let base_url = server.base_url();
     let served_model = probe::served_model(&base_url)
         .await
-        .unwrap_or_else(|| model.path.clone());
+        .unwrap_or_else(|| values.model_path.clone());
     let framework_version = probe::framework_version(&base_url).await;
     info!(unit = %lease.unit_id, %base_url, %served_model, "server healthy");
     Ok(Session {

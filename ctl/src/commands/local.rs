@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use evalctl_agent::doctor;
 use evalctl_agent::runner::{self, AgentConfig, GpuSource};
 use evalctl_coordinator::config::Config;
 use evalctl_coordinator::matrix;
@@ -19,8 +20,36 @@ use super::results;
 use super::watch::{self, Output};
 use crate::cli::{GlobalArgs, LocalArgs};
 use crate::client;
-use crate::error::{CliError, EXIT_CAMPAIGN_FAILED};
+use crate::error::{CliError, EXIT_CAMPAIGN_FAILED, EXIT_NOT_READY};
 use crate::render;
+
+/// `evalctl local --check`: the preflight of the matrix's units on this host, as the local
+/// agent would run them.
+fn preflight(
+    global: &GlobalArgs,
+    args: &LocalArgs,
+    expansion: &evalctl_coordinator::domain::Expansion,
+    data_dir: &Path,
+) -> Result<ExitCode, CliError> {
+    let units = super::plan::planned_units(expansion);
+    let host = doctor::Host::probe(
+        args.gpus.as_deref(),
+        &Default::default(),
+        data_dir.join("agent"),
+        super::plan::LISTED_HOST.to_owned(),
+    );
+    let report = doctor::check(&units, &host);
+    if global.json {
+        render::emit_json(&report)?;
+    } else {
+        render::emit(&report.human())?;
+    }
+    Ok(if report.worst() == doctor::Level::Fail {
+        ExitCode::from(EXIT_NOT_READY)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
 /// Runs `evalctl local`.
 pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliError> {
@@ -38,6 +67,9 @@ pub async fn run(global: &GlobalArgs, args: &LocalArgs) -> Result<ExitCode, CliE
         }
     })?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    if args.check {
+        return preflight(global, args, &expansion, &data_dir);
+    }
     if args.fresh {
         remove_previous_run(&data_dir)?;
     }

@@ -7,6 +7,7 @@ pub mod compare;
 pub mod control;
 pub mod export;
 pub mod local;
+pub mod plan;
 pub mod recommend;
 pub mod report;
 pub mod results;

@@ -8,6 +8,7 @@ use evalctl_coordinator::matrix;
 use evalctl_proto::v1 as pb;
 use serde::Serialize;
 
+use super::plan::planned_units;
 use crate::cli::{GlobalArgs, SubmitArgs};
 use crate::client;
 use crate::error::CliError;
@@ -38,6 +39,20 @@ struct UnitJson {
     /// reply does not carry it).
     #[serde(skip_serializing_if = "Option::is_none")]
     command: Option<String>,
+    /// Dry runs only: what `evalctl-agent doctor` reads (the framework, the command as the
+    /// agent renders it, for port 8000 and GPUs 0..count, the model path and the GPUs).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    plan: Option<Plan>,
+}
+
+/// A dry-run unit's launch details (`PlannedUnit` without the id and label `UnitJson` has).
+#[derive(Debug, Serialize)]
+struct Plan {
+    framework: String,
+    argv: Vec<String>,
+    model_path: String,
+    gpu_type: String,
+    gpu_count: u32,
 }
 
 /// Runs `evalctl submit`.
@@ -88,11 +103,19 @@ fn dry_run_report(expansion: &Expansion) -> SubmitJson {
         unit_list: expansion
             .units
             .iter()
-            .map(|u| UnitJson {
-                unit_id: u.id.to_string(),
-                label: u.config.label(),
+            .zip(planned_units(expansion))
+            .map(|(u, planned)| UnitJson {
+                unit_id: planned.unit_id,
+                label: planned.label,
                 steps: u.steps.len() as u64,
                 command: Some(u.config.framework.command.clone()),
+                plan: Some(Plan {
+                    framework: planned.framework,
+                    argv: planned.argv,
+                    model_path: planned.model_path,
+                    gpu_type: planned.gpu_type,
+                    gpu_count: planned.gpu_count,
+                }),
             })
             .collect(),
         dropped: expansion
@@ -126,6 +149,7 @@ fn submitted_report(r: pb::SubmitResponse) -> SubmitJson {
                 label: u.label,
                 steps: u64::from(u.steps),
                 command: None,
+                plan: None,
             })
             .collect(),
         dropped: r.dropped.into_iter().map(DroppedJson::from).collect(),

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs evalctl's test suite: installs the real llama.cpp server and its tiny models
-# (scripts/setup-llamacpp.sh: about 20 minutes the first time, then a second) and, as root
-# with apt-get, headless Chromium for the report test (scripts/setup-chromium.sh), builds every
+# (scripts/setup-llamacpp.sh: about 20 minutes the first time, then a second), vLLM's CPU
+# build and its tiny model (scripts/setup-vllm.sh: about 4 minutes and 5.4 GB the first time,
+# then a second) and, as root with apt-get, headless Chromium for the report test
+# (scripts/setup-chromium.sh), builds every
 # binary (the end-to-end tests start the real coordinator, agent and CLI processes), then
 # runs all tests of the workspace and ends with one totals line:
 # "summary: N passed, N failed, N skipped".
@@ -21,6 +23,11 @@ if ! scripts/setup-llamacpp.sh; then
   echo "test.sh: scripts/setup-llamacpp.sh failed; the llama.cpp end-to-end test will fail" >&2
 fi
 took "setup llama.cpp"
+# tests/vllm/ needs vLLM and its model; without them it fails, and says why.
+if ! scripts/setup-vllm.sh; then
+  echo "test.sh: scripts/setup-vllm.sh failed; the vLLM tests will fail" >&2
+fi
+took "setup vLLM"
 # tests/e2e/report.rs renders the HTML report in headless Chromium when it is installed.
 if ! scripts/setup-chromium.sh; then
   echo "test.sh: scripts/setup-chromium.sh failed; the report test will skip its rendering part" >&2

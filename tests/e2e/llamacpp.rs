@@ -6,11 +6,11 @@
 //! fails and says how to install it: a test of the real server must never pass without one.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use evalctl_tests::{
-    AgentProcess, CoordinatorProcess, evalctl, eventually, group_alive, json_stdout,
+    AgentProcess, CoordinatorProcess, cache_dir, evalctl, eventually, group_alive, json_stdout,
     processes_with, unique_suffix,
 };
 use serde_json::Value;
@@ -31,16 +31,6 @@ const OUTPUT_TOKENS: u64 = 16;
 struct Installed {
     server: PathBuf,
     models: PathBuf,
-}
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("EVALCTL_CACHE").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            Path::new(&home).join(".cache/evalctl")
-        }
-    }
 }
 
 /// Finds llama-server (the cache's, else one on PATH) and the models, or fails the test

@@ -38,6 +38,15 @@ pub fn workspace_root() -> PathBuf {
         .to_owned()
 }
 
+/// The cache the setup scripts install real engines and models into: `$EVALCTL_CACHE`, by
+/// default `~/.cache/evalctl` (scripts/setup-llamacpp.sh, scripts/setup-vllm.sh).
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("EVALCTL_CACHE").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/evalctl"),
+    }
+}
+
 /// Path of a workspace binary next to the running test executable.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use evalctl_tests::{
-    AgentProcess, CoordinatorProcess, evalctl, eventually, json_stdout, processes_with,
+    AgentProcess, CoordinatorProcess, cache_dir, evalctl, eventually, json_stdout, processes_with,
     workspace_root,
 };
 use serde_json::Value;
@@ -40,13 +40,6 @@ struct Installed {
     bin: PathBuf,
     /// The vLLM environment's Python.
     python: PathBuf,
-}
-
-fn cache_dir() -> PathBuf {
-    match std::env::var_os("EVALCTL_CACHE").filter(|v| !v.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/evalctl"),
-    }
 }
 
 fn installed() -> Installed {

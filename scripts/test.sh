@@ -2,7 +2,8 @@
 # Runs evalctl's test suite: installs the real llama.cpp server and its tiny models
 # (scripts/setup-llamacpp.sh: about 20 minutes the first time, then a second), vLLM's CPU
 # build and its tiny model (scripts/setup-vllm.sh: about 4 minutes and 5.4 GB the first time,
-# then a second) and, as root with apt-get, headless Chromium for the report test
+# then a second), as root with apt-get, Podman and runc for the container tests
+# (scripts/setup-podman.sh) and headless Chromium for the report test
 # (scripts/setup-chromium.sh), builds every
 # binary (the end-to-end tests start the real coordinator, agent and CLI processes), then
 # runs all tests of the workspace and ends with one totals line:
@@ -28,6 +29,11 @@ if ! scripts/setup-vllm.sh; then
   echo "test.sh: scripts/setup-vllm.sh failed; the vLLM tests will fail" >&2
 fi
 took "setup vLLM"
+# tests/e2e/containers.rs needs Podman and runc; without them it fails, and says why.
+if ! scripts/setup-podman.sh; then
+  echo "test.sh: scripts/setup-podman.sh failed; the container tests will fail" >&2
+fi
+took "setup Podman"
 # tests/e2e/report.rs renders the HTML report in headless Chromium when it is installed.
 if ! scripts/setup-chromium.sh; then
   echo "test.sh: scripts/setup-chromium.sh failed; the report test will skip its rendering part" >&2

@@ -114,12 +114,13 @@ impl DoctorArgs {
             (self.units.display().to_string(), text)
         };
         let units = crate::doctor::parse_units(&source, &text)?;
-        let host = crate::doctor::Host::probe(
+        let mut host = crate::doctor::Host::probe(
             simulated.as_deref(),
             &config.gpu_aliases,
             config.state_dir.clone(),
             config.server_host.clone(),
         );
+        host.containers = config.container.clone();
         let report = crate::doctor::check(&units, &host);
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);

@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 
 use serde::{Deserialize, Serialize};
 
+use crate::launcher::container::{CLI_TIMEOUT, CliError, ContainerConfig, Runtime};
 use crate::launcher::server::{AGENT_PROGRAM, free_port, resolve_program};
 
 /// A unit as the preflight needs it: what `evalctl submit --dry-run --json` lists per unit.
@@ -30,6 +31,13 @@ pub struct PlannedUnit {
     pub gpu_type: String,
     /// GPUs the unit takes (for a CPU unit, what the matrix says; it takes none).
     pub gpu_count: u32,
+    /// The container image the server runs in, for a framework with an `image`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The container's `create` as each runtime would be given it (`docker create …`,
+    /// `podman create …`), for a framework with an `image`.
+    #[serde(default)]
+    pub container_create: BTreeMap<String, Vec<String>>,
 }
 
 impl PlannedUnit {
@@ -72,7 +80,7 @@ impl Level {
 pub struct Finding {
     /// The verdict.
     pub level: Level,
-    /// `engine`, `model`, `gpu`, `disk` or `port`.
+    /// `engine`, `image`, `model`, `gpu`, `disk` or `port`.
     pub area: &'static str,
     /// What was checked, e.g. the framework's or model's name.
     pub subject: String,
@@ -150,6 +158,8 @@ pub struct Host {
     pub state_dir: PathBuf,
     /// The address servers listen on.
     pub server_host: String,
+    /// The container runtime settings, for units whose framework runs an image.
+    pub containers: ContainerConfig,
 }
 
 impl Host {
@@ -199,6 +209,7 @@ impl Host {
             driver,
             state_dir,
             server_host,
+            containers: ContainerConfig::default(),
         }
     }
 }
@@ -212,6 +223,7 @@ const NO_DISK_BYTES: u64 = 1 << 30;
 /// Checks the units against the host.
 pub fn check(units: &[PlannedUnit], host: &Host) -> Report {
     let mut findings = engines(units);
+    findings.extend(images(units, host));
     findings.extend(models(units));
     findings.extend(gpus(units, host));
     findings.extend(disk(units, host));
@@ -243,7 +255,8 @@ fn program_of(argv: &[String]) -> Option<(usize, &str)> {
 /// One finding per framework command program: found (where), or not.
 fn engines(units: &[PlannedUnit]) -> Vec<Finding> {
     let mut by_program: BTreeMap<(String, Vec<String>), Vec<&PlannedUnit>> = BTreeMap::new();
-    for unit in units {
+    // A containerised unit's program is in its image; `images` checks those.
+    for unit in units.iter().filter(|u| u.image.is_none()) {
         let Some((at, program)) = program_of(&unit.argv) else {
             continue;
         };
@@ -302,6 +315,67 @@ fn engines(units: &[PlannedUnit]) -> Vec<Finding> {
             }
         })
         .collect()
+}
+
+/// How long the preflight waits for the container runtime to answer.
+const RUNTIME_PROBE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// For units whose framework runs an image: one finding for the container runtime, and one
+/// per image (on the host, or to be pulled at the first launch).
+fn images(units: &[PlannedUnit], host: &Host) -> Vec<Finding> {
+    let mut by_image: BTreeMap<&str, Vec<&PlannedUnit>> = BTreeMap::new();
+    for unit in units {
+        if let Some(image) = &unit.image {
+            by_image.entry(image).or_default().push(unit);
+        }
+    }
+    if by_image.is_empty() {
+        return Vec::new();
+    }
+    let runtime = match Runtime::detect(&host.containers, RUNTIME_PROBE) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return vec![Finding {
+                level: Level::Fail,
+                area: "image",
+                subject: "container runtime".to_owned(),
+                detail: format!(
+                    "{err} (hint: install Docker or Podman, or set `[container]` in the agent's config)"
+                ),
+                units: labels(by_image.into_values().flatten()),
+            }];
+        }
+    };
+    let mut findings = vec![Finding {
+        level: Level::Ok,
+        area: "image",
+        subject: "container runtime".to_owned(),
+        detail: format!("{} ({})", runtime.describe(), runtime.program.display()),
+        units: Vec::new(),
+    }];
+    for (image, units) in by_image {
+        let (level, detail) = match runtime.output_blocking(
+            &["image", "inspect", "--format", "{{.Id}}", image],
+            CLI_TIMEOUT,
+        ) {
+            Ok(id) => (Level::Ok, format!("on this host ({})", id.trim())),
+            Err(CliError::Failed { .. }) => (
+                Level::Warn,
+                "not on this host: the agent pulls it before the first launch (with `pull: \
+                 never` the units fail instead)"
+                    .to_owned(),
+            ),
+            Err(err) => (Level::Fail, evalctl_common::error_chain(&err)),
+        };
+        findings.push(Finding {
+            level,
+            area: "image",
+            subject: image.to_owned(),
+            detail,
+            units: labels(units),
+        });
+    }
+    findings
 }
 
 /// Where the program a command names is, as the agent would run it.
@@ -637,6 +711,8 @@ mod tests {
             model_path: model.to_owned(),
             gpu_type: gpu.to_owned(),
             gpu_count: count,
+            image: None,
+            container_create: BTreeMap::new(),
         }
     }
 
@@ -646,6 +722,7 @@ mod tests {
             driver: Some("driver 580.1, CUDA 13.0".into()),
             state_dir: dir.join("state"),
             server_host: "127.0.0.1".into(),
+            containers: ContainerConfig::default(),
         }
     }
 
@@ -773,5 +850,28 @@ mod tests {
             .map(|s| (*s).to_owned())
             .collect();
         assert_eq!(program_of(&argv).map(|(_, p)| p), Some("ollama"));
+    }
+
+    #[test]
+    fn a_containerised_unit_needs_a_runtime_not_its_engine_on_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vllm = unit("vllm", &["vllm", "serve", "m"], "m", "cpu", 1);
+        vllm.image = Some("vllm/vllm-openai:v0.11.0".into());
+        let mut host = host(dir.path(), Err("none".into()));
+        host.containers = ContainerConfig {
+            choice: crate::launcher::container::RuntimeChoice::Podman,
+            program: Some(dir.path().join("no-podman")),
+            ..ContainerConfig::default()
+        };
+        let report = check(&[vllm], &host);
+        // The engine is in the image: no `vllm` on PATH is needed.
+        assert!(
+            report.findings.iter().all(|f| f.area != "engine"),
+            "{report:#?}"
+        );
+        let runtime = finding(&report, "image", "container runtime");
+        assert_eq!(runtime.level, Level::Fail);
+        assert!(runtime.detail.contains("no-podman"), "{}", runtime.detail);
+        assert_eq!(runtime.units.len(), 1);
     }
 }

@@ -244,6 +244,7 @@ fn spec(dir: &Path, argv: Vec<String>) -> LaunchSpec {
         log_path: dir.join("logs/unit/server.log"),
         stop_grace: Duration::from_secs(3),
         supervisor: PathBuf::from(env!("CARGO_BIN_EXE_evalctl-agent")),
+        teardown: Vec::new(),
     }
 }
 
@@ -568,6 +569,49 @@ async fn stop_ends_a_grandchild_that_left_the_group_with_setsid() {
     );
     assert!(process_gone(grandchild), "grandchild {grandchild} survived");
     eprintln!("stop ended a setsid grandchild in {took:?}");
+}
+
+#[tokio::test]
+async fn the_teardown_runs_before_the_tree_ends_on_stop_and_on_the_agents_death() {
+    // A container's server process is only the runtime's client: the supervisor runs the
+    // teardown (`stop`, `rm`) however the server ends. Here each teardown command notes
+    // that it ran and whether the server was still alive then (it must be: the teardown
+    // comes first, so a client that proxies signals never ends the container on its own).
+    let dir = tempfile::tempdir().unwrap();
+    for agent_dies in [false, true] {
+        let marks = dir.path().join(format!("teardown-{agent_dies}"));
+        let pid_file = dir.path().join(format!("server-{agent_dies}.pid"));
+        let mut spec = spec(
+            dir.path(),
+            sh(&format!(
+                "echo $$ > '{}'; exec sleep 1000",
+                pid_file.display()
+            )),
+        );
+        let note = |word: &str| {
+            argv(&[
+                "sh",
+                "-c",
+                &format!(
+                    "if kill -0 $(cat '{}'); then echo {word} alive; else echo {word} gone; fi >> '{}'",
+                    pid_file.display(),
+                    marks.display()
+                ),
+            ])
+        };
+        spec.teardown = vec![note("stop"), note("rm")];
+        let mut server = launcher::spawn(&spec).await.unwrap();
+        wait_for_pid_file(&pid_file).await;
+        let pgid = server.record().pgid;
+        if agent_dies {
+            drop(server);
+            eventually(|| process_gone(pgid), "the server is gone").await;
+        } else {
+            stop_and_check_gone(&mut server).await;
+        }
+        let ran = std::fs::read_to_string(&marks).unwrap_or_default();
+        assert_eq!(ran, "stop alive\nrm alive\n", "agent dies: {agent_dies}");
+    }
 }
 
 #[tokio::test]

@@ -117,8 +117,83 @@ pub struct FrameworkSpec {
     pub startup_timeout_ms: u64,
     /// Extra environment for the server.
     pub env: BTreeMap<String, String>,
-    /// Container image, when the command runs one.
+    /// Container image: the server runs in a container of it (docs/containers.md).
     pub image: Option<String>,
+    /// How the container is pulled and run; set exactly when `image` is. Left out of the
+    /// serialized form when absent, so the ids of units without an image do not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// How a framework's container is pulled and run (the matrix's `container` block, with its
+/// defaults applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// When the image is pulled.
+    pub pull: PullPolicy,
+    /// How long a pull may take, in milliseconds.
+    pub pull_timeout_ms: u64,
+    /// How the server is reached.
+    pub network: ContainerNetwork,
+    /// `/dev/shm` size in a private IPC namespace, e.g. `16g`; `None` = the host's IPC
+    /// namespace.
+    pub shm_size: Option<String>,
+    /// Extra options of the runtime's `create`, placed before the image.
+    pub run_options: Vec<String>,
+}
+
+/// Default [`ContainerSpec::pull_timeout_ms`]: 30 minutes (an engine image is 10–20 GB).
+pub const DEFAULT_PULL_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
+impl Default for ContainerSpec {
+    fn default() -> ContainerSpec {
+        ContainerSpec {
+            pull: PullPolicy::IfMissing,
+            pull_timeout_ms: DEFAULT_PULL_TIMEOUT_MS,
+            network: ContainerNetwork::Host,
+            shm_size: None,
+            run_options: Vec::new(),
+        }
+    }
+}
+
+/// When a framework's image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Before every launch.
+    Always,
+    /// When the host does not have the image.
+    IfMissing,
+    /// Never: the host must have it.
+    Never,
+}
+
+impl PullPolicy {
+    /// Every policy with its matrix spelling.
+    pub const ALL: [(PullPolicy, &'static str); 3] = [
+        (PullPolicy::Always, "always"),
+        (PullPolicy::IfMissing, "if-missing"),
+        (PullPolicy::Never, "never"),
+    ];
+}
+
+/// How a container's server is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContainerNetwork {
+    /// The host's network namespace.
+    Host,
+    /// A network of its own with the unit's port published.
+    Publish,
+}
+
+impl ContainerNetwork {
+    /// Every mode with its matrix spelling.
+    pub const ALL: [(ContainerNetwork, &'static str); 2] = [
+        (ContainerNetwork::Host, "host"),
+        (ContainerNetwork::Publish, "publish"),
+    ];
 }
 
 /// The quantization a unit serves with.

@@ -85,6 +85,20 @@ pub fn unit_outcome(unit: &pb::UnitSummary) -> &'static str {
     }
 }
 
+/// How the agent classified the unit's last failure, as the store spells it
+/// (`bad_argument`, `image_unavailable`, ...); `None` when it was not classified.
+pub fn failure_class(unit: &pb::UnitSummary) -> Option<&'static str> {
+    match pb::FailureClass::try_from(unit.failure_class).ok()? {
+        pb::FailureClass::Unspecified => None,
+        pb::FailureClass::BadArgument => Some("bad_argument"),
+        pb::FailureClass::PortInUse => Some("port_in_use"),
+        pb::FailureClass::OutOfMemory => Some("out_of_memory"),
+        pb::FailureClass::MissingModel => Some("missing_model"),
+        pb::FailureClass::MissingEngine => Some("missing_engine"),
+        pb::FailureClass::ImageUnavailable => Some("image_unavailable"),
+    }
+}
+
 /// Whether the unit failed because its model ran out of memory.
 pub fn does_not_fit(unit: &pb::UnitSummary) -> bool {
     unit.state == pb::UnitState::Failed as i32

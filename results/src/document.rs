@@ -22,6 +22,7 @@
 //! |---|---|
 //! | 1.0 | first version |
 //! | 1.1 | `schema_minor` written |
+//! | 1.2 | environment: `image_id`, `image_digest`, `container_runtime` |
 
 use std::collections::BTreeMap;
 
@@ -34,7 +35,7 @@ use crate::telemetry::{GpuDevice, TelemetrySummary};
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 1;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 2;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -131,6 +132,15 @@ pub struct Environment {
     pub launch_command: String,
     /// Container image, when the framework names one.
     pub image: Option<String>,
+    /// The image's id (`sha256:…`), when the server ran in a container (schema 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The image's registry digest (`sha256:…`), when it has one (schema 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// The container runtime, e.g. `podman 4.3.1` (schema 1.2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_runtime: Option<String>,
     /// `CUDA_VISIBLE_DEVICES` given to the server, when set.
     pub cuda_visible_devices: Option<String>,
     /// Operating system and architecture, e.g. "linux x86_64".

@@ -5,6 +5,7 @@ mod agents;
 mod chaos;
 mod cli_errors;
 mod compare;
+mod containers;
 mod control_plane;
 mod layering;
 mod llamacpp;

@@ -16,12 +16,14 @@ use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
 mod agent;
+mod containers;
 mod ledger;
 mod metadata;
 mod procs;
 mod proxy;
 
 pub use agent::AgentProcess;
+pub use containers::{Podman, SIM_IMAGE};
 pub use ledger::{AgentLog, Fault, FinishedStep, Ledger, Rng, SeenResult};
 pub use metadata::{Cloud, FakeMetadata};
 pub use procs::{children_of, descendants_of, group_alive, process_gone, processes_with};

@@ -23,6 +23,7 @@ pub fn label(class: FailureClass) -> &'static str {
         FailureClass::OutOfMemory => "out of memory",
         FailureClass::MissingModel => "model files not found",
         FailureClass::MissingEngine => "engine not installed",
+        FailureClass::ImageUnavailable => "image unavailable",
         FailureClass::Unspecified => "not recognised",
     }
 }
@@ -71,6 +72,10 @@ const PATTERNS: &[(FailureClass, &[&str])] = &[
             // llama.cpp's argument parser.
             "error: invalid argument: ",
             "error: unknown argument: ",
+            // Docker's and Podman's `create` refusing an option or a combination.
+            "Error: invalid config provided:",
+            "unknown flag: ",
+            "unknown shorthand flag: ",
         ],
     ),
     (
@@ -196,6 +201,10 @@ mod tests {
             "\u{1b}[1m\u{1b}[31merror:\u{1b}[0m unexpected argument '\u{1b}[33m--bogus\u{1b}[0m' found\n\nUsage: evalctl-agent sim-server [OPTIONS]\n\nFor more information, try '--help'.",
             "error: invalid argument: --no-such-flag",
             "Error: No such option: --tp",
+            // Podman's and Docker's `create`.
+            "Error: invalid config provided: cannot set shmsize when running in the {host } IPC Namespace",
+            "Error: unknown flag: --no-such-option\nSee 'podman create --help'",
+            "unknown shorthand flag: 'z' in -z",
         ];
         for log in logs {
             assert_eq!(class_of(log), Some(FailureClass::BadArgument), "{log}");

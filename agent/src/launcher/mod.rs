@@ -6,6 +6,8 @@
 //! - [`server`]: [`spawn`], [`RunningServer`] (health wait, exit polling, stop, log tail).
 //! - [`supervisor`]: the process between the agent and each server (`evalctl-agent
 //!   supervise`) that ends the server's whole tree when the agent stops it or dies.
+//! - [`container`]: frameworks with an `image`: pull, create, teardown and reaping through
+//!   the Docker or Podman CLI; the container's `start --attach` is the supervised server.
 //! - [`diagnosis`]: what kind of failure a server that did not start had (a refused
 //!   command line, a port in use, out of memory, missing model files or engine), and the
 //!   log line that shows it.
@@ -16,6 +18,7 @@
 //! - `group` and `procfs` (private): process groups and `/proc` (start times, group members,
 //!   descendants); the launcher is Linux only.
 
+pub mod container;
 pub mod diagnosis;
 mod error;
 mod group;
@@ -33,7 +36,7 @@ pub use orphans::{LAUNCH_TOKEN_ENV, OrphanOutcome, ServerRecord, end_launch, end
 pub use procfs::process_start_time;
 pub use server::{
     AGENT_PROGRAM, LOG_TAIL_BYTES, LaunchSpec, RunningServer, StopOutcome, THIS_EXECUTABLE,
-    default_supervisor, free_port, read_tail, resolve_program, spawn,
+    append_log_line, default_supervisor, free_port, read_tail, resolve_program, spawn,
 };
 pub use template::{
     RenderedCommand, SERVER_PLACEHOLDERS, TemplateError, TemplateValues, render_command,

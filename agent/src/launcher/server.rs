@@ -73,6 +73,10 @@ pub struct LaunchSpec {
     /// `evalctl-agent`. [`THIS_EXECUTABLE`] in the agent binary; elsewhere
     /// [`default_supervisor`].
     pub supervisor: PathBuf,
+    /// Commands the supervisor runs, in order, before it ends the server's processes,
+    /// however the server ends (full argv each; empty for a plain process): a container's
+    /// `stop` and `rm`.
+    pub teardown: Vec<Vec<String>>,
 }
 
 /// The supervisor for a process that is not `evalctl-agent` itself (`evalctl local`,
@@ -122,6 +126,8 @@ pub struct RunningServer {
     health_path: String,
     startup_timeout: Duration,
     stop_grace: Duration,
+    /// How long the supervisor's teardown commands may take in all.
+    teardown_limit: Duration,
     log_path: PathBuf,
     /// The supervisor's exit status, once reaped: the server's, mirrored.
     exit_status: Option<ExitStatus>,
@@ -181,7 +187,13 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
     })?;
 
     let resolved = resolve_program(program);
-    let mut cmd = link::command(&spec.supervisor, spec.stop_grace, &resolved, args);
+    let mut cmd = link::command(
+        &spec.supervisor,
+        spec.stop_grace,
+        &spec.teardown,
+        &resolved,
+        args,
+    );
     cmd.envs(&spec.env)
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(stderr));
@@ -248,6 +260,7 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
         health_path: spec.health_path.clone(),
         startup_timeout: spec.startup_timeout,
         stop_grace: spec.stop_grace,
+        teardown_limit: link::TEARDOWN_TIMEOUT * spec.teardown.len() as u32,
         log_path: spec.log_path.clone(),
         exit_status: None,
         stopped: None,
@@ -497,7 +510,7 @@ impl RunningServer {
         let pgid = self.pgid;
         // Our child and not yet reaped, so the pid is still the supervisor's.
         let _ = nix::sys::signal::kill(Pid::from_raw(self.supervisor_pid), Signal::SIGTERM);
-        let limit = self.stop_grace + KILL_WAIT + SUPERVISOR_SLACK;
+        let limit = self.stop_grace + KILL_WAIT + SUPERVISOR_SLACK + self.teardown_limit;
         match tokio::time::timeout(limit, self.child.wait()).await {
             Ok(Ok(status)) => {
                 self.exit_status = Some(status);
@@ -575,6 +588,19 @@ impl RunningServer {
             tracing::warn!(log = %self.log_path.display(), error = %err, "failed to read the server log");
             String::new()
         })
+    }
+}
+
+/// Appends a line of evalctl's own to a server log (`==> <time> evalctl-agent: message`, the
+/// header's form), creating the file and its directory. A log that cannot be written loses
+/// the line: the launch's own error says what happened.
+pub fn append_log_line(path: &Path, message: &str) {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(mut log) = OpenOptions::new().create(true).append(true).open(path) {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let _ = writeln!(log, "==> {now} evalctl-agent: {message}");
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::launcher::container::{ContainerConfig, RuntimeChoice};
 use crate::preemption::{Provider, WatchConfig};
 use evalctl_proto::client::ClientAuth;
 
@@ -66,6 +67,27 @@ pub struct FileConfig {
     pub client_cert: Option<PathBuf>,
     /// PEM key of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// How frameworks with an `image` run their containers (`[container]`).
+    pub container: Option<ContainerFileConfig>,
+}
+
+/// The `[container]` table: the container runtime of frameworks with an `image`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerFileConfig {
+    /// `auto` (default: Docker when its daemon answers, else Podman), `docker` or `podman`.
+    pub runtime: Option<String>,
+    /// The runtime's command, when not the runtime's name on `PATH`.
+    pub program: Option<PathBuf>,
+    /// Options before every subcommand, e.g. `["--root", "/data/containers"]`.
+    #[serde(default)]
+    pub global_args: Vec<String>,
+    /// Options of every `create` on this host, before the framework's `run_options`.
+    #[serde(default)]
+    pub run_options: Vec<String>,
+    /// The host's Hugging Face home, whose `hub/` cache is mounted read-only (default
+    /// `$HF_HOME`, else `~/.cache/huggingface`).
+    pub hf_home: Option<PathBuf>,
 }
 
 /// A config file that cannot be used.
@@ -151,6 +173,8 @@ pub struct AgentConfig {
     /// The `evalctl-agent` that supervises each server (`supervise`): the running binary for
     /// `evalctl-agent run`, else [`crate::launcher::default_supervisor`].
     pub supervisor: PathBuf,
+    /// The container runtime of frameworks with an `image`.
+    pub container: ContainerConfig,
 }
 
 impl AgentConfig {
@@ -174,6 +198,7 @@ impl AgentConfig {
             auth: ClientAuth::default(),
             token_file: None,
             supervisor: crate::launcher::default_supervisor(),
+            container: ContainerConfig::default(),
         }
     }
 
@@ -233,6 +258,25 @@ impl AgentConfig {
         }
         if file.client_key.is_some() {
             self.auth.client_key = file.client_key;
+        }
+        if let Some(container) = file.container {
+            if let Some(runtime) = container.runtime.as_deref() {
+                self.container.choice =
+                    runtime
+                        .parse::<RuntimeChoice>()
+                        .map_err(|message| ConfigError::Value {
+                            key: "container.runtime",
+                            message,
+                        })?;
+            }
+            if container.program.is_some() {
+                self.container.program = container.program;
+            }
+            self.container.global_args.extend(container.global_args);
+            self.container.run_options.extend(container.run_options);
+            if container.hf_home.is_some() {
+                self.container.hf_home = container.hf_home;
+            }
         }
         Ok(())
     }

@@ -25,10 +25,16 @@ pub fn describe(ctx: &Ctx, lease: &pb::Lease, session: &Session) -> Environment 
         cuda_version: ctx.inventory.cuda_version.clone(),
         framework: framework.map(|f| f.name.clone()).unwrap_or_default(),
         framework_version: session.framework_version.clone(),
-        launch_command: session.server.command_line(),
+        launch_command: session.launch_command.clone(),
         image: framework
             .map(|f| f.image.clone())
             .filter(|image| !image.is_empty()),
+        image_id: session.container.as_ref().map(|c| c.identity.id.clone()),
+        image_digest: session
+            .container
+            .as_ref()
+            .and_then(|c| c.identity.digest.clone()),
+        container_runtime: session.container.as_ref().map(|c| c.runtime.clone()),
         cuda_visible_devices: session.cuda_visible_devices.clone(),
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),

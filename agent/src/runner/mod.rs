@@ -46,7 +46,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use config::{AgentConfig, FileConfig};
 /// The GPU source [`run`] takes, and how a binary finds the host's (NVML, a simulated spec,
@@ -57,11 +57,15 @@ use evalctl_proto::client::{self, BearerToken};
 use evalctl_telemetry::Inventory;
 
 use crate::launcher;
+use crate::launcher::container::{self, NoRuntime, Runtime};
 use crate::preemption::{self, WatchConfig};
 use crate::state::AgentState;
 
 /// Largest gRPC message either way; results carry compressed per-request records.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long the container runtime's version may take to answer at start.
+const RUNTIME_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The agent stopped on an error it cannot work around.
 #[derive(Debug, thiserror::Error)]
@@ -222,6 +226,8 @@ pub struct Ctx {
     pub warm: tokio::sync::Mutex<servers::WarmPool>,
     /// Lease TTL and heartbeat interval the coordinator asked for.
     pub timing: Mutex<Timing>,
+    /// The container runtime for frameworks with an `image`, found at start.
+    pub container_runtime: Result<Runtime, NoRuntime>,
 }
 
 /// Lease timing set by the coordinator at registration.
@@ -286,6 +292,24 @@ pub async fn run(
     }
     let agent_id = state.agent_id();
     end_orphan_servers(&state, config.stop_grace).await;
+    let probe = config.container.clone();
+    let container_runtime =
+        tokio::task::spawn_blocking(move || Runtime::detect(&probe, RUNTIME_PROBE_TIMEOUT))
+            .await
+            .unwrap_or_else(|err| {
+                Err(NoRuntime {
+                    tried: format!("the runtime probe failed: {err}"),
+                })
+            });
+    match &container_runtime {
+        Ok(runtime) => {
+            info!(runtime = %runtime.describe(), "container runtime found");
+            end_orphan_containers(runtime, &agent_id, config.stop_grace).await;
+        }
+        Err(err) => {
+            debug!(error = %err, "no container runtime; frameworks with an image cannot run here")
+        }
+    }
 
     let connect_error = |source| AgentError::Connect {
         url: config.coordinator.clone(),
@@ -330,6 +354,7 @@ pub async fn run(
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
         }),
+        container_runtime,
         config,
     });
 
@@ -558,6 +583,23 @@ async fn end_orphan_servers(state: &AgentState, grace: Duration) {
         if let Err(err) = state.forget_server(record.pgid) {
             warn!(pgid = record.pgid, error = %err, "failed to forget a server record");
         }
+    }
+}
+
+/// Removes the containers a previous life left (labelled with this agent's id).
+async fn end_orphan_containers(runtime: &Runtime, agent_id: &str, grace: Duration) {
+    match container::reap::end_orphans(runtime, agent_id, grace).await {
+        Ok(ended) => {
+            for (name, outcome) in ended {
+                match outcome {
+                    Ok(()) => info!(container = %name, "container left by a previous run removed"),
+                    Err(err) => {
+                        warn!(container = %name, error = %err, "failed to remove a container left by a previous run")
+                    }
+                }
+            }
+        }
+        Err(err) => warn!(error = %err, "failed to list containers left by a previous run"),
     }
 }
 

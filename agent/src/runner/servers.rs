@@ -11,7 +11,12 @@ use tracing::{info, warn};
 
 use super::Ctx;
 use super::probe;
-use crate::launcher::{self, Diagnosis, LaunchSpec, RunningServer, TemplateValues};
+use crate::launcher::container::image::{self, ImageError, ImageIdentity};
+use crate::launcher::container::plan::{ContainerPlan, UnitContainer, container_name};
+use crate::launcher::container::{CLI_TIMEOUT, DEFAULT_PULL_TIMEOUT, labels};
+use crate::launcher::{
+    self, Diagnosis, FailureClass, LaunchSpec, RenderedCommand, RunningServer, TemplateValues,
+};
 use crate::state::LaunchIntent;
 
 pub use crate::launcher::LOG_TAIL_BYTES;
@@ -31,6 +36,34 @@ pub struct Session {
     pub framework_version: Option<String>,
     /// `CUDA_VISIBLE_DEVICES` it got.
     pub cuda_visible_devices: Option<String>,
+    /// The exact launch command, shell-quoted: for a container, its `create`.
+    pub launch_command: String,
+    /// The container's image and runtime, for a framework with an `image`.
+    pub container: Option<ContainerFacts>,
+}
+
+/// What a containerised server ran on.
+#[derive(Debug, Clone)]
+pub struct ContainerFacts {
+    /// The image as the framework names it.
+    pub image: String,
+    /// Its id and digest.
+    pub identity: ImageIdentity,
+    /// The runtime, e.g. `podman 4.3.1`.
+    pub runtime: String,
+    /// The container's name.
+    pub name: String,
+}
+
+/// How the server's process is started: the framework's command itself, or the container
+/// runtime's client attached to the container that runs it.
+struct Prepared {
+    command: RenderedCommand,
+    env: BTreeMap<String, String>,
+    cuda_visible_devices: Option<String>,
+    teardown: Vec<Vec<String>>,
+    launch_command: String,
+    container: Option<ContainerFacts>,
 }
 
 /// A server that could not be brought up: the unit fails with this.
@@ -179,47 +212,58 @@ async fn launch(
     let port = launcher::free_port(&host)
         .map_err(|e| fail(format!("failed to find a free port on {host}: {e}")))?;
     let values = TemplateValues::for_unit(&lease.unit_id, config, &host, port, &lease.gpu_indices);
-    let command = launcher::render_command(&framework.command, &config.extra_args, &values)
-        .map_err(|e| fail(format!("failed to render the server command: {e}")))?;
-    let cuda_visible_devices = (!lease.gpu_indices.is_empty()).then(|| {
-        lease
-            .gpu_indices
-            .iter()
-            .map(u32::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
-    });
+    let log_path = ctx
+        .config
+        .log_dir()
+        .join(format!("{}-a{}.log", lease.unit_id, lease.attempt));
+    // Recorded before the spawn, with its token in the server's environment (and on its
+    // container's labels): a crash before the process group is recorded below still leaves
+    // the next life a way to find what this started.
+    let token = uuid::Uuid::new_v4().simple().to_string();
+    let prepared = if framework.image.is_empty() {
+        let command = launcher::render_command(&framework.command, &config.extra_args, &values)
+            .map_err(|e| fail(format!("failed to render the server command: {e}")))?;
+        let cuda_visible_devices = (!lease.gpu_indices.is_empty()).then(|| {
+            lease
+                .gpu_indices
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        Prepared {
+            launch_command: command.display(),
+            command,
+            env: framework.env.clone().into_iter().collect(),
+            cuda_visible_devices,
+            teardown: Vec::new(),
+            container: None,
+        }
+    } else {
+        prepare_container(ctx, lease, &host, port, &log_path, &token, stop).await?
+    };
     let mut spec = LaunchSpec {
-        command,
-        env: framework
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<BTreeMap<_, _>>(),
-        cuda_visible_devices: cuda_visible_devices.clone(),
+        command: prepared.command,
+        env: prepared.env,
+        cuda_visible_devices: prepared.cuda_visible_devices.clone(),
         host,
         port,
         health_path: framework.health_path.clone(),
         startup_timeout: std::time::Duration::from_millis(framework.startup_timeout_ms.max(1_000)),
-        log_path: ctx
-            .config
-            .log_dir()
-            .join(format!("{}-a{}.log", lease.unit_id, lease.attempt)),
+        log_path,
         stop_grace: ctx.config.stop_grace,
         supervisor: ctx.config.supervisor.clone(),
+        teardown: prepared.teardown,
     };
     info!(
         lease = %lease.lease_id,
         unit = %lease.unit_id,
-        command = %spec.command.display(),
+        command = %prepared.launch_command,
         log = %spec.log_path.display(),
         "launching the server"
     );
-    // Recorded before the spawn, with its token in the server's environment: a crash
-    // before the process group is recorded below still leaves the next life a way to
-    // find what this started.
     let launch = LaunchIntent {
-        token: uuid::Uuid::new_v4().simple().to_string(),
+        token,
         unit_id: lease.unit_id.clone(),
         command: spec.command.display(),
         log_path: spec.log_path.clone(),
@@ -277,6 +321,141 @@ async fn launch(
         gpu_indices: lease.gpu_indices.clone(),
         served_model,
         framework_version,
-        cuda_visible_devices,
+        cuda_visible_devices: prepared.cuda_visible_devices,
+        launch_command: prepared.launch_command,
+        container: prepared.container,
+    })
+}
+
+/// The pull phase, the image's identity and the container's `create`, for a framework with
+/// an `image`; the server process is then the runtime's `start --attach`, and the
+/// supervisor's teardown stops and removes the container.
+async fn prepare_container(
+    ctx: &Ctx,
+    lease: &pb::Lease,
+    host: &str,
+    port: u16,
+    log_path: &std::path::Path,
+    token: &str,
+    stop: &CancellationToken,
+) -> Result<Prepared, LaunchFailure> {
+    let failure = |error: String, class: Option<FailureClass>, log_tail: String| LaunchFailure {
+        diagnosis: class.map(|class| Diagnosis {
+            class,
+            line: error.lines().next().unwrap_or_default().to_owned(),
+        }),
+        error,
+        log_tail,
+        cancelled: false,
+    };
+    let config = lease.config.as_ref().cloned().unwrap_or_default();
+    let framework = config.framework.clone().unwrap_or_default();
+    let runtime = ctx.container_runtime.as_ref().map_err(|err| {
+        failure(
+            format!(
+                "framework `{}` runs image `{}`: {err}",
+                framework.name, framework.image
+            ),
+            Some(FailureClass::ImageUnavailable),
+            String::new(),
+        )
+    })?;
+    let spec = framework.container.clone().unwrap_or_default();
+    let pull_timeout = match spec.pull_timeout_ms {
+        0 => DEFAULT_PULL_TIMEOUT,
+        ms => std::time::Duration::from_millis(ms),
+    };
+    if let Err(err) = image::ensure(
+        runtime,
+        &framework.image,
+        spec.pull(),
+        pull_timeout,
+        log_path,
+        stop,
+    )
+    .await
+    {
+        let class = match err {
+            ImageError::Cancelled { .. } => {
+                return Err(LaunchFailure {
+                    cancelled: true,
+                    ..failure(err.to_string(), None, String::new())
+                });
+            }
+            ImageError::Inspect { .. } | ImageError::PullIo { .. } => None,
+            _ => Some(FailureClass::ImageUnavailable),
+        };
+        return Err(failure(
+            evalctl_common::error_chain(&err),
+            class,
+            launcher::read_tail(log_path, LOG_TAIL_BYTES).unwrap_or_default(),
+        ));
+    }
+    let identity = image::identity(runtime, &framework.image)
+        .await
+        .map_err(|err| failure(evalctl_common::error_chain(&err), None, String::new()))?;
+    let name = container_name(&lease.unit_id, token);
+    let unit = UnitContainer {
+        config: &config,
+        unit_id: &lease.unit_id,
+        host,
+        port,
+        gpu_indices: &lease.gpu_indices,
+        name: name.clone(),
+        labels: [
+            (labels::AGENT, ctx.agent_id.as_str()),
+            (labels::UNIT, lease.unit_id.as_str()),
+            (labels::LEASE, lease.lease_id.as_str()),
+            (labels::LAUNCH, token),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        hub_cache: ctx.config.container.hub_cache(),
+    };
+    let plan = ContainerPlan::for_unit(runtime.kind, &runtime.run_options, &unit)
+        .map_err(|err| failure(evalctl_common::error_chain(&err), None, String::new()))?;
+    let create = runtime.argv(&plan.create_args());
+    let launch_command = RenderedCommand::from(create).display();
+    launcher::append_log_line(
+        log_path,
+        &format!("creating the container: {launch_command}"),
+    );
+    if let Err(err) = runtime.output(&plan.create_args(), CLI_TIMEOUT).await {
+        let stderr = err.stderr().to_owned();
+        launcher::append_log_line(log_path, &format!("create failed: {stderr}"));
+        let error = match err.exit_code() {
+            Some(code) => format!(
+                "the container runtime refused to create the server's container (exit \
+                 status {code})"
+            ),
+            None => format!(
+                "failed to create the server's container: {}",
+                evalctl_common::error_chain(&err)
+            ),
+        };
+        return Err(LaunchFailure {
+            error,
+            diagnosis: launcher::diagnosis::diagnose(&stderr),
+            log_tail: launcher::read_tail(log_path, LOG_TAIL_BYTES).unwrap_or_default(),
+            cancelled: false,
+        });
+    }
+    info!(container = %name, image = %framework.image, id = %identity.id, "container created");
+    Ok(Prepared {
+        command: RenderedCommand::from(runtime.argv(&plan.start_args())),
+        env: BTreeMap::new(),
+        cuda_visible_devices: None,
+        teardown: ContainerPlan::teardown_args(&name, ctx.config.stop_grace)
+            .iter()
+            .map(|args| runtime.argv(args))
+            .collect(),
+        launch_command,
+        container: Some(ContainerFacts {
+            image: framework.image.clone(),
+            identity,
+            runtime: runtime.describe(),
+            name,
+        }),
     })
 }

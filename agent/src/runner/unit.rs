@@ -99,6 +99,16 @@ async fn execute(
             // `status`, the report and the events show the error, and the coordinator
             // reacts to the kind.
             let (error, class) = match &failure.diagnosis {
+                // The error already quotes the line (the agent's own findings, such as a
+                // container image it could not have): name the kind only.
+                Some(diagnosis) if failure.error.contains(&diagnosis.line) => (
+                    format!(
+                        "the server did not start: {} ({})",
+                        failure.error,
+                        crate::launcher::diagnosis::label(diagnosis.class)
+                    ),
+                    diagnosis.class,
+                ),
                 Some(diagnosis) => (
                     format!(
                         "the server did not start: {} ({})",

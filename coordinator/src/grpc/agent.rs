@@ -504,5 +504,6 @@ fn failure_kind(class: pb::FailureClass) -> FailureKind {
         pb::FailureClass::OutOfMemory => FailureKind::OutOfMemory,
         pb::FailureClass::MissingModel => FailureKind::MissingModel,
         pb::FailureClass::MissingEngine => FailureKind::MissingEngine,
+        pb::FailureClass::ImageUnavailable => FailureKind::ImageUnavailable,
     }
 }

@@ -5,8 +5,9 @@
 use evalctl_proto::v1 as pb;
 
 use crate::domain::{
-    AgentGpu, Api, Arrival, DatasetSpec, Dropped, FrameworkSpec, GpuRequirement, LoadPoint,
-    ModelSpec, QuantizationSpec, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
+    AgentGpu, Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Dropped, FrameworkSpec,
+    GpuRequirement, LoadPoint, ModelSpec, PullPolicy, QuantizationSpec, Slo, StepSpec,
+    StopCondition, UnitConfig, WorkloadSpec,
 };
 use crate::store::{
     AgentRow, CampaignInfo, CampaignState, FailureKind, GrantedLease, StateCounts, StoredResult,
@@ -102,6 +103,7 @@ pub fn failure_class(kind: FailureKind) -> pb::FailureClass {
         FailureKind::OutOfMemory => pb::FailureClass::OutOfMemory,
         FailureKind::MissingModel => pb::FailureClass::MissingModel,
         FailureKind::MissingEngine => pb::FailureClass::MissingEngine,
+        FailureKind::ImageUnavailable => pb::FailureClass::ImageUnavailable,
     }
 }
 
@@ -144,6 +146,24 @@ fn framework(f: &FrameworkSpec) -> pb::FrameworkSpec {
         startup_timeout_ms: f.startup_timeout_ms,
         env: f.env.clone().into_iter().collect(),
         image: f.image.clone().unwrap_or_default(),
+        container: f.container.as_ref().map(container),
+    }
+}
+
+fn container(c: &ContainerSpec) -> pb::ContainerSpec {
+    pb::ContainerSpec {
+        pull: match c.pull {
+            PullPolicy::Always => pb::PullPolicy::Always,
+            PullPolicy::IfMissing => pb::PullPolicy::IfMissing,
+            PullPolicy::Never => pb::PullPolicy::Never,
+        } as i32,
+        pull_timeout_ms: c.pull_timeout_ms,
+        network: match c.network {
+            ContainerNetwork::Host => pb::ContainerNetwork::Host,
+            ContainerNetwork::Publish => pb::ContainerNetwork::Publish,
+        } as i32,
+        shm_size: c.shm_size.clone().unwrap_or_default(),
+        run_options: c.run_options.clone(),
     }
 }
 

@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::domain::{Api, Arrival, DatasetSpec, LoadPoint, Slo, StopCondition};
+use crate::domain::{
+    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PullPolicy, Slo,
+    StopCondition,
+};
 
 use super::error::{Errors, MatrixError, quoted_list};
 use super::model::{
@@ -41,6 +44,32 @@ const FRAMEWORK_KEYS: &[&str] = &[
     "startup_timeout",
     "env",
     "image",
+    "container",
+];
+const CONTAINER_KEYS: &[&str] = &["pull", "pull_timeout", "network", "shm_size", "run_options"];
+/// Options of a container `create` that evalctl sets itself, with the key that sets each.
+const MANAGED_RUN_OPTIONS: &[(&str, &str)] = &[
+    (
+        "--name",
+        "evalctl names each container after its unit and launch",
+    ),
+    (
+        "--entrypoint",
+        "the framework's `command` is the entrypoint",
+    ),
+    ("--network", "set `container.network`"),
+    ("--net", "set `container.network`"),
+    ("--publish", "set `container.network: publish`"),
+    ("-p", "set `container.network: publish`"),
+    (
+        "--ipc",
+        "the host's IPC namespace is the default; `container.shm_size` makes a private one",
+    ),
+    ("--shm-size", "set `container.shm_size`"),
+    ("--gpus", "the unit's GPUs are passed from its lease"),
+    ("--rm", "evalctl removes each container itself"),
+    ("--detach", "evalctl attaches to each container for its log"),
+    ("-d", "evalctl attaches to each container for its log"),
 ];
 const QUANT_KEYS: &[&str] = &["name", "bits", "args"];
 const WORKLOAD_KEYS: &[&str] = &[
@@ -57,6 +86,15 @@ const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
 const APIS: &[&str] = &["chat", "completions", "command"];
 const ARRIVALS: &[&str] = &["poisson", "gamma", "constant"];
 const EXTENSION_KEYS: &[&str] = &["extra_args", "env", "labels", "workloads"];
+
+/// A size as container runtimes take it: digits and an optional unit (`b`, `k`, `m`, `g`).
+fn is_size(text: &str) -> bool {
+    let digits = text.trim_end_matches(|c: char| "bkmgBKMG".contains(c));
+    !digits.is_empty()
+        && text.len() - digits.len() <= 1
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.bytes().any(|b| b != b'0')
+}
 
 /// Longest name the matrix accepts.
 const MAX_NAME_LEN: usize = 128;
@@ -628,7 +666,89 @@ impl Decoder<'_> {
                 .map(|n| self.nonempty_string(&f.field("image"), n))
                 .transpose()?
                 .map(|s| s.value),
+            container: match (f.get("image"), f.get("container")) {
+                (Some(_), Some(n)) => Some(self.container(&f.field("container"), n)?),
+                (Some(_), None) => Some(ContainerSpec::default()),
+                (None, Some(n)) => {
+                    return Err(self.errors.hinted(
+                        n.pos,
+                        format!("`{}` needs an `image` to run", f.field("container")),
+                        Some("add `image:` to the framework, or remove `container:`"),
+                    ));
+                }
+                (None, None) => None,
+            },
         })
+    }
+
+    /// A framework's `container` block, defaults applied.
+    fn container(&self, path: &str, node: &Node) -> Result<ContainerSpec, MatrixError> {
+        let f = self.fields(node, path, CONTAINER_KEYS)?;
+        let mut spec = ContainerSpec::default();
+        if let Some(n) = f.get("pull") {
+            spec.pull = self.choice(&f.field("pull"), n, &PullPolicy::ALL)?;
+        }
+        if let Some(n) = f.get("pull_timeout") {
+            spec.pull_timeout_ms = self.duration_ms(&f.field("pull_timeout"), n)?;
+        }
+        if let Some(n) = f.get("network") {
+            spec.network = self.choice(&f.field("network"), n, &ContainerNetwork::ALL)?;
+        }
+        if let Some(n) = f.get("shm_size") {
+            let size = match &n.value {
+                Value::Int(_) => self.raw_text(n),
+                _ => self.nonempty_string(&f.field("shm_size"), n)?.value,
+            };
+            if !is_size(&size) {
+                return Err(self.errors.hinted(
+                    n.pos,
+                    format!(
+                        "`{}`: expected a size such as `16g`, found `{size}`",
+                        f.field("shm_size")
+                    ),
+                    Some("a number of bytes with an optional unit b, k, m or g"),
+                ));
+            }
+            spec.shm_size = Some(size);
+        }
+        if let Some(n) = f.get("run_options") {
+            for (i, item) in self.list(&f.field("run_options"), n)?.iter().enumerate() {
+                let item_path = format!("{}[{i}]", f.field("run_options"));
+                let option = self.nonempty_string(&item_path, item)?.value;
+                let flag = option.split('=').next().unwrap_or_default();
+                if let Some((_, why)) = MANAGED_RUN_OPTIONS.iter().find(|(name, _)| *name == flag) {
+                    return Err(self.errors.hinted(
+                        item.pos,
+                        format!("`{item_path}`: `{flag}` is set by evalctl"),
+                        Some(*why),
+                    ));
+                }
+                spec.run_options.push(option);
+            }
+        }
+        Ok(spec)
+    }
+
+    /// One of `choices`, by its spelling.
+    fn choice<T: Copy>(
+        &self,
+        path: &str,
+        node: &Node,
+        choices: &[(T, &'static str)],
+    ) -> Result<T, MatrixError> {
+        let s = self.string(path, node)?;
+        choices
+            .iter()
+            .find(|(_, name)| *name == s.value)
+            .map(|(value, _)| *value)
+            .ok_or_else(|| {
+                self.errors.unknown(
+                    node.pos,
+                    &format!("`{path}` value"),
+                    &s.value,
+                    choices.iter().map(|(_, name)| *name),
+                )
+            })
     }
 
     fn quantization(&self, path: &str, node: &Node) -> Result<QuantEntry, MatrixError> {

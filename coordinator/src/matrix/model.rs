@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::domain::{Api, DatasetSpec, LoadPoint, Slo, StopCondition};
+use crate::domain::{Api, ContainerSpec, DatasetSpec, LoadPoint, Slo, StopCondition};
 
 use super::yaml::Pos;
 
@@ -120,6 +120,8 @@ pub(crate) struct FrameworkEntry {
     pub env: BTreeMap<String, String>,
     /// `image`.
     pub image: Option<String>,
+    /// `container`, defaults applied; set exactly when `image` is.
+    pub container: Option<ContainerSpec>,
 }
 
 /// One entry of `quantizations`.

@@ -1179,3 +1179,80 @@ fn reading_a_matrix_file_checks_its_size_and_encoding() {
     let err = super::read_file(&dir.path().join("missing.yaml")).unwrap_err();
     assert!(matches!(err, MatrixError::Read { .. }), "{err:?}");
 }
+
+#[test]
+fn container_settings_get_defaults_and_bad_ones_are_named() {
+    use crate::domain::{ContainerNetwork, ContainerSpec, PullPolicy};
+    let with = |sglang: &str| BASE.replace("  - { name: sglang }\n", sglang);
+    let e = expand(&with(
+        "  - { name: sglang, image: lmsys/sglang:v1, container: { pull: always, pull_timeout: 10m, \
+         network: publish, shm_size: 32g, run_options: [--ulimit, memlock=-1] } }\n  - { name: tgi, image: tgi:3 }\n",
+    ));
+    let container = |name: &str| {
+        e.units
+            .iter()
+            .find(|u| u.config.framework.name == name)
+            .and_then(|u| u.config.framework.container.clone())
+    };
+    assert_eq!(
+        container("sglang"),
+        Some(ContainerSpec {
+            pull: PullPolicy::Always,
+            pull_timeout_ms: 10 * 60 * 1000,
+            network: ContainerNetwork::Publish,
+            shm_size: Some("32g".into()),
+            run_options: vec!["--ulimit".into(), "memlock=-1".into()],
+        })
+    );
+    assert_eq!(container("tgi"), Some(ContainerSpec::default()));
+    assert_eq!(container("vllm"), None);
+    // No image, no container settings: the ids of such units are what they were.
+    let plain = e
+        .units
+        .iter()
+        .find(|u| u.config.framework.name == "vllm")
+        .unwrap();
+    assert!(
+        !serde_json::to_string(&plain.config)
+            .unwrap()
+            .contains("container")
+    );
+
+    let cases = [
+        (
+            "  - { name: sglang, container: { pull: never } }\n",
+            "`frameworks[1].container` needs an `image` to run",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { pull: sometimes } }\n",
+            "`frameworks[1].container.pull` value",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { network: bridge } }\n",
+            "`frameworks[1].container.network` value",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { shm_size: lots } }\n",
+            "expected a size such as `16g`, found `lots`",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { run_options: [--ipc=host] } }\n",
+            "`frameworks[1].container.run_options[0]`: `--ipc` is set by evalctl",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { run_options: [--gpus, all] } }\n",
+            "`--gpus` is set by evalctl",
+        ),
+        (
+            "  - { name: sglang, image: i, container: { ipc: host } }\n",
+            "ipc",
+        ),
+    ];
+    for (entry, fragment) in cases {
+        let err = fail(&with(entry));
+        assert!(
+            err.to_string().contains(fragment),
+            "`{fragment}` not in: {err}"
+        );
+    }
+}

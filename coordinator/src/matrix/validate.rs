@@ -200,6 +200,7 @@ fn framework_spec(f: &FrameworkEntry, command: String, preset: Option<&Preset>) 
             .unwrap_or(DEFAULT_STARTUP_TIMEOUT_MS),
         env: f.env.clone(),
         image: f.image.clone(),
+        container: f.container.clone(),
     }
 }
 

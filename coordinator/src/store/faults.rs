@@ -26,7 +26,7 @@ impl Lacking {
     /// The part a failure of this kind shows missing, if it shows one.
     pub(crate) fn of(kind: FailureKind) -> Option<Lacking> {
         match kind {
-            FailureKind::MissingEngine => Some(Lacking::Framework),
+            FailureKind::MissingEngine | FailureKind::ImageUnavailable => Some(Lacking::Framework),
             FailureKind::MissingModel => Some(Lacking::Model),
             _ => None,
         }

@@ -89,6 +89,7 @@ fn config(
             startup_timeout_ms: 60_000,
             env: BTreeMap::new(),
             image: None,
+            container: None,
         },
         quantization: QuantizationSpec {
             name: "bf16".to_owned(),
@@ -1722,4 +1723,39 @@ async fn a_missing_model_keeps_the_agent_off_that_model_only() {
     assert_eq!((row.state, row.attempts), (UnitState::Pending, 0));
     let retried = must_acquire(&env, &ask("a2", &[0])).await;
     assert_eq!(retried.unit.unit, big.id);
+}
+
+#[tokio::test]
+async fn an_unavailable_image_is_a_fault_of_the_host_for_the_framework() {
+    let env = env().await;
+    let vllm = h100("m", 1);
+    let campaign = submit(&env, "c", 0, 1, vec![vllm]).await;
+    for host in ["a1", "a2"] {
+        env.store
+            .register_agent(&agent(host, gpus("H100-80GB", 1)))
+            .await
+            .unwrap();
+    }
+    let first = must_acquire(&env, &ask("a1", &[0])).await;
+    let unit = first.unit.unit.clone();
+    let out = fail_as(
+        &env,
+        &first,
+        FailureKind::ImageUnavailable,
+        "failed to pull image `vllm/vllm-openai:v0.11.0` (exit status: 125): connection refused",
+    )
+    .await;
+    assert!(out.will_retry, "another agent may have or pull the image");
+    assert_eq!(
+        out.reaction,
+        Reaction::HostFault {
+            also_failed: vec![]
+        }
+    );
+    let row = unit_row(&env, &campaign, &unit).await;
+    assert_eq!((row.state, row.attempts), (UnitState::Pending, 0));
+    assert_eq!(row.failure_kind, Some(FailureKind::ImageUnavailable));
+    // The host that could not have the image gets no unit of that framework; another does.
+    assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+    assert_eq!(must_acquire(&env, &ask("a2", &[0])).await.unit.unit, unit);
 }

@@ -44,6 +44,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0007_failure_kinds_and_host_faults",
         sql: include_str!("../../migrations/0007_failure_kinds_and_host_faults.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_image_unavailable",
+        sql: include_str!("../../migrations/0008_image_unavailable.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

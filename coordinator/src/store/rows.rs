@@ -398,6 +398,9 @@ pub enum FailureKind {
     MissingModel,
     /// The engine's program is not installed on the agent's host.
     MissingEngine,
+    /// The framework's container image could not be had on the agent's host (a failed
+    /// pull, `pull: never` without the image, no container runtime).
+    ImageUnavailable,
 }
 
 impl FailureKind {
@@ -410,6 +413,7 @@ impl FailureKind {
             FailureKind::OutOfMemory => "out_of_memory",
             FailureKind::MissingModel => "missing_model",
             FailureKind::MissingEngine => "missing_engine",
+            FailureKind::ImageUnavailable => "image_unavailable",
         }
     }
 
@@ -422,6 +426,7 @@ impl FailureKind {
             FailureKind::OutOfMemory,
             FailureKind::MissingModel,
             FailureKind::MissingEngine,
+            FailureKind::ImageUnavailable,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -439,7 +444,7 @@ pub enum Reaction {
     FailedAtOnce,
     /// Stored as "does not fit" and not tried again: the model ran out of memory.
     DoesNotFit,
-    /// A fault of the agent's host (its engine or model files are missing): the agent is
+    /// A fault of the agent's host (its engine, image or model files are missing): the agent is
     /// given no unit needing them until it registers again, and the unit waits for
     /// another agent, counted as an infrastructure ending. When no other active agent
     /// could take it, the unit fails, and so does every pending unit needing what is

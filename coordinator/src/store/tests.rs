@@ -60,6 +60,7 @@ fn config(model: &str, gpus: u32) -> UnitConfig {
             startup_timeout_ms: 1_200_000,
             env: BTreeMap::new(),
             image: None,
+            container: None,
         },
         quantization: QuantizationSpec {
             name: "bf16".to_owned(),

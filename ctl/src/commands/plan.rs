@@ -3,7 +3,12 @@
 //! preflight of `evalctl local --check` (and `evalctl-agent doctor`, which reads the same
 //! listing).
 
+use std::collections::BTreeMap;
+
 use evalctl_agent::doctor::PlannedUnit;
+use evalctl_agent::launcher::container::RuntimeKind;
+use evalctl_agent::launcher::container::labels;
+use evalctl_agent::launcher::container::plan::{ContainerPlan, UnitContainer, container_name};
 use evalctl_agent::launcher::{TemplateValues, render_command};
 use evalctl_coordinator::domain::Expansion;
 use evalctl_coordinator::grpc::convert;
@@ -43,6 +48,15 @@ pub fn planned_units(expansion: &Expansion) -> Vec<PlannedUnit> {
             )
             .map(|command| command.argv)
             .unwrap_or_default();
+            let container_create = if config
+                .framework
+                .as_ref()
+                .is_some_and(|f| !f.image.is_empty())
+            {
+                container_listing(unit.id.as_str(), &config, &indices)
+            } else {
+                BTreeMap::new()
+            };
             PlannedUnit {
                 unit_id: unit.id.to_string(),
                 label: unit.config.label(),
@@ -51,7 +65,48 @@ pub fn planned_units(expansion: &Expansion) -> Vec<PlannedUnit> {
                 model_path: unit.config.model.path.clone(),
                 gpu_type: gpu.gpu_type.clone(),
                 gpu_count: gpu.count,
+                image: unit.config.framework.image.clone(),
+                container_create,
             }
+        })
+        .collect()
+}
+
+/// The agent id a listing's container labels show.
+pub const LISTED_AGENT: &str = "AGENT";
+
+/// A unit's container `create` for each runtime, as an agent would run it (with a listing
+/// launch token and agent id, and no host cache mounted).
+fn container_listing(
+    unit_id: &str,
+    config: &evalctl_proto::v1::UnitConfig,
+    indices: &[u32],
+) -> BTreeMap<String, Vec<String>> {
+    let token = "0".repeat(32);
+    let unit = UnitContainer {
+        config,
+        unit_id,
+        host: LISTED_HOST,
+        port: LISTED_PORT,
+        gpu_indices: indices,
+        name: container_name(unit_id, &token),
+        labels: [
+            (labels::AGENT, LISTED_AGENT),
+            (labels::UNIT, unit_id),
+            (labels::LAUNCH, token.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect(),
+        hub_cache: None,
+    };
+    [RuntimeKind::Docker, RuntimeKind::Podman]
+        .into_iter()
+        .filter_map(|kind| {
+            let plan = ContainerPlan::for_unit(kind, &[], &unit).ok()?;
+            let mut argv = vec![kind.name().to_owned()];
+            argv.extend(plan.create_args());
+            Some((kind.name().to_owned(), argv))
         })
         .collect()
 }

@@ -23,6 +23,10 @@ struct UnitJson {
     tries: u32,
     agent: String,
     last_error: String,
+    /// How the agent classified the last failure (`bad_argument`, `image_unavailable`, ...);
+    /// absent when it was not classified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure_class: Option<&'static str>,
     log_tail: String,
 }
 
@@ -108,6 +112,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
                         tries: u.tries,
                         agent: u.agent_id.clone(),
                         last_error: u.last_error.clone(),
+                        failure_class: render::failure_class(u),
                         log_tail: u.log_tail.clone(),
                     })
                     .collect(),

@@ -1,6 +1,7 @@
 //! `evalctl submit`: validate a matrix locally, then store it on the coordinator, or
 //! print its expansion with `--dry-run` without contacting anyone.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use evalctl_coordinator::domain::Expansion;
@@ -53,6 +54,13 @@ struct Plan {
     model_path: String,
     gpu_type: String,
     gpu_count: u32,
+    /// The container image, for a framework with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    /// The container's `create` per runtime (`docker`, `podman`), for a framework with an
+    /// image.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    container_create: BTreeMap<String, Vec<String>>,
 }
 
 /// Runs `evalctl submit`.
@@ -115,6 +123,8 @@ fn dry_run_report(expansion: &Expansion) -> SubmitJson {
                     model_path: planned.model_path,
                     gpu_type: planned.gpu_type,
                     gpu_count: planned.gpu_count,
+                    image: planned.image,
+                    container_create: planned.container_create,
                 }),
             })
             .collect(),

@@ -266,6 +266,21 @@ fn run(input: StepInput<'_>, row: &mut RowBuilder) {
         Kind::Str,
         env.map(|e| e.launch_command.as_str()),
     );
+    row.put(
+        "image_id",
+        Kind::Str,
+        env.and_then(|e| e.image_id.as_deref()),
+    );
+    row.put(
+        "image_digest",
+        Kind::Str,
+        env.and_then(|e| e.image_digest.as_deref()),
+    );
+    row.put(
+        "container_runtime",
+        Kind::Str,
+        env.and_then(|e| e.container_runtime.as_deref()),
+    );
 }
 
 /// Reads one latency summary of a step.

@@ -69,6 +69,7 @@ impl Link {
 pub(crate) fn command(
     supervisor: &Path,
     grace: Duration,
+    teardown: &[Vec<String>],
     program: &Path,
     args: &[String],
 ) -> tokio::process::Command {
@@ -76,12 +77,21 @@ pub(crate) fn command(
     cmd.arg0(AGENT_PROGRAM)
         .arg(SUPERVISE_SUBCOMMAND)
         .arg("--grace")
-        .arg(humantime::format_duration(grace).to_string())
-        .arg("--")
-        .arg(program)
-        .args(args);
+        .arg(humantime::format_duration(grace).to_string());
+    for argv in teardown {
+        cmd.arg("--teardown")
+            .arg(serde_json::Value::from(argv.clone()).to_string());
+    }
+    if !teardown.is_empty() {
+        cmd.arg("--teardown-timeout")
+            .arg(humantime::format_duration(TEARDOWN_TIMEOUT).to_string());
+    }
+    cmd.arg("--").arg(program).args(args);
     cmd
 }
+
+/// How long each teardown command of a server may take in its supervisor.
+pub(crate) const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A started supervisor whose server runs.
 #[derive(Debug)]

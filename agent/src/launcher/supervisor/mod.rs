@@ -58,9 +58,26 @@ pub struct SuperviseArgs {
     /// SIGTERM → SIGKILL grace for the server's processes, e.g. "10s".
     #[arg(long, value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// A command run before the server's tree is ended, however it ends (a JSON array of
+    /// strings: program and arguments); repeatable, run in order. A container's `stop` and
+    /// `rm`: the server's process is only the runtime's client, the container lives on
+    /// without it.
+    #[arg(long = "teardown", value_parser = parse_argv)]
+    pub teardown: Vec<Vec<String>>,
+    /// How long each teardown command may take before it is killed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub teardown_timeout: Duration,
     /// The server's program and its arguments.
     #[arg(last = true, required = true, num_args = 1..)]
     pub command: Vec<String>,
+}
+
+fn parse_argv(text: &str) -> Result<Vec<String>, String> {
+    match serde_json::from_str::<Vec<String>>(text) {
+        Ok(argv) if !argv.is_empty() => Ok(argv),
+        Ok(_) => Err("expected a non-empty JSON array of strings".to_owned()),
+        Err(err) => Err(format!("expected a JSON array of strings: {err}")),
+    }
 }
 
 /// Why the supervisor could not do its job.
@@ -214,6 +231,7 @@ fn supervise(args: &SuperviseArgs, link: &File) -> Result<Option<exit::ServerSta
         )),
         Cause::Asked(_) | Cause::ServerExited => {}
     }
+    teardown(args);
     let ending = tree::end(std::process::id() as i32, &mut server, args.grace, note);
     if cause == Cause::ServerExited && ending != TreeEnding::Exited {
         note(&format!(
@@ -227,6 +245,48 @@ fn supervise(args: &SuperviseArgs, link: &File) -> Result<Option<exit::ServerSta
     }
     report(link, Report::Ended(ending));
     Ok(server.status)
+}
+
+/// Runs the teardown commands in order, each bounded by the teardown timeout; a failure is
+/// noted in the log and the next command runs all the same.
+fn teardown(args: &SuperviseArgs) {
+    for argv in &args.teardown {
+        let shown = crate::launcher::RenderedCommand::from(argv.clone()).display();
+        let spawned = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(err) => {
+                note(&format!("teardown: failed to run `{shown}`: {err}"));
+                continue;
+            }
+        };
+        let deadline = std::time::Instant::now() + args.teardown_timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(None) | Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+            }
+        };
+        match status {
+            Some(status) if status.success() => {}
+            Some(status) => note(&format!("teardown: `{shown}` failed ({status})")),
+            None => note(&format!(
+                "teardown: `{shown}` did not finish within {}; killed",
+                humantime::format_duration(args.teardown_timeout)
+            )),
+        }
+    }
 }
 
 /// Waits for the first [`Cause`], reaping children meanwhile.

@@ -170,6 +170,10 @@ pub struct SimServerArgs {
     /// Context length (prompt + output tokens) of one request.
     #[arg(long, default_value_t = SimConfig::default().max_model_len)]
     max_model_len: u64,
+    /// Cache prompt prefixes as vLLM does (blocks of 16 tokens): cached tokens skip the
+    /// prefill cost; `POST /reset_prefix_cache` empties the cache.
+    #[arg(long)]
+    enable_prefix_caching: bool,
 }
 
 /// Flags of `evalctl-agent run`; each overrides the config file's key of the same name.
@@ -326,6 +330,7 @@ impl SimServerArgs {
             seed: self.seed,
             max_num_seqs: self.max_num_seqs,
             max_model_len: self.max_model_len,
+            prefix_caching: self.enable_prefix_caching,
             ..SimConfig::default()
         }
     }

@@ -30,6 +30,9 @@ pub(crate) struct GenerationRequest {
     pub model: Option<String>,
     /// Prompt length under the whitespace tokenizer (chat: the words of every message's text).
     pub prompt_tokens: u64,
+    /// The prompt's token ids (completions: as sent, or of its text; chat: of every message's
+    /// text, in order), for the prefix cache.
+    pub prompt_ids: Vec<u32>,
     /// Exact number of tokens to generate.
     pub max_tokens: u32,
     /// Answer as server-sent events.
@@ -105,14 +108,14 @@ pub(crate) fn parse_generation(
     body: &[u8],
     max_model_len: u64,
 ) -> Result<GenerationRequest, ApiError> {
-    let (model, prompt_tokens, max_tokens, max_completion_tokens, stream, stream_options, n) =
+    let (model, prompt_ids, max_tokens, max_completion_tokens, stream, stream_options, n) =
         match api {
             Api::Completions => {
                 let b: CompletionBody = from_json(body)?;
-                let tokens = prompt_tokens(&b.prompt)?;
+                let ids = prompt_ids(&b.prompt)?;
                 (
                     b.model,
-                    tokens,
+                    ids,
                     b.max_tokens,
                     b.max_completion_tokens,
                     b.stream,
@@ -128,13 +131,13 @@ pub(crate) fn parse_generation(
                         "messages must hold at least one message",
                     ));
                 }
-                let tokens = messages_text(&b.messages)?
+                let ids = messages_text(&b.messages)?
                     .iter()
-                    .map(|t| tokenizer::count_tokens(t) as u64)
-                    .sum();
+                    .flat_map(|t| tokenizer::tokenize(t))
+                    .collect();
                 (
                     b.model,
-                    tokens,
+                    ids,
                     b.max_tokens,
                     b.max_completion_tokens,
                     b.stream,
@@ -178,6 +181,7 @@ pub(crate) fn parse_generation(
             ));
         }
     };
+    let prompt_tokens = prompt_ids.len() as u64;
     let total = prompt_tokens + u64::from(max_tokens);
     if total > max_model_len {
         return Err(ApiError::invalid_param(
@@ -192,6 +196,7 @@ pub(crate) fn parse_generation(
     Ok(GenerationRequest {
         model,
         prompt_tokens,
+        prompt_ids,
         max_tokens,
         stream,
         include_usage,
@@ -214,12 +219,18 @@ pub(crate) fn parse_tokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
     }
 }
 
-/// Prompt length of a completions `prompt`: a string, an array of token ids, or a batch of one.
-fn prompt_tokens(prompt: &Value) -> Result<u64, ApiError> {
+/// Token ids of a completions `prompt`: a string, an array of token ids, or a batch of one.
+fn prompt_ids(prompt: &Value) -> Result<Vec<u32>, ApiError> {
     match prompt {
-        Value::String(s) => Ok(tokenizer::count_tokens(s) as u64),
-        Value::Array(items) if items.iter().all(Value::is_u64) => Ok(items.len() as u64),
-        Value::Array(items) if items.len() == 1 => prompt_tokens(&items[0]),
+        Value::String(s) => Ok(tokenizer::tokenize(s)),
+        Value::Array(items) if items.iter().all(Value::is_u64) => Ok(items
+            .iter()
+            .map(|id| {
+                id.as_u64()
+                    .map_or(u32::MAX, |id| id.min(u64::from(u32::MAX)) as u32)
+            })
+            .collect()),
+        Value::Array(items) if items.len() == 1 => prompt_ids(&items[0]),
         Value::Array(items) if items.len() > 1 => Err(ApiError::invalid_param(
             "prompt",
             format!(
@@ -299,6 +310,7 @@ mod tests {
             GenerationRequest {
                 model: Some("m".into()),
                 prompt_tokens: 5,
+                prompt_ids: r.prompt_ids.clone(),
                 max_tokens: DEFAULT_MAX_TOKENS,
                 stream: true,
                 include_usage: true,
@@ -308,6 +320,14 @@ mod tests {
 
     #[test]
     fn completion_prompt_shapes() {
+        assert_eq!(
+            completion(r#"{"prompt":[7,8,9]}"#).unwrap().prompt_ids,
+            [7, 8, 9]
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"a b c"}"#).unwrap().prompt_ids,
+            tokenizer::tokenize("a b c")
+        );
         assert_eq!(
             completion(r#"{"prompt":"a b c"}"#).unwrap().prompt_tokens,
             3

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::latency::LatencyModel;
 use super::metrics::Stats;
+use super::prefix_cache::PrefixCache;
 use evalctl_tokenizer as tokenizer;
 
 /// Shared state of the simulated engine.
@@ -26,6 +27,8 @@ pub(crate) struct Engine {
     slots: Arc<Semaphore>,
     seed: u64,
     next_seq: AtomicU64,
+    /// The prefix cache, when enabled.
+    prefix_cache: Option<std::sync::Mutex<PrefixCache>>,
     /// Counters shown at `/metrics`.
     pub stats: Stats,
     /// Cancelled at shutdown: every generation stops at its next token.
@@ -37,6 +40,7 @@ impl Engine {
         latency: LatencyModel,
         max_num_seqs: usize,
         seed: u64,
+        prefix_cache_tokens: Option<usize>,
         cancel: CancellationToken,
     ) -> Self {
         Engine {
@@ -44,18 +48,25 @@ impl Engine {
             slots: Arc::new(Semaphore::new(max_num_seqs.min(Semaphore::MAX_PERMITS))),
             seed,
             next_seq: AtomicU64::new(0),
+            prefix_cache: prefix_cache_tokens
+                .map(|tokens| std::sync::Mutex::new(PrefixCache::new(tokens))),
             stats: Stats::default(),
             cancel,
         }
     }
 
-    /// Waits for a running slot and starts a generation of `max_tokens` tokens after a prompt
-    /// of `prompt_tokens`. `None` when the server shuts down first.
-    pub async fn start(
-        self: &Arc<Self>,
-        prompt_tokens: u64,
-        max_tokens: u32,
-    ) -> Option<Generation> {
+    /// Empties the prefix cache (when there is one).
+    pub fn reset_prefix_cache(&self) {
+        if let Some(cache) = &self.prefix_cache {
+            cache.lock().unwrap_or_else(|e| e.into_inner()).reset();
+        }
+    }
+
+    /// Waits for a running slot and starts a generation of `max_tokens` tokens after the
+    /// prompt `prompt`: its tokens the prefix cache has skip the prefill cost. `None` when the
+    /// server shuts down first.
+    pub async fn start(self: &Arc<Self>, prompt: &[u32], max_tokens: u32) -> Option<Generation> {
+        let prompt_tokens = prompt.len() as u64;
         let permit = {
             let _waiting = Gauge::enter(self, |s| &s.waiting);
             tokio::select! {
@@ -67,13 +78,29 @@ impl Engine {
         self.stats
             .prompt_tokens
             .fetch_add(prompt_tokens, Ordering::Relaxed);
+        let cached = match &self.prefix_cache {
+            Some(cache) => {
+                let hits = cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .lookup_and_insert(prompt);
+                self.stats
+                    .prefix_cache_queries
+                    .fetch_add(prompt_tokens, Ordering::Relaxed);
+                self.stats
+                    .prefix_cache_hits
+                    .fetch_add(hits, Ordering::Relaxed);
+                hits
+            }
+            None => 0,
+        };
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let rng = StdRng::seed_from_u64(self.seed ^ seq.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         Some(Generation {
             _running: Gauge::enter(self, |s| &s.running),
             _permit: permit,
             engine: Arc::clone(self),
-            next_at: Instant::now() + self.latency.prefill(prompt_tokens),
+            next_at: Instant::now() + self.latency.prefill(prompt_tokens - cached),
             produced: 0,
             max_tokens,
             rng,
@@ -185,15 +212,43 @@ mod tests {
             latency,
             max_num_seqs,
             1,
+            Some(1 << 16),
             CancellationToken::new(),
         ))
+    }
+
+    fn prompt(tokens: u32) -> Vec<u32> {
+        (0..tokens).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cached_prefix_tokens_skip_the_prefill() {
+        let e = engine(8);
+        let long = prompt(100);
+        let start = Instant::now();
+        let mut cold = e.start(&long, 1).await.unwrap();
+        cold.next_token(&mut String::new()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        drop(cold);
+        // 96 of the 100 tokens hit: 4 ms of prefill left.
+        let start = Instant::now();
+        let mut warm = e.start(&long, 1).await.unwrap();
+        warm.next_token(&mut String::new()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(4));
+        assert_eq!(e.stats.prefix_cache_queries.load(Ordering::Relaxed), 200);
+        assert_eq!(e.stats.prefix_cache_hits.load(Ordering::Relaxed), 96);
+        e.reset_prefix_cache();
+        let start = Instant::now();
+        let mut reset = e.start(&long, 1).await.unwrap();
+        reset.next_token(&mut String::new()).await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]
     async fn tokens_follow_the_latency_model() {
         let e = engine(8);
         let start = Instant::now();
-        let mut g = e.start(20, 3).await.unwrap();
+        let mut g = e.start(&prompt(20), 3).await.unwrap();
         let mut text = String::new();
         let mut at = Vec::new();
         while g.remaining() > 0 {
@@ -212,9 +267,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn decode_slows_with_running_requests() {
         let e = engine(8);
-        let mut a = e.start(0, 2).await.unwrap();
-        let _b = e.start(0, 2).await.unwrap();
-        let _c = e.start(0, 2).await.unwrap();
+        let mut a = e.start(&prompt(0), 2).await.unwrap();
+        let _b = e.start(&prompt(0), 2).await.unwrap();
+        let _c = e.start(&prompt(0), 2).await.unwrap();
         let start = Instant::now();
         let mut text = String::new();
         a.next_token(&mut text).await.unwrap();
@@ -226,9 +281,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waits_for_a_slot_and_frees_it_on_drop() {
         let e = engine(1);
-        let first = e.start(0, 5).await.unwrap();
+        let first = e.start(&prompt(0), 5).await.unwrap();
         let e2 = Arc::clone(&e);
-        let second = tokio::spawn(async move { e2.start(0, 1).await });
+        let second = tokio::spawn(async move { e2.start(&prompt(0), 1).await });
         tokio::task::yield_now().await;
         assert_eq!(e.stats.waiting.load(Ordering::Relaxed), 1);
         drop(first);
@@ -243,11 +298,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cancellation_stops_generation() {
         let e = engine(4);
-        let mut g = e.start(0, 5).await.unwrap();
+        let mut g = e.start(&prompt(0), 5).await.unwrap();
         let mut text = String::new();
         g.next_token(&mut text).await.unwrap();
         e.cancel.cancel();
         assert_eq!(g.next_token(&mut text).await, Err(Cancelled));
-        assert!(e.start(0, 1).await.is_none());
+        assert!(e.start(&prompt(0), 1).await.is_none());
     }
 }

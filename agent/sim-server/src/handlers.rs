@@ -118,6 +118,12 @@ pub(crate) async fn chat_completions(
     generate(app, Api::Chat, headers, body).await
 }
 
+/// `POST /reset_prefix_cache`: empties the prefix cache, as vLLM's endpoint does.
+pub(crate) async fn reset_prefix_cache(State(app): Shared) -> Response {
+    app.engine.reset_prefix_cache();
+    StatusCode::OK.into_response()
+}
+
 /// Any other path: a JSON 404.
 pub(crate) async fn not_found(uri: Uri) -> ApiError {
     ApiError::not_found(uri.path())
@@ -168,7 +174,7 @@ async fn whole_response(
 ) -> Result<Response, ApiError> {
     let mut generation = app
         .engine
-        .start(req.prompt_tokens, req.max_tokens)
+        .start(&req.prompt_ids, req.max_tokens)
         .await
         .ok_or_else(ApiError::shutting_down)?;
     let mut text = String::new();
@@ -198,7 +204,7 @@ fn stream_response(
         if api == Api::Chat {
             yield Ok::<Bytes, std::convert::Infallible>(writer.role_event());
         }
-        let Some(mut generation) = app.engine.start(req.prompt_tokens, req.max_tokens).await else {
+        let Some(mut generation) = app.engine.start(&req.prompt_ids, req.max_tokens).await else {
             return;
         };
         let mut text = String::new();

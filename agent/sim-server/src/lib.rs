@@ -14,7 +14,8 @@
 //! | `POST /v1/completions` | streaming (SSE) or whole JSON |
 //! | `POST /v1/chat/completions` | streaming (SSE) or whole JSON |
 //! | `POST /tokenize` | `{"prompt": "..."}` or `{"messages": [...]}` → `{"count", "max_model_len", "tokens"}` |
-//! | `GET /metrics` | Prometheus text: `sim:num_requests_running`, `sim:num_requests_waiting`, `sim:prompt_tokens_total`, `sim:generation_tokens_total`, `sim:request_success_total`, `sim:request_aborted_total` |
+//! | `GET /metrics` | Prometheus text: `sim:num_requests_running`, `sim:num_requests_waiting`, `sim:prompt_tokens_total`, `sim:generation_tokens_total`, `sim:request_success_total`, `sim:request_aborted_total`, `sim:prefix_cache_queries_total`, `sim:prefix_cache_hits_total` (tokens, as vLLM's) |
+//! | `POST /reset_prefix_cache` | empties the prefix cache (vLLM's, which vLLM serves only with `VLLM_SERVER_DEV_MODE=1`) |
 //!
 //! While the startup delay runs, the API endpoints answer 503 too. Errors use the OpenAI shape
 //! `{"error": {"message", "type", "param", "code"}}`; bad JSON, wrong field types, `n > 1`,
@@ -39,6 +40,7 @@ mod error;
 mod handlers;
 pub mod latency;
 mod metrics;
+mod prefix_cache;
 mod response;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -82,6 +84,11 @@ pub struct SimConfig {
     pub max_body_bytes: usize,
     /// How long shutdown waits for open connections to finish.
     pub shutdown_grace: Duration,
+    /// Cache prompt prefixes, as vLLM's automatic prefix caching does: hit tokens skip the
+    /// prefill cost (see `prefix_cache`).
+    pub prefix_caching: bool,
+    /// Tokens the prefix cache holds before it evicts the least recently used blocks.
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for SimConfig {
@@ -96,6 +103,8 @@ impl Default for SimConfig {
             max_model_len: 131_072,
             max_body_bytes: 64 << 20,
             shutdown_grace: Duration::from_secs(5),
+            prefix_caching: false,
+            prefix_cache_tokens: 1 << 20,
         }
     }
 }
@@ -154,6 +163,7 @@ fn build_router(config: SimConfig, cancel: CancellationToken) -> Router {
         config.latency,
         config.max_num_seqs,
         config.seed,
+        config.prefix_caching.then_some(config.prefix_cache_tokens),
         cancel,
     ));
     let body_limit = config.max_body_bytes;
@@ -169,6 +179,7 @@ fn build_router(config: SimConfig, cancel: CancellationToken) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/tokenize", post(handlers::tokenize))
+        .route("/reset_prefix_cache", post(handlers::reset_prefix_cache))
         .route("/metrics", get(handlers::metrics))
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

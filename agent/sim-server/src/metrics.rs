@@ -21,6 +21,10 @@ pub(crate) struct Stats {
     pub requests_finished: AtomicU64,
     /// Requests that ended before generating all their tokens (client gone, shutdown).
     pub requests_aborted: AtomicU64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_cache_queries: AtomicU64,
+    /// Prompt tokens the prefix cache had.
+    pub prefix_cache_hits: AtomicU64,
 }
 
 impl Stats {
@@ -61,6 +65,16 @@ impl Stats {
                 "Requests that ended early (client disconnected or shutdown).",
                 load(&self.requests_aborted),
             ),
+            (
+                "sim:prefix_cache_queries_total",
+                "Prompt tokens looked up in the prefix cache.",
+                load(&self.prefix_cache_queries),
+            ),
+            (
+                "sim:prefix_cache_hits_total",
+                "Prompt tokens found in the prefix cache.",
+                load(&self.prefix_cache_hits),
+            ),
         ];
         let mut out = String::with_capacity(1024);
         for (kind, rows) in [("gauge", &gauges[..]), ("counter", &counters[..])] {
@@ -98,6 +112,6 @@ mod tests {
         assert!(text.contains("sim:num_requests_running{model_name=\"m\\\"1\"} 3\n"));
         assert!(text.contains("# TYPE sim:generation_tokens_total counter\n"));
         assert!(text.contains("sim:generation_tokens_total{model_name=\"m\\\"1\"} 42\n"));
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 6);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 8);
     }
 }

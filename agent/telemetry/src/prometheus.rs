@@ -183,6 +183,9 @@ const ENGINE_SERIES: &[(&str, &[(&str, SeriesKind)])] = {
                 ("sglang:num_queue_reqs", Gauge),
                 ("sglang:cache_hit_rate", Gauge),
                 ("sglang:prompt_tokens_total", Counter),
+                // Prefix cache hits in tokens: the step's hit rate is cached / prompt tokens
+                // (`cache_hit_rate` is a gauge over the server's lifetime).
+                ("sglang:cached_tokens_total", Counter),
                 ("sglang:generation_tokens_total", Counter),
             ],
         ),
@@ -216,6 +219,8 @@ const ENGINE_SERIES: &[(&str, &[(&str, SeriesKind)])] = {
                 ("sim:generation_tokens_total", Counter),
                 ("sim:request_success_total", Counter),
                 ("sim:request_aborted_total", Counter),
+                ("sim:prefix_cache_queries_total", Counter),
+                ("sim:prefix_cache_hits_total", Counter),
             ],
         ),
     ]

@@ -33,15 +33,14 @@ use evalctl_sim_server::{LatencyModel, SimConfig, SimServer};
 use scripted_server::{ScriptedServer, Step, chunks};
 
 fn dataset(output: u32) -> Dataset {
-    Dataset {
-        prompts: vec![Prompt {
+    Dataset::new(
+        vec![Prompt {
             input: PromptInput::Text("bench prompt".into()),
             input_tokens: 2,
             max_tokens: output,
-        }]
-        .into(),
-        tokenization: Tokenization::Whitespace,
-    }
+        }],
+        Tokenization::Whitespace,
+    )
 }
 
 /// CPU time of the calling thread.

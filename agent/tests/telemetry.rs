@@ -94,7 +94,7 @@ async fn run_step(
         served_model: "sim-model".into(),
         tokenizer_json: None,
     };
-    let plan = step::plan(&spec, &target).await.expect("plan");
+    let plan = step::plan(&spec, &target, None).await.expect("plan");
     let recorder = StepRecorder::start(
         gpus,
         indices,
@@ -130,7 +130,7 @@ async fn run_step(
         started_at_ms: 0,
         finished_at_ms: 1,
     };
-    let result = step::result(&context, &outcome, recorded).expect("result");
+    let result = step::result(&context, &outcome, recorded, None).expect("result");
     let document: StepDocument = serde_json::from_str(&result.result_json).expect("document");
     (result, document)
 }

@@ -8,6 +8,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use evalctl_results::PrefixCachePolicy;
+
 /// Stable id of a unit: a hash of its canonical [`UnitConfig`].
 ///
 /// Two submissions of the same server configuration get the same id, in any campaign,
@@ -254,6 +256,20 @@ pub enum DatasetSpec {
         /// Requested output length in tokens.
         output_tokens: u32,
     },
+    /// Prompts built from `prefixes` shared prefixes of `prefix_tokens` tokens, each
+    /// followed by a suffix of its own of `suffix_tokens` tokens.
+    SharedPrefix {
+        /// How many distinct prefixes.
+        prefixes: u32,
+        /// Each prefix's length in tokens.
+        prefix_tokens: u32,
+        /// Each prompt's own suffix length in tokens.
+        suffix_tokens: u32,
+        /// Requested output length in tokens.
+        output_tokens: u32,
+        /// How a prompt's prefix is chosen.
+        distribution: PrefixDistribution,
+    },
     /// ShareGPT-format JSON file.
     Sharegpt {
         /// Path to the file.
@@ -267,6 +283,40 @@ pub enum DatasetSpec {
         path: String,
         /// Requested output length; `None` = per-line `max_tokens` or the default.
         output_tokens: Option<u32>,
+    },
+}
+
+impl DatasetSpec {
+    /// The matrix spelling of the kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DatasetSpec::Random { .. } => "random",
+            DatasetSpec::SharedPrefix { .. } => "shared_prefix",
+            DatasetSpec::Sharegpt { .. } => "sharegpt",
+            DatasetSpec::Jsonl { .. } => "jsonl",
+        }
+    }
+
+    /// Whether the prompts are generated (and so can be salted per step), not read from a
+    /// file.
+    pub fn is_generated(&self) -> bool {
+        matches!(
+            self,
+            DatasetSpec::Random { .. } | DatasetSpec::SharedPrefix { .. }
+        )
+    }
+}
+
+/// How a shared-prefix prompt's prefix is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PrefixDistribution {
+    /// Every prefix equally likely.
+    Uniform,
+    /// Prefix `k` (from 0) with weight `1 / (k + 1)^exponent`.
+    Zipf {
+        /// The exponent, > 0.
+        exponent: f64,
     },
 }
 
@@ -363,6 +413,10 @@ pub struct WorkloadSpec {
     pub command: Option<String>,
     /// Metric name → JSON pointer into the harness output, for `command` workloads.
     pub metrics: BTreeMap<String, String>,
+    /// How a warm server's prefix cache is kept out of each step; `None` = the default
+    /// (`reset`). Left out of the serialised form when `None`, so adding it changed no id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<PrefixCachePolicy>,
 }
 
 /// One step of a unit: a workload at one load point, one repeat.

@@ -23,6 +23,7 @@
 //! | 1.0 | first version |
 //! | 1.1 | `schema_minor` written |
 //! | 1.2 | environment: `image_id`, `image_digest`, `container_runtime` |
+//! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates |
 
 use std::collections::BTreeMap;
 
@@ -30,12 +31,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::StepMetrics;
 use crate::telemetry::{GpuDevice, TelemetrySummary};
+use crate::workload::WorkloadFacts;
 
 /// Major version of [`StepDocument`]: bumped when a field changes meaning or goes away.
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 2;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 3;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -104,6 +106,10 @@ pub struct StepDocument {
     /// written before telemetry existed and for steps that sampled nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<TelemetrySummary>,
+    /// What the workload was and did to the server's prefix cache (load steps, from schema
+    /// 1.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadFacts>,
 }
 
 /// `environment_json` of a stored step result: enough to reproduce the step and to explain a

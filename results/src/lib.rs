@@ -9,6 +9,7 @@
 //! | [`slo`] | service level objectives and whether a request meets them |
 //! | [`record`] | the per-request record and error kinds |
 //! | [`telemetry`] | telemetry summaries of a step: GPUs, host, server metrics |
+//! | [`workload`] | the dataset and prefix-cache facts of a step |
 //! | [`codec`] | the zstd JSON Lines blobs of records and raw telemetry |
 //!
 //! Architecture invariant: this crate depends on no other evalctl crate and does no I/O
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod record;
 pub mod slo;
 pub mod telemetry;
+pub mod workload;
 
 pub use document::{
     DocumentError, Environment, STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, SchemaVersion,
@@ -33,3 +35,4 @@ pub use telemetry::{
     EnergyMethod, GpuDevice, GpuSummary, HostSummary, SeriesKind, SeriesSummary,
     ServerMetricsSummary, TelemetrySummary,
 };
+pub use workload::{LengthReport, PrefixCacheFacts, PrefixCachePolicy, WorkloadFacts};

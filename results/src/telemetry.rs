@@ -239,3 +239,71 @@ pub struct ServerMetricsSummary {
     /// The kept series, by name (absent: the server did not expose it).
     pub series: BTreeMap<String, SeriesSummary>,
 }
+
+/// The counter pairs, `(hits, queries)` in tokens, a step's prefix-cache hit rate is
+/// computed from, by engine.
+const PREFIX_CACHE_COUNTERS: &[(&str, &str)] = &[
+    (
+        "vllm:prefix_cache_hits_total",
+        "vllm:prefix_cache_queries_total",
+    ),
+    ("sglang:cached_tokens_total", "sglang:prompt_tokens_total"),
+    (
+        "sim:prefix_cache_hits_total",
+        "sim:prefix_cache_queries_total",
+    ),
+];
+
+impl ServerMetricsSummary {
+    /// The prefix cache's hit rate over the step, in tokens, from the deltas of the first
+    /// engine's counter pair present (vLLM, SGLang, the simulator), with the pair's names as
+    /// `hits/queries`; `None` when the server exports none or the step queried nothing.
+    pub fn prefix_cache_hit_rate(&self) -> Option<(f64, String)> {
+        PREFIX_CACHE_COUNTERS.iter().find_map(|(hits, queries)| {
+            let delta = |name: &str| self.series.get(name).and_then(|s| s.delta);
+            let (h, q) = (delta(hits)?, delta(queries)?);
+            (q > 0.0).then(|| ((h / q).clamp(0.0, 1.0), format!("{hits}/{queries}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(delta: f64) -> SeriesSummary {
+        SeriesSummary {
+            kind: SeriesKind::Counter,
+            scrapes: 2,
+            mean: None,
+            max: None,
+            delta: Some(delta),
+        }
+    }
+
+    #[test]
+    fn the_hit_rate_is_the_ratio_of_the_step_deltas_of_the_engine_counters() {
+        let mut server = ServerMetricsSummary::default();
+        assert_eq!(server.prefix_cache_hit_rate(), None, "no counters");
+        server
+            .series
+            .insert("sglang:cached_tokens_total".into(), counter(300.0));
+        server
+            .series
+            .insert("sglang:prompt_tokens_total".into(), counter(1200.0));
+        assert_eq!(
+            server.prefix_cache_hit_rate(),
+            Some((
+                0.25,
+                "sglang:cached_tokens_total/sglang:prompt_tokens_total".into()
+            ))
+        );
+        let mut idle = ServerMetricsSummary::default();
+        idle.series
+            .insert("vllm:prefix_cache_queries_total".into(), counter(0.0));
+        idle.series
+            .insert("vllm:prefix_cache_hits_total".into(), counter(0.0));
+        // The step queried nothing: no rate, not 0/0.
+        assert_eq!(idle.prefix_cache_hit_rate(), None);
+    }
+}

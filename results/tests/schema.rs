@@ -17,6 +17,7 @@ use evalctl_results::{
     ServerMetricsSummary, StepDocument, StepMetrics, Summary, TelemetrySummary, TokenSource,
     Tokenization, check_step_document,
 };
+use evalctl_results::{LengthReport, PrefixCacheFacts, PrefixCachePolicy, WorkloadFacts};
 use serde_json::{Value, json};
 
 fn summary(base: f64) -> Summary {
@@ -147,6 +148,27 @@ fn full_document() -> StepDocument {
                 ]),
             }),
             raw_downsample: 2,
+        }),
+        workload: Some(WorkloadFacts {
+            dataset: "shared_prefix".into(),
+            lengths: Some(LengthReport {
+                target: 512,
+                suffix_target: Some(64),
+                texts: 108,
+                missed: 1,
+                max_miss: 1,
+            }),
+            prefix_cache: Some(PrefixCacheFacts {
+                policy: PrefixCachePolicy::Reset,
+                reset_by: Some("/reset_prefix_cache".into()),
+                reset_refused: Some("POST /flush_cache: 404".into()),
+                salted: false,
+                expected_hit_rate: Some(0.82),
+                server_hit_rate: Some(0.8),
+                server_hit_rate_from: Some(
+                    "vllm:prefix_cache_hits_total/vllm:prefix_cache_queries_total".into(),
+                ),
+            }),
         }),
     }
 }

@@ -18,3 +18,4 @@ mod spot;
 mod store_health;
 mod supervisor;
 mod tls_errors;
+mod workloads;

@@ -170,6 +170,24 @@ fn every_vllm_unit_of_every_shipped_matrix_passes_vllms_own_argument_parser() {
     );
 }
 
+/// A coordinator and an agent whose PATH has the installed `vllm` command, in `dir`.
+fn start_with_vllm(dir: &Path) -> (CoordinatorProcess, AgentProcess) {
+    let installed = installed();
+    let coordinator = CoordinatorProcess::start(dir);
+    let search_path = format!(
+        "{}:{}",
+        installed.bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let agent = AgentProcess::start_with_env(
+        &coordinator.url(),
+        &dir.join("agent"),
+        &[],
+        &[("PATH", &search_path)],
+    );
+    (coordinator, agent)
+}
+
 /// Follows a campaign until it ends and returns its final status.
 fn wait_ended(url: &str, campaign: &str, timeout: Duration, agent: &AgentProcess) -> Value {
     let started = Instant::now();
@@ -247,21 +265,9 @@ fn assert_real_vllm_result(r: &Value) {
 
 #[test]
 fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once() {
-    let installed = installed();
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = CoordinatorProcess::start(dir.path());
+    let (coordinator, mut agent) = start_with_vllm(dir.path());
     let url = coordinator.url();
-    let search_path = format!(
-        "{}:{}",
-        installed.bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut agent = AgentProcess::start_with_env(
-        &url,
-        &dir.path().join("agent"),
-        &[],
-        &[("PATH", &search_path)],
-    );
 
     // The shipped matrix, as it is.
     let shipped = workspace_root().join("matrices/cpu-vllm.yaml");
@@ -310,6 +316,108 @@ fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once(
     for r in results {
         assert_real_vllm_result(r);
     }
+
+    assert!(
+        agent.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        agent.log()
+    );
+    eventually(Duration::from_secs(20), "every vLLM process to end", || {
+        processes_with(MODEL).is_empty()
+    });
+}
+
+/// Shared-prefix prompts on vLLM's own prefix cache: `matrices/cpu-vllm.yaml` with vLLM's
+/// development endpoints on (`VLLM_SERVER_DEV_MODE=1` serves `POST /reset_prefix_cache`)
+/// and one shared-prefix workload, run twice with a reset before each step, then once more
+/// keeping the cache. Prefixes are 256 tokens, two whole blocks of vLLM's CPU block size
+/// (128): a prefix hit is then all of it.
+#[test]
+fn after_a_reset_vllms_prefix_cache_hits_what_the_shared_prefixes_imply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, mut agent) = start_with_vllm(dir.path());
+    let url = coordinator.url();
+    let shipped = std::fs::read_to_string(workspace_root().join("matrices/cpu-vllm.yaml")).unwrap();
+    let workloads_at = shipped.find("\nworkloads:\n").expect("a workloads section");
+    let yaml = format!(
+        "{}{}",
+        shipped[..workloads_at]
+            .replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-prefix\n")
+            .replace("repeats: 1\n", "repeats: 2\n")
+            .replace(
+                "      DO_NOT_TRACK: 1\n",
+                "      DO_NOT_TRACK: 1\n      VLLM_SERVER_DEV_MODE: 1\n"
+            ),
+        r#"
+workloads:
+  - name: docs
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 4, prefix_tokens: 256, suffix_tokens: 32, output_tokens: 8 }
+    load: { concurrency: [1] }
+    requests: 24
+    warmup: 4
+  - name: docs-kept
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 4, prefix_tokens: 256, suffix_tokens: 32, output_tokens: 8 }
+    prefix_cache: keep
+    load: { concurrency: [1] }
+    requests: 24
+    warmup: 4
+"#
+    );
+    assert!(yaml.contains("VLLM_SERVER_DEV_MODE"), "{yaml}");
+    let matrix = dir.path().join("prefix.yaml");
+    std::fs::write(&matrix, &yaml).unwrap();
+    evalctl(Some(&url), &["submit", matrix.to_str().unwrap()]);
+    let status = wait_ended(&url, "cpu-vllm-prefix", Duration::from_secs(420), &agent);
+    assert_eq!(
+        status["campaign"]["state"],
+        "succeeded",
+        "{status}\nagent log:\n{}",
+        agent.log()
+    );
+    let results = json_stdout(&evalctl(
+        Some(&url),
+        &["results", "cpu-vllm-prefix", "--json"],
+    ));
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 4, "{results:?}");
+    let cache = |label: &str| {
+        let r = results
+            .iter()
+            .find(|r| r["result"]["step_label"] == label)
+            .unwrap_or_else(|| panic!("no step {label}: {results:?}"));
+        r["result"]["workload"]["prefix_cache"].clone()
+    };
+    let mut figures = Vec::new();
+    for label in ["docs @ c=1 #0", "docs @ c=1 #1"] {
+        let c = cache(label);
+        assert_eq!(c["reset_by"], "/reset_prefix_cache", "{label}: {c}");
+        assert_eq!(c["salted"], false, "{label}: {c}");
+        assert_eq!(
+            c["server_hit_rate_from"],
+            "vllm:prefix_cache_hits_total/vllm:prefix_cache_queries_total"
+        );
+        let expected = c["expected_hit_rate"].as_f64().unwrap();
+        let server = c["server_hit_rate"].as_f64().unwrap();
+        figures.push(format!("{label}: expected {expected:.4}, vLLM {server:.4}"));
+        // 28 requests on 4 prefixes: 24 reuse a prefix of 256 of ~287 tokens.
+        assert!(expected > 0.7, "{label}: {c}");
+        assert!(
+            (server - expected).abs() <= 0.05,
+            "{label}: vLLM's hit rate {server} is not within 5 points of {expected}: {c}"
+        );
+    }
+    // Without a reset, the kept step's prompts are what the last `docs` step cached: each
+    // hits its two whole blocks (256 of ~287 tokens), prefix or not.
+    for label in ["docs-kept @ c=1 #0", "docs-kept @ c=1 #1"] {
+        let c = cache(label);
+        assert!(c["reset_by"].is_null(), "{label}: {c}");
+        let server = c["server_hit_rate"].as_f64().unwrap();
+        figures.push(format!("{label}: vLLM {server:.4}"));
+        assert!(server > 0.85, "{label}: {c}");
+    }
+    eprintln!("prefix cache hit rates: {}", figures.join("; "));
 
     assert!(
         agent.terminate(Duration::from_secs(30)).success(),

@@ -1,4 +1,5 @@
-//! Prompts for a step: random prompts of exact token lengths, ShareGPT JSON, or JSON Lines.
+//! Prompts for a step: random prompts of exact token lengths, shared-prefix prompts, ShareGPT
+//! JSON, or JSON Lines.
 //!
 //! Token counts come from the best tokenizer at hand, in this order, and the prepared dataset
 //! says which one it used ([`Tokenization`]):
@@ -31,7 +32,7 @@ use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use evalctl_results::Tokenization;
+use evalctl_results::{LengthReport, Tokenization};
 use evalctl_tokenizer as whitespace;
 
 /// One chat turn.
@@ -83,6 +84,21 @@ pub enum DatasetSource {
         /// Fixed `max_tokens` instead of the replies' lengths.
         output_tokens: Option<u32>,
     },
+    /// Prompts sharing prefixes: `prefixes` random prefixes of exactly `prefix_tokens` (system
+    /// prompts, documents), each prompt one of them, chosen by `distribution`, then a random
+    /// suffix of `suffix_tokens`. A server with a prefix cache computes a prefix once.
+    SharedPrefix {
+        /// How many distinct prefixes.
+        prefixes: u32,
+        /// Length of each prefix in tokens.
+        prefix_tokens: u32,
+        /// Length of each prompt's own suffix in tokens.
+        suffix_tokens: u32,
+        /// `max_tokens` of every request.
+        output_tokens: u32,
+        /// How each prompt's prefix is chosen.
+        distribution: PrefixDistribution,
+    },
     /// JSON Lines, one prompt per line: `{"prompt": "..."}`, `{"messages": [...]}` or a JSON
     /// string, each optionally with `"max_tokens"`.
     Jsonl {
@@ -92,6 +108,78 @@ pub enum DatasetSource {
         /// [`DEFAULT_OUTPUT_TOKENS`].
         output_tokens: Option<u32>,
     },
+}
+
+/// How a shared-prefix prompt's prefix is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PrefixDistribution {
+    /// Every prefix equally likely.
+    Uniform,
+    /// Prefix `k` (from 0) with weight `1 / (k + 1)^exponent`: a few hot system prompts and a
+    /// long tail.
+    Zipf {
+        /// The exponent, > 0.
+        exponent: f64,
+    },
+}
+
+impl PrefixDistribution {
+    /// Draws a prefix index below `n`.
+    fn draw(&self, n: u32, rng: &mut impl Rng) -> u32 {
+        match *self {
+            PrefixDistribution::Uniform => rng.random_range(0..n),
+            PrefixDistribution::Zipf { exponent } => {
+                // The inverse of the cumulative weights; `n` is small (prefixes, not prompts).
+                let weights: Vec<f64> = (1..=n).map(|k| f64::from(k).powf(-exponent)).collect();
+                let mut at = rng.random::<f64>() * weights.iter().sum::<f64>();
+                for (k, w) in weights.iter().enumerate() {
+                    if at < *w {
+                        return k as u32;
+                    }
+                    at -= w;
+                }
+                n - 1
+            }
+        }
+    }
+}
+
+/// Which prefix each prompt of a shared-prefix dataset carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrefixLayout {
+    /// The prefix of prompt `i`.
+    pub prefix_of: Vec<u32>,
+    /// Length of each prefix in tokens, by the dataset's tokenization.
+    pub prefix_tokens: Vec<u64>,
+}
+
+impl PrefixLayout {
+    /// The fraction of prompt tokens a prefix cache that starts empty and never evicts hits
+    /// when the prompts are sent one after another in the order `sent` (indices into
+    /// `prompts`): every use of a prefix after its first hits the prefix's tokens, and a
+    /// prompt sent again hits all its tokens but the last (which a server always computes).
+    /// Engines cache whole blocks (vLLM: 16 tokens on GPUs by default), so a prefix whose
+    /// length is not a multiple of the block hits less by up to a block.
+    pub fn expected_hit_rate(
+        &self,
+        prompts: &[Prompt],
+        sent: impl IntoIterator<Item = usize>,
+    ) -> Option<f64> {
+        let mut seen_prefix = vec![false; self.prefix_tokens.len()];
+        let mut seen_prompt = vec![false; prompts.len()];
+        let (mut hits, mut total) = (0u64, 0u64);
+        for at in sent {
+            let (prompt, prefix) = (prompts.get(at)?, *self.prefix_of.get(at)? as usize);
+            total += prompt.input_tokens;
+            if std::mem::replace(&mut seen_prompt[at], true) {
+                hits += prompt.input_tokens.saturating_sub(1);
+            } else if std::mem::replace(seen_prefix.get_mut(prefix)?, true) {
+                hits += self.prefix_tokens[prefix];
+            }
+        }
+        (total > 0).then(|| hits as f64 / total as f64)
+    }
 }
 
 /// `max_tokens` for JSON Lines prompts that name none.
@@ -145,6 +233,22 @@ pub struct Dataset {
     pub prompts: Arc<[Prompt]>,
     /// How their lengths were counted.
     pub tokenization: Tokenization,
+    /// For a shared-prefix dataset: which prefix each prompt carries.
+    pub prefixes: Option<PrefixLayout>,
+    /// For generated prompts: how close they came to their target lengths.
+    pub lengths: Option<LengthReport>,
+}
+
+impl Dataset {
+    /// A dataset of ready prompts (no prefix layout or length report).
+    pub fn new(prompts: Vec<Prompt>, tokenization: Tokenization) -> Dataset {
+        Dataset {
+            prompts: prompts.into(),
+            tokenization,
+            prefixes: None,
+            lengths: None,
+        }
+    }
 }
 
 /// Preparing a dataset failed.
@@ -339,11 +443,37 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
         return Err(DatasetError::NoPrompts);
     }
     let counter = counter(plan).await?;
+    let mut prefixes = None;
+    let mut lengths = None;
     let prompts = match &plan.source {
         DatasetSource::Random {
             input_tokens,
             output_tokens,
-        } => random(&counter, plan, u64::from(*input_tokens), *output_tokens).await?,
+        } => {
+            let (prompts, report) =
+                random(&counter, plan, u64::from(*input_tokens), *output_tokens).await?;
+            lengths = Some(report);
+            prompts
+        }
+        DatasetSource::SharedPrefix {
+            prefixes: count,
+            prefix_tokens,
+            suffix_tokens,
+            output_tokens,
+            distribution,
+        } => {
+            let shape = SharedPrefixShape {
+                prefixes: *count,
+                prefix_tokens: u64::from(*prefix_tokens),
+                suffix_tokens: u64::from(*suffix_tokens),
+                output_tokens: *output_tokens,
+                distribution: *distribution,
+            };
+            let (prompts, layout, report) = shared_prefix(&counter, plan, &shape).await?;
+            prefixes = Some(layout);
+            lengths = Some(report);
+            prompts
+        }
         DatasetSource::Sharegpt {
             path,
             output_tokens,
@@ -353,9 +483,22 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
             output_tokens,
         } => jsonl(&counter, plan, path, *output_tokens).await?,
     };
+    if let Some(report) = lengths.filter(|r| r.missed > 0) {
+        // One line per dataset, not one per prompt.
+        tracing::warn!(
+            target_tokens = report.target,
+            missed = report.missed,
+            of = report.texts,
+            max_miss = report.max_miss,
+            tokenization = ?counter.kind(),
+            "some generated texts could not hit their target length exactly; the closest found are used"
+        );
+    }
     Ok(Dataset {
         prompts: prompts.into(),
         tokenization: counter.kind(),
+        prefixes,
+        lengths,
     })
 }
 
@@ -369,8 +512,8 @@ async fn random(
     plan: &DatasetPlan,
     target: u64,
     output_tokens: u32,
-) -> Result<Vec<Prompt>, DatasetError> {
-    futures::stream::iter(0..plan.count)
+) -> Result<(Vec<Prompt>, LengthReport), DatasetError> {
+    let prompts: Vec<Prompt> = futures::stream::iter(0..plan.count)
         .map(|i| async move {
             let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(i as u64));
             let (text, tokens) = exact_text(counter, &mut rng, target).await?;
@@ -382,7 +525,90 @@ async fn random(
         })
         .buffered(TOKENIZE_CONCURRENCY)
         .try_collect()
-        .await
+        .await?;
+    let mut report = LengthReport {
+        target,
+        ..LengthReport::default()
+    };
+    for p in &prompts {
+        report.add(target, p.input_tokens);
+    }
+    Ok((prompts, report))
+}
+
+/// A shared-prefix dataset's parameters (see [`DatasetSource::SharedPrefix`]).
+struct SharedPrefixShape {
+    prefixes: u32,
+    prefix_tokens: u64,
+    suffix_tokens: u64,
+    output_tokens: u32,
+    distribution: PrefixDistribution,
+}
+
+/// Seed offset of the prefixes' texts, apart from the suffixes' and the draws'.
+const PREFIX_SEED: u64 = 0x0000_7072_6566_6978;
+
+async fn shared_prefix(
+    counter: &Counter,
+    plan: &DatasetPlan,
+    shape: &SharedPrefixShape,
+) -> Result<(Vec<Prompt>, PrefixLayout, LengthReport), DatasetError> {
+    let prefix_seed = plan.seed ^ PREFIX_SEED;
+    let prefix_texts: Vec<(String, u64)> = futures::stream::iter(0..shape.prefixes)
+        .map(|k| async move {
+            let mut rng = StdRng::seed_from_u64(prefix_seed.wrapping_add(u64::from(k)));
+            exact_text(counter, &mut rng, shape.prefix_tokens).await
+        })
+        .buffered(TOKENIZE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let mut draws = StdRng::seed_from_u64(plan.seed ^ PREFIX_SEED.rotate_left(17));
+    let prefix_of: Vec<u32> = (0..plan.count)
+        .map(|_| shape.distribution.draw(shape.prefixes, &mut draws))
+        .collect();
+    let prefix_texts = &prefix_texts;
+    let prompts: Vec<(Prompt, u64)> =
+        futures::stream::iter(prefix_of.clone().into_iter().enumerate())
+            .map(|(i, k)| async move {
+                let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(i as u64));
+                let (suffix, suffix_tokens) =
+                    exact_text(counter, &mut rng, shape.suffix_tokens).await?;
+                let text = format!("{} {suffix}", prefix_texts[k as usize].0);
+                // Counted whole: a tokenizer may join the last prefix word and the first suffix
+                // word differently than it counts them apart.
+                let input_tokens = counter.count(&text).await?;
+                Ok::<_, DatasetError>((
+                    Prompt {
+                        input: PromptInput::Text(text),
+                        input_tokens,
+                        max_tokens: shape.output_tokens,
+                    },
+                    suffix_tokens,
+                ))
+            })
+            .buffered(TOKENIZE_CONCURRENCY)
+            .try_collect()
+            .await?;
+    let mut report = LengthReport {
+        target: shape.prefix_tokens,
+        suffix_target: Some(shape.suffix_tokens),
+        ..LengthReport::default()
+    };
+    for (_, tokens) in prefix_texts {
+        report.add(shape.prefix_tokens, *tokens);
+    }
+    for (_, tokens) in &prompts {
+        report.add(shape.suffix_tokens, *tokens);
+    }
+    let layout = PrefixLayout {
+        prefix_of,
+        prefix_tokens: prefix_texts.iter().map(|(_, n)| *n).collect(),
+    };
+    Ok((
+        prompts.into_iter().map(|(p, _)| p).collect(),
+        layout,
+        report,
+    ))
 }
 
 /// Random words whose text counts exactly `target` tokens, or the closest found.
@@ -416,13 +642,8 @@ async fn exact_text(
             words.extend((0..step).map(|_| *WORDS.choose(rng).expect("WORDS is not empty")));
         }
     }
-    let (text, count) = best.expect("at least one round ran");
-    tracing::warn!(
-        target,
-        got = count,
-        "no random prompt of exactly the target length; using the closest"
-    );
-    Ok((text, count))
+    // The caller counts the misses and reports them once.
+    Ok(best.expect("at least one round ran"))
 }
 
 #[derive(Deserialize)]
@@ -626,6 +847,93 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(d.prompts, again.prompts, "seeded");
+    }
+
+    fn shared(prefixes: u32, distribution: PrefixDistribution) -> DatasetSource {
+        DatasetSource::SharedPrefix {
+            prefixes,
+            prefix_tokens: 64,
+            suffix_tokens: 8,
+            output_tokens: 4,
+            distribution,
+        }
+    }
+
+    #[tokio::test]
+    async fn shared_prefix_prompts_start_with_their_prefix() {
+        let d = prepare(&plan(shared(3, PrefixDistribution::Uniform), 30))
+            .await
+            .unwrap();
+        let layout = d.prefixes.as_ref().expect("a prefix layout");
+        assert_eq!(layout.prefix_tokens, vec![64, 64, 64]);
+        let texts: Vec<&str> = d
+            .prompts
+            .iter()
+            .map(|p| match &p.input {
+                PromptInput::Text(t) => t.as_str(),
+                PromptInput::Messages(_) => panic!("text prompts"),
+            })
+            .collect();
+        for (i, text) in texts.iter().enumerate() {
+            assert_eq!(whitespace::count_tokens(text), 72, "prefix + suffix");
+            assert_eq!(d.prompts[i].input_tokens, 72);
+            // Prompts with the same prefix share their first 64 words, and only those.
+            for (j, other) in texts.iter().enumerate() {
+                let same = layout.prefix_of[i] == layout.prefix_of[j];
+                let shared_words = text
+                    .split(' ')
+                    .zip(other.split(' '))
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                if i != j {
+                    assert_eq!(shared_words >= 64, same, "prompts {i} and {j}");
+                }
+            }
+        }
+        let lengths = d.lengths.expect("a length report");
+        assert_eq!(
+            (lengths.texts, lengths.missed),
+            (33, 0),
+            "3 prefixes + 30 suffixes"
+        );
+        // Every prefix is used; its first use misses, every later one hits 64 of 72 tokens.
+        let used = (0..3).filter(|k| layout.prefix_of.contains(k)).count();
+        assert_eq!(used, 3);
+        let expected = layout.expected_hit_rate(&d.prompts, 0..30).unwrap();
+        assert!(
+            (expected - (27.0 * 64.0) / (30.0 * 72.0)).abs() < 1e-12,
+            "{expected}"
+        );
+        // Sent twice, the second round hits all but the last token of each prompt.
+        let twice = layout
+            .expected_hit_rate(&d.prompts, (0..60).map(|i| i % 30))
+            .unwrap();
+        let want = (27.0 * 64.0 + 30.0 * 71.0) / (60.0 * 72.0);
+        assert!((twice - want).abs() < 1e-12, "{twice}");
+        assert_eq!(
+            layout.expected_hit_rate(&d.prompts, [99]),
+            None,
+            "out of range"
+        );
+    }
+
+    #[tokio::test]
+    async fn zipf_prefixes_favour_the_first() {
+        let d = prepare(&plan(
+            shared(8, PrefixDistribution::Zipf { exponent: 1.2 }),
+            2000,
+        ))
+        .await
+        .unwrap();
+        let layout = d.prefixes.unwrap();
+        let mut uses = [0usize; 8];
+        for k in &layout.prefix_of {
+            uses[*k as usize] += 1;
+        }
+        // Weights 1/(k+1)^1.2: prefix 0 has 42.9 % of the draws (858), prefix 7 3.5 % (71).
+        assert!(uses[0] > 780 && uses[0] < 940, "{uses:?}");
+        assert!(uses[7] > 30 && uses[7] < 110, "{uses:?}");
+        assert!(uses.windows(2).all(|w| w[0] + 40 > w[1]), "{uses:?}");
     }
 
     #[tokio::test]

@@ -26,10 +26,7 @@ fn dataset(n: usize, input: usize, output: u32) -> Dataset {
             max_tokens: output,
         })
         .collect();
-    Dataset {
-        prompts: prompts.into(),
-        tokenization: Tokenization::Whitespace,
-    }
+    Dataset::new(prompts, Tokenization::Whitespace)
 }
 
 fn plan(url: &str, api: Api, load: Load, stop: Stop, output: u32) -> StepPlan {

@@ -118,10 +118,11 @@ pub(crate) async fn chat_completions(
     generate(app, Api::Chat, headers, body).await
 }
 
-/// `POST /reset_prefix_cache`: empties the prefix cache, as vLLM's endpoint does.
+/// `POST /reset_prefix_cache`: empties the prefix cache and answers `{"success": true}`, as
+/// vLLM's endpoint does.
 pub(crate) async fn reset_prefix_cache(State(app): Shared) -> Response {
     app.engine.reset_prefix_cache();
-    StatusCode::OK.into_response()
+    axum::Json(serde_json::json!({ "success": true })).into_response()
 }
 
 /// Any other path: a JSON 404.

@@ -6,6 +6,7 @@
 //! | [`config`] | settings: TOML file, defaults |
 //! | [`unit`] | one lease: server, steps, then complete / fail / release |
 //! | [`step`] | a step description → load-generator plan → step result |
+//! | [`prefix_cache`] | keeps a warm server's prefix cache out of a step: reset, salt or keep |
 //! | [`harness`] | harness steps (`api: command`): an external program's JSON metrics |
 //! | [`servers`] | launching servers and keeping them warm between units |
 //! | [`outbox`] | streams the state's outbox to the coordinator, deletes what is acked |
@@ -29,6 +30,7 @@ pub mod environment;
 pub mod harness;
 pub mod heartbeat;
 pub mod outbox;
+pub mod prefix_cache;
 pub mod probe;
 pub mod servers;
 pub mod step;

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
 
-use evalctl_loadgen::dataset::{self, LengthFilter};
+use evalctl_loadgen::dataset::{self, LengthFilter, PrefixDistribution};
 use evalctl_loadgen::{
     Api, Arrival, DatasetPlan, DatasetSource, Load, Slo, StepOutcome, StepPlan, Stop,
 };
-use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument, codec};
+use evalctl_results::{
+    STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument, WorkloadFacts, codec,
+};
 use evalctl_telemetry::RecordedTelemetry;
 
 /// Prompts prepared for a duration-bound step (requests reuse them in turn).
@@ -63,8 +65,13 @@ pub struct Target {
     pub tokenizer_json: Option<PathBuf>,
 }
 
-/// Builds the load generator's plan for `step` (preparing its dataset).
-pub async fn plan(step: &pb::StepSpec, target: &Target) -> Result<StepPlan, StepPlanError> {
+/// Builds the load generator's plan for `step` (preparing its dataset). A `salt` is mixed
+/// into the seed of generated prompts, so they differ from every other step's.
+pub async fn plan(
+    step: &pb::StepSpec,
+    target: &Target,
+    salt: Option<u64>,
+) -> Result<StepPlan, StepPlanError> {
     let step_label = label(step);
     let invalid = |message: String| StepPlanError::Invalid {
         step: step_label.clone(),
@@ -88,6 +95,19 @@ pub async fn plan(step: &pb::StepSpec, target: &Target) -> Result<StepPlan, Step
         "random" => DatasetSource::Random {
             input_tokens: spec.input_tokens,
             output_tokens: spec.output_tokens,
+        },
+        "shared_prefix" => DatasetSource::SharedPrefix {
+            prefixes: spec.prefixes,
+            prefix_tokens: spec.prefix_tokens,
+            suffix_tokens: spec.suffix_tokens,
+            output_tokens: spec.output_tokens,
+            distribution: match spec.distribution.as_str() {
+                "uniform" | "" => PrefixDistribution::Uniform,
+                "zipf" => PrefixDistribution::Zipf {
+                    exponent: spec.zipf_exponent,
+                },
+                other => return Err(invalid(format!("unknown prefix distribution `{other}`"))),
+            },
         },
         "sharegpt" => DatasetSource::Sharegpt {
             path: PathBuf::from(&spec.path),
@@ -114,10 +134,22 @@ pub async fn plan(step: &pb::StepSpec, target: &Target) -> Result<StepPlan, Step
         Stop::Duration(_) => PROMPTS_FOR_DURATION,
     }
     .clamp(1, MAX_PROMPTS);
+    if let DatasetSource::SharedPrefix {
+        prefixes,
+        prefix_tokens,
+        suffix_tokens,
+        ..
+    } = &source
+        && (*prefixes == 0 || *prefix_tokens == 0 || *suffix_tokens == 0)
+    {
+        return Err(invalid(
+            "a shared-prefix dataset needs at least 1 prefix and prefixes and suffixes of at least 1 token".into(),
+        ));
+    }
     let dataset = dataset::prepare(&DatasetPlan {
         source,
         count,
-        seed: spec.seed,
+        seed: spec.seed ^ salt.unwrap_or(0),
         filter: LengthFilter::default(),
         server_url: Some(target.base_url.clone()),
         model: Some(target.served_model.clone()),
@@ -227,6 +259,7 @@ pub fn result(
     ctx: &ResultContext<'_>,
     outcome: &StepOutcome,
     telemetry: Option<RecordedTelemetry>,
+    workload: Option<WorkloadFacts>,
 ) -> std::io::Result<pb::StepResult> {
     let (summary, telemetry_zstd) = match telemetry {
         Some(t) => (Some(t.summary), t.raw_zstd),
@@ -245,6 +278,7 @@ pub fn result(
         started_at_ms: ctx.started_at_ms,
         finished_at_ms: ctx.finished_at_ms,
         telemetry: summary,
+        workload,
     };
     let mut result = protocol_result(
         ctx,
@@ -324,7 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_step_becomes_the_plan_it_describes() {
-        let plan = plan(&step(pb::load_point::Kind::Rate(4.0), 10), &target())
+        let plan = plan(&step(pb::load_point::Kind::Rate(4.0), 10), &target(), None)
             .await
             .unwrap();
         assert_eq!(plan.stop, Stop::Requests(10));
@@ -340,10 +374,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_step_without_a_stop_condition_is_refused_by_name() {
-        let err = plan(&step(pb::load_point::Kind::Concurrency(2), 0), &target())
-            .await
-            .unwrap_err()
-            .to_string();
+        let err = plan(
+            &step(pb::load_point::Kind::Concurrency(2), 0),
+            &target(),
+            None,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("chat @ c=2 #1"), "{err}");
         assert!(err.contains("neither requests nor duration"), "{err}");
     }

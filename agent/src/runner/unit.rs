@@ -13,7 +13,7 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::servers::{self, LOG_TAIL_BYTES, Session};
 use super::step::{self, ResultContext, Target};
-use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox};
+use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox, prefix_cache};
 
 use evalctl_loadgen as loadgen;
 use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument};
@@ -225,7 +225,24 @@ async fn load_step(
     slot: &LeaseSlot,
 ) -> Result<pb::StepResult, Ending> {
     let label = step::label(spec);
-    let plan = match step::plan(spec, target).await {
+    let workload = spec.workload.as_ref();
+    let dataset_kind = workload
+        .and_then(|w| w.dataset.as_ref())
+        .map_or("", |d| d.kind.as_str());
+    let policy = match prefix_cache::policy(workload.map_or("", |w| w.prefix_cache.as_str())) {
+        Ok(policy) => policy,
+        Err(message) => {
+            return Err(Ending::Failed {
+                class: pb::FailureClass::Unspecified,
+                error: format!("step {label}: {message}"),
+                log_tail: String::new(),
+            });
+        }
+    };
+    let generated = matches!(dataset_kind, "random" | "shared_prefix");
+    let cache = prefix_cache::prepare(policy, &target.base_url, generated).await;
+    let salt = cache.salt.then(|| prefix_cache::salt(&spec.step_id));
+    let plan = match step::plan(spec, target, salt).await {
         Ok(plan) => plan,
         Err(err) => {
             return Err(Ending::Failed {
@@ -235,6 +252,7 @@ async fn load_step(
             });
         }
     };
+    let dataset = plan.dataset.clone();
     info!(step = %label, index = spec.index, "step started");
     let started_at_ms = now_ms();
     // GPU, host and server telemetry for the step's span; dropped (stopped) on an early return.
@@ -304,7 +322,14 @@ async fn load_step(
         started_at_ms,
         finished_at_ms,
     };
-    let result = match step::result(&context, &outcome, recorded) {
+    let workload_facts = prefix_cache::facts(
+        dataset_kind,
+        &cache,
+        &dataset,
+        &outcome.records,
+        recorded.as_ref().and_then(|t| t.summary.server.as_ref()),
+    );
+    let result = match step::result(&context, &outcome, recorded, Some(workload_facts)) {
         Ok(result) => result,
         Err(err) => {
             return Err(Ending::Failed {
@@ -384,6 +409,7 @@ async fn harness_step(
         started_at_ms,
         finished_at_ms: now_ms(),
         telemetry: None,
+        workload: None,
     };
     let context = ResultContext {
         lease,

@@ -6,8 +6,8 @@ use evalctl_proto::v1 as pb;
 
 use crate::domain::{
     AgentGpu, Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Dropped, FrameworkSpec,
-    GpuRequirement, LoadPoint, ModelSpec, PullPolicy, QuantizationSpec, Slo, StepSpec,
-    StopCondition, UnitConfig, WorkloadSpec,
+    GpuRequirement, LoadPoint, ModelSpec, PrefixDistribution, PullPolicy, QuantizationSpec, Slo,
+    StepSpec, StopCondition, UnitConfig, WorkloadSpec,
 };
 use crate::store::{
     AgentRow, CampaignInfo, CampaignState, FailureKind, GrantedLease, StateCounts, StoredResult,
@@ -206,42 +206,59 @@ fn workload(w: &WorkloadSpec) -> pb::WorkloadSpec {
         slo: Some(slo(&w.slo)),
         command: w.command.clone().unwrap_or_default(),
         metrics: w.metrics.clone().into_iter().collect(),
+        prefix_cache: w
+            .prefix_cache
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
     }
 }
 
 fn dataset(d: &DatasetSpec, seed: u64) -> pb::DatasetSpec {
+    let mut spec = pb::DatasetSpec {
+        kind: d.kind().into(),
+        seed,
+        ..Default::default()
+    };
     match d {
         DatasetSpec::Random {
             input_tokens,
             output_tokens,
-        } => pb::DatasetSpec {
-            kind: "random".into(),
-            path: String::new(),
-            input_tokens: *input_tokens,
-            output_tokens: *output_tokens,
-            seed,
-        },
+        } => {
+            spec.input_tokens = *input_tokens;
+            spec.output_tokens = *output_tokens;
+        }
+        DatasetSpec::SharedPrefix {
+            prefixes,
+            prefix_tokens,
+            suffix_tokens,
+            output_tokens,
+            distribution,
+        } => {
+            spec.prefixes = *prefixes;
+            spec.prefix_tokens = *prefix_tokens;
+            spec.suffix_tokens = *suffix_tokens;
+            spec.output_tokens = *output_tokens;
+            match distribution {
+                PrefixDistribution::Uniform => spec.distribution = "uniform".into(),
+                PrefixDistribution::Zipf { exponent } => {
+                    spec.distribution = "zipf".into();
+                    spec.zipf_exponent = *exponent;
+                }
+            }
+        }
         DatasetSpec::Sharegpt {
             path,
             output_tokens,
-        } => pb::DatasetSpec {
-            kind: "sharegpt".into(),
-            path: path.clone(),
-            input_tokens: 0,
-            output_tokens: output_tokens.unwrap_or(0),
-            seed,
-        },
-        DatasetSpec::Jsonl {
+        }
+        | DatasetSpec::Jsonl {
             path,
             output_tokens,
-        } => pb::DatasetSpec {
-            kind: "jsonl".into(),
-            path: path.clone(),
-            input_tokens: 0,
-            output_tokens: output_tokens.unwrap_or(0),
-            seed,
-        },
+        } => {
+            spec.path = path.clone();
+            spec.output_tokens = output_tokens.unwrap_or(0);
+        }
     }
+    spec
 }
 
 fn slo(s: &Slo) -> pb::Slo {

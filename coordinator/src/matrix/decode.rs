@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use crate::domain::{
-    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PullPolicy, Slo,
-    StopCondition,
+    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy,
+    PrefixDistribution, PullPolicy, Slo, StopCondition,
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
@@ -73,14 +73,40 @@ const MANAGED_RUN_OPTIONS: &[(&str, &str)] = &[
 ];
 const QUANT_KEYS: &[&str] = &["name", "bits", "args"];
 const WORKLOAD_KEYS: &[&str] = &[
-    "name", "api", "dataset", "load", "requests", "duration", "warmup", "slo", "seed", "command",
+    "name",
+    "api",
+    "dataset",
+    "load",
+    "requests",
+    "duration",
+    "warmup",
+    "slo",
+    "seed",
+    "command",
     "metrics",
+    "prefix_cache",
 ];
 const COMMAND_ONLY_KEYS: &[&str] = &["command", "metrics"];
-const NOT_FOR_COMMAND_KEYS: &[&str] = &["dataset", "requests", "warmup", "slo"];
+const NOT_FOR_COMMAND_KEYS: &[&str] = &["dataset", "requests", "warmup", "slo", "prefix_cache"];
 const RANDOM_KEYS: &[&str] = &["kind", "input_tokens", "output_tokens"];
 const FILE_DATASET_KEYS: &[&str] = &["kind", "path", "output_tokens"];
-const DATASET_KINDS: &[&str] = &["random", "sharegpt", "jsonl"];
+const SHARED_PREFIX_KEYS: &[&str] = &[
+    "kind",
+    "prefixes",
+    "prefix_tokens",
+    "suffix_tokens",
+    "output_tokens",
+    "distribution",
+    "zipf_exponent",
+];
+const DATASET_KINDS: &[&str] = &["random", "shared_prefix", "sharegpt", "jsonl"];
+const PREFIX_CACHE_POLICIES: &[(PrefixCachePolicy, &str)] = &[
+    (PrefixCachePolicy::Reset, "reset"),
+    (PrefixCachePolicy::Salt, "salt"),
+    (PrefixCachePolicy::Keep, "keep"),
+];
+/// The Zipf exponent when `distribution: zipf` names none.
+const DEFAULT_ZIPF_EXPONENT: f64 = 1.0;
 const LOAD_KEYS: &[&str] = &["concurrency", "rate", "arrival", "burstiness"];
 const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
 const APIS: &[&str] = &["chat", "completions", "command"];
@@ -836,6 +862,23 @@ impl Decoder<'_> {
         } else {
             Some(self.dataset(&f.field("dataset"), f.req("dataset")?)?)
         };
+        let prefix_cache = f
+            .get("prefix_cache")
+            .map(|n| self.choice(&f.field("prefix_cache"), n, PREFIX_CACHE_POLICIES))
+            .transpose()?;
+        if let (Some(PrefixCachePolicy::Salt), Some(d)) = (prefix_cache, &dataset)
+            && !d.value.is_generated()
+        {
+            return Err(self.errors.hinted(
+                f.key_pos("prefix_cache").unwrap_or(node.pos),
+                format!(
+                    "`{}: salt` needs generated prompts, and `{}` is read from a file whose prompts evalctl does not change",
+                    f.field("prefix_cache"),
+                    f.field("dataset"),
+                ),
+                Some("use `reset` (the server empties its cache) or `keep`"),
+            ));
+        }
         let load = match f.get("load") {
             Some(n) => self.load(&f.field("load"), n)?,
             None if is_command => vec![LoadPoint::Concurrency(1)],
@@ -913,6 +956,7 @@ impl Decoder<'_> {
                 .transpose()?,
             command,
             metrics,
+            prefix_cache,
         })
     }
 
@@ -921,7 +965,7 @@ impl Decoder<'_> {
             return Err(self.type_error(
                 path,
                 node,
-                "a mapping with `kind: random | sharegpt | jsonl`",
+                "a mapping with `kind: random | shared_prefix | sharegpt | jsonl`",
             ));
         }
         let Value::Map(entries) = &node.value else {
@@ -937,7 +981,7 @@ impl Decoder<'_> {
             return Err(self.errors.hinted(
                 node.pos,
                 format!("missing required key `kind` in `{path}`"),
-                Some("one of `random`, `sharegpt`, `jsonl`"),
+                Some("one of `random`, `shared_prefix`, `sharegpt`, `jsonl`"),
             ));
         };
         let kind = self.string(&format!("{path}.kind"), kind_node)?;
@@ -957,6 +1001,7 @@ impl Decoder<'_> {
                     )?,
                 }
             }
+            "shared_prefix" => self.shared_prefix(path, node)?,
             "sharegpt" | "jsonl" => {
                 let f = self.fields(node, path, FILE_DATASET_KEYS)?;
                 let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
@@ -991,6 +1036,48 @@ impl Decoder<'_> {
             }
         };
         Ok(At::new(spec, node.pos))
+    }
+
+    fn shared_prefix(&self, path: &str, node: &Node) -> Result<DatasetSpec, MatrixError> {
+        let f = self.fields(node, path, SHARED_PREFIX_KEYS)?;
+        let count = |key: &str| self.uint32(&f.field(key), f.req(key)?, 1);
+        let zipf = f
+            .get("distribution")
+            .map(|n| {
+                self.choice(
+                    &f.field("distribution"),
+                    n,
+                    &[(false, "uniform"), (true, "zipf")],
+                )
+            })
+            .transpose()?
+            .unwrap_or(false);
+        let distribution = match (zipf, f.get("zipf_exponent")) {
+            (true, exponent) => PrefixDistribution::Zipf {
+                exponent: exponent
+                    .map(|n| self.positive(&f.field("zipf_exponent"), n, false))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_ZIPF_EXPONENT),
+            },
+            (false, None) => PrefixDistribution::Uniform,
+            (false, Some(_)) => {
+                return Err(self.errors.hinted(
+                    f.key_pos("zipf_exponent").unwrap_or(node.pos),
+                    format!(
+                        "`{}` is only used with `distribution: zipf`",
+                        f.field("zipf_exponent")
+                    ),
+                    Some("add `distribution: zipf`, or remove `zipf_exponent`"),
+                ));
+            }
+        };
+        Ok(DatasetSpec::SharedPrefix {
+            prefixes: count("prefixes")?,
+            prefix_tokens: count("prefix_tokens")?,
+            suffix_tokens: count("suffix_tokens")?,
+            output_tokens: count("output_tokens")?,
+            distribution,
+        })
     }
 
     fn load(&self, path: &str, node: &Node) -> Result<Vec<LoadPoint>, MatrixError> {

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::domain::{Api, ContainerSpec, DatasetSpec, LoadPoint, Slo, StopCondition};
+use crate::domain::{
+    Api, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy, Slo, StopCondition,
+};
 
 use super::yaml::Pos;
 
@@ -162,6 +164,8 @@ pub(crate) struct WorkloadEntry {
     pub command: Option<At<String>>,
     /// `metrics`.
     pub metrics: BTreeMap<String, String>,
+    /// `prefix_cache`.
+    pub prefix_cache: Option<PrefixCachePolicy>,
 }
 
 /// A matrix dimension, as `exclude` and `include` name it.

@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use crate::domain::{Api, Arrival, DatasetSpec, DropKind, Expansion, LoadPoint, StopCondition};
+use crate::domain::{
+    Api, Arrival, DatasetSpec, DropKind, Expansion, LoadPoint, PrefixCachePolicy,
+    PrefixDistribution, StopCondition,
+};
 
 use super::{MAX_STEPS, MAX_UNITS, MatrixError, expand_with_env};
 
@@ -768,6 +771,79 @@ workloads:
         &err,
         (9, 32),
         "unknown key in `workloads[0].dataset`: `file`",
+    );
+}
+
+#[test]
+fn shared_prefix_datasets_and_the_prefix_cache_policy() {
+    let yaml = "\
+campaign: sp
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: docs
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 8, prefix_tokens: 512, suffix_tokens: 64, output_tokens: 32, distribution: zipf, zipf_exponent: 1.2 }
+    prefix_cache: salt
+    load: { concurrency: [1] }
+    requests: 10
+  - name: plain
+    dataset: { kind: shared_prefix, prefixes: 2, prefix_tokens: 16, suffix_tokens: 4, output_tokens: 4 }
+    load: { concurrency: [1] }
+    requests: 10
+";
+    let e = expand(yaml);
+    let steps = &e.units[0].steps;
+    assert_eq!(
+        steps[0].workload.dataset,
+        Some(DatasetSpec::SharedPrefix {
+            prefixes: 8,
+            prefix_tokens: 512,
+            suffix_tokens: 64,
+            output_tokens: 32,
+            distribution: PrefixDistribution::Zipf { exponent: 1.2 },
+        })
+    );
+    assert_eq!(
+        steps[0].workload.prefix_cache,
+        Some(PrefixCachePolicy::Salt)
+    );
+    let Some(DatasetSpec::SharedPrefix { distribution, .. }) = &steps[1].workload.dataset else {
+        panic!("a shared-prefix dataset")
+    };
+    assert_eq!(*distribution, PrefixDistribution::Uniform);
+    assert_eq!(steps[1].workload.prefix_cache, None, "the default");
+
+    let err = fail(&yaml.replace("output_tokens: 4 }", "output_tokens: 4, zipf_exponent: 2 }"));
+    assert_err(
+        &err,
+        (13, 105),
+        "`workloads[1].dataset.zipf_exponent` is only used with `distribution: zipf`",
+    );
+    let err = fail(&yaml.replace("prefixes: 2,", "prefixes: 0,"));
+    assert_err(
+        &err,
+        (13, 47),
+        "`workloads[1].dataset.prefixes` must be at least 1",
+    );
+    let err = fail(&yaml.replace("distribution: zipf,", "distribution: pareto,"));
+    assert_err(
+        &err,
+        (8, 122),
+        "unknown `workloads[0].dataset.distribution` value",
+    );
+    let err = fail(&yaml.replace("prefix_cache: salt", "prefix_cache: flush"));
+    assert_err(&err, (9, 19), "unknown `workloads[0].prefix_cache` value");
+    // A file's prompts cannot be salted.
+    let err = fail(&yaml.replace(
+        "{ kind: shared_prefix, prefixes: 8, prefix_tokens: 512, suffix_tokens: 64, output_tokens: 32, distribution: zipf, zipf_exponent: 1.2 }",
+        "{ kind: jsonl, path: p.jsonl }",
+    ));
+    assert_err(
+        &err,
+        (9, 5),
+        "`workloads[0].prefix_cache: salt` needs generated prompts",
     );
 }
 

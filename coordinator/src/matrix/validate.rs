@@ -433,6 +433,7 @@ impl Validator<'_> {
             slo: w.slo.clone(),
             command: w.command.as_ref().map(|c| c.value.clone()),
             metrics: w.metrics.clone(),
+            prefix_cache: w.prefix_cache,
         };
         Ok((spec, w.load.clone()))
     }
@@ -450,7 +451,7 @@ impl Validator<'_> {
             )
         };
         Ok(match &d.value {
-            DatasetSpec::Random { .. } => d.value.clone(),
+            DatasetSpec::Random { .. } | DatasetSpec::SharedPrefix { .. } => d.value.clone(),
             DatasetSpec::Sharegpt {
                 path,
                 output_tokens,

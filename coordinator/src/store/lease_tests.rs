@@ -120,6 +120,7 @@ fn unit_of(config: UnitConfig, steps: u32) -> Unit {
         slo: Slo::default(),
         command: None,
         metrics: BTreeMap::new(),
+        prefix_cache: None,
     };
     let steps = (0..steps)
         .map(|i| StepSpec::new(&id, i, workload.clone(), LoadPoint::Concurrency(i + 1), 0))

@@ -271,6 +271,7 @@ mod tests {
             simulated: true,
             metrics,
             telemetry: None,
+            workload_facts: None,
             price_per_gpu_hour: None,
         }
     }

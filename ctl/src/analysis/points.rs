@@ -6,7 +6,7 @@ use std::fmt;
 use evalctl_proto::v1 as pb;
 use evalctl_results::StepDocument;
 use evalctl_results::StepMetrics;
-use evalctl_results::TelemetrySummary;
+use evalctl_results::{TelemetrySummary, WorkloadFacts};
 use futures::StreamExt;
 
 use super::cost::Prices;
@@ -84,6 +84,8 @@ pub struct Point {
     pub metrics: StepMetrics,
     /// Telemetry, when sampled.
     pub telemetry: Option<TelemetrySummary>,
+    /// What the workload did (prefix cache, prompt lengths), in documents of schema 1.3+.
+    pub workload_facts: Option<WorkloadFacts>,
     /// Price of one GPU-hour, when known.
     pub price_per_gpu_hour: Option<f64>,
 }
@@ -175,6 +177,7 @@ pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, 
         simulated: document.simulated,
         metrics,
         telemetry: document.telemetry,
+        workload_facts: document.workload,
         price_per_gpu_hour: prices.per_gpu_hour(&gpu.gpu_type, gpu.price_per_hour),
     }))
 }

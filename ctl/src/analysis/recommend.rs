@@ -409,6 +409,7 @@ mod tests {
             simulated: false,
             metrics,
             telemetry: None,
+            workload_facts: None,
             price_per_gpu_hour: price,
         }
     }

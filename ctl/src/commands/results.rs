@@ -16,7 +16,7 @@ use crate::error::CliError;
 use crate::render;
 
 /// One stored step result as `--json` prints it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ResultJson {
     /// Unit id.
     pub unit_id: String,
@@ -129,6 +129,11 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
     if energy {
         headers.extend(["J/TOK", "TOK/S/kW", "POWER W"]);
     }
+    // The prefix cache column only when some step has a hit rate.
+    let prefix = results.iter().any(|r| prefix_rates(&r.result).is_some());
+    if prefix {
+        headers.push("PREFIX HIT exp/srv");
+    }
     let mut table = render::table(headers);
     for r in results {
         let Some(m) = &r.result.metrics else {
@@ -156,6 +161,9 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         if energy {
             row.extend(energy_cells(r.result.telemetry.as_ref()));
         }
+        if prefix {
+            row.push(prefix_cell(&r.result));
+        }
         table.add_row(row);
     }
     let mut text = format!(
@@ -181,6 +189,23 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         );
     }
     text
+}
+
+/// The step's expected and server prefix-cache hit rates, when it has either.
+fn prefix_rates(d: &StepDocument) -> Option<(Option<f64>, Option<f64>)> {
+    let cache = d.workload.as_ref()?.prefix_cache.as_ref()?;
+    let rates = (cache.expected_hit_rate, cache.server_hit_rate);
+    (rates != (None, None)).then_some(rates)
+}
+
+/// "76%/75%": expected and server hit rates, "-" where absent.
+fn prefix_cell(d: &StepDocument) -> String {
+    let percent =
+        |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{:.0}%", v * 100.0));
+    match prefix_rates(d) {
+        Some((expected, server)) => format!("{}/{}", percent(expected), percent(server)),
+        None => "-".to_owned(),
+    }
 }
 
 /// J per output token, output tokens/s per kW, mean GPU power; "-" where absent, with a
@@ -256,9 +281,9 @@ mod tests {
         assert_eq!(unit_label(&config), "m / H100-80GB x2 / vllm / fp8");
     }
 
-    #[test]
-    fn energy_columns_appear_only_with_telemetry() {
-        let document = |telemetry: Option<TelemetrySummary>| ResultJson {
+    /// A stored step of `label` with nothing measured but what the test sets.
+    fn stored(label: &str, telemetry: Option<TelemetrySummary>) -> ResultJson {
+        ResultJson {
             unit_id: "u".into(),
             unit: "m / H100-80GB x1 / vllm / bf16".into(),
             step_id: "s".into(),
@@ -267,7 +292,7 @@ mod tests {
                 schema: 1,
                 schema_minor: 1,
                 simulated: false,
-                step_label: "chat @ c=1 #0".into(),
+                step_label: label.into(),
                 metrics: Some(crate::analysis::fixtures::no_metrics()),
                 harness_metrics: Default::default(),
                 tokenization: None,
@@ -276,12 +301,18 @@ mod tests {
                 started_at_ms: 0,
                 finished_at_ms: 1,
                 telemetry,
+                workload: None,
             },
             environment: None,
             agent_id: "a".into(),
             attempt: 1,
             finished_at: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn energy_columns_appear_only_with_telemetry() {
+        let document = |telemetry| stored("chat @ c=1 #0", telemetry);
         let plain = human("c", &[document(None)]);
         assert!(!plain.contains("J/TOK"), "{plain}");
         let measured = TelemetrySummary {
@@ -299,6 +330,18 @@ mod tests {
         assert!(text.contains("2853.9!"), "{text}");
         assert!(text.contains("350!"), "{text}");
         assert!(!text.contains("synthetic"), "{text}");
+    }
+
+    #[test]
+    fn the_prefix_column_appears_only_with_hit_rates() {
+        let plain = stored("chat @ c=1 #0", None);
+        assert!(!human("c", std::slice::from_ref(&plain)).contains("PREFIX HIT"));
+        let mut cached = plain.clone();
+        cached.result.step_label = "rag @ c=1 #0".into();
+        cached.result.workload = Some(crate::analysis::fixtures::reset_prefix_cache());
+        let text = human("c", &[cached, plain]);
+        assert!(text.contains("PREFIX HIT exp/srv"), "{text}");
+        assert!(text.contains("76%/76%"), "{text}");
     }
 
     #[test]

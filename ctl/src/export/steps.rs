@@ -3,9 +3,9 @@
 //! the step's telemetry. docs/results.md lists the columns.
 
 use evalctl_proto::v1 as pb;
-use evalctl_results::TelemetrySummary;
 use evalctl_results::{Environment, StepDocument};
 use evalctl_results::{StepMetrics, Summary};
+use evalctl_results::{TelemetrySummary, WorkloadFacts};
 
 use super::{Kind, RowBuilder};
 use crate::commands::results::unit_label;
@@ -76,6 +76,7 @@ pub fn build(input: StepInput<'_>, row: &mut RowBuilder) {
     metrics(input.document.metrics.as_ref(), row);
     derived(input, row);
     telemetry(input.document, row);
+    workload_facts(input.document.workload.as_ref(), row);
 }
 
 fn identity(input: StepInput<'_>, row: &mut RowBuilder) {
@@ -165,6 +166,31 @@ fn workload(step: Option<&pb::StepSpec>, row: &mut RowBuilder) {
         "dataset_output_tokens",
         Kind::U64,
         d.map(|d| d.output_tokens).filter(|n| *n > 0),
+    );
+    row.put(
+        "dataset_prefixes",
+        Kind::U64,
+        d.map(|d| d.prefixes).filter(|n| *n > 0),
+    );
+    row.put(
+        "dataset_prefix_tokens",
+        Kind::U64,
+        d.map(|d| d.prefix_tokens).filter(|n| *n > 0),
+    );
+    row.put(
+        "dataset_suffix_tokens",
+        Kind::U64,
+        d.map(|d| d.suffix_tokens).filter(|n| *n > 0),
+    );
+    row.put(
+        "dataset_distribution",
+        Kind::Str,
+        d.and_then(|d| nonempty(&d.distribution)),
+    );
+    row.put(
+        "dataset_zipf_exponent",
+        Kind::F64,
+        d.and_then(|d| nonzero(d.zipf_exponent)),
     );
     row.put(
         "requests",
@@ -539,6 +565,42 @@ fn telemetry(d: &StepDocument, row: &mut RowBuilder) {
     );
 }
 
+/// What the workload did: prompt length misses and the prefix cache (schema 1.3).
+fn workload_facts(w: Option<&WorkloadFacts>, row: &mut RowBuilder) {
+    let cache = w.and_then(|w| w.prefix_cache.as_ref());
+    row.put(
+        "prompt_texts",
+        Kind::U64,
+        w.and_then(|w| w.lengths).map(|l| l.texts),
+    );
+    row.put(
+        "prompt_length_misses",
+        Kind::U64,
+        w.and_then(|w| w.lengths).map(|l| l.missed),
+    );
+    row.put(
+        "prefix_cache_policy",
+        Kind::Str,
+        cache.map(|c| c.policy.as_str()),
+    );
+    row.put(
+        "prefix_cache_reset_by",
+        Kind::Str,
+        cache.and_then(|c| c.reset_by.as_deref()),
+    );
+    row.put("prefix_cache_salted", Kind::Bool, cache.map(|c| c.salted));
+    row.put(
+        "expected_prefix_hit_rate",
+        Kind::F64,
+        cache.and_then(|c| c.expected_hit_rate),
+    );
+    row.put(
+        "server_prefix_hit_rate",
+        Kind::F64,
+        cache.and_then(|c| c.server_hit_rate),
+    );
+}
+
 /// The step columns, from a row built of an empty result.
 pub fn columns() -> Vec<super::Column> {
     let result = pb::StepResult::default();
@@ -571,6 +633,7 @@ fn empty_document() -> StepDocument {
         started_at_ms: 0,
         finished_at_ms: 0,
         telemetry: None,
+        workload: None,
     }
 }
 

@@ -1,12 +1,13 @@
 //! `evalctl report`: one self-contained HTML file (inline CSS and SVG, no scripts, no
 //! network fetches) about a campaign: summary and matrix coverage, per-model throughput
 //! and latency curves, the Pareto front of throughput per GPU against interactivity, cost,
-//! energy efficiency and failures. Every user string is escaped.
+//! energy efficiency, prefix-cache figures and failures. Every user string is escaped.
 
 mod coverage;
 pub mod html;
 mod performance;
 pub mod svg;
+mod workloads;
 
 use std::fmt::Write;
 
@@ -62,12 +63,13 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(
         "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
          <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
-         <a href=\"#failures\">Failures</a></nav>",
+         <a href=\"#workloads\">Prefix cache</a> · <a href=\"#failures\">Failures</a></nav>",
     );
     page.push_str(&coverage::summary(data));
     page.push_str(&performance::models(data));
     page.push_str(&performance::cost(data));
     page.push_str(&performance::energy(data));
+    page.push_str(&workloads::prefix_cache(data));
     page.push_str(&coverage::failures(data));
     page.push_str("</body></html>\n");
     page
@@ -105,8 +107,15 @@ mod tests {
                 joules_per_output_token: Some(0.5),
                 ..Default::default()
             }),
+            workload_facts: None,
             price_per_gpu_hour: Some(2.0),
         }
+    }
+
+    /// `p` with the prefix-cache figures of a reset shared-prefix step.
+    fn cached(mut p: Point) -> Point {
+        p.workload_facts = Some(crate::analysis::fixtures::reset_prefix_cache());
+        p
     }
 
     #[test]
@@ -129,7 +138,7 @@ mod tests {
                 ..Default::default()
             }],
             points: vec![
-                point("vllm", 1, 100.0, 20.0, 10.0),
+                cached(point("vllm", 1, 100.0, 20.0, 10.0)),
                 point("vllm", 8, 600.0, 40.0, 15.0),
                 point("sglang", 1, 110.0, 18.0, 9.0),
                 point("sglang", 8, 500.0, 50.0, 20.0),
@@ -140,13 +149,23 @@ mod tests {
         let page = render(&data);
         assert!(!page.contains("<script>") && !page.contains("<oops>"));
         assert!(page.contains("n&lt;script&gt;") && page.contains("&lt;oops&gt;"));
-        for id in ["coverage", "performance", "cost", "energy", "failures"] {
+        for id in [
+            "coverage",
+            "performance",
+            "cost",
+            "energy",
+            "workloads",
+            "failures",
+        ] {
             assert!(page.contains(&format!("id=\"{id}\"")), "section {id}");
         }
         // Two latency charts of 4 points and a scatter of 4 points.
         assert_eq!(page.matches(r#"class="pt""#).count(), 12);
         assert!(page.contains(r#"class="front""#));
         assert!(page.contains("weights need 168.0 GB"));
+        // One step with prefix-cache figures: its row, in percent.
+        assert_eq!(page.matches("reset (/reset_prefix_cache)").count(), 1);
+        assert!(page.contains(">76.2<") && page.contains(">75.9<"), "{page}");
         assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
     }
 }

@@ -1,0 +1,119 @@
+//! The workloads of docs/matrix.md against the simulated server with its prefix cache:
+//! shared-prefix prompts and the prefix-cache policies that keep one step's cache out of
+//! the next.
+
+use evalctl_tests::json_stdout;
+
+use super::results_fixture::{run_local, stderr};
+
+/// Three workloads with the same prompts (the file's seed), each run twice, in this order:
+/// `reset` empties the cache before each step, `keep` runs on what `reset` left cached,
+/// `salt` gets prompts of its own per step. Prefill is slow enough (0.2 ms a token) for a
+/// cached prefix to show in TTFT.
+const MATRIX: &str = r#"
+campaign: shared-prefix-e2e
+repeats: 2
+models: [{ name: sim-1b, path: sim-1b, params_b: 1 }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: bf16, bits: 16 }]
+workloads:
+  - name: reset
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 4, prefix_tokens: 256, suffix_tokens: 16, output_tokens: 4 }
+    load: { concurrency: [1] }
+    requests: 20
+    warmup: 4
+  - name: keep
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 4, prefix_tokens: 256, suffix_tokens: 16, output_tokens: 4 }
+    prefix_cache: keep
+    load: { concurrency: [1] }
+    requests: 20
+    warmup: 4
+  - name: salt
+    api: completions
+    dataset: { kind: shared_prefix, prefixes: 4, prefix_tokens: 256, suffix_tokens: 16, output_tokens: 4 }
+    prefix_cache: salt
+    load: { concurrency: [1] }
+    requests: 20
+    warmup: 4
+include:
+  - { model: sim-1b, extra_args: --enable-prefix-caching --prefill-us-per-token 200 }
+"#;
+
+#[test]
+fn shared_prefix_steps_see_the_hit_rate_their_prompts_imply() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_local(dir.path(), "shared-prefix.yaml", MATRIX, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = json_stdout(&output);
+    let log = stderr(&output);
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "a normal run logged:\n{log}"
+    );
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 6, "{report}");
+    let step = |workload: &str, repeat: u32| {
+        let label = format!("{workload} @ c=1 #{repeat}");
+        results
+            .iter()
+            .map(|r| &r["result"])
+            .find(|r| r["step_label"] == label.as_str())
+            .unwrap_or_else(|| panic!("no step {label}: {report}"))
+    };
+    let cache = |r: &serde_json::Value| r["workload"]["prefix_cache"].clone();
+    let rate = |r: &serde_json::Value, key: &str| {
+        cache(r)[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key}: {r}"))
+    };
+
+    for repeat in 0..2 {
+        let reset = step("reset", repeat);
+        assert_eq!(reset["workload"]["dataset"], "shared_prefix", "{reset}");
+        let lengths = &reset["workload"]["lengths"];
+        assert_eq!(lengths["target"], 256, "{reset}");
+        assert_eq!(lengths["suffix_target"], 16, "{reset}");
+        assert_eq!(lengths["missed"], 0, "{reset}");
+        assert_eq!(cache(reset)["policy"], "reset");
+        assert_eq!(cache(reset)["reset_by"], "/reset_prefix_cache");
+        assert_eq!(cache(reset)["salted"], false);
+        // 24 requests on 4 prefixes of 16 whole blocks: the simulator's cache hits exactly
+        // what the prompts imply, on both repeats (the reset emptied it in between).
+        let expected = rate(reset, "expected_hit_rate");
+        assert!(expected > 0.7, "{reset}");
+        assert!(
+            (rate(reset, "server_hit_rate") - expected).abs() < 1e-9,
+            "{reset}"
+        );
+        assert_eq!(
+            cache(reset)["server_hit_rate_from"],
+            "sim:prefix_cache_hits_total/sim:prefix_cache_queries_total"
+        );
+
+        // `keep` sends the prompts `reset` left cached: nearly every token hits.
+        let keep = step("keep", repeat);
+        assert_eq!(cache(keep)["policy"], "keep");
+        assert!(cache(keep)["reset_by"].is_null(), "{keep}");
+        assert!(cache(keep)["expected_hit_rate"].is_null(), "{keep}");
+        assert!(rate(keep, "server_hit_rate") > 0.9, "{keep}");
+        let ttft = |r: &serde_json::Value| r["metrics"]["ttft_ms"]["mean"].as_f64().unwrap();
+        assert!(
+            ttft(keep) < ttft(reset),
+            "cached prefixes skip prefill: keep {} ms, reset {} ms",
+            ttft(keep),
+            ttft(reset)
+        );
+
+        // `salt` makes prompts no earlier step sent: the cache starts empty for them.
+        let salt = step("salt", repeat);
+        assert_eq!(cache(salt)["policy"], "salt");
+        assert_eq!(cache(salt)["salted"], true);
+        assert!(cache(salt)["reset_by"].is_null(), "{salt}");
+        assert!(
+            (rate(salt, "server_hit_rate") - rate(salt, "expected_hit_rate")).abs() < 1e-9,
+            "{salt}"
+        );
+    }
+}

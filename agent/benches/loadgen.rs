@@ -13,7 +13,11 @@
 //!    when each first token left it; the client's first-token stamp minus that instant is the
 //!    instrument's own delay (p50, p99, max).
 //!
-//! Arguments: `[streams-for-overhead]` (default 1000). `EVALCTL_BENCH_REPEAT` sets the runs per
+//! 4. **Trace replay lag**: a bursty Mooncake-format trace of 1,200 requests (20 bursts of
+//!    50 in one millisecond) replayed at 10× against the simulator; p50, p99 and max schedule
+//!    lag.
+//!
+//! Arguments: `[streams-for-overhead]` (default 1000), or `trace` for part 4 alone. `EVALCTL_BENCH_REPEAT` sets the runs per
 //! load (default 5).
 
 #[allow(
@@ -24,6 +28,8 @@
 mod scripted_server;
 
 use std::time::{Duration, Instant};
+
+use rand::{Rng as _, SeedableRng as _};
 
 use evalctl_loadgen::{
     Api, Dataset, Load, Prompt, PromptInput, StepOutcome, StepPlan, Stop, Summary, Tokenization,
@@ -128,27 +134,39 @@ fn python_rate(python: &str, url: &str, concurrency: u32, requests: u64, tokens:
         .unwrap_or_else(|| panic!("unexpected python output: {text}"))
 }
 
-fn token_rate() {
-    // The simulator on its own named threads, so the client's core is the client's alone and a
-    // profiler can tell the two apart.
+/// Pins the calling thread to CPU `cpu` (the trace bench keeps client and simulator off each
+/// other's core, as a GPU host's cores keep a real server apart from the client).
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// The simulator on its own named threads, so the client's core is the client's alone and a
+/// profiler can tell the two apart; its URL, and what stops it.
+fn sim_on_its_threads(config: SimConfig, cpu: Option<usize>) -> (String, impl FnOnce()) {
     let (url_tx, url_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let sim = std::thread::Builder::new()
         .name("sim".into())
         .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to(cpu);
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .thread_name("sim-worker")
+                .on_thread_start(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
+                })
                 .enable_all()
                 .build()
                 .expect("sim runtime");
             rt.block_on(async {
-                let sim = SimServer::start(SimConfig {
-                    latency: LatencyModel::instant(),
-                    ..SimConfig::default()
-                })
-                .await
-                .expect("sim starts");
+                let sim = SimServer::start(config).await.expect("sim starts");
                 url_tx.send(sim.base_url()).expect("send url");
                 let _ = stop_rx.await;
                 sim.shutdown().await.expect("sim stops");
@@ -156,6 +174,21 @@ fn token_rate() {
         })
         .expect("sim thread");
     let url = url_rx.recv().expect("sim url");
+    let stop = move || {
+        let _ = stop_tx.send(());
+        sim.join().expect("sim thread");
+    };
+    (url, stop)
+}
+
+fn token_rate() {
+    let (url, stop_sim) = sim_on_its_threads(
+        SimConfig {
+            latency: LatencyModel::instant(),
+            ..SimConfig::default()
+        },
+        None,
+    );
     let python = std::env::var("EVALCTL_BENCH_PYTHON").ok();
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -207,8 +240,7 @@ fn token_rate() {
             );
         }
     }
-    let _ = stop_tx.send(());
-    sim.join().expect("sim thread");
+    stop_sim();
 }
 
 fn overhead(streams: u32) {
@@ -286,12 +318,146 @@ fn overhead(streams: u32) {
     );
 }
 
+/// A Mooncake-format trace of 1,200 requests over 60 s: 20 bursts of 50 requests stamped
+/// with one millisecond, every 3 s, and 200 single requests between them; prompts of 1 to
+/// 4 blocks of 512 tokens from 8 shared prefix blocks.
+fn bursty_trace() -> String {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let mut stamps: Vec<u64> = (0..20u64)
+        .flat_map(|burst| std::iter::repeat_n(burst * 3000 + 1500, 50))
+        .collect();
+    stamps.extend((0..200).map(|_| rng.random_range(0..60_000u64)));
+    stamps.sort_unstable();
+    let mut next_block = 100u64;
+    stamps
+        .iter()
+        .map(|&ms| {
+            let blocks = rng.random_range(1..=4u64);
+            let input = (blocks - 1) * 512 + rng.random_range(1..=512u64);
+            let mut ids = vec![rng.random_range(0..8u64)];
+            for _ in 1..blocks {
+                ids.push(next_block);
+                next_block += 1;
+            }
+            format!(
+                "{{\"timestamp\": {ms}, \"input_length\": {input}, \"output_length\": 8, \"hash_ids\": {ids:?}}}\n"
+            )
+        })
+        .collect()
+}
+
+/// Part 4, trace replay: the bursty trace at 10× (6 s) against the simulator (10 µs of
+/// prefill a token, 5 ms decode steps, prefix cache on), the simulator pinned to the last
+/// CPU and the client (one worker) to the first, as a GPU host keeps a real server's cores
+/// apart from the client's; the schedule lag (send − scheduled) of every request, alone and
+/// in bursts.
+fn trace_lag() {
+    // A server's pace: 10 µs of prefill a token, 5 ms decode steps.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (url, stop_sim) = sim_on_its_threads(
+        SimConfig {
+            latency: LatencyModel {
+                prefill_us_per_token: 10.0,
+                decode_ms_per_token: 5.0,
+                decode_ms_per_extra_request: 0.0,
+            },
+            prefix_caching: true,
+            ..SimConfig::default()
+        },
+        (cpus > 1).then_some(cpus - 1),
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bursty.jsonl");
+    std::fs::write(&path, bursty_trace()).expect("write the trace");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .on_thread_start(|| pin_to(0))
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let data = rt
+        .block_on(evalctl_loadgen::dataset::prepare(
+            &evalctl_loadgen::DatasetPlan {
+                source: evalctl_loadgen::DatasetSource::Trace {
+                    path,
+                    options: evalctl_loadgen::trace::TraceOptions::default(),
+                },
+                count: 10_000,
+                seed: 1,
+                filter: evalctl_loadgen::dataset::LengthFilter::default(),
+                server_url: Some(url.clone()),
+                model: None,
+                tokenizer_json: None,
+            },
+        ))
+        .expect("trace dataset");
+    assert_eq!(data.prompts.len(), 1200);
+    let mut p99s = Vec::new();
+    for run in 0..repeat() {
+        let plan = StepPlan::new(
+            format!("{url}/v1"),
+            Api::Completions,
+            "evalctl-sim",
+            data.clone(),
+            Load::Trace { time_scale: 10.0 },
+            Stop::Requests(1200),
+        );
+        let outcome = rt.block_on(run_step(plan, |_| {})).expect("step");
+        let m = &outcome.metrics;
+        assert_eq!(m.failed, 0, "{:?}", m.errors);
+        let lag = m.client_lag_ms.expect("trace replay reports lag");
+        p99s.push(-lag.p99);
+        // Lags of requests alone at their instant and of those in a burst, apart.
+        let mut at: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        for r in &outcome.records {
+            *at.entry(r.scheduled_ns).or_default() += 1;
+        }
+        let (mut alone, mut burst): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+        for r in &outcome.records {
+            let lag = r.lag_ms().unwrap_or(f64::NAN);
+            if at[&r.scheduled_ns] == 1 {
+                alone.push(lag)
+            } else {
+                burst.push(lag)
+            }
+        }
+        let pct = |mut v: Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * p) as usize]
+        };
+        println!(
+            "trace replay: run {run}: alone ({}) p50 {:.3} p99 {:.3} ms; in bursts ({}) p50 {:.3} p99 {:.3} ms",
+            alone.len(),
+            pct(alone.clone(), 0.5),
+            pct(alone, 0.99),
+            burst.len(),
+            pct(burst.clone(), 0.5),
+            pct(burst, 0.99)
+        );
+        println!(
+            "trace replay: run {run}: {} requests (20 bursts of 50 in one ms) at 10x in {:.2} s: \
+             schedule lag p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} connections",
+            m.completed, m.duration_s, lag.p50, lag.p99, lag.max, outcome.connections_opened
+        );
+    }
+    let (best, median) = best_median(p99s);
+    println!(
+        "trace replay: p99 schedule lag: best {:.3} ms, median {:.3} ms",
+        -best, -median
+    );
+    stop_sim();
+}
+
 fn main() {
-    let streams = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `-- trace` runs the trace replay part alone.
+    if args.iter().any(|a| a == "trace") {
+        trace_lag();
+        return;
+    }
+    let streams = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1000);
     classify_cost();
     token_rate();
     overhead(streams);
+    trace_lag();
 }

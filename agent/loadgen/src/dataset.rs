@@ -33,6 +33,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use evalctl_results::{LengthReport, Tokenization};
+
+use crate::trace::{self, TraceError, TraceOptions, TraceRequest};
 use evalctl_tokenizer as whitespace;
 
 /// One chat turn.
@@ -52,6 +54,15 @@ pub enum PromptInput {
     Text(String),
     /// Chat messages (sent joined by newlines to completions endpoints).
     Messages(Vec<ChatMessage>),
+    /// Token ids, sent as they are to completions endpoints (no re-tokenising, so blocks
+    /// shared between prompts stay shared token for token), and as `text` (the words the
+    /// ids were drawn with) to chat endpoints, whose server tokenises it again.
+    Tokens {
+        /// The ids.
+        ids: Vec<u32>,
+        /// Words standing for them, for chat.
+        text: String,
+    },
 }
 
 /// One prepared prompt.
@@ -98,6 +109,15 @@ pub enum DatasetSource {
         output_tokens: u32,
         /// How each prompt's prefix is chosen.
         distribution: PrefixDistribution,
+    },
+    /// A timestamped trace to replay ([`crate::trace`]): one prompt per request, in order,
+    /// of its `input_length` tokens, built from one generated block per hash id (the same id
+    /// is the same tokens in every prompt), with its arrival in [`Dataset::arrivals_ms`].
+    Trace {
+        /// The trace file.
+        path: PathBuf,
+        /// Block size and window.
+        options: TraceOptions,
     },
     /// JSON Lines, one prompt per line: `{"prompt": "..."}`, `{"messages": [...]}` or a JSON
     /// string, each optionally with `"max_tokens"`.
@@ -237,16 +257,20 @@ pub struct Dataset {
     pub prefixes: Option<PrefixLayout>,
     /// For generated prompts: how close they came to their target lengths.
     pub lengths: Option<LengthReport>,
+    /// For a trace: when each prompt's request arrives, in milliseconds from the first
+    /// (unscaled; the step's time scale divides them).
+    pub arrivals_ms: Option<Arc<[f64]>>,
 }
 
 impl Dataset {
-    /// A dataset of ready prompts (no prefix layout or length report).
+    /// A dataset of ready prompts (no prefix layout, length report or arrivals).
     pub fn new(prompts: Vec<Prompt>, tokenization: Tokenization) -> Dataset {
         Dataset {
             prompts: prompts.into(),
             tokenization,
             prefixes: None,
             lengths: None,
+            arrivals_ms: None,
         }
     }
 }
@@ -293,6 +317,9 @@ pub enum DatasetError {
     /// Nothing to prepare.
     #[error("a dataset needs at least one prompt (count = 0)")]
     NoPrompts,
+    /// A trace file is not usable.
+    #[error(transparent)]
+    Trace(#[from] TraceError),
 }
 
 /// Common English words, each a single token under the usual BPE tokenizers (with a leading
@@ -340,6 +367,19 @@ impl Counter {
         }
     }
 
+    /// The token ids of `text` (no special tokens); `None` for whitespace counting, which
+    /// has no ids.
+    async fn ids(&self, text: &str) -> Result<Option<Vec<u32>>, DatasetError> {
+        match self {
+            Counter::Server(server) => server.ids(text).await.map(Some),
+            Counter::Json(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|e| Some(e.get_ids().to_vec()))
+                .map_err(|e| DatasetError::Count(e.to_string())),
+            Counter::Whitespace => Ok(None),
+        }
+    }
+
     async fn count_messages(&self, messages: &[ChatMessage]) -> Result<u64, DatasetError> {
         let mut total = 0;
         for m in messages {
@@ -374,6 +414,27 @@ impl ServerTokenizer {
     }
 
     async fn count(&self, text: &str) -> Result<u64, DatasetError> {
+        let answer = self.tokenize(text).await?;
+        answer
+            .count
+            .or(answer.tokens.map(|t| t.len() as u64))
+            .ok_or_else(|| DatasetError::Count(format!("POST {}: no count or tokens", self.url)))
+    }
+
+    async fn ids(&self, text: &str) -> Result<Vec<u32>, DatasetError> {
+        let tokens = self.tokenize(text).await?.tokens.ok_or_else(|| {
+            DatasetError::Count(format!("POST {}: the answer lists no token ids", self.url))
+        })?;
+        tokens
+            .iter()
+            .map(|t| t.as_u64().and_then(|id| u32::try_from(id).ok()))
+            .collect::<Option<Vec<u32>>>()
+            .ok_or_else(|| {
+                DatasetError::Count(format!("POST {}: a token id is not a number", self.url))
+            })
+    }
+
+    async fn tokenize(&self, text: &str) -> Result<TokenizeAnswer, DatasetError> {
         let mut body = serde_json::json!({
             "prompt": text,
             "content": text,
@@ -404,12 +465,8 @@ impl ServerTokenizer {
                 self.url
             )));
         }
-        let answer: TokenizeAnswer = serde_json::from_slice(&bytes)
-            .map_err(|e| DatasetError::Count(format!("POST {}: {e}", self.url)))?;
-        answer
-            .count
-            .or(answer.tokens.map(|t| t.len() as u64))
-            .ok_or_else(|| DatasetError::Count(format!("POST {}: no count or tokens", self.url)))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| DatasetError::Count(format!("POST {}: {e}", self.url)))
     }
 }
 
@@ -445,6 +502,7 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
     let counter = counter(plan).await?;
     let mut prefixes = None;
     let mut lengths = None;
+    let mut arrivals_ms = None;
     let prompts = match &plan.source {
         DatasetSource::Random {
             input_tokens,
@@ -482,6 +540,12 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
             path,
             output_tokens,
         } => jsonl(&counter, plan, path, *output_tokens).await?,
+        DatasetSource::Trace { path, options } => {
+            let mut requests = trace::read(path, options)?;
+            requests.truncate(plan.count);
+            arrivals_ms = Some(requests.iter().map(|r| r.offset_ms).collect());
+            trace_prompts(&counter, plan.seed, options.block_tokens, &requests).await?
+        }
     };
     if let Some(report) = lengths.filter(|r| r.missed > 0) {
         // One line per dataset, not one per prompt.
@@ -499,6 +563,7 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
         tokenization: counter.kind(),
         prefixes,
         lengths,
+        arrivals_ms,
     })
 }
 
@@ -609,6 +674,90 @@ async fn shared_prefix(
         layout,
         report,
     ))
+}
+
+/// Seed offset of trace blocks, apart from the other generated texts.
+const TRACE_SEED: u64 = 0x0000_7472_6163_6573;
+
+/// The words prompts are drawn from, with a token id for each: the tokenizer's ids when it
+/// gives one id per word of the list, else the word's index (the simulator's whitespace
+/// tokenizer takes any id).
+async fn word_ids(counter: &Counter) -> Result<Vec<(u32, &'static str)>, DatasetError> {
+    let mut words: Vec<&'static str> = WORDS.to_vec();
+    words.sort_unstable();
+    words.dedup();
+    let joined = words.join(" ");
+    let ids = match counter.ids(&joined).await? {
+        Some(ids) if ids.len() == words.len() => ids,
+        Some(ids) => {
+            // Not one id per word: draw from the ids the words made, paired with any word.
+            let mut ids = ids;
+            ids.sort_unstable();
+            ids.dedup();
+            return Ok(ids
+                .into_iter()
+                .enumerate()
+                .map(|(k, id)| (id, words[k % words.len()]))
+                .collect());
+        }
+        None => (0..words.len() as u32).collect(),
+    };
+    Ok(ids.into_iter().zip(words).collect())
+}
+
+/// One prompt per trace request: `input_length` token ids made of one generated block of
+/// `block_tokens` per hash id (the last block cut to fit), or of blocks of the request's own
+/// in a trace without ids.
+async fn trace_prompts(
+    counter: &Counter,
+    seed: u64,
+    block_tokens: u32,
+    requests: &[TraceRequest],
+) -> Result<Vec<Prompt>, DatasetError> {
+    let vocabulary = word_ids(counter).await?;
+    let block_len = block_tokens as usize;
+    let mut blocks: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
+    let mut block = |id: u64| -> Vec<usize> {
+        blocks
+            .entry(id)
+            .or_insert_with(|| {
+                let mut rng = StdRng::seed_from_u64(seed ^ TRACE_SEED ^ id.rotate_left(29));
+                (0..block_len)
+                    .map(|_| rng.random_range(0..vocabulary.len()))
+                    .collect()
+            })
+            .clone()
+    };
+    let mut prompts = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let n = request.input_length as usize;
+        // A trace without ids: blocks of this request alone (ids no trace uses).
+        let own = |k: usize| u64::MAX - ((i as u64) << 20) - k as u64;
+        let ids: Vec<u64> = match &request.hash_ids {
+            Some(ids) => ids.clone(),
+            None => (0..n.div_ceil(block_len)).map(own).collect(),
+        };
+        let mut words: Vec<usize> = Vec::with_capacity(n);
+        for id in ids {
+            let take = (n - words.len()).min(block_len);
+            words.extend_from_slice(&block(id)[..take]);
+        }
+        let token_ids = words.iter().map(|&w| vocabulary[w].0).collect();
+        let text = words
+            .iter()
+            .map(|&w| vocabulary[w].1)
+            .collect::<Vec<_>>()
+            .join(" ");
+        prompts.push(Prompt {
+            input: PromptInput::Tokens {
+                ids: token_ids,
+                text,
+            },
+            input_tokens: request.input_length,
+            max_tokens: request.output_length,
+        });
+    }
+    Ok(prompts)
 }
 
 /// Random words whose text counts exactly `target` tokens, or the closest found.
@@ -769,6 +918,7 @@ async fn jsonl(
         let input_tokens = match &input {
             PromptInput::Text(text) => counter.count(text).await?,
             PromptInput::Messages(messages) => counter.count_messages(messages).await?,
+            PromptInput::Tokens { ids, .. } => ids.len() as u64,
         };
         let max_tokens = output_tokens.or(line_max).unwrap_or(DEFAULT_OUTPUT_TOKENS);
         if !plan.filter.keeps(input_tokens, max_tokens) {
@@ -871,7 +1021,7 @@ mod tests {
             .iter()
             .map(|p| match &p.input {
                 PromptInput::Text(t) => t.as_str(),
-                PromptInput::Messages(_) => panic!("text prompts"),
+                PromptInput::Messages(_) | PromptInput::Tokens { .. } => panic!("text prompts"),
             })
             .collect();
         for (i, text) in texts.iter().enumerate() {

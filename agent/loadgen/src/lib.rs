@@ -8,8 +8,9 @@
 //! | [`client`] | streaming HTTP/1.1 client: pool, request exchange, timeouts, errors |
 //! | `timed_io` | the TCP stream wrapper that stamps every read and write (kernel receive stamps on Linux) |
 //! | `clock` | the monotonic nanosecond clock every record is measured on |
-//! | [`load`] | concurrency and rate load patterns |
-//! | [`dataset`] | prompts: random exact-length, ShareGPT, JSON Lines |
+//! | [`load`] | concurrency, rate and trace-replay load patterns |
+//! | [`dataset`] | prompts: random exact-length, shared-prefix, ShareGPT, JSON Lines, trace blocks |
+//! | [`trace`] | timestamped traces to replay (Mooncake, plain CSV/JSON Lines), checked line by line |
 //! | [`request`] | request bodies |
 //!
 //! What comes out is the result contract's (`evalctl-results`): the per-request record and the
@@ -28,6 +29,7 @@ pub mod load;
 pub mod request;
 pub mod sse;
 mod timed_io;
+pub mod trace;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -137,6 +139,21 @@ impl StepPlan {
             }
             Stop::Requests(_) => {}
         }
+        if let Load::Trace { .. } = self.load {
+            match &self.dataset.arrivals_ms {
+                None => return invalid("trace replay needs a trace dataset".into()),
+                Some(arrivals) if arrivals.len() != self.dataset.prompts.len() => {
+                    return invalid("a trace needs one arrival per prompt".into());
+                }
+                Some(_) => {}
+            }
+            if self.warmup > 0 {
+                return invalid(
+                    "a trace replays its requests as recorded: warmup requests are not part of it"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -226,6 +243,7 @@ pub async fn run_step(
         path: plan.api.path(),
         prompts: Arc::clone(&plan.dataset.prompts),
         bodies,
+        arrivals_ms: plan.dataset.arrivals_ms.clone(),
         epoch_ns: client::now_ns(),
         counters: Counters::default(),
     });
@@ -263,6 +281,10 @@ pub async fn run_step(
         Load::Rate { rps, .. } => metrics::LagPolicy {
             report: true,
             tolerance_ms: rps.is_finite().then_some(plan.lag_tolerance_ms),
+        },
+        Load::Trace { .. } => metrics::LagPolicy {
+            report: true,
+            tolerance_ms: Some(plan.lag_tolerance_ms),
         },
     };
     let metrics = metrics::compute(&records, &plan.slo, lag);

@@ -1,14 +1,19 @@
-//! Load patterns: fixed concurrency, or a request rate with Poisson, gamma or constant arrivals.
+//! Load patterns: fixed concurrency, a request rate with Poisson, gamma or constant arrivals,
+//! or a trace's own arrivals.
 //!
 //! - **Concurrency `c`**: `c` workers each send their next request the moment their previous
 //!   one ends. Nothing waits in a client-side queue, so the scheduled instant is the instant
 //!   the worker picks the request up.
 //! - **Rate `r`**: arrival instants are drawn up front from a seeded generator (the first at
-//!   0); a dispatcher sleeps until each and spawns the request. `inf` schedules every request
-//!   at 0. The optional in-flight cap delays sends, and that delay shows as client lag.
+//!   0). `inf` schedules every request at 0. The optional in-flight cap delays sends, and that
+//!   delay shows as client lag.
+//! - **Trace**: request `i` arrives at the trace's `i`-th offset divided by the time scale
+//!   (ties, i.e. bursts, arrive together).
 //!
-//! Timers are tokio's, with millisecond resolution: in rate mode that alone puts up to about a
-//! millisecond between scheduled and sent.
+//! Scheduled sends come from a dispatcher on a thread of its own, which waits for each
+//! instant with the kernel's high-resolution timer (tokio's timers have millisecond
+//! resolution, which alone would put up to a millisecond between scheduled and sent) and
+//! hands the request to the runtime; a burst is handed over in microseconds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,6 +61,11 @@ pub enum Load {
         /// At most this many requests in flight; later arrivals wait (and lag).
         max_in_flight: Option<u32>,
     },
+    /// The dataset's arrivals (a trace), divided by `time_scale` (10 = ten times faster).
+    Trace {
+        /// Speed-up of the trace's clock, > 0.
+        time_scale: f64,
+    },
 }
 
 impl Load {
@@ -82,6 +92,10 @@ impl Load {
                 }
                 Ok(())
             }
+            Load::Trace { time_scale } if !(time_scale.is_finite() && time_scale > 0.0) => {
+                Err(format!("the time scale must be > 0, got {time_scale}"))
+            }
+            Load::Trace { .. } => Ok(()),
         }
     }
 }
@@ -164,6 +178,8 @@ pub(crate) struct Shared {
     pub prompts: Arc<[Prompt]>,
     /// One serialised body per prompt.
     pub bodies: Vec<Bytes>,
+    /// A trace's arrivals, in ms from the first, one per prompt.
+    pub arrivals_ms: Option<Arc<[f64]>>,
     /// The step's epoch on the process clock.
     pub epoch_ns: u64,
     pub counters: Counters,
@@ -220,7 +236,22 @@ pub(crate) async fn run_phase(
             max_in_flight,
         } => {
             let arrivals = Arrivals::new(rps, arrival, seed);
-            rate(shared, arrivals, max_in_flight, stop, first, warmup).await
+            scheduled(
+                shared,
+                Box::new(arrivals),
+                max_in_flight,
+                stop,
+                first,
+                warmup,
+            )
+            .await
+        }
+        Load::Trace { time_scale } => {
+            let arrivals = shared.arrivals_ms.clone().unwrap_or_else(|| Arc::from([]));
+            // Request `first + i` sends prompt `first + i`: the trace's own order.
+            let offsets = (first as usize..arrivals.len())
+                .map(move |i| (arrivals[i] - arrivals[first as usize]) / 1000.0 / time_scale);
+            scheduled(shared, Box::new(offsets), None, stop, first, warmup).await
         }
     };
     records.sort_unstable_by_key(|r| r.index);
@@ -275,50 +306,118 @@ async fn concurrency(
     records
 }
 
-async fn rate(
+/// Sends request `first + i` at `offsets_s[i]` seconds from now, from a dispatcher thread
+/// (see the module docs), and returns the records. Dropping the future stops the dispatcher
+/// at its next wait; requests already sent finish on their own.
+async fn scheduled(
     shared: &Arc<Shared>,
-    arrivals: Arrivals,
+    offsets_s: Box<dyn Iterator<Item = f64> + Send>,
     max_in_flight: Option<u32>,
     stop: PhaseStop,
     first: u64,
     warmup: bool,
 ) -> Vec<RequestRecord> {
-    let start = now_ns();
-    let tokio_start = tokio::time::Instant::now();
-    let limit = max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize)));
-    let mut handles = Vec::new();
-    for (i, offset_s) in (0u64..).zip(arrivals) {
-        let offset_ns = (offset_s * 1e9) as u64;
-        let scheduled = start + offset_ns;
-        match stop {
-            PhaseStop::Requests(n) if i >= n => break,
-            PhaseStop::Until(end) if scheduled >= end => break,
-            _ => {}
-        }
-        if scheduled > now_ns() {
-            tokio::time::sleep_until(tokio_start + Duration::from_nanos(offset_ns)).await;
-        }
-        let permit = match &limit {
-            Some(sem) => Some(
-                Arc::clone(sem)
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed"),
-            ),
-            None => None,
-        };
-        let shared = Arc::clone(shared);
-        handles.push(tokio::spawn(async move {
-            let record = shared.run_one(first + i, warmup, scheduled).await;
-            drop(permit);
-            record
-        }));
-    }
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    let dispatch = Dispatch {
+        runtime: tokio::runtime::Handle::current(),
+        shared: Arc::clone(shared),
+        limit: max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize))),
+        stop,
+        first,
+        warmup,
+        cancelled,
+    };
+    let handles = join(tokio::task::spawn_blocking(move || dispatch.run(offsets_s))).await;
+    drop(cancel);
     let mut records = Vec::with_capacity(handles.len());
     for handle in handles {
         records.push(join(handle).await);
     }
     records
+}
+
+/// How long before its instant a request is handed to the runtime: the dispatcher thread's
+/// wake-up and the hand-over to a worker take hundreds of microseconds on a busy machine.
+const HAND_OVER_LEAD_NS: u64 = 3_000_000;
+/// Within this of its instant, a request task stops sleeping (tokio's timers round to whole
+/// milliseconds) and yields to the runtime until the instant: other tasks keep running, and
+/// the request leaves within microseconds of it.
+const SPIN_NS: u64 = 1_500_000;
+
+/// Waits until `at_ns` on the process clock, to the microsecond.
+async fn until(at_ns: u64) {
+    let now = now_ns();
+    if at_ns > now + SPIN_NS {
+        tokio::time::sleep(Duration::from_nanos(at_ns - now - SPIN_NS)).await;
+    }
+    while now_ns() < at_ns {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The dispatcher of [`scheduled`], on a thread of the blocking pool.
+struct Dispatch {
+    runtime: tokio::runtime::Handle,
+    shared: Arc<Shared>,
+    limit: Option<Arc<Semaphore>>,
+    stop: PhaseStop,
+    first: u64,
+    warmup: bool,
+    /// Disconnected when the phase's future is dropped.
+    cancelled: std::sync::mpsc::Receiver<()>,
+}
+
+impl Dispatch {
+    fn run(
+        self,
+        offsets_s: Box<dyn Iterator<Item = f64> + Send>,
+    ) -> Vec<tokio::task::JoinHandle<RequestRecord>> {
+        let start = now_ns();
+        let mut handles = Vec::new();
+        for (i, offset_s) in (0u64..).zip(offsets_s) {
+            let scheduled = start + (offset_s * 1e9) as u64;
+            match self.stop {
+                PhaseStop::Requests(n) if i >= n => break,
+                PhaseStop::Until(end) if scheduled >= end => break,
+                _ => {}
+            }
+            // Handed to the runtime a little early; the task itself waits out the rest.
+            if !self.wait_until(scheduled.saturating_sub(HAND_OVER_LEAD_NS)) {
+                break;
+            }
+            let limit = self.limit.clone();
+            let shared = Arc::clone(&self.shared);
+            let (index, warmup) = (self.first + i, self.warmup);
+            handles.push(self.runtime.spawn(async move {
+                until(scheduled).await;
+                let permit = match limit {
+                    Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+                    None => None,
+                };
+                let record = shared.run_one(index, warmup, scheduled).await;
+                drop(permit);
+                record
+            }));
+        }
+        handles
+    }
+
+    /// Sleeps until `at_ns` on the process clock; false when the phase was dropped first.
+    fn wait_until(&self, at_ns: u64) -> bool {
+        loop {
+            let now = now_ns();
+            if now >= at_ns {
+                return true;
+            }
+            match self
+                .cancelled
+                .recv_timeout(Duration::from_nanos(at_ns - now))
+            {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
 }
 
 /// Awaits a request task; a panic in it is a bug and is re-raised.

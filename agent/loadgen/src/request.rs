@@ -67,6 +67,15 @@ pub fn body(api: Api, model: &str, prompt: &Prompt, options: &RequestOptions) ->
         (PromptInput::Messages(messages), Api::Chat) => {
             map.insert("messages".into(), json!(messages));
         }
+        (PromptInput::Tokens { ids, .. }, Api::Completions) => {
+            map.insert("prompt".into(), json!(ids));
+        }
+        (PromptInput::Tokens { text, .. }, Api::Chat) => {
+            map.insert(
+                "messages".into(),
+                json!([{ "role": "user", "content": text }]),
+            );
+        }
         (PromptInput::Messages(messages), Api::Completions) => {
             // A completions server has no chat template: send the turns as plain text.
             let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();

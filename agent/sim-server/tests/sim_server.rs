@@ -635,31 +635,39 @@ async fn against_the_simulated_server() {
     }
 }
 
-/// A 64K-token prompt streams through the load generator as the latency model says: the
-/// whole prompt reaches the server (its /tokenize count and the usage agree), TTFT is the
-/// prefill cost of 65,536 tokens and the decode steps keep their pace. Nothing in the client
-/// (buffers, request and stall timeouts) is sized for short prompts.
+/// A Mooncake trace replayed at 10×: every request is sent at its scaled timestamp (ties
+/// together), prompts of the same hash ids are the same token ids, sent as ids on the
+/// completions API, and the simulator's prefix cache hits the shared blocks.
 #[tokio::test]
-async fn a_64k_token_prompt_streams_at_the_latency_models_pace() {
-    const INPUT: u64 = 65_536;
-    const OUTPUT: u32 = 64;
+async fn a_mooncake_trace_replays_on_its_own_clock_with_shared_blocks() {
     let sim = SimServer::start(SimConfig {
-        latency: LatencyModel {
-            prefill_us_per_token: 20.0,
-            decode_ms_per_token: 2.0,
-            decode_ms_per_extra_request: 0.0,
-        },
-        ..SimConfig::default()
+        prefix_caching: true,
+        ..fast()
     })
     .await
     .expect("sim server starts");
+    let dir = std::env::temp_dir().join(format!("evalctl-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.jsonl");
+    // Blocks of 16 tokens; requests 0-2 arrive together and share block 7.
+    let lines = [
+        r#"{"timestamp": 1000, "input_length": 40, "output_length": 3, "hash_ids": [7, 8, 9]}"#,
+        r#"{"timestamp": 1000, "input_length": 20, "output_length": 3, "hash_ids": [7, 10]}"#,
+        r#"{"timestamp": 1000, "input_length": 16, "output_length": 3, "hash_ids": [7]}"#,
+        r#"{"timestamp": 1500, "input_length": 48, "output_length": 3, "hash_ids": [7, 8, 9]}"#,
+        r#"{"timestamp": 3000, "input_length": 5, "output_length": 3, "hash_ids": [11]}"#,
+    ];
+    std::fs::write(&path, lines.join("\n")).unwrap();
     let data = dataset::prepare(&DatasetPlan {
-        source: DatasetSource::Random {
-            input_tokens: INPUT as u32,
-            output_tokens: OUTPUT,
+        source: DatasetSource::Trace {
+            path: path.clone(),
+            options: evalctl_loadgen::trace::TraceOptions {
+                block_tokens: 16,
+                window_ms: None,
+            },
         },
-        count: 2,
-        seed: 5,
+        count: 100,
+        seed: 9,
         filter: LengthFilter::default(),
         server_url: Some(sim.base_url()),
         model: None,
@@ -667,55 +675,49 @@ async fn a_64k_token_prompt_streams_at_the_latency_models_pace() {
     })
     .await
     .expect("dataset");
-    assert_eq!(data.tokenization, Tokenization::ServerTokenize);
-    assert!(data.prompts.iter().all(|p| p.input_tokens == INPUT));
-    for api in [Api::Chat, Api::Completions] {
-        let plan = StepPlan::new(
-            format!("{}/v1", sim.base_url()),
-            api,
-            "evalctl-sim",
-            data.clone(),
-            Load::Concurrency(1),
-            Stop::Requests(2),
-        );
-        let outcome = run_step(plan, |_| {}).await.expect("step runs");
-        let m = &outcome.metrics;
-        assert_eq!((m.completed, m.failed), (2, 0), "{api:?}: {:?}", m.errors);
-        assert_eq!(m.total_output_tokens, 2 * u64::from(OUTPUT));
-        for r in &outcome.records {
-            assert_eq!(
-                r.server_prompt_tokens,
-                Some(INPUT),
-                "{api:?}: the whole prompt arrived"
-            );
-            assert_eq!(r.token_ns.len(), OUTPUT as usize);
-        }
-        // Prefill: 65,536 tokens × 20 µs = 1,310.72 ms; the request's transfer, parsing and
-        // tokenising add to it, a few hundred ms at most on a busy 2-core machine.
-        let ttft = m.ttft_ms.expect("ttft");
-        eprintln!(
-            "{api:?}: TTFT p50 {:.1} ms, {:.1} output tok/s",
-            ttft.p50, m.output_token_throughput
-        );
-        assert!(
-            (1_310.0..2_500.0).contains(&ttft.p50),
-            "{api:?} ttft {ttft:?}"
-        );
-        // Decode steps of 2 ms, the first token's prefill excluded.
-        let tpot = m.tpot_ms.expect("tpot");
-        assert!((1.9..4.0).contains(&tpot.p50), "{api:?} tpot {tpot:?}");
-        // Output throughput of one stream: 64 tokens over TTFT + 63 decode steps.
-        let e2el = m.e2el_ms.expect("e2el");
-        assert!(
-            (1_310.0 + 63.0 * 2.0..3_000.0).contains(&e2el.p50),
-            "{api:?} e2el {e2el:?}"
-        );
-        // One request at a time: the step's output throughput is 64 tokens per E2E latency.
-        let modelled = f64::from(OUTPUT) / (e2el.mean / 1000.0);
-        assert!(
-            (m.output_token_throughput / modelled - 1.0).abs() < 0.2,
-            "{api:?}: {} tok/s, {modelled} modelled",
-            m.output_token_throughput
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        data.arrivals_ms.as_deref(),
+        Some(&[0.0, 0.0, 0.0, 500.0, 2000.0][..])
+    );
+    let ids: Vec<&Vec<u32>> = data
+        .prompts
+        .iter()
+        .map(|p| match &p.input {
+            evalctl_loadgen::PromptInput::Tokens { ids, .. } => ids,
+            other => panic!("token ids expected, got {other:?}"),
+        })
+        .collect();
+    let lengths: Vec<usize> = ids.iter().map(|i| i.len()).collect();
+    assert_eq!(lengths, vec![40, 20, 16, 48, 5]);
+    assert_eq!(ids[0][..16], ids[1][..16], "block 7 is shared");
+    assert_eq!(ids[0][..16], ids[2][..]);
+    assert_eq!(ids[0][..], ids[3][..40], "blocks 7, 8 and the cut block 9");
+    assert_ne!(ids[1][16..20], ids[0][16..20], "block 10 is not block 8");
+
+    let plan = StepPlan::new(
+        format!("{}/v1", sim.base_url()),
+        Api::Completions,
+        "evalctl-sim",
+        data,
+        Load::Trace { time_scale: 10.0 },
+        Stop::Requests(100),
+    );
+    let outcome = run_step(plan, |_| {}).await.expect("step runs");
+    let m = &outcome.metrics;
+    assert_eq!((m.completed, m.failed), (5, 0), "{:?}", m.errors);
+    let scheduled: Vec<u64> = outcome.records.iter().map(|r| r.scheduled_ns).collect();
+    let from_first: Vec<u64> = scheduled.iter().map(|s| s - scheduled[0]).collect();
+    assert_eq!(from_first, vec![0, 0, 0, 50_000_000, 200_000_000], "at 10×");
+    for r in &outcome.records {
+        assert_eq!(
+            r.server_prompt_tokens,
+            Some(r.input_tokens),
+            "ids sent as ids"
         );
     }
+    assert!(
+        m.client_lag_ms.is_some(),
+        "trace replay reports its schedule lag"
+    );
 }

@@ -389,6 +389,7 @@ fn sweep_table(steps: &[(Load, &StepMetrics)]) -> String {
             Load::Concurrency(n) => format!("c={n}"),
             Load::Rate { rps, .. } if rps.is_infinite() => "rate=inf".to_owned(),
             Load::Rate { rps, .. } => format!("rate={rps}"),
+            Load::Trace { time_scale } => format!("trace x{time_scale}"),
         };
         table.add_row([
             label,

@@ -277,6 +277,18 @@ pub enum DatasetSpec {
         /// Requested output length; `None` = the dataset's own reply lengths.
         output_tokens: Option<u32>,
     },
+    /// A timestamped request trace to replay (Mooncake JSON Lines, or CSV/JSON Lines of
+    /// timestamp, input and output lengths).
+    Trace {
+        /// Path to the file.
+        path: String,
+        /// Tokens per hash id.
+        block_tokens: u32,
+        /// Keep requests from this timestamp on, ms.
+        start_ms: Option<u64>,
+        /// Keep requests before this timestamp, ms.
+        end_ms: Option<u64>,
+    },
     /// JSON Lines of prompts or chat messages.
     Jsonl {
         /// Path to the file.
@@ -294,6 +306,7 @@ impl DatasetSpec {
             DatasetSpec::SharedPrefix { .. } => "shared_prefix",
             DatasetSpec::Sharegpt { .. } => "sharegpt",
             DatasetSpec::Jsonl { .. } => "jsonl",
+            DatasetSpec::Trace { .. } => "trace",
         }
     }
 
@@ -302,7 +315,9 @@ impl DatasetSpec {
     pub fn is_generated(&self) -> bool {
         matches!(
             self,
-            DatasetSpec::Random { .. } | DatasetSpec::SharedPrefix { .. }
+            DatasetSpec::Random { .. }
+                | DatasetSpec::SharedPrefix { .. }
+                | DatasetSpec::Trace { .. }
         )
     }
 }
@@ -359,6 +374,8 @@ pub enum LoadPoint {
         /// Gamma shape (1.0 = Poisson); only for `Gamma`.
         burstiness: Option<f64>,
     },
+    /// A trace's own arrivals, this many times faster.
+    TimeScale(f64),
 }
 
 impl fmt::Display for LoadPoint {
@@ -367,6 +384,7 @@ impl fmt::Display for LoadPoint {
             LoadPoint::Concurrency(n) => write!(f, "c={n}"),
             LoadPoint::Rate { rps, .. } if rps.is_infinite() => f.write_str("rate=inf"),
             LoadPoint::Rate { rps, .. } => write!(f, "rate={rps}"),
+            LoadPoint::TimeScale(x) => write!(f, "x{x}"),
         }
     }
 }

@@ -117,3 +117,94 @@ fn shared_prefix_steps_see_the_hit_rate_their_prompts_imply() {
         );
     }
 }
+
+/// A Mooncake-format trace: 50 requests stamped with one millisecond, then 100 more over
+/// 2 s, prompts of 1 to 3 blocks of 64 tokens from shared first blocks.
+fn mooncake_trace() -> String {
+    let mut lines = Vec::new();
+    for i in 0..150u64 {
+        let timestamp = if i < 50 { 1000 } else { 1000 + (i - 50) * 20 };
+        let blocks = 1 + i % 3;
+        let input = (blocks - 1) * 64 + 1 + (i * 7) % 64;
+        let ids: Vec<u64> = std::iter::once(i % 4)
+            .chain((1..blocks).map(|b| 100 + i * 3 + b))
+            .collect();
+        lines.push(format!(
+            r#"{{"timestamp": {timestamp}, "input_length": {input}, "output_length": 4, "hash_ids": {ids:?}}}"#
+        ));
+    }
+    lines.join("\n") + "\n"
+}
+
+#[test]
+fn a_mooncake_trace_replays_at_each_time_scale_and_a_bad_one_is_refused_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("mooncake.jsonl");
+    std::fs::write(&trace, mooncake_trace()).unwrap();
+    let matrix = format!(
+        r#"
+campaign: trace-e2e
+max_attempts: 1
+models: [{{ name: sim-1b, path: sim-1b, params_b: 1 }}]
+frameworks: [{{ name: sim }}]
+quantizations: [{{ name: bf16, bits: 16 }}]
+workloads:
+  - name: replay
+    api: completions
+    dataset: {{ kind: trace, path: {}, block_tokens: 64 }}
+    load: {{ time_scale: [2, 10] }}
+include:
+  - {{ model: sim-1b, extra_args: --enable-prefix-caching --prefill-us-per-token 20 --decode-ms-per-token 2 }}
+"#,
+        trace.display()
+    );
+    let output = run_local(&dir.path().join("ok"), "trace.yaml", &matrix, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report = json_stdout(&output);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{report}");
+    for (r, scale) in results.iter().zip([2.0, 10.0]) {
+        let doc = &r["result"];
+        assert_eq!(doc["step_label"], format!("replay @ x{scale} #0"), "{doc}");
+        let m = &doc["metrics"];
+        assert_eq!(
+            (m["completed"].as_u64(), m["failed"].as_u64()),
+            (Some(150), Some(0)),
+            "{doc}"
+        );
+        // 1.98 s of trace at the scale: the last request is sent then.
+        let duration = m["duration_s"].as_f64().unwrap();
+        assert!(
+            (1.98 / scale..1.98 / scale + 1.0).contains(&duration),
+            "x{scale}: {duration} s"
+        );
+        assert!(
+            m["client_lag_ms"]["p99"].as_f64().is_some(),
+            "lag reported: {doc}"
+        );
+        // The shared first blocks hit the simulator's cache.
+        let cache = &doc["workload"]["prefix_cache"];
+        assert_eq!(cache["reset_by"], "/reset_prefix_cache", "{doc}");
+        assert!(cache["server_hit_rate"].as_f64().unwrap() > 0.2, "{doc}");
+    }
+
+    // A hash id list that does not fit its input length: the step fails naming the line.
+    let mut bad = mooncake_trace();
+    bad.push_str(
+        r#"{"timestamp": 5000, "input_length": 200, "output_length": 4, "hash_ids": [1]}"#,
+    );
+    std::fs::write(&trace, bad).unwrap();
+    let output = run_local(&dir.path().join("bad"), "trace.yaml", &matrix, &[]);
+    assert!(!output.status.success(), "a bad trace fails the campaign");
+    // `evalctl local` prints the unit's failure with the step's error.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    let want = format!(
+        "{}:151: hash_ids: 1 ids for an input_length of 200: blocks of 64 tokens need 4",
+        trace.display()
+    );
+    assert!(text.contains(&want), "no `{want}` in:\n{text}");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use evalctl_proto::v1 as pb;
 
 use evalctl_loadgen::dataset::{self, LengthFilter, PrefixDistribution};
+use evalctl_loadgen::trace::{self, TraceOptions};
 use evalctl_loadgen::{
     Api, Arrival, DatasetPlan, DatasetSource, Load, Slo, StepOutcome, StepPlan, Stop,
 };
@@ -49,6 +50,7 @@ pub fn label(step: &pb::StepSpec) -> String {
         Some(pb::load_point::Kind::Concurrency(c)) => format!("c={c}"),
         Some(pb::load_point::Kind::Rate(r)) if r.is_infinite() => "rate=inf".to_owned(),
         Some(pb::load_point::Kind::Rate(r)) => format!("rate={r}"),
+        Some(pb::load_point::Kind::TimeScale(x)) => format!("x{x}"),
         None => "load=?".to_owned(),
     };
     format!("{workload} @ {load} #{}", step.repeat)
@@ -113,6 +115,21 @@ pub async fn plan(
             path: PathBuf::from(&spec.path),
             output_tokens: output,
         },
+        "trace" => DatasetSource::Trace {
+            path: PathBuf::from(&spec.path),
+            options: TraceOptions {
+                block_tokens: if spec.block_tokens == 0 {
+                    trace::DEFAULT_BLOCK_TOKENS
+                } else {
+                    spec.block_tokens
+                },
+                window_ms: match (spec.window_start_ms, spec.window_end_ms) {
+                    (0, 0) => None,
+                    (start, 0) => Some((start as f64, f64::INFINITY)),
+                    (start, end) => Some((start as f64, end as f64)),
+                },
+            },
+        },
         "jsonl" => DatasetSource::Jsonl {
             path: PathBuf::from(&spec.path),
             output_tokens: output,
@@ -131,6 +148,8 @@ pub async fn plan(
     };
     let count = match stop {
         Stop::Requests(n) => n.saturating_add(workload.warmup) as usize,
+        // A trace's prompt i is its request i: all of it, up to the bound.
+        Stop::Duration(_) if matches!(source, DatasetSource::Trace { .. }) => MAX_PROMPTS,
         Stop::Duration(_) => PROMPTS_FOR_DURATION,
     }
     .clamp(1, MAX_PROMPTS);
@@ -200,7 +219,8 @@ fn load(point: Option<&pb::LoadPoint>) -> Result<Load, String> {
                 max_in_flight: None,
             })
         }
-        None => Err("the load point is neither a concurrency nor a rate".into()),
+        Some(pb::load_point::Kind::TimeScale(time_scale)) => Ok(Load::Trace { time_scale }),
+        None => Err("the load point is neither a concurrency, a rate nor a time scale".into()),
     }
 }
 

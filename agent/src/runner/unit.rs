@@ -239,7 +239,7 @@ async fn load_step(
             });
         }
     };
-    let generated = matches!(dataset_kind, "random" | "shared_prefix");
+    let generated = matches!(dataset_kind, "random" | "shared_prefix" | "trace");
     let cache = prefix_cache::prepare(policy, &target.base_url, generated).await;
     let salt = cache.salt.then(|| prefix_cache::salt(&spec.step_id));
     let plan = match step::plan(spec, target, salt).await {

@@ -246,6 +246,17 @@ fn dataset(d: &DatasetSpec, seed: u64) -> pb::DatasetSpec {
                 }
             }
         }
+        DatasetSpec::Trace {
+            path,
+            block_tokens,
+            start_ms,
+            end_ms,
+        } => {
+            spec.path = path.clone();
+            spec.block_tokens = *block_tokens;
+            spec.window_start_ms = start_ms.unwrap_or(0);
+            spec.window_end_ms = end_ms.unwrap_or(0);
+        }
         DatasetSpec::Sharegpt {
             path,
             output_tokens,
@@ -289,6 +300,11 @@ fn load_point(l: &LoadPoint) -> pb::LoadPoint {
             }
             .to_owned(),
             burstiness: burstiness.unwrap_or(0.0),
+        },
+        LoadPoint::TimeScale(x) => pb::LoadPoint {
+            kind: Some(pb::load_point::Kind::TimeScale(*x)),
+            arrival: String::new(),
+            burstiness: 0.0,
         },
     }
 }

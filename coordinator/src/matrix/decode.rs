@@ -99,7 +99,13 @@ const SHARED_PREFIX_KEYS: &[&str] = &[
     "distribution",
     "zipf_exponent",
 ];
-const DATASET_KINDS: &[&str] = &["random", "shared_prefix", "sharegpt", "jsonl"];
+const TRACE_KEYS: &[&str] = &["kind", "path", "block_tokens", "start", "end"];
+const DATASET_KINDS: &[&str] = &["random", "shared_prefix", "sharegpt", "jsonl", "trace"];
+/// Tokens per hash id when a trace names none (Mooncake's block).
+const DEFAULT_TRACE_BLOCK_TOKENS: u32 = 512;
+/// Requests a trace workload replays when it names neither `requests` nor `duration`: the
+/// agent prepares at most this many prompts.
+pub(crate) const MAX_TRACE_REQUESTS: u64 = 10_000;
 const PREFIX_CACHE_POLICIES: &[(PrefixCachePolicy, &str)] = &[
     (PrefixCachePolicy::Reset, "reset"),
     (PrefixCachePolicy::Salt, "salt"),
@@ -107,7 +113,7 @@ const PREFIX_CACHE_POLICIES: &[(PrefixCachePolicy, &str)] = &[
 ];
 /// The Zipf exponent when `distribution: zipf` names none.
 const DEFAULT_ZIPF_EXPONENT: f64 = 1.0;
-const LOAD_KEYS: &[&str] = &["concurrency", "rate", "arrival", "burstiness"];
+const LOAD_KEYS: &[&str] = &["concurrency", "rate", "time_scale", "arrival", "burstiness"];
 const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
 const APIS: &[&str] = &["chat", "completions", "command"];
 const ARRIVALS: &[&str] = &["poisson", "gamma", "constant"];
@@ -879,11 +885,46 @@ impl Decoder<'_> {
                 Some("use `reset` (the server empties its cache) or `keep`"),
             ));
         }
+        // A trace dataset and a `time_scale` load go together, and a trace has no warmup.
+        let is_trace = matches!(
+            dataset.as_ref().map(|d| &d.value),
+            Some(DatasetSpec::Trace { .. })
+        );
+        if is_trace && let Some(pos) = f.get("warmup").and(f.key_pos("warmup")) {
+            return Err(self.errors.hinted(
+                pos,
+                format!(
+                    "`{}` is not used with a trace: it replays its requests as recorded",
+                    f.field("warmup")
+                ),
+                Some("remove `warmup`, or cut the start of the trace with the dataset's `start`"),
+            ));
+        }
         let load = match f.get("load") {
             Some(n) => self.load(&f.field("load"), n)?,
             None if is_command => vec![LoadPoint::Concurrency(1)],
             None => return Err(f.missing("load")),
         };
+        let scaled = load.iter().any(|p| matches!(p, LoadPoint::TimeScale(_)));
+        if scaled != is_trace {
+            let message = if is_trace {
+                format!(
+                    "`{}` of a trace dataset must be `time_scale`: the trace says when requests arrive",
+                    f.field("load")
+                )
+            } else {
+                format!(
+                    "`{}`: `time_scale` replays a trace; `{}` is not one",
+                    f.field("load.time_scale"),
+                    f.field("dataset")
+                )
+            };
+            return Err(self.errors.hinted(
+                f.key_pos("load").unwrap_or(node.pos),
+                message,
+                Some("e.g. `dataset: { kind: trace, path: mooncake.jsonl }` with `load: { time_scale: [1, 10] }`"),
+            ));
+        }
         let stop = match (f.get("requests"), f.get("duration")) {
             (Some(_), Some(_)) => {
                 let pos = f.key_pos("duration").unwrap_or(node.pos);
@@ -898,6 +939,7 @@ impl Decoder<'_> {
                 StopCondition::DurationMs(self.duration_ms(&f.field("duration"), n)?)
             }
             (None, None) if is_command => StopCondition::DurationMs(DEFAULT_HARNESS_TIMEOUT_MS),
+            (None, None) if is_trace => StopCondition::Requests(MAX_TRACE_REQUESTS),
             (None, None) => {
                 return Err(self.errors.hinted(
                     node.pos,
@@ -965,7 +1007,7 @@ impl Decoder<'_> {
             return Err(self.type_error(
                 path,
                 node,
-                "a mapping with `kind: random | shared_prefix | sharegpt | jsonl`",
+                "a mapping with `kind: random | shared_prefix | sharegpt | jsonl | trace`",
             ));
         }
         let Value::Map(entries) = &node.value else {
@@ -981,7 +1023,7 @@ impl Decoder<'_> {
             return Err(self.errors.hinted(
                 node.pos,
                 format!("missing required key `kind` in `{path}`"),
-                Some("one of `random`, `shared_prefix`, `sharegpt`, `jsonl`"),
+                Some("one of `random`, `shared_prefix`, `sharegpt`, `jsonl`, `trace`"),
             ));
         };
         let kind = self.string(&format!("{path}.kind"), kind_node)?;
@@ -1002,6 +1044,7 @@ impl Decoder<'_> {
                 }
             }
             "shared_prefix" => self.shared_prefix(path, node)?,
+            "trace" => self.trace(path, node)?,
             "sharegpt" | "jsonl" => {
                 let f = self.fields(node, path, FILE_DATASET_KEYS)?;
                 let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
@@ -1080,8 +1123,71 @@ impl Decoder<'_> {
         })
     }
 
+    fn trace(&self, path: &str, node: &Node) -> Result<DatasetSpec, MatrixError> {
+        let f = self.fields(node, path, TRACE_KEYS)?;
+        let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
+        let block_tokens = f
+            .get("block_tokens")
+            .map(|n| self.uint32(&f.field("block_tokens"), n, 1))
+            .transpose()?
+            .unwrap_or(DEFAULT_TRACE_BLOCK_TOKENS);
+        let at = |key: &str| {
+            f.get(key)
+                .map(|n| self.duration_ms(&f.field(key), n))
+                .transpose()
+        };
+        let (start_ms, end_ms) = (at("start")?, at("end")?);
+        if let (Some(start), Some(end)) = (start_ms, end_ms)
+            && end <= start
+        {
+            return Err(self.errors.at(
+                f.key_pos("end").unwrap_or(node.pos),
+                format!(
+                    "`{}` must come after `{}` (the window is [start, end) of the trace's timestamps)",
+                    f.field("end"),
+                    f.field("start")
+                ),
+            ));
+        }
+        Ok(DatasetSpec::Trace {
+            path: file.value.clone(),
+            block_tokens,
+            start_ms,
+            end_ms,
+        })
+    }
+
     fn load(&self, path: &str, node: &Node) -> Result<Vec<LoadPoint>, MatrixError> {
         let f = self.fields(node, path, LOAD_KEYS)?;
+        if let Some(n) = f.get("time_scale") {
+            if let Some(other) = ["concurrency", "rate", "arrival", "burstiness"]
+                .into_iter()
+                .find(|k| f.get(k).is_some())
+            {
+                return Err(self.errors.hinted(
+                    f.key_pos(other).unwrap_or(node.pos),
+                    format!("`{path}` gives `time_scale` and `{other}`"),
+                    Some(
+                        "a trace arrives on its own clock: `time_scale` sweeps its speed-up alone",
+                    ),
+                ));
+            }
+            let field = f.field("time_scale");
+            let items = self.nonempty_list(&field, n)?;
+            let mut points = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let point =
+                    LoadPoint::TimeScale(self.positive(&format!("{field}[{i}]"), item, false)?);
+                if points.contains(&point) {
+                    return Err(self.errors.at(
+                        item.pos,
+                        format!("`{field}`: {} is listed twice", self.raw_text(item)),
+                    ));
+                }
+                points.push(point);
+            }
+            return Ok(points);
+        }
         match (f.get("concurrency"), f.get("rate")) {
             (Some(_), Some(_)) => Err(self.errors.hinted(
                 f.key_pos("rate").unwrap_or(node.pos),
@@ -1091,7 +1197,7 @@ impl Decoder<'_> {
             (None, None) => Err(self.errors.hinted(
                 node.pos,
                 format!("`{path}` needs `concurrency` or `rate`"),
-                Some("e.g. `load: { concurrency: [1, 16] }` or `load: { rate: [2, 8, inf] }`"),
+                Some("e.g. `load: { concurrency: [1, 16] }`, `load: { rate: [2, 8, inf] }`, or `load: { time_scale: [1, 10] }` for a trace"),
             )),
             (Some(n), None) => {
                 for key in ["arrival", "burstiness"] {

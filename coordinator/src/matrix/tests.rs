@@ -848,6 +848,71 @@ workloads:
 }
 
 #[test]
+fn trace_datasets_replay_at_time_scales() {
+    let yaml = "\
+campaign: tr
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: replay
+    api: completions
+    dataset: { kind: trace, path: /data/mooncake.jsonl, block_tokens: 256, start: 1m, end: 2m }
+    load: { time_scale: [1, 10] }
+";
+    let e = expand(yaml);
+    let steps = &e.units[0].steps;
+    assert_eq!(steps.len(), 2);
+    assert_eq!(
+        steps[0].workload.dataset,
+        Some(DatasetSpec::Trace {
+            path: "/data/mooncake.jsonl".into(),
+            block_tokens: 256,
+            start_ms: Some(60_000),
+            end_ms: Some(120_000),
+        })
+    );
+    assert_eq!(steps[1].load, LoadPoint::TimeScale(10.0));
+    assert_eq!(steps[1].load.to_string(), "x10");
+    assert_eq!(
+        steps[0].workload.stop,
+        StopCondition::Requests(super::decode::MAX_TRACE_REQUESTS),
+        "the whole trace, up to the bound"
+    );
+
+    let err = fail(&yaml.replace(
+        "load: { time_scale: [1, 10] }",
+        "load: { concurrency: [1] }",
+    ));
+    assert_err(
+        &err,
+        (9, 5),
+        "`workloads[0].load` of a trace dataset must be `time_scale`",
+    );
+    let err = fail(&yaml.replace(
+        "{ kind: trace, path: /data/mooncake.jsonl, block_tokens: 256, start: 1m, end: 2m }",
+        "{ kind: random, input_tokens: 8, output_tokens: 8 }",
+    ));
+    assert_err(&err, (9, 5), "`time_scale` replays a trace");
+    let err = fail(&yaml.replace("time_scale: [1, 10] }", "time_scale: [1], rate: [2] }"));
+    assert_err(&err, (9, 30), "gives `time_scale` and `rate`");
+    let err = fail(&yaml.replace("end: 2m", "end: 30s"));
+    assert_err(&err, (8, 87), "`workloads[0].dataset.end` must come after");
+    let err = fail(&yaml.replace("    load:", "    warmup: 5\n    load:"));
+    assert_err(
+        &err,
+        (9, 5),
+        "`workloads[0].warmup` is not used with a trace",
+    );
+    let err = fail(&yaml.replace("time_scale: [1, 10]", "time_scale: [0]"));
+    assert_err(
+        &err,
+        (9, 26),
+        "`workloads[0].load.time_scale[0]` must be greater than 0",
+    );
+}
+
+#[test]
 fn size_limits_name_the_counts() {
     // One unit with 2,001 load points × 1,000 repeats = 2,001,000 steps.
     let points: Vec<String> = (1..=2001).map(|c| c.to_string()).collect();

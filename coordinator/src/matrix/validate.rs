@@ -466,6 +466,17 @@ impl Validator<'_> {
                 path: expand(path)?,
                 output_tokens: *output_tokens,
             },
+            DatasetSpec::Trace {
+                path,
+                block_tokens,
+                start_ms,
+                end_ms,
+            } => DatasetSpec::Trace {
+                path: expand(path)?,
+                block_tokens: *block_tokens,
+                start_ms: *start_ms,
+                end_ms: *end_ms,
+            },
         })
     }
 

@@ -86,6 +86,7 @@ impl Spec for LoadPoint {
         match self {
             LoadPoint::Concurrency(n) => (0u8, u64::from(*n)).hash(h),
             LoadPoint::Rate { rps, .. } => (1u8, rps.to_bits()).hash(h),
+            LoadPoint::TimeScale(x) => (2u8, x.to_bits()).hash(h),
         }
     }
 }

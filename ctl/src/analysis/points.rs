@@ -162,6 +162,7 @@ pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, 
     let load_value = match load.and_then(|l| l.kind) {
         Some(pb::load_point::Kind::Concurrency(c)) => f64::from(c),
         Some(pb::load_point::Kind::Rate(r)) => r,
+        Some(pb::load_point::Kind::TimeScale(x)) => x,
         None => 0.0,
     };
     Ok(Some(Point {

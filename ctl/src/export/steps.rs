@@ -31,6 +31,7 @@ pub fn load_label(load: Option<&pb::LoadPoint>) -> String {
         Some(pb::load_point::Kind::Concurrency(c)) => format!("c={c}"),
         Some(pb::load_point::Kind::Rate(r)) if r.is_infinite() => "rate=inf".to_owned(),
         Some(pb::load_point::Kind::Rate(r)) => format!("rate={r}"),
+        Some(pb::load_point::Kind::TimeScale(x)) => format!("x{x}"),
         None => "load=?".to_owned(),
     }
 }
@@ -193,6 +194,11 @@ fn workload(step: Option<&pb::StepSpec>, row: &mut RowBuilder) {
         d.and_then(|d| nonzero(d.zipf_exponent)),
     );
     row.put(
+        "dataset_block_tokens",
+        Kind::U64,
+        d.map(|d| d.block_tokens).filter(|n| *n > 0),
+    );
+    row.put(
         "requests",
         Kind::U64,
         w.map(|w| w.requests).filter(|n| *n > 0),
@@ -219,13 +225,15 @@ fn workload(step: Option<&pb::StepSpec>, row: &mut RowBuilder) {
         slo.and_then(|s| nonzero(s.e2el_ms)),
     );
     row.put("load", Kind::Str, load_label(load));
-    let (concurrency, rate) = match load.and_then(|l| l.kind) {
-        Some(pb::load_point::Kind::Concurrency(c)) => (Some(c), None),
-        Some(pb::load_point::Kind::Rate(r)) => (None, Some(r)),
-        None => (None, None),
+    let (concurrency, rate, time_scale) = match load.and_then(|l| l.kind) {
+        Some(pb::load_point::Kind::Concurrency(c)) => (Some(c), None, None),
+        Some(pb::load_point::Kind::Rate(r)) => (None, Some(r), None),
+        Some(pb::load_point::Kind::TimeScale(x)) => (None, None, Some(x)),
+        None => (None, None, None),
     };
     row.put("concurrency", Kind::U64, concurrency);
     row.put("rate_rps", Kind::F64, rate);
+    row.put("time_scale", Kind::F64, time_scale);
     row.put(
         "arrival",
         Kind::Str,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use evalctl_sim_server::{self as sim_server, LatencyModel, SimConfig};
+use evalctl_sim_server::{self as sim_server, LatencyModel, ReasoningShape, SimConfig};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -174,6 +174,22 @@ pub struct SimServerArgs {
     /// prefill cost; `POST /reset_prefix_cache` empties the cache.
     #[arg(long)]
     enable_prefix_caching: bool,
+    /// Stream the first `--reasoning-tokens` output tokens of each request as reasoning, in
+    /// this shape: `reasoning` (vLLM 0.32's delta field), `reasoning-content` (SGLang's), or
+    /// `think` (inline `<think>…</think>` text, as a server without a reasoning parser).
+    #[arg(long, value_enum, requires = "reasoning_tokens")]
+    reasoning: Option<ReasoningArg>,
+    /// Output tokens of each request that are reasoning (with `--reasoning`).
+    #[arg(long, requires = "reasoning")]
+    reasoning_tokens: Option<u32>,
+}
+
+/// `--reasoning` values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ReasoningArg {
+    Reasoning,
+    ReasoningContent,
+    Think,
 }
 
 /// Flags of `evalctl-agent run`; each overrides the config file's key of the same name.
@@ -331,6 +347,12 @@ impl SimServerArgs {
             max_num_seqs: self.max_num_seqs,
             max_model_len: self.max_model_len,
             prefix_caching: self.enable_prefix_caching,
+            reasoning: self.reasoning.map(|r| match r {
+                ReasoningArg::Reasoning => ReasoningShape::Reasoning,
+                ReasoningArg::ReasoningContent => ReasoningShape::ReasoningContent,
+                ReasoningArg::Think => ReasoningShape::Think,
+            }),
+            reasoning_tokens: self.reasoning_tokens.unwrap_or(0),
             ..SimConfig::default()
         }
     }

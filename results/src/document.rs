@@ -23,7 +23,7 @@
 //! | 1.0 | first version |
 //! | 1.1 | `schema_minor` written |
 //! | 1.2 | environment: `image_id`, `image_digest`, `container_runtime` |
-//! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates |
+//! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates; metrics `reasoning_tokens`, `answer_tokens`; request records `reasoning_tokens` |
 
 use std::collections::BTreeMap;
 

@@ -120,6 +120,14 @@ pub struct StepMetrics {
     pub total_input_tokens: u64,
     /// Output tokens of successful requests.
     pub total_output_tokens: u64,
+    /// Of `total_output_tokens`, those that were reasoning (the records' `reasoning_tokens`);
+    /// absent when no request reasoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
+    /// Of `total_output_tokens`, those that were the answer (the rest); absent when no
+    /// request reasoned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_tokens: Option<u64>,
     /// Successful requests whose output tokens came from the server's `usage`.
     pub output_tokens_from_usage: u64,
     /// Successful requests whose output tokens were counted from chunks.
@@ -170,10 +178,16 @@ pub fn compute(records: &[RequestRecord], slo: &Slo, lag: LagPolicy) -> StepMetr
         .filter(|r| r.output_tokens_source == Some(TokenSource::Usage))
         .count() as u64;
 
-    let tpot = Summary::of(ok.iter().filter_map(|r| r.tpot_ms()).collect());
-    let reasoned = ok
+    let reasoning = ok
         .iter()
-        .any(|r| r.first_answer_ns.is_some() && r.first_answer_ns != r.token_ns.first().copied());
+        .any(|r| r.reasoning_tokens.is_some())
+        .then(|| ok.iter().filter_map(|r| r.reasoning_tokens).sum::<u64>());
+
+    let tpot = Summary::of(ok.iter().filter_map(|r| r.tpot_ms()).collect());
+    let reasoned = ok.iter().any(|r| {
+        r.reasoning_tokens.is_some()
+            || (r.first_answer_ns.is_some() && r.first_answer_ns != r.token_ns.first().copied())
+    });
 
     let client_lag_ms = if lag.report {
         let mut lags: Vec<f64> = measured.iter().filter_map(|r| r.lag_ms()).collect();
@@ -213,6 +227,8 @@ pub fn compute(records: &[RequestRecord], slo: &Slo, lag: LagPolicy) -> StepMetr
         duration_s,
         total_input_tokens: input,
         total_output_tokens: output,
+        reasoning_tokens: reasoning,
+        answer_tokens: reasoning.map(|r| output.saturating_sub(r)),
         output_tokens_from_usage: from_usage,
         output_tokens_counted: ok.len() as u64 - from_usage,
         warmup_excluded: (records.len() - measured.len()) as u64,

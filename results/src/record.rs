@@ -108,6 +108,11 @@ pub struct RequestRecord {
     pub output_tokens: u64,
     /// Where `output_tokens` came from.
     pub output_tokens_source: Option<TokenSource>,
+    /// Token chunks that carried only reasoning (`delta.reasoning`, `delta.reasoning_content`,
+    /// or inline `<think>…</think>`); absent when the request did not reason. Tokens when
+    /// each chunk holds one, as servers stream by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
     /// The request went over a connection that an earlier request opened.
     pub reused_connection: bool,
     /// The HTTP status, once the response head arrived.

@@ -34,6 +34,19 @@ const REQUESTS: u64 = 16;
 const INPUT_TOKENS: u64 = 64;
 const OUTPUT_TOKENS: u64 = 32;
 
+/// Held by each test that starts vLLM servers: one at a time, so two never share the cores
+/// (a start takes both of a small machine's), and a test's "every vLLM process ended" check
+/// sees only its own.
+static ONE_VLLM_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Takes [`ONE_VLLM_AT_A_TIME`]; a test that panicked holding it leaves nothing behind to
+/// protect, so a poisoned lock is taken all the same.
+fn one_vllm_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_VLLM_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Where `scripts/setup-vllm.sh` put vLLM and the model.
 struct Installed {
     /// The directory holding only the `vllm` command, for the agent's PATH.
@@ -265,6 +278,7 @@ fn assert_real_vllm_result(r: &Value) {
 
 #[test]
 fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once() {
+    let _vllm = one_vllm_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, mut agent) = start_with_vllm(dir.path());
     let url = coordinator.url();
@@ -334,6 +348,7 @@ fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once(
 /// (128): a prefix hit is then all of it.
 #[test]
 fn after_a_reset_vllms_prefix_cache_hits_what_the_shared_prefixes_imply() {
+    let _vllm = one_vllm_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, mut agent) = start_with_vllm(dir.path());
     let url = coordinator.url();

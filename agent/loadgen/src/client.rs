@@ -529,10 +529,57 @@ struct StreamState<'r> {
     parser: SseParser,
     epoch_ns: u64,
     counted: u64,
+    /// Token chunks that carried only reasoning.
+    reasoning: u64,
+    /// Where the stream is in inline `<think>…</think>` reasoning.
+    think: Think,
     usage: Option<Usage>,
     saw_done: bool,
     finished: bool,
     error: Option<RequestError>,
+}
+
+/// Inline reasoning: a server without a reasoning parser streams the model's
+/// `<think>…</think>` as answer text; the chunks from the opening tag to the closing one are
+/// reasoning. (Reasoning models emit each tag as one token, so a tag is never split between
+/// chunks.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Think {
+    /// No opening tag yet.
+    Before,
+    /// Between the tags.
+    Inside,
+    /// Past the closing tag, or past answer text: tags from here on are answer text.
+    Done,
+}
+
+impl Think {
+    /// Whether a token chunk whose raw event is `data` is inline reasoning, moving past the
+    /// tags it holds.
+    fn reasoning(&mut self, data: &[u8]) -> bool {
+        let has = |tag: &[u8]| memchr::memmem::find(data, tag).is_some();
+        match *self {
+            Think::Before if has(b"<think>") => {
+                *self = if has(b"</think>") {
+                    Think::Done
+                } else {
+                    Think::Inside
+                };
+                true
+            }
+            Think::Before => {
+                *self = Think::Done;
+                false
+            }
+            Think::Inside => {
+                if has(b"</think>") {
+                    *self = Think::Done;
+                }
+                true
+            }
+            Think::Done => false,
+        }
+    }
 }
 
 impl<'r> StreamState<'r> {
@@ -542,6 +589,8 @@ impl<'r> StreamState<'r> {
             parser: SseParser::new(max_event_bytes),
             epoch_ns,
             counted: 0,
+            reasoning: 0,
+            think: Think::Before,
             usage: None,
             saw_done: false,
             finished: false,
@@ -612,8 +661,14 @@ impl<'r> StreamState<'r> {
         if chunk.token {
             self.record.token_ns.push(at);
             self.counted += 1;
-            if chunk.answer && self.record.first_answer_ns.is_none() {
-                self.record.first_answer_ns = Some(at);
+            // Answer text may still be inline reasoning; reasoning fields never are answers.
+            let answer = chunk.answer && !self.think.reasoning(event.data);
+            if answer {
+                if self.record.first_answer_ns.is_none() {
+                    self.record.first_answer_ns = Some(at);
+                }
+            } else {
+                self.reasoning += 1;
             }
         }
         self.finished |= chunk.finished;
@@ -652,6 +707,7 @@ impl<'r> StreamState<'r> {
             }
         }
         record.server_prompt_tokens = self.usage.and_then(|u| u.prompt_tokens);
+        record.reasoning_tokens = (self.reasoning > 0).then_some(self.reasoning);
         if self.saw_done || self.finished {
             Ok(())
         } else {
@@ -748,4 +804,46 @@ async fn drive<T>(
         timer.poll_expired(cx, last).map(Driven::Expired)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Think;
+
+    /// Which of `chunks` (raw events, in order) are inline reasoning.
+    fn reasoning(chunks: &[&str]) -> Vec<bool> {
+        let mut think = Think::Before;
+        chunks
+            .iter()
+            .map(|c| think.reasoning(c.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn think_tags_mark_inline_reasoning_once() {
+        let open_close = [
+            r#"{"text":"<think>"}"#,
+            r#"{"text":" why"}"#,
+            r#"{"text":"</think>"}"#,
+        ];
+        assert_eq!(
+            reasoning(&[
+                open_close[0],
+                open_close[1],
+                open_close[2],
+                r#"{"text":" yes"}"#
+            ]),
+            [true, true, true, false]
+        );
+        // Both tags in one chunk: that chunk is reasoning, the next the answer.
+        assert_eq!(
+            reasoning(&[r#"{"text":"<think>hm</think>"}"#, r#"{"text":"ok"}"#]),
+            [true, false]
+        );
+        // A tag after answer text has begun is answer text.
+        assert_eq!(
+            reasoning(&[r#"{"text":"Use"}"#, r#"{"text":" <think>"}"#]),
+            [false, false]
+        );
+    }
 }

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::SimConfig;
 use super::api::{self, Api, GenerationRequest};
 use super::engine::Engine;
 use super::error::ApiError;
 use super::response::{DONE, ResponseWriter, SYSTEM_FINGERPRINT, Usage};
+use super::{ReasoningShape, SimConfig};
 
 /// The request and response header carrying the request id.
 const REQUEST_ID: &str = "x-request-id";
@@ -210,14 +210,31 @@ fn stream_response(
         };
         let mut text = String::new();
         let mut in_chunk = 0;
+        // The first `reasoning` tokens are reasoning, in the configured shape; a chunk never
+        // mixes reasoning and answer tokens.
+        let shape = app.config.reasoning;
+        let reasoning = shape.map_or(0, |_| app.config.reasoning_tokens.min(req.max_tokens));
+        let mut made = 0u32;
         while generation.remaining() > 0 {
+            let thinking = made < reasoning;
+            if thinking && made == 0 && shape == Some(ReasoningShape::Think) {
+                text.push_str("<think>");
+            }
             if generation.next_token(&mut text).await.is_err() {
                 // Shutdown: end the body without [DONE], as a server that went away would.
                 return;
             }
+            made += 1;
             in_chunk += 1;
-            if in_chunk == per_chunk || generation.remaining() == 0 {
-                yield Ok(writer.text_event(&text));
+            let last_thought = thinking && made == reasoning;
+            if last_thought && shape == Some(ReasoningShape::Think) {
+                text.push_str("</think>");
+            }
+            if in_chunk == per_chunk || generation.remaining() == 0 || last_thought {
+                match shape {
+                    Some(shape) if thinking => yield Ok(writer.reasoning_event(shape, &text)),
+                    _ => yield Ok(writer.text_event(&text)),
+                }
                 text.clear();
                 in_chunk = 0;
             }

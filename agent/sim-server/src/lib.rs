@@ -89,6 +89,23 @@ pub struct SimConfig {
     pub prefix_caching: bool,
     /// Tokens the prefix cache holds before it evicts the least recently used blocks.
     pub prefix_cache_tokens: usize,
+    /// How the first `reasoning_tokens` output tokens of each request are streamed as
+    /// reasoning, as a reasoning model's server does (`None`: no reasoning).
+    pub reasoning: Option<ReasoningShape>,
+    /// Output tokens of each request that are reasoning (the rest are the answer).
+    pub reasoning_tokens: u32,
+}
+
+/// The three shapes reasoning takes in a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningShape {
+    /// `delta.reasoning` (vLLM 0.32 with a reasoning parser); chat only.
+    Reasoning,
+    /// `delta.reasoning_content` (SGLang, older vLLM); chat only.
+    ReasoningContent,
+    /// `<think>…</think>` inline in the text (a server without a reasoning parser); both
+    /// APIs.
+    Think,
 }
 
 impl Default for SimConfig {
@@ -105,6 +122,8 @@ impl Default for SimConfig {
             shutdown_grace: Duration::from_secs(5),
             prefix_caching: false,
             prefix_cache_tokens: 1 << 20,
+            reasoning: None,
+            reasoning_tokens: 0,
         }
     }
 }

@@ -10,6 +10,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::ReasoningShape;
 use super::api::Api;
 
 /// Labels every response as coming from the simulator.
@@ -51,12 +52,16 @@ struct Envelope<'a, C> {
     usage: Option<Usage>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct Delta<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -146,6 +151,26 @@ impl ResponseWriter {
         }
     }
 
+    /// A chunk carrying reasoning text in a reasoning field (chat; completions streams have
+    /// no such field and carry it as text).
+    pub fn reasoning_event(&self, shape: ReasoningShape, text: &str) -> Bytes {
+        let delta = match shape {
+            ReasoningShape::Reasoning => Delta {
+                reasoning: Some(text),
+                ..Delta::default()
+            },
+            ReasoningShape::ReasoningContent => Delta {
+                reasoning_content: Some(text),
+                ..Delta::default()
+            },
+            ReasoningShape::Think => return self.text_event(text),
+        };
+        match self.api {
+            Api::Chat => self.chat_choice(delta, None),
+            Api::Completions => self.text_choice(text, None),
+        }
+    }
+
     /// The chunk that carries only the finish reason.
     pub fn finish_event(&self) -> Bytes {
         match self.api {
@@ -197,9 +222,20 @@ impl ResponseWriter {
         content: Option<&str>,
         finish_reason: Option<&'static str>,
     ) -> Bytes {
+        self.chat_choice(
+            Delta {
+                role,
+                content,
+                ..Delta::default()
+            },
+            finish_reason,
+        )
+    }
+
+    fn chat_choice(&self, delta: Delta<'_>, finish_reason: Option<&'static str>) -> Bytes {
         let choice = ChatChunkChoice {
             index: 0,
-            delta: Delta { role, content },
+            delta,
             logprobs: (),
             finish_reason,
         };

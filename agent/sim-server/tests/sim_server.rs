@@ -721,3 +721,68 @@ async fn a_mooncake_trace_replays_on_its_own_clock_with_shared_blocks() {
         "trace replay reports its schedule lag"
     );
 }
+
+/// The three shapes a reasoning stream takes, as the simulator sends them (`reasoning`,
+/// `reasoning_content`, inline `<think>…</think>` on both APIs): the load generator counts
+/// reasoning and answer tokens apart and stamps the first answer token after the reasoning.
+#[tokio::test]
+async fn reasoning_streams_of_every_shape_are_counted_apart_from_the_answer() {
+    use evalctl_loadgen::{Dataset, Prompt, PromptInput};
+    use evalctl_sim_server::ReasoningShape;
+    let cases = [
+        (ReasoningShape::Reasoning, Api::Chat),
+        (ReasoningShape::ReasoningContent, Api::Chat),
+        (ReasoningShape::Think, Api::Chat),
+        (ReasoningShape::Think, Api::Completions),
+    ];
+    for (shape, api) in cases {
+        let sim = SimServer::start(SimConfig {
+            reasoning: Some(shape),
+            reasoning_tokens: 5,
+            latency: LatencyModel {
+                prefill_us_per_token: 0.0,
+                decode_ms_per_token: 1.0,
+                decode_ms_per_extra_request: 0.0,
+            },
+            ..SimConfig::default()
+        })
+        .await
+        .expect("sim server starts");
+        let data = Dataset::new(
+            vec![Prompt {
+                input: PromptInput::Text(words(8)),
+                input_tokens: 8,
+                max_tokens: 12,
+            }],
+            Tokenization::Whitespace,
+        );
+        let plan = StepPlan::new(
+            format!("{}/v1", sim.base_url()),
+            api,
+            "evalctl-sim",
+            data,
+            Load::Concurrency(2),
+            Stop::Requests(4),
+        );
+        let outcome = run_step(plan, |_| {}).await.expect("step runs");
+        let m = &outcome.metrics;
+        assert_eq!(
+            (m.completed, m.failed),
+            (4, 0),
+            "{shape:?} {api:?}: {:?}",
+            m.errors
+        );
+        for r in &outcome.records {
+            assert_eq!(r.token_ns.len(), 12, "{shape:?} {api:?}");
+            assert_eq!(r.reasoning_tokens, Some(5), "{shape:?} {api:?}");
+            assert_eq!(r.first_answer_ns, Some(r.token_ns[5]), "{shape:?} {api:?}");
+        }
+        assert_eq!(m.reasoning_tokens, Some(20), "{shape:?} {api:?}");
+        assert_eq!(m.answer_tokens, Some(28), "{shape:?} {api:?}");
+        assert!(
+            m.ttfa_ms.is_some(),
+            "{shape:?} {api:?}: time to first answer"
+        );
+        sim.shutdown().await.expect("sim stops");
+    }
+}

@@ -81,6 +81,7 @@ pub fn build(step: &StepContext, r: &RequestRecord, row: &mut RowBuilder) {
     row.put("input_tokens", Kind::U64, r.input_tokens);
     row.put("server_prompt_tokens", Kind::U64, r.server_prompt_tokens);
     row.put("output_tokens", Kind::U64, r.output_tokens);
+    row.put("reasoning_tokens", Kind::U64, r.reasoning_tokens);
     row.put(
         "output_tokens_source",
         Kind::Str,

@@ -422,6 +422,12 @@ fn metrics(m: Option<&StepMetrics>, row: &mut RowBuilder) {
         m.map(|m| m.total_output_tokens),
     );
     row.put(
+        "reasoning_tokens",
+        Kind::U64,
+        m.and_then(|m| m.reasoning_tokens),
+    );
+    row.put("answer_tokens", Kind::U64, m.and_then(|m| m.answer_tokens));
+    row.put(
         "output_tokens_from_usage",
         Kind::U64,
         m.map(|m| m.output_tokens_from_usage),

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use evalctl_results::PrefixCachePolicy;
+pub use evalctl_results::{PrefixCachePolicy, PrefixDistribution};
 
 /// Stable id of a unit: a hash of its canonical [`UnitConfig`].
 ///
@@ -320,19 +320,6 @@ impl DatasetSpec {
                 | DatasetSpec::Trace { .. }
         )
     }
-}
-
-/// How a shared-prefix prompt's prefix is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PrefixDistribution {
-    /// Every prefix equally likely.
-    Uniform,
-    /// Prefix `k` (from 0) with weight `1 / (k + 1)^exponent`.
-    Zipf {
-        /// The exponent, > 0.
-        exponent: f64,
-    },
 }
 
 /// API flavour of a workload.

@@ -35,4 +35,6 @@ pub use telemetry::{
     EnergyMethod, GpuDevice, GpuSummary, HostSummary, SeriesKind, SeriesSummary,
     ServerMetricsSummary, TelemetrySummary,
 };
-pub use workload::{LengthReport, PrefixCacheFacts, PrefixCachePolicy, WorkloadFacts};
+pub use workload::{
+    LengthReport, PrefixCacheFacts, PrefixCachePolicy, PrefixDistribution, WorkloadFacts,
+};

@@ -48,6 +48,21 @@ impl LengthReport {
     }
 }
 
+/// How a shared-prefix prompt's prefix is chosen: the matrix says it, the coordinator sends
+/// it, the load generator draws by it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PrefixDistribution {
+    /// Every prefix equally likely.
+    Uniform,
+    /// Prefix `k` (from 0) with weight `1 / (k + 1)^exponent`: a few hot system prompts and a
+    /// long tail.
+    Zipf {
+        /// The exponent, > 0.
+        exponent: f64,
+    },
+}
+
 /// How a step keeps the prefix cache of a warm server (one serving earlier steps) out of
 /// its figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -201,6 +201,18 @@ fn start_with_vllm(dir: &Path) -> (CoordinatorProcess, AgentProcess) {
     (coordinator, agent)
 }
 
+/// Stops the agent, which must exit cleanly and leave no vLLM process behind.
+fn stop_and_expect_no_vllm(agent: &mut AgentProcess) {
+    assert!(
+        agent.terminate(Duration::from_secs(30)).success(),
+        "{}",
+        agent.log()
+    );
+    eventually(Duration::from_secs(20), "every vLLM process to end", || {
+        processes_with(MODEL).is_empty()
+    });
+}
+
 /// Follows a campaign until it ends and returns its final status.
 fn wait_ended(url: &str, campaign: &str, timeout: Duration, agent: &AgentProcess) -> Value {
     let started = Instant::now();
@@ -331,14 +343,7 @@ fn the_cpu_vllm_matrix_runs_with_the_plain_preset_and_a_refused_flag_fails_once(
         assert_real_vllm_result(r);
     }
 
-    assert!(
-        agent.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        agent.log()
-    );
-    eventually(Duration::from_secs(20), "every vLLM process to end", || {
-        processes_with(MODEL).is_empty()
-    });
+    stop_and_expect_no_vllm(&mut agent);
 }
 
 /// Shared-prefix prompts on vLLM's own prefix cache: `matrices/cpu-vllm.yaml` with vLLM's
@@ -434,12 +439,5 @@ workloads:
     }
     eprintln!("prefix cache hit rates: {}", figures.join("; "));
 
-    assert!(
-        agent.terminate(Duration::from_secs(30)).success(),
-        "{}",
-        agent.log()
-    );
-    eventually(Duration::from_secs(20), "every vLLM process to end", || {
-        processes_with(MODEL).is_empty()
-    });
+    stop_and_expect_no_vllm(&mut agent);
 }

@@ -32,6 +32,7 @@ use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use evalctl_results::PrefixDistribution;
 use evalctl_results::{LengthReport, Tokenization};
 
 use crate::trace::{self, TraceError, TraceOptions, TraceRequest};
@@ -130,37 +131,21 @@ pub enum DatasetSource {
     },
 }
 
-/// How a shared-prefix prompt's prefix is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum PrefixDistribution {
-    /// Every prefix equally likely.
-    Uniform,
-    /// Prefix `k` (from 0) with weight `1 / (k + 1)^exponent`: a few hot system prompts and a
-    /// long tail.
-    Zipf {
-        /// The exponent, > 0.
-        exponent: f64,
-    },
-}
-
-impl PrefixDistribution {
-    /// Draws a prefix index below `n`.
-    fn draw(&self, n: u32, rng: &mut impl Rng) -> u32 {
-        match *self {
-            PrefixDistribution::Uniform => rng.random_range(0..n),
-            PrefixDistribution::Zipf { exponent } => {
-                // The inverse of the cumulative weights; `n` is small (prefixes, not prompts).
-                let weights: Vec<f64> = (1..=n).map(|k| f64::from(k).powf(-exponent)).collect();
-                let mut at = rng.random::<f64>() * weights.iter().sum::<f64>();
-                for (k, w) in weights.iter().enumerate() {
-                    if at < *w {
-                        return k as u32;
-                    }
-                    at -= w;
+/// Draws a prefix index below `n` by `distribution`.
+fn draw_prefix(distribution: PrefixDistribution, n: u32, rng: &mut impl Rng) -> u32 {
+    match distribution {
+        PrefixDistribution::Uniform => rng.random_range(0..n),
+        PrefixDistribution::Zipf { exponent } => {
+            // The inverse of the cumulative weights; `n` is small (prefixes, not prompts).
+            let weights: Vec<f64> = (1..=n).map(|k| f64::from(k).powf(-exponent)).collect();
+            let mut at = rng.random::<f64>() * weights.iter().sum::<f64>();
+            for (k, w) in weights.iter().enumerate() {
+                if at < *w {
+                    return k as u32;
                 }
-                n - 1
+                at -= w;
             }
+            n - 1
         }
     }
 }
@@ -629,7 +614,7 @@ async fn shared_prefix(
         .await?;
     let mut draws = StdRng::seed_from_u64(plan.seed ^ PREFIX_SEED.rotate_left(17));
     let prefix_of: Vec<u32> = (0..plan.count)
-        .map(|_| shape.distribution.draw(shape.prefixes, &mut draws))
+        .map(|_| draw_prefix(shape.distribution, shape.prefixes, &mut draws))
         .collect();
     let prefix_texts = &prefix_texts;
     let prompts: Vec<(Prompt, u64)> =
@@ -717,17 +702,6 @@ async fn trace_prompts(
     let vocabulary = word_ids(counter).await?;
     let block_len = block_tokens as usize;
     let mut blocks: std::collections::HashMap<u64, Vec<usize>> = std::collections::HashMap::new();
-    let mut block = |id: u64| -> Vec<usize> {
-        blocks
-            .entry(id)
-            .or_insert_with(|| {
-                let mut rng = StdRng::seed_from_u64(seed ^ TRACE_SEED ^ id.rotate_left(29));
-                (0..block_len)
-                    .map(|_| rng.random_range(0..vocabulary.len()))
-                    .collect()
-            })
-            .clone()
-    };
     let mut prompts = Vec::with_capacity(requests.len());
     for (i, request) in requests.iter().enumerate() {
         let n = request.input_length as usize;
@@ -739,8 +713,14 @@ async fn trace_prompts(
         };
         let mut words: Vec<usize> = Vec::with_capacity(n);
         for id in ids {
+            let block = blocks.entry(id).or_insert_with(|| {
+                let mut rng = StdRng::seed_from_u64(seed ^ TRACE_SEED ^ id.rotate_left(29));
+                (0..block_len)
+                    .map(|_| rng.random_range(0..vocabulary.len()))
+                    .collect()
+            });
             let take = (n - words.len()).min(block_len);
-            words.extend_from_slice(&block(id)[..take]);
+            words.extend_from_slice(&block[..take]);
         }
         let token_ids = words.iter().map(|&w| vocabulary[w].0).collect();
         let text = words

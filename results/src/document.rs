@@ -24,6 +24,7 @@
 //! | 1.1 | `schema_minor` written |
 //! | 1.2 | environment: `image_id`, `image_digest`, `container_runtime` |
 //! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates; metrics `reasoning_tokens`, `answer_tokens`; request records `reasoning_tokens` |
+//! | 1.4 | metrics `turns` (latency by turn position); request records `conversation`, `turn` |
 
 use std::collections::BTreeMap;
 
@@ -37,7 +38,7 @@ use crate::workload::WorkloadFacts;
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 3;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 4;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

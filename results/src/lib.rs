@@ -9,7 +9,8 @@
 //! | [`slo`] | service level objectives and whether a request meets them |
 //! | [`record`] | the per-request record and error kinds |
 //! | [`telemetry`] | telemetry summaries of a step: GPUs, host, server metrics |
-//! | [`workload`] | the dataset and prefix-cache facts of a step |
+//! | [`turns`] | latency by turn position in multi-turn steps |
+//! | [`workload`] | the dataset and prefix-cache facts of a step, sampled workload values |
 //! | [`codec`] | the zstd JSON Lines blobs of records and raw telemetry |
 //!
 //! Architecture invariant: this crate depends on no other evalctl crate and does no I/O
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod record;
 pub mod slo;
 pub mod telemetry;
+pub mod turns;
 pub mod workload;
 
 pub use document::{
@@ -35,6 +37,7 @@ pub use telemetry::{
     EnergyMethod, GpuDevice, GpuSummary, HostSummary, SeriesKind, SeriesSummary,
     ServerMetricsSummary, TelemetrySummary,
 };
+pub use turns::{TurnFigures, TurnMetrics};
 pub use workload::{
-    LengthReport, PrefixCacheFacts, PrefixCachePolicy, PrefixDistribution, WorkloadFacts,
+    LengthReport, PrefixCacheFacts, PrefixCachePolicy, PrefixDistribution, Sampled, WorkloadFacts,
 };

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::{ErrorKind, RequestRecord, TokenSource};
 use crate::slo::Slo;
+use crate::turns::{self, TurnMetrics};
 
 /// The `q`-th percentile (0–100) of `sorted` (ascending, non-empty) with linear interpolation
 /// between closest ranks: numpy's `percentile(values, q)` default.
@@ -139,6 +140,9 @@ pub struct StepMetrics {
     pub client_lag_ms: Option<LagSummary>,
     /// The client could not send on schedule (p99 lag above the tolerance).
     pub client_fell_behind: bool,
+    /// Multi-turn steps: latency by turn position (schema 1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turns: Option<TurnMetrics>,
 }
 
 /// Computes step metrics from every record of a step (warmup records included; they are
@@ -234,6 +238,7 @@ pub fn compute(records: &[RequestRecord], slo: &Slo, lag: LagPolicy) -> StepMetr
         warmup_excluded: (records.len() - measured.len()) as u64,
         client_lag_ms,
         client_fell_behind,
+        turns: turns::compute(&measured),
     }
 }
 

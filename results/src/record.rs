@@ -121,6 +121,14 @@ pub struct RequestRecord {
     pub server_request_id: Option<String>,
     /// Set when the request failed.
     pub error: Option<RequestError>,
+    /// In a multi-turn step: the conversation it belongs to (numbered in the order the step
+    /// started them, from 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<u64>,
+    /// In a multi-turn step: its position in the conversation, from 1 (the request carries
+    /// every earlier turn and answer as history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
 }
 
 fn ms(ns: u64) -> f64 {

@@ -117,3 +117,120 @@ pub struct PrefixCacheFacts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_hit_rate_from: Option<String>,
 }
+
+/// A workload value drawn anew at each use: a turn count, a length in tokens, a think time
+/// in seconds. The matrix says it, the coordinator sends it, the load generator draws it
+/// from the step's seed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "distribution")]
+pub enum Sampled {
+    /// Always `value`.
+    Fixed {
+        /// The value.
+        value: f64,
+    },
+    /// Uniform over `[min, max]`.
+    Uniform {
+        /// Smallest value.
+        min: f64,
+        /// Largest value.
+        max: f64,
+    },
+    /// Normal, cut to the value's own bounds (at least 1 token, at least 0 seconds).
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation, ≥ 0.
+        stddev: f64,
+    },
+    /// Exponential with this mean: think times of users who act independently.
+    Exponential {
+        /// Mean, > 0.
+        mean: f64,
+    },
+}
+
+impl Sampled {
+    /// A fixed value.
+    pub fn fixed(value: f64) -> Sampled {
+        Sampled::Fixed { value }
+    }
+
+    /// The mean of the distribution (before any cut to bounds).
+    pub fn mean(&self) -> f64 {
+        match *self {
+            Sampled::Fixed { value } => value,
+            Sampled::Uniform { min, max } => (min + max) / 2.0,
+            Sampled::Normal { mean, .. } | Sampled::Exponential { mean } => mean,
+        }
+    }
+
+    /// The smallest value it can draw, before any cut to bounds (`-inf` for a normal).
+    pub fn min(&self) -> f64 {
+        match *self {
+            Sampled::Fixed { value } => value,
+            Sampled::Uniform { min, .. } => min,
+            Sampled::Normal { .. } => f64::NEG_INFINITY,
+            Sampled::Exponential { .. } => 0.0,
+        }
+    }
+
+    /// Checks the parameters: finite, `min ≤ max`, `stddev ≥ 0`, an exponential's mean > 0,
+    /// and nothing below `floor` that the distribution is sure to draw.
+    pub fn validate(&self, floor: f64) -> Result<(), String> {
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() {
+                Ok(())
+            } else {
+                Err(format!("{name} must be a finite number, got {v}"))
+            }
+        };
+        match *self {
+            Sampled::Fixed { value } => {
+                finite("the value", value)?;
+                if value < floor {
+                    return Err(format!("the value must be at least {floor}, got {value}"));
+                }
+            }
+            Sampled::Uniform { min, max } => {
+                finite("min", min)?;
+                finite("max", max)?;
+                if min < floor {
+                    return Err(format!("min must be at least {floor}, got {min}"));
+                }
+                if max < min {
+                    return Err(format!("max ({max}) must not be below min ({min})"));
+                }
+            }
+            Sampled::Normal { mean, stddev } => {
+                finite("mean", mean)?;
+                finite("stddev", stddev)?;
+                if stddev < 0.0 {
+                    return Err(format!("stddev must be ≥ 0, got {stddev}"));
+                }
+                if mean < floor {
+                    return Err(format!("mean must be at least {floor}, got {mean}"));
+                }
+            }
+            Sampled::Exponential { mean } => {
+                finite("mean", mean)?;
+                if mean <= 0.0 {
+                    return Err(format!("an exponential's mean must be > 0, got {mean}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Sampled {
+    /// `4`, `2..6`, `normal(200, 50)`, `exponential(2)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Sampled::Fixed { value } => write!(f, "{value}"),
+            Sampled::Uniform { min, max } => write!(f, "{min}..{max}"),
+            Sampled::Normal { mean, stddev } => write!(f, "normal({mean}, {stddev})"),
+            Sampled::Exponential { mean } => write!(f, "exponential({mean})"),
+        }
+    }
+}

@@ -17,7 +17,9 @@ use evalctl_results::{
     ServerMetricsSummary, StepDocument, StepMetrics, Summary, TelemetrySummary, TokenSource,
     Tokenization, check_step_document,
 };
-use evalctl_results::{LengthReport, PrefixCacheFacts, PrefixCachePolicy, WorkloadFacts};
+use evalctl_results::{
+    LengthReport, PrefixCacheFacts, PrefixCachePolicy, TurnFigures, TurnMetrics, WorkloadFacts,
+};
 use serde_json::{Value, json};
 
 fn summary(base: f64) -> Summary {
@@ -28,6 +30,16 @@ fn summary(base: f64) -> Summary {
         p95: base + 2.0,
         p99: base + 3.0,
         max: base + 4.0,
+    }
+}
+
+fn turn_figures(turn: u32, ttft: f64) -> TurnFigures {
+    TurnFigures {
+        turn,
+        requests: 8,
+        mean_input_tokens: 300.0,
+        ttft_ms: Some(summary(ttft)),
+        itl_ms: Some(summary(9.0)),
     }
 }
 
@@ -67,6 +79,13 @@ fn full_document() -> StepDocument {
                 max: 1.0,
             }),
             client_fell_behind: false,
+            turns: Some(TurnMetrics {
+                conversations: 8,
+                mean_turns: 3.5,
+                first: turn_figures(1, 40.0),
+                later: Some(turn_figures(2, 12.0)),
+                by_position: vec![turn_figures(1, 40.0), turn_figures(2, 12.0)],
+            }),
         }),
         harness_metrics: BTreeMap::from([("accuracy".to_owned(), json!(0.75))]),
         tokenization: Some(Tokenization::ServerTokenize),
@@ -227,6 +246,8 @@ fn full_record() -> RequestRecord {
             kind: ErrorKind::Truncated,
             message: "no [DONE]".into(),
         }),
+        conversation: Some(2),
+        turn: Some(3),
     }
 }
 

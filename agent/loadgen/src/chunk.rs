@@ -105,6 +105,39 @@ pub fn classify_full(data: &[u8]) -> Result<Payload<'_>, serde_json::Error> {
     }))
 }
 
+/// Appends the answer text a chunk carries (chat `delta.content`, completions `text`; not
+/// reasoning) to `out`. Only multi-turn steps call it, to keep a conversation's history, so
+/// it parses fully and leaves [`classify`]'s hot path alone.
+pub fn append_answer_text(data: &[u8], out: &mut String) {
+    #[derive(Deserialize)]
+    struct TextChunk<'a> {
+        #[serde(borrow, default)]
+        choices: Vec<TextChoice<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct TextChoice<'a> {
+        #[serde(borrow, default)]
+        delta: Option<TextDelta<'a>>,
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct TextDelta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+    }
+    let Ok(chunk) = serde_json::from_slice::<TextChunk<'_>>(data) else {
+        return;
+    };
+    // Only the first choice: the load generator asks for one (n = 1).
+    if let Some(choice) = chunk.choices.into_iter().next() {
+        let text = choice.delta.and_then(|d| d.content).or(choice.text);
+        if let Some(text) = text {
+            out.push_str(&text);
+        }
+    }
+}
+
 fn error_message(err: &serde_json::Value) -> String {
     match err {
         serde_json::Value::String(s) => s.clone(),
@@ -323,6 +356,27 @@ mod tests {
 
     fn token(json: &str) -> bool {
         chunk(json).token
+    }
+
+    #[test]
+    fn answer_text_of_chat_and_completion_chunks() {
+        let mut out = String::new();
+        append_answer_text(
+            br#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#,
+            &mut out,
+        );
+        append_answer_text(
+            br#"{"choices":[{"delta":{"content":"Hi \"you\""}}]}"#,
+            &mut out,
+        );
+        append_answer_text(br#"{"choices":[{"delta":{"reasoning":"hmm"}}]}"#, &mut out);
+        append_answer_text(br#"{"choices":[{"index":0,"text":" there"}]}"#, &mut out);
+        append_answer_text(
+            br#"{"choices":[],"usage":{"completion_tokens":3}}"#,
+            &mut out,
+        );
+        append_answer_text(b"not json", &mut out);
+        assert_eq!(out, "Hi \"you\" there");
     }
 
     #[test]

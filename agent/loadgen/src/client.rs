@@ -161,25 +161,47 @@ impl Client {
         expected_tokens: usize,
         record: &mut RequestRecord,
     ) {
+        self.stream_answer(path, body, epoch_ns, expected_tokens, record, None)
+            .await;
+    }
+
+    /// [`Client::stream`], also appending the answer's text (content deltas or completion
+    /// text, not reasoning) to `answer`, for a conversation's history.
+    pub async fn stream_answer(
+        &self,
+        path: &str,
+        body: Bytes,
+        epoch_ns: u64,
+        expected_tokens: usize,
+        record: &mut RequestRecord,
+        answer: Option<&mut String>,
+    ) {
         let started = now_ns();
         let deadline = started.saturating_add(nanos(self.config.request_timeout));
         record.token_ns.reserve(expected_tokens + 1);
+        let mut out = Output {
+            record,
+            answer,
+        };
         let outcome = self
-            .attempt(path, &body, started, deadline, epoch_ns, record)
+            .attempt(path, &body, started, deadline, epoch_ns, &mut out)
             .await;
         let outcome = match outcome {
             Err(Failure::Retryable(_)) => {
                 // The reused connection was closed under us: once more on a fresh one.
-                record.reused_connection = false;
-                self.attempt_fresh(path, &body, started, deadline, epoch_ns, record)
+                out.record.reused_connection = false;
+                if let Some(answer) = out.answer.as_deref_mut() {
+                    answer.clear();
+                }
+                self.attempt_fresh(path, &body, started, deadline, epoch_ns, &mut out)
                     .await
             }
             other => other,
         };
         if let Err(failure) = outcome {
             let error = failure.into_error();
-            record.error = Some(error);
-            record
+            out.record.error = Some(error);
+            out.record
                 .end_ns
                 .get_or_insert(now_ns().saturating_sub(epoch_ns));
         }
@@ -192,16 +214,16 @@ impl Client {
         started: u64,
         deadline: u64,
         epoch_ns: u64,
-        record: &mut RequestRecord,
+        out: &mut Output<'_>,
     ) -> Result<(), Failure> {
         match self.checkout() {
             Some(conn) => {
-                record.reused_connection = true;
-                self.exchange(conn, true, path, body, started, deadline, epoch_ns, record)
+                out.record.reused_connection = true;
+                self.exchange(conn, true, path, body, started, deadline, epoch_ns, out)
                     .await
             }
             None => {
-                self.attempt_fresh(path, body, started, deadline, epoch_ns, record)
+                self.attempt_fresh(path, body, started, deadline, epoch_ns, out)
                     .await
             }
         }
@@ -214,10 +236,10 @@ impl Client {
         started: u64,
         deadline: u64,
         epoch_ns: u64,
-        record: &mut RequestRecord,
+        out: &mut Output<'_>,
     ) -> Result<(), Failure> {
         let conn = self.connect(deadline).await?;
-        self.exchange(conn, false, path, body, started, deadline, epoch_ns, record)
+        self.exchange(conn, false, path, body, started, deadline, epoch_ns, out)
             .await
     }
 
@@ -308,7 +330,7 @@ impl Client {
         started: u64,
         deadline: u64,
         epoch_ns: u64,
-        record: &mut RequestRecord,
+        out: &mut Output<'_>,
     ) -> Result<(), Failure> {
         let mut timer = Timer::new(deadline, self.config.stall_timeout, started);
         let reads_before = conn.clock.reads.load(Ordering::Relaxed);
@@ -348,29 +370,29 @@ impl Client {
         drop(response);
         let wrote = conn.clock.last_write_ns.load(Ordering::Relaxed);
         if wrote >= send_from {
-            record.sent_ns = Some(wrote.saturating_sub(epoch_ns));
+            out.record.sent_ns = Some(wrote.saturating_sub(epoch_ns));
         }
         let response = match head {
             Driven::Done(Ok(response)) => response,
             Driven::Done(Err(None)) if retryable(&conn) => {
-                record.sent_ns = None;
+                out.record.sent_ns = None;
                 return Err(Failure::Retryable(closed()));
             }
             Driven::Done(Err(None)) => return Err(Failure::Final(closed())),
             Driven::Done(Err(Some(err))) if retryable(&conn) => {
-                record.sent_ns = None;
+                out.record.sent_ns = None;
                 return Err(Failure::Retryable(hyper_error(&err)));
             }
             Driven::Done(Err(Some(err))) => return Err(Failure::Final(hyper_error(&err))),
             Driven::Expired(kind) => return Err(Failure::Final(expired(kind))),
         };
-        if record.sent_ns.is_none() {
+        if out.record.sent_ns.is_none() {
             // The response head cannot precede the request; stamp it now rather than not at all.
-            record.sent_ns = Some(now_ns().saturating_sub(epoch_ns));
+            out.record.sent_ns = Some(now_ns().saturating_sub(epoch_ns));
         }
         let status = response.status();
-        record.http_status = Some(status.as_u16());
-        record.server_request_id = response
+        out.record.http_status = Some(status.as_u16());
+        out.record.server_request_id = response
             .headers()
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
@@ -399,7 +421,12 @@ impl Client {
             }));
         }
 
-        let mut stream = StreamState::new(record, epoch_ns, self.config.max_event_bytes);
+        let mut stream = StreamState::new(
+            out.record,
+            out.answer.as_deref_mut(),
+            epoch_ns,
+            self.config.max_event_bytes,
+        );
         let end = drive(&mut conn, &mut timer, |c, cx| {
             loop {
                 match ready!(Pin::new(&mut body).poll_frame(cx)) {
@@ -523,9 +550,17 @@ async fn read_error_body(conn: &mut PooledConn, timer: &mut Timer, body: &mut In
     String::from_utf8_lossy(&text).into_owned()
 }
 
+/// What an exchange fills in: the record, and the answer's text when the caller keeps it.
+struct Output<'r> {
+    record: &'r mut RequestRecord,
+    answer: Option<&'r mut String>,
+}
+
 /// What the stream of one request has shown so far.
 struct StreamState<'r> {
     record: &'r mut RequestRecord,
+    /// Where answer text goes, when the caller keeps it.
+    answer: Option<&'r mut String>,
     parser: SseParser,
     epoch_ns: u64,
     counted: u64,
@@ -583,9 +618,15 @@ impl Think {
 }
 
 impl<'r> StreamState<'r> {
-    fn new(record: &'r mut RequestRecord, epoch_ns: u64, max_event_bytes: usize) -> Self {
+    fn new(
+        record: &'r mut RequestRecord,
+        answer: Option<&'r mut String>,
+        epoch_ns: u64,
+        max_event_bytes: usize,
+    ) -> Self {
         StreamState {
             record,
+            answer,
             parser: SseParser::new(max_event_bytes),
             epoch_ns,
             counted: 0,
@@ -666,6 +707,9 @@ impl<'r> StreamState<'r> {
             if answer {
                 if self.record.first_answer_ns.is_none() {
                     self.record.first_answer_ns = Some(at);
+                }
+                if let Some(text) = self.answer.as_deref_mut() {
+                    chunk::append_answer_text(event.data, text);
                 }
             } else {
                 self.reasoning += 1;

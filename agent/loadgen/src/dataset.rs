@@ -1,5 +1,5 @@
 //! Prompts for a step: random prompts of exact token lengths, shared-prefix prompts, ShareGPT
-//! JSON, or JSON Lines.
+//! JSON, JSON Lines, trace blocks, or multi-turn conversations ([`crate::conversation`]).
 //!
 //! Token counts come from the best tokenizer at hand, in this order, and the prepared dataset
 //! says which one it used ([`Tokenization`]):
@@ -33,7 +33,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use evalctl_results::PrefixDistribution;
-use evalctl_results::{LengthReport, Tokenization};
+use evalctl_results::{LengthReport, Sampled, Tokenization};
+
+use crate::conversation::{self, Conversation, ConversationSource, Conversations};
 
 use crate::trace::{self, TraceError, TraceOptions, TraceRequest};
 use evalctl_tokenizer as whitespace;
@@ -119,6 +121,14 @@ pub enum DatasetSource {
         path: PathBuf,
         /// Block size and window.
         options: TraceOptions,
+    },
+    /// Multi-turn conversations ([`crate::conversation`]): each turn is sent with the
+    /// conversation so far, the server's answers included.
+    Conversations {
+        /// A file or synthetic.
+        source: ConversationSource,
+        /// Seconds between an answer and the next turn.
+        think_time_s: Sampled,
     },
     /// JSON Lines, one prompt per line: `{"prompt": "..."}`, `{"messages": [...]}` or a JSON
     /// string, each optionally with `"max_tokens"`.
@@ -245,6 +255,9 @@ pub struct Dataset {
     /// For a trace: when each prompt's request arrives, in milliseconds from the first
     /// (unscaled; the step's time scale divides them).
     pub arrivals_ms: Option<Arc<[f64]>>,
+    /// For a multi-turn dataset: the conversations (`prompts` then holds each one's first
+    /// turn).
+    pub conversations: Option<Conversations>,
 }
 
 impl Dataset {
@@ -256,6 +269,7 @@ impl Dataset {
             prefixes: None,
             lengths: None,
             arrivals_ms: None,
+            conversations: None,
         }
     }
 }
@@ -326,7 +340,7 @@ const WORDS: &[&str] = &[
 ];
 
 /// Counts tokens of prompt text.
-enum Counter {
+pub(crate) enum Counter {
     Server(Box<ServerTokenizer>),
     Json(Box<tokenizers::Tokenizer>),
     Whitespace,
@@ -341,7 +355,7 @@ impl Counter {
         }
     }
 
-    async fn count(&self, text: &str) -> Result<u64, DatasetError> {
+    pub(crate) async fn count(&self, text: &str) -> Result<u64, DatasetError> {
         match self {
             Counter::Server(server) => server.count(text).await,
             Counter::Json(tokenizer) => tokenizer
@@ -375,7 +389,7 @@ impl Counter {
 }
 
 /// A server's `/tokenize` endpoint.
-struct ServerTokenizer {
+pub(crate) struct ServerTokenizer {
     url: String,
     model: Option<String>,
     http: HttpClient<HttpConnector, Full<Bytes>>,
@@ -488,6 +502,7 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
     let mut prefixes = None;
     let mut lengths = None;
     let mut arrivals_ms = None;
+    let mut conversations = None;
     let prompts = match &plan.source {
         DatasetSource::Random {
             input_tokens,
@@ -531,6 +546,20 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
             arrivals_ms = Some(requests.iter().map(|r| r.offset_ms).collect());
             trace_prompts(&counter, plan.seed, options.block_tokens, &requests).await?
         }
+        DatasetSource::Conversations {
+            source,
+            think_time_s,
+        } => {
+            let (list, report) =
+                conversation::prepare(&counter, source, plan.count, plan.seed).await?;
+            lengths = report;
+            let firsts = list.iter().map(first_turn).collect();
+            conversations = Some(Conversations {
+                list: list.into(),
+                think_time_s: *think_time_s,
+            });
+            firsts
+        }
     };
     if let Some(report) = lengths.filter(|r| r.missed > 0) {
         // One line per dataset, not one per prompt.
@@ -549,11 +578,33 @@ pub async fn prepare(plan: &DatasetPlan) -> Result<Dataset, DatasetError> {
         prefixes,
         lengths,
         arrivals_ms,
+        conversations,
     })
 }
 
+/// A conversation's first turn as a prompt of its own.
+fn first_turn(conversation: &Conversation) -> Prompt {
+    let turn = &conversation.turns[0];
+    let mut messages = Vec::with_capacity(2);
+    if let Some(system) = &conversation.system {
+        messages.push(ChatMessage {
+            role: "system".into(),
+            content: system.clone(),
+        });
+    }
+    messages.push(ChatMessage {
+        role: "user".into(),
+        content: turn.user.clone(),
+    });
+    Prompt {
+        input: PromptInput::Messages(messages),
+        input_tokens: conversation.system_tokens + turn.user_tokens,
+        max_tokens: turn.max_tokens,
+    }
+}
+
 /// Requests in flight to `/tokenize` while preparing.
-const TOKENIZE_CONCURRENCY: usize = 8;
+pub(crate) const TOKENIZE_CONCURRENCY: usize = 8;
 /// Adjustment rounds before a random prompt settles for the closest length found.
 const MAX_ROUNDS: usize = 8;
 
@@ -741,7 +792,7 @@ async fn trace_prompts(
 }
 
 /// Random words whose text counts exactly `target` tokens, or the closest found.
-async fn exact_text(
+pub(crate) async fn exact_text(
     counter: &Counter,
     rng: &mut impl Rng,
     target: u64,
@@ -921,7 +972,7 @@ async fn jsonl(
     Ok(prompts)
 }
 
-async fn read(path: &Path) -> Result<Vec<u8>, DatasetError> {
+pub(crate) async fn read(path: &Path) -> Result<Vec<u8>, DatasetError> {
     tokio::fs::read(path)
         .await
         .map_err(|source| DatasetError::Read {

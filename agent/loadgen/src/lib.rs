@@ -9,7 +9,9 @@
 //! | `timed_io` | the TCP stream wrapper that stamps every read and write (kernel receive stamps on Linux) |
 //! | `clock` | the monotonic nanosecond clock every record is measured on |
 //! | [`load`] | concurrency, rate and trace-replay load patterns |
+//! | `multi_turn` | conversations held turn by turn under a concurrency or a rate |
 //! | [`dataset`] | prompts: random exact-length, shared-prefix, ShareGPT, JSON Lines, trace blocks |
+//! | [`conversation`] | multi-turn conversations: from files (checked line by line) or synthetic |
 //! | [`trace`] | timestamped traces to replay (Mooncake, plain CSV/JSON Lines), checked line by line |
 //! | [`request`] | request bodies |
 //!
@@ -24,15 +26,17 @@
 pub mod chunk;
 pub mod client;
 mod clock;
+pub mod conversation;
 pub mod dataset;
 pub mod load;
+mod multi_turn;
 pub mod request;
 pub mod sse;
 mod timed_io;
 pub mod trace;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,7 +45,8 @@ pub use client::{Client, ClientConfig, ClientError};
 pub use dataset::{Dataset, DatasetPlan, DatasetSource, Prompt, PromptInput};
 /// The result contract's types this crate's API speaks in.
 pub use evalctl_results::{
-    ErrorKind, RequestError, RequestRecord, Slo, StepMetrics, Summary, TokenSource, Tokenization,
+    ErrorKind, RequestError, RequestRecord, Sampled, Slo, StepMetrics, Summary, TokenSource,
+    Tokenization,
 };
 pub use load::{Arrival, Load};
 pub use request::{Api, RequestOptions};
@@ -138,6 +143,12 @@ impl StepPlan {
                 }
             }
             Stop::Requests(_) => {}
+        }
+        if self.dataset.conversations.is_some() && matches!(self.load, Load::Trace { .. }) {
+            return invalid(
+                "conversations run under a concurrency or a rate of new conversations, not a trace's clock"
+                    .into(),
+            );
         }
         if let Load::Trace { .. } = self.load {
             match &self.dataset.arrivals_ms {
@@ -246,6 +257,15 @@ pub async fn run_step(
         arrivals_ms: plan.dataset.arrivals_ms.clone(),
         epoch_ns: client::now_ns(),
         counters: Counters::default(),
+        conversations: plan.dataset.conversations.clone().map(|conversations| {
+            multi_turn::ConversationRun {
+                conversations,
+                api: plan.api,
+                model: plan.model.clone(),
+                options: plan.request.clone(),
+                started: AtomicU64::new(0),
+            }
+        }),
     });
 
     let mut records = Vec::new();

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::client::{Client, now_ns};
 use super::dataset::Prompt;
+use super::multi_turn::{self, ConversationRun};
 use evalctl_results::RequestRecord;
 
 /// How requests arrive in rate mode.
@@ -183,6 +184,8 @@ pub(crate) struct Shared {
     /// The step's epoch on the process clock.
     pub epoch_ns: u64,
     pub counters: Counters,
+    /// For a multi-turn step: its conversations, sent turn by turn.
+    pub conversations: Option<ConversationRun>,
 }
 
 impl Shared {
@@ -198,14 +201,33 @@ impl Shared {
             input_tokens: prompt.input_tokens,
             ..RequestRecord::default()
         };
+        self.send(
+            self.bodies[prompt_index].clone(),
+            prompt.max_tokens,
+            &mut record,
+            None,
+        )
+        .await;
+        record
+    }
+
+    /// Sends `body` and fills `record` (and `answer`, when given), counting it for progress.
+    pub(crate) async fn send(
+        &self,
+        body: Bytes,
+        max_tokens: u32,
+        record: &mut RequestRecord,
+        answer: Option<&mut String>,
+    ) {
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
         self.client
-            .stream(
+            .stream_answer(
                 self.path,
-                self.bodies[prompt_index].clone(),
+                body,
                 self.epoch_ns,
-                prompt.max_tokens as usize,
-                &mut record,
+                max_tokens as usize,
+                record,
+                answer,
             )
             .await;
         let counter = if record.succeeded() {
@@ -214,7 +236,6 @@ impl Shared {
             &self.counters.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        record
     }
 }
 
@@ -228,6 +249,11 @@ pub(crate) async fn run_phase(
     warmup: bool,
     seed: u64,
 ) -> Vec<RequestRecord> {
+    if shared.conversations.is_some() {
+        let mut records = multi_turn::run_phase(shared, load, stop, first, warmup, seed).await;
+        records.sort_unstable_by_key(|r| r.index);
+        return records;
+    }
     let mut records = match load {
         Load::Concurrency(c) => concurrency(shared, c, stop, first, warmup).await,
         Load::Rate {
@@ -317,23 +343,67 @@ async fn scheduled(
     first: u64,
     warmup: bool,
 ) -> Vec<RequestRecord> {
-    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
-    let dispatch = Dispatch {
-        runtime: tokio::runtime::Handle::current(),
-        shared: Arc::clone(shared),
-        limit: max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize))),
-        stop,
-        first,
-        warmup,
-        cancelled,
+    let limit = max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize)));
+    let shared = Arc::clone(shared);
+    let past_end = move |i: u64, scheduled: u64| match stop {
+        PhaseStop::Requests(n) => i >= n,
+        PhaseStop::Until(end) => scheduled >= end,
     };
-    let handles = join(tokio::task::spawn_blocking(move || dispatch.run(offsets_s))).await;
+    let launch = move |i: u64, scheduled: u64| {
+        let (shared, limit) = (Arc::clone(&shared), limit.clone());
+        async move {
+            let _permit = match limit {
+                Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
+                None => None,
+            };
+            shared.run_one(first + i, warmup, scheduled).await
+        }
+    };
+    dispatch(offsets_s, past_end, launch).await
+}
+
+/// Starts `launch(i, instant)` at each instant `offsets_s[i]` seconds from now, from a
+/// dispatcher thread, until `past_end(i, instant)`; returns what the launched tasks return.
+/// Dropping the future stops the dispatcher at its next wait; tasks already started finish
+/// on their own.
+pub(crate) async fn dispatch<T, F>(
+    offsets_s: Box<dyn Iterator<Item = f64> + Send>,
+    past_end: impl Fn(u64, u64) -> bool + Send + 'static,
+    launch: impl Fn(u64, u64) -> F + Send + 'static,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+    let runtime = tokio::runtime::Handle::current();
+    let dispatcher = move || {
+        let start = now_ns();
+        let mut handles = Vec::new();
+        for (i, offset_s) in (0u64..).zip(offsets_s) {
+            let scheduled = start + (offset_s * 1e9) as u64;
+            if past_end(i, scheduled) {
+                break;
+            }
+            // Handed to the runtime a little early; the task itself waits out the rest.
+            if !wait_until(&cancelled, scheduled.saturating_sub(HAND_OVER_LEAD_NS)) {
+                break;
+            }
+            let task = launch(i, scheduled);
+            handles.push(runtime.spawn(async move {
+                until(scheduled).await;
+                task.await
+            }));
+        }
+        handles
+    };
+    let handles = join(tokio::task::spawn_blocking(dispatcher)).await;
     drop(cancel);
-    let mut records = Vec::with_capacity(handles.len());
+    let mut done = Vec::with_capacity(handles.len());
     for handle in handles {
-        records.push(join(handle).await);
+        done.push(join(handle).await);
     }
-    records
+    done
 }
 
 /// How long before its instant a request is handed to the runtime: the dispatcher thread's
@@ -345,7 +415,7 @@ const HAND_OVER_LEAD_NS: u64 = 3_000_000;
 const SPIN_NS: u64 = 1_500_000;
 
 /// Waits until `at_ns` on the process clock, to the microsecond.
-async fn until(at_ns: u64) {
+pub(crate) async fn until(at_ns: u64) {
     let now = now_ns();
     if at_ns > now + SPIN_NS {
         tokio::time::sleep(Duration::from_nanos(at_ns - now - SPIN_NS)).await;
@@ -355,73 +425,23 @@ async fn until(at_ns: u64) {
     }
 }
 
-/// The dispatcher of [`scheduled`], on a thread of the blocking pool.
-struct Dispatch {
-    runtime: tokio::runtime::Handle,
-    shared: Arc<Shared>,
-    limit: Option<Arc<Semaphore>>,
-    stop: PhaseStop,
-    first: u64,
-    warmup: bool,
-    /// Disconnected when the phase's future is dropped.
-    cancelled: std::sync::mpsc::Receiver<()>,
-}
-
-impl Dispatch {
-    fn run(
-        self,
-        offsets_s: Box<dyn Iterator<Item = f64> + Send>,
-    ) -> Vec<tokio::task::JoinHandle<RequestRecord>> {
-        let start = now_ns();
-        let mut handles = Vec::new();
-        for (i, offset_s) in (0u64..).zip(offsets_s) {
-            let scheduled = start + (offset_s * 1e9) as u64;
-            match self.stop {
-                PhaseStop::Requests(n) if i >= n => break,
-                PhaseStop::Until(end) if scheduled >= end => break,
-                _ => {}
-            }
-            // Handed to the runtime a little early; the task itself waits out the rest.
-            if !self.wait_until(scheduled.saturating_sub(HAND_OVER_LEAD_NS)) {
-                break;
-            }
-            let limit = self.limit.clone();
-            let shared = Arc::clone(&self.shared);
-            let (index, warmup) = (self.first + i, self.warmup);
-            handles.push(self.runtime.spawn(async move {
-                until(scheduled).await;
-                let permit = match limit {
-                    Some(sem) => Some(sem.acquire_owned().await.expect("never closed")),
-                    None => None,
-                };
-                let record = shared.run_one(index, warmup, scheduled).await;
-                drop(permit);
-                record
-            }));
+/// Sleeps until `at_ns` on the process clock; false when the phase was dropped first
+/// (`cancelled` disconnected).
+fn wait_until(cancelled: &std::sync::mpsc::Receiver<()>, at_ns: u64) -> bool {
+    loop {
+        let now = now_ns();
+        if now >= at_ns {
+            return true;
         }
-        handles
-    }
-
-    /// Sleeps until `at_ns` on the process clock; false when the phase was dropped first.
-    fn wait_until(&self, at_ns: u64) -> bool {
-        loop {
-            let now = now_ns();
-            if now >= at_ns {
-                return true;
-            }
-            match self
-                .cancelled
-                .recv_timeout(Duration::from_nanos(at_ns - now))
-            {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
-            }
+        match cancelled.recv_timeout(Duration::from_nanos(at_ns - now)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return false,
         }
     }
 }
 
 /// Awaits a request task; a panic in it is a bug and is re-raised.
-async fn join<T>(handle: tokio::task::JoinHandle<T>) -> T {
+pub(crate) async fn join<T>(handle: tokio::task::JoinHandle<T>) -> T {
     match handle.await {
         Ok(value) => value,
         Err(err) => std::panic::resume_unwind(err.into_panic()),

@@ -1,10 +1,12 @@
-//! Request bodies: one JSON body per dataset prompt, serialised before the step's clock starts.
+//! Request bodies: one JSON body per dataset prompt, serialised before the step's clock
+//! starts; a conversation's turns are serialised as they come, since each carries the
+//! answers before it.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::dataset::{Prompt, PromptInput};
+use super::dataset::{ChatMessage, Prompt, PromptInput};
 
 /// Which OpenAI-compatible endpoint a step drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,9 +66,7 @@ pub fn body(api: Api, model: &str, prompt: &Prompt, options: &RequestOptions) ->
                 json!([{ "role": "user", "content": text }]),
             );
         }
-        (PromptInput::Messages(messages), Api::Chat) => {
-            map.insert("messages".into(), json!(messages));
-        }
+        (PromptInput::Messages(messages), api) => insert_messages(&mut map, api, messages),
         (PromptInput::Tokens { ids, .. }, Api::Completions) => {
             map.insert("prompt".into(), json!(ids));
         }
@@ -76,13 +76,41 @@ pub fn body(api: Api, model: &str, prompt: &Prompt, options: &RequestOptions) ->
                 json!([{ "role": "user", "content": text }]),
             );
         }
-        (PromptInput::Messages(messages), Api::Completions) => {
+    }
+    finish(map, prompt.max_tokens, options)
+}
+
+/// The body of a streaming request for a conversation's next turn: `history` is every
+/// message so far, the new user turn last.
+pub fn conversation_body(
+    api: Api,
+    model: &str,
+    history: &[ChatMessage],
+    max_tokens: u32,
+    options: &RequestOptions,
+) -> Bytes {
+    let mut map = options.extra_body.clone();
+    map.insert("model".into(), Value::from(model));
+    insert_messages(&mut map, api, history);
+    finish(map, max_tokens, options)
+}
+
+fn insert_messages(map: &mut Map<String, Value>, api: Api, messages: &[ChatMessage]) {
+    match api {
+        Api::Chat => {
+            map.insert("messages".into(), json!(messages));
+        }
+        Api::Completions => {
             // A completions server has no chat template: send the turns as plain text.
             let text: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
             map.insert("prompt".into(), Value::from(text.join("\n")));
         }
     }
-    map.insert("max_tokens".into(), Value::from(prompt.max_tokens));
+}
+
+/// Adds the load generator's own fields (they win over `extra_body`) and serialises.
+fn finish(mut map: Map<String, Value>, max_tokens: u32, options: &RequestOptions) -> Bytes {
+    map.insert("max_tokens".into(), Value::from(max_tokens));
     map.insert("stream".into(), Value::Bool(true));
     if options.include_usage {
         map.insert("stream_options".into(), json!({ "include_usage": true }));
@@ -96,7 +124,6 @@ pub fn body(api: Api, model: &str, prompt: &Prompt, options: &RequestOptions) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataset::ChatMessage;
 
     fn prompt(input: PromptInput) -> Prompt {
         Prompt {

@@ -104,6 +104,11 @@ impl Engine {
             produced: 0,
             max_tokens,
             rng,
+            sequence: self.prefix_cache.as_ref().map(|_| {
+                let mut ids = Vec::with_capacity(prompt.len() + max_tokens as usize);
+                ids.extend_from_slice(prompt);
+                ids
+            }),
         })
     }
 }
@@ -119,6 +124,10 @@ pub(crate) struct Generation {
     produced: u32,
     max_tokens: u32,
     rng: StdRng,
+    /// With a prefix cache: the prompt and the tokens generated so far, cached whole when
+    /// the generation ends (as vLLM caches a finished request's full blocks, so the next
+    /// turn of a conversation, which carries this answer, hits it).
+    sequence: Option<Vec<u32>>,
 }
 
 /// Why a generation stopped before its last token.
@@ -147,12 +156,21 @@ impl Generation {
         } else if self.engine.cancel.is_cancelled() {
             return Err(Cancelled);
         }
-        tokenizer::push_token_text(&mut self.rng, self.produced == 0, out);
+        let word = tokenizer::push_token_text(&mut self.rng, self.produced == 0, out);
         self.produced += 1;
         let stats = &self.engine.stats;
         stats.generation_tokens.fetch_add(1, Ordering::Relaxed);
+        if let Some(sequence) = &mut self.sequence {
+            sequence.push(tokenizer::token_id(word));
+        }
         if self.remaining() == 0 {
             stats.requests_finished.fetch_add(1, Ordering::Relaxed);
+            if let (Some(sequence), Some(cache)) = (&self.sequence, &self.engine.prefix_cache) {
+                cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(sequence);
+            }
         }
         Ok(())
     }
@@ -219,6 +237,29 @@ mod tests {
 
     fn prompt(tokens: u32) -> Vec<u32> {
         (0..tokens).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_answer_is_cached_for_the_next_turn() {
+        let e = engine(8);
+        let first = prompt(30);
+        let mut answer = String::new();
+        let mut turn = e.start(&first, 20).await.unwrap();
+        for _ in 0..20 {
+            turn.next_token(&mut answer).await.unwrap();
+        }
+        drop(turn);
+        // The next turn: the first prompt, the answer, and 14 new tokens.
+        let mut next = first.clone();
+        next.extend(tokenizer::tokenize(&answer));
+        next.extend(1000..1014);
+        assert_eq!(next.len(), 64);
+        let start = Instant::now();
+        let mut second = e.start(&next, 1).await.unwrap();
+        second.next_token(&mut String::new()).await.unwrap();
+        // 48 tokens (3 blocks of prompt and answer) hit; 16 are prefilled.
+        assert_eq!(e.stats.prefix_cache_hits.load(Ordering::Relaxed), 48);
+        assert_eq!(start.elapsed(), Duration::from_millis(16));
     }
 
     #[tokio::test(start_paused = true)]

@@ -65,6 +65,12 @@ impl PrefixCache {
         (hits * BLOCK_TOKENS) as u64
     }
 
+    /// Caches `tokens`' full blocks without counting a lookup: a finished request's prompt
+    /// and output.
+    pub fn insert(&mut self, tokens: &[u32]) {
+        self.lookup_and_insert(tokens);
+    }
+
     /// Drops every cached block (vLLM's `POST /reset_prefix_cache`).
     pub fn reset(&mut self) {
         self.blocks.clear();

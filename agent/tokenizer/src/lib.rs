@@ -72,13 +72,14 @@ pub fn token_id(word: &str) -> u32 {
 }
 
 /// Appends the text of one generated token to `out`: a vocabulary word, preceded by a space
-/// unless it is the first token of the output.
-pub fn push_token_text(rng: &mut impl Rng, first: bool, out: &mut String) {
+/// unless it is the first token of the output. Returns the word.
+pub fn push_token_text(rng: &mut impl Rng, first: bool, out: &mut String) -> &'static str {
     let word = VOCABULARY[rng.random_range(0..VOCABULARY.len())];
     if !first {
         out.push(' ');
     }
     out.push_str(word);
+    word
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub use evalctl_results::{PrefixCachePolicy, PrefixDistribution};
+pub use evalctl_results::{PrefixCachePolicy, PrefixDistribution, Sampled};
 
 /// Stable id of a unit: a hash of its canonical [`UnitConfig`].
 ///
@@ -289,6 +289,25 @@ pub enum DatasetSpec {
         /// Keep requests before this timestamp, ms.
         end_ms: Option<u64>,
     },
+    /// Multi-turn conversations: from a ShareGPT or OpenAI-messages file (`path`), or
+    /// synthetic (`turns`, `input_tokens`, `output_tokens`).
+    Conversations {
+        /// The file; `None` for synthetic conversations.
+        path: Option<String>,
+        /// File: keep at most this many user turns per conversation.
+        max_turns: Option<u32>,
+        /// Synthetic: user turns per conversation.
+        turns: Option<Sampled>,
+        /// Synthetic: each user message's length in tokens.
+        input_tokens: Option<Sampled>,
+        /// Synthetic: the first user message's length, when it differs.
+        first_input_tokens: Option<Sampled>,
+        /// Each turn's output length; required for synthetic, for a file `None` = the
+        /// recorded replies' lengths.
+        output_tokens: Option<Sampled>,
+        /// Seconds between an answer and the next turn.
+        think_time_s: Sampled,
+    },
     /// JSON Lines of prompts or chat messages.
     Jsonl {
         /// Path to the file.
@@ -307,6 +326,7 @@ impl DatasetSpec {
             DatasetSpec::Sharegpt { .. } => "sharegpt",
             DatasetSpec::Jsonl { .. } => "jsonl",
             DatasetSpec::Trace { .. } => "trace",
+            DatasetSpec::Conversations { .. } => "conversations",
         }
     }
 
@@ -318,6 +338,7 @@ impl DatasetSpec {
             DatasetSpec::Random { .. }
                 | DatasetSpec::SharedPrefix { .. }
                 | DatasetSpec::Trace { .. }
+                | DatasetSpec::Conversations { path: None, .. }
         )
     }
 }

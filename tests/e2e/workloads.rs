@@ -208,3 +208,127 @@ include:
     );
     assert!(text.contains(&want), "no `{want}` in:\n{text}");
 }
+
+/// Two conversations of three user turns, ShareGPT-shaped; the recorded replies are not
+/// sent (the server's own answers are), `output_tokens` fixes the answers' length.
+const CHATS: &str = r#"[
+  {"id": "a", "conversations": [
+    {"from": "human", "value": "plan a trip to the lakes for three days in the summer"},
+    {"from": "gpt", "value": "day one: the northern shore"},
+    {"from": "human", "value": "and if it rains"},
+    {"from": "gpt", "value": "museums"},
+    {"from": "human", "value": "which museum first"},
+    {"from": "gpt", "value": "the old mill"}
+  ]},
+  {"id": "b", "conversations": [
+    {"from": "system", "value": "answer briefly"},
+    {"from": "human", "value": "what is a prefix cache"},
+    {"from": "gpt", "value": "kept attention state"},
+    {"from": "human", "value": "why does it help chat"},
+    {"from": "gpt", "value": "history repeats"},
+    {"from": "human", "value": "thanks"}
+  ]}
+]"#;
+
+/// Conversations through the whole pipeline: synthetic ones held at a concurrency and a
+/// ShareGPT file's at a rate of new conversations, against the simulator's prefix cache.
+/// Later turns carry the history and prefill only what is new, so their TTFT drops below
+/// the first turns'. A file with an empty user turn fails its step naming file, line and
+/// field.
+#[test]
+fn conversations_hold_their_history_and_later_turns_hit_the_prefix_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let chats = dir.path().join("chats.json");
+    std::fs::write(&chats, CHATS).unwrap();
+    let matrix = format!(
+        r#"
+campaign: multi-turn-e2e
+max_attempts: 1
+models: [{{ name: sim-1b, path: sim-1b, params_b: 1 }}]
+frameworks: [{{ name: sim }}]
+quantizations: [{{ name: bf16, bits: 16 }}]
+workloads:
+  - name: synthetic
+    dataset: {{ kind: conversations, turns: 3, input_tokens: 32, first_input_tokens: 400, output_tokens: 16, think_time: 10ms }}
+    load: {{ concurrency: [2] }}
+    requests: 12
+  - name: chats
+    dataset: {{ kind: conversations, path: {}, output_tokens: 8 }}
+    load: {{ rate: [5] }}
+    requests: 6
+include:
+  - {{ model: sim-1b, extra_args: --enable-prefix-caching --prefill-us-per-token 200 }}
+"#,
+        chats.display()
+    );
+    let output = run_local(&dir.path().join("ok"), "multi-turn.yaml", &matrix, &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(
+        !log.contains("WARN") && !log.contains("ERROR"),
+        "a normal run logged:\n{log}"
+    );
+    let report = json_stdout(&output);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{report}");
+    let step = |label: &str| {
+        results
+            .iter()
+            .map(|r| &r["result"])
+            .find(|r| r["step_label"] == label)
+            .unwrap_or_else(|| panic!("no step {label}: {report}"))
+    };
+
+    let synthetic = step("synthetic @ c=2 #0");
+    assert_eq!(synthetic["workload"]["dataset"], "conversations");
+    let m = &synthetic["metrics"];
+    assert_eq!(
+        (m["completed"].as_u64(), m["failed"].as_u64()),
+        (Some(12), Some(0))
+    );
+    let turns = &m["turns"];
+    let p50 = |figures: &serde_json::Value| figures["ttft_ms"]["p50"].as_f64().unwrap();
+    // First turns prefill 400 tokens (80 ms); later ones what is new since the last
+    // cached block (about 48 tokens: 10 ms).
+    assert!(p50(&turns["first"]) > 75.0, "{turns}");
+    assert!(p50(&turns["later"]) < 30.0, "{turns}");
+    assert_eq!(
+        turns["by_position"].as_array().map(Vec::len),
+        Some(3),
+        "{turns}"
+    );
+    // The history grows by each answer and follow-up: 400, then 448, then 496 tokens.
+    let inputs: Vec<f64> = turns["by_position"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["mean_input_tokens"].as_f64().unwrap())
+        .collect();
+    assert_eq!(inputs, [400.0, 448.0, 496.0], "{turns}");
+    let hit = synthetic["workload"]["prefix_cache"]["server_hit_rate"]
+        .as_f64()
+        .unwrap();
+    assert!(hit > 0.5, "{synthetic}");
+
+    let chats_step = step("chats @ rate=5 #0");
+    let turns = &chats_step["metrics"]["turns"];
+    assert_eq!(chats_step["metrics"]["completed"], 6, "{chats_step}");
+    assert_eq!(turns["conversations"], 2, "{turns}");
+    assert_eq!(turns["mean_turns"], 3.0, "{turns}");
+
+    // An empty user turn: refused before the step sends anything, by line and field.
+    let bad = CHATS.replace("\"and if it rains\"", "\"  \"");
+    std::fs::write(&chats, bad).unwrap();
+    let output = run_local(&dir.path().join("bad"), "multi-turn.yaml", &matrix, &[]);
+    assert!(!output.status.success(), "a bad file fails the campaign");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    let want = format!(
+        "failed to parse dataset `{}` at line 5: conversations[2].value: a user turn with no text",
+        chats.display()
+    );
+    assert!(text.contains(&want), "no `{want}` in:\n{text}");
+}

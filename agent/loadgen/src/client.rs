@@ -179,10 +179,7 @@ impl Client {
         let started = now_ns();
         let deadline = started.saturating_add(nanos(self.config.request_timeout));
         record.token_ns.reserve(expected_tokens + 1);
-        let mut out = Output {
-            record,
-            answer,
-        };
+        let mut out = Output { record, answer };
         let outcome = self
             .attempt(path, &body, started, deadline, epoch_ns, &mut out)
             .await;

@@ -2,7 +2,7 @@
 //! can be reproduced and checked; and loaded through the load generator's real readers.
 //!
 //! Regenerate after changing the generator with
-//! `EVALCTL_UPDATE_SAMPLES=1 cargo test -p evalctl-agent --test sample_datasets`.
+//! `EVALCTL_UPDATE_SAMPLES=1 cargo test -p evalctl-loadgen --test sample_datasets`.
 
 use std::path::{Path, PathBuf};
 
@@ -107,6 +107,34 @@ fn sharegpt() -> String {
                     { "from": "gpt", "value": reply },
                 ],
             })
+        })
+        .collect();
+    let mut text = serde_json::to_string_pretty(&conversations).expect("serializes");
+    text.push('\n');
+    text
+}
+
+/// Multi-turn ShareGPT JSON: conversations of 2–6 user turns (every third with a system
+/// prompt), a first question of 40–160 words, follow-ups of 6–40 words, answers of 8–120.
+fn conversations() -> String {
+    let mut rng = SplitMix(SEED ^ 0x7475_726e);
+    let conversations: Vec<_> = (0..CONVERSATIONS)
+        .map(|i| {
+            let mut messages = Vec::new();
+            if i % 3 == 0 {
+                messages.push(json!({ "from": "system", "value": "You are a concise assistant." }));
+            }
+            let turns = 2 + rng.below(5);
+            for t in 0..turns {
+                let ask = if t == 0 {
+                    rng.sentence(40, 121)
+                } else {
+                    rng.sentence(6, 35)
+                };
+                messages.push(json!({ "from": "human", "value": ask }));
+                messages.push(json!({ "from": "gpt", "value": rng.sentence(8, 113) }));
+            }
+            json!({ "id": format!("chat-{i:03}"), "conversations": messages })
         })
         .collect();
     let mut text = serde_json::to_string_pretty(&conversations).expect("serializes");
@@ -239,4 +267,40 @@ async fn jsonl_sample_is_reproducible_and_loads() {
             .iter()
             .all(|p| (16..=256).contains(&p.max_tokens))
     );
+}
+
+#[tokio::test]
+async fn conversations_sample_is_reproducible_and_loads() {
+    use evalctl_loadgen::Sampled;
+    use evalctl_loadgen::conversation::ConversationSource;
+    let path = check_or_update("sample-conversations.json", &conversations());
+    let loaded = dataset::prepare(&plan(
+        DatasetSource::Conversations {
+            source: ConversationSource::File {
+                path,
+                max_turns: Some(5),
+                output_tokens: None,
+            },
+            think_time_s: Sampled::fixed(0.0),
+        },
+        LengthFilter::default(),
+    ))
+    .await
+    .unwrap();
+    let conversations = loaded.conversations.expect("conversations");
+    assert_eq!(conversations.list.len(), CONVERSATIONS);
+    assert_eq!(loaded.prompts.len(), CONVERSATIONS, "one first turn each");
+    let turns: Vec<usize> = conversations.list.iter().map(|c| c.turns.len()).collect();
+    assert!(turns.iter().all(|n| (2..=5).contains(n)), "{turns:?}");
+    assert!(turns.contains(&2) && turns.contains(&5), "{turns:?}");
+    assert!(conversations.list.iter().any(|c| c.system.is_some()));
+    for c in conversations.list.iter() {
+        assert!((40..=160).contains(&c.turns[0].user_tokens));
+        assert!(
+            c.turns[1..]
+                .iter()
+                .all(|t| (6..=40).contains(&t.user_tokens))
+        );
+        assert!(c.turns.iter().all(|t| (8..=120).contains(&t.max_tokens)));
+    }
 }

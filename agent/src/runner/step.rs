@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
 
+use evalctl_loadgen::conversation::ConversationSource;
 use evalctl_loadgen::dataset::{self, LengthFilter, PrefixDistribution};
 use evalctl_loadgen::trace::{self, TraceOptions};
 use evalctl_loadgen::{
-    Api, Arrival, DatasetPlan, DatasetSource, Load, Slo, StepOutcome, StepPlan, Stop,
+    Api, Arrival, DatasetPlan, DatasetSource, Load, Sampled, Slo, StepOutcome, StepPlan, Stop,
 };
 use evalctl_results::{
     STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument, WorkloadFacts, codec,
@@ -134,6 +135,7 @@ pub async fn plan(
             path: PathBuf::from(&spec.path),
             output_tokens: output,
         },
+        "conversations" => conversations(spec).map_err(invalid)?,
         other => return Err(invalid(format!("unknown dataset kind `{other}`"))),
     };
     let load = load(step.load.as_ref()).map_err(invalid)?;
@@ -153,6 +155,14 @@ pub async fn plan(
         Stop::Duration(_) => PROMPTS_FOR_DURATION,
     }
     .clamp(1, MAX_PROMPTS);
+    // A conversation sends at least its shortest turn count of requests.
+    let count = match &source {
+        DatasetSource::Conversations {
+            source: ConversationSource::Synthetic { turns, .. },
+            ..
+        } => count.div_ceil(turns.min().max(1.0) as usize),
+        _ => count,
+    };
     if let DatasetSource::SharedPrefix {
         prefixes,
         prefix_tokens,
@@ -198,6 +208,68 @@ pub async fn plan(
         };
     }
     Ok(plan)
+}
+
+/// A conversations dataset: from its file when it names one, else synthetic.
+fn conversations(spec: &pb::DatasetSpec) -> Result<DatasetSource, String> {
+    let think_time_s = match &spec.think_time_s {
+        Some(s) => sampled("think_time", s)?,
+        None => Sampled::fixed(0.0),
+    };
+    let optional =
+        |name: &str, s: &Option<pb::Sampled>| s.as_ref().map(|s| sampled(name, s)).transpose();
+    let source = if spec.path.is_empty() {
+        let required = |name: &str, s: &Option<pb::Sampled>| {
+            optional(name, s)?.ok_or_else(|| format!("synthetic conversations need `{name}`"))
+        };
+        ConversationSource::Synthetic {
+            turns: required("turns", &spec.turns)?,
+            input_tokens: required("input_tokens", &spec.turn_input_tokens)?,
+            first_input_tokens: optional("first_input_tokens", &spec.first_input_tokens)?,
+            output_tokens: required("output_tokens", &spec.turn_output_tokens)?,
+        }
+    } else {
+        ConversationSource::File {
+            path: PathBuf::from(&spec.path),
+            max_turns: (spec.max_turns > 0).then_some(spec.max_turns),
+            output_tokens: optional("output_tokens", &spec.turn_output_tokens)?,
+        }
+    };
+    Ok(DatasetSource::Conversations {
+        source,
+        think_time_s,
+    })
+}
+
+/// A sampled value from the protocol, checked as the matrix checks it.
+fn sampled(name: &str, s: &pb::Sampled) -> Result<Sampled, String> {
+    let value = match s.distribution.as_str() {
+        "fixed" | "" => Sampled::Fixed { value: s.value },
+        "uniform" => Sampled::Uniform {
+            min: s.min,
+            max: s.max,
+        },
+        "normal" => Sampled::Normal {
+            mean: s.mean,
+            stddev: s.stddev,
+        },
+        "exponential" => Sampled::Exponential { mean: s.mean },
+        other => return Err(format!("`{name}`: unknown distribution `{other}`")),
+    };
+    let floor = if name == "think_time" { 0.0 } else { 1.0 };
+    value
+        .validate(floor)
+        .map_err(|m| format!("`{name}`: {m}"))?;
+    Ok(value)
+}
+
+/// Whether a dataset's prompts are generated (and so can be salted), not read from a file.
+pub fn is_generated(spec: &pb::DatasetSpec) -> bool {
+    match spec.kind.as_str() {
+        "random" | "shared_prefix" | "trace" => true,
+        "conversations" => spec.path.is_empty(),
+        _ => false,
+    }
 }
 
 fn load(point: Option<&pb::LoadPoint>) -> Result<Load, String> {

@@ -226,9 +226,9 @@ async fn load_step(
 ) -> Result<pb::StepResult, Ending> {
     let label = step::label(spec);
     let workload = spec.workload.as_ref();
-    let dataset_kind = workload
-        .and_then(|w| w.dataset.as_ref())
-        .map_or("", |d| d.kind.as_str());
+    let dataset_spec = workload.and_then(|w| w.dataset.as_ref());
+    let dataset_kind = dataset_spec.map_or("", |d| d.kind.as_str());
+    let generated = dataset_spec.is_some_and(step::is_generated);
     let policy = match prefix_cache::policy(workload.map_or("", |w| w.prefix_cache.as_str())) {
         Ok(policy) => policy,
         Err(message) => {
@@ -239,7 +239,6 @@ async fn load_step(
             });
         }
     };
-    let generated = matches!(dataset_kind, "random" | "shared_prefix" | "trace");
     let cache = prefix_cache::prepare(policy, &target.base_url, generated).await;
     let salt = cache.salt.then(|| prefix_cache::salt(&spec.step_id));
     let plan = match step::plan(spec, target, salt).await {

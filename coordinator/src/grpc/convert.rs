@@ -6,8 +6,8 @@ use evalctl_proto::v1 as pb;
 
 use crate::domain::{
     AgentGpu, Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Dropped, FrameworkSpec,
-    GpuRequirement, LoadPoint, ModelSpec, PrefixDistribution, PullPolicy, QuantizationSpec, Slo,
-    StepSpec, StopCondition, UnitConfig, WorkloadSpec,
+    GpuRequirement, LoadPoint, ModelSpec, PrefixDistribution, PullPolicy, QuantizationSpec,
+    Sampled, Slo, StepSpec, StopCondition, UnitConfig, WorkloadSpec,
 };
 use crate::store::{
     AgentRow, CampaignInfo, CampaignState, FailureKind, GrantedLease, StateCounts, StoredResult,
@@ -213,6 +213,32 @@ fn workload(w: &WorkloadSpec) -> pb::WorkloadSpec {
     }
 }
 
+/// A sampled value in the protocol's shape.
+fn sampled(s: &Sampled) -> pb::Sampled {
+    let mut out = pb::Sampled::default();
+    match *s {
+        Sampled::Fixed { value } => {
+            out.distribution = "fixed".into();
+            out.value = value;
+        }
+        Sampled::Uniform { min, max } => {
+            out.distribution = "uniform".into();
+            out.min = min;
+            out.max = max;
+        }
+        Sampled::Normal { mean, stddev } => {
+            out.distribution = "normal".into();
+            out.mean = mean;
+            out.stddev = stddev;
+        }
+        Sampled::Exponential { mean } => {
+            out.distribution = "exponential".into();
+            out.mean = mean;
+        }
+    }
+    out
+}
+
 fn dataset(d: &DatasetSpec, seed: u64) -> pb::DatasetSpec {
     let mut spec = pb::DatasetSpec {
         kind: d.kind().into(),
@@ -256,6 +282,23 @@ fn dataset(d: &DatasetSpec, seed: u64) -> pb::DatasetSpec {
             spec.block_tokens = *block_tokens;
             spec.window_start_ms = start_ms.unwrap_or(0);
             spec.window_end_ms = end_ms.unwrap_or(0);
+        }
+        DatasetSpec::Conversations {
+            path,
+            max_turns,
+            turns,
+            input_tokens,
+            first_input_tokens,
+            output_tokens,
+            think_time_s,
+        } => {
+            spec.path = path.clone().unwrap_or_default();
+            spec.max_turns = max_turns.unwrap_or(0);
+            spec.turns = turns.as_ref().map(sampled);
+            spec.turn_input_tokens = input_tokens.as_ref().map(sampled);
+            spec.first_input_tokens = first_input_tokens.as_ref().map(sampled);
+            spec.turn_output_tokens = output_tokens.as_ref().map(sampled);
+            spec.think_time_s = Some(sampled(think_time_s));
         }
         DatasetSpec::Sharegpt {
             path,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::domain::{
     Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy,
-    PrefixDistribution, PullPolicy, Slo, StopCondition,
+    PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
@@ -100,7 +100,34 @@ const SHARED_PREFIX_KEYS: &[&str] = &[
     "zipf_exponent",
 ];
 const TRACE_KEYS: &[&str] = &["kind", "path", "block_tokens", "start", "end"];
-const DATASET_KINDS: &[&str] = &["random", "shared_prefix", "sharegpt", "jsonl", "trace"];
+const CONVERSATION_FILE_KEYS: &[&str] =
+    &["kind", "path", "max_turns", "output_tokens", "think_time"];
+const CONVERSATION_SYNTHETIC_KEYS: &[&str] = &[
+    "kind",
+    "turns",
+    "input_tokens",
+    "first_input_tokens",
+    "output_tokens",
+    "think_time",
+];
+const SAMPLED_KEYS: &[&str] = &["min", "max", "mean", "stddev", "distribution"];
+const DATASET_KINDS: &[&str] = &[
+    "random",
+    "shared_prefix",
+    "sharegpt",
+    "jsonl",
+    "trace",
+    "conversations",
+];
+/// What a sampled matrix value counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SampledUnit {
+    /// Turns or tokens: numbers of at least 1.
+    Count,
+    /// Think times: durations of at least zero.
+    Seconds,
+}
+
 /// Tokens per hash id when a trace names none (Mooncake's block).
 const DEFAULT_TRACE_BLOCK_TOKENS: u32 = 512;
 /// Requests a trace workload replays when it names neither `requests` nor `duration`: the
@@ -1007,7 +1034,7 @@ impl Decoder<'_> {
             return Err(self.type_error(
                 path,
                 node,
-                "a mapping with `kind: random | shared_prefix | sharegpt | jsonl | trace`",
+                "a mapping with `kind: random | shared_prefix | sharegpt | jsonl | trace | conversations`",
             ));
         }
         let Value::Map(entries) = &node.value else {
@@ -1023,7 +1050,7 @@ impl Decoder<'_> {
             return Err(self.errors.hinted(
                 node.pos,
                 format!("missing required key `kind` in `{path}`"),
-                Some("one of `random`, `shared_prefix`, `sharegpt`, `jsonl`, `trace`"),
+                Some("one of `random`, `shared_prefix`, `sharegpt`, `jsonl`, `trace`, `conversations`"),
             ));
         };
         let kind = self.string(&format!("{path}.kind"), kind_node)?;
@@ -1045,6 +1072,7 @@ impl Decoder<'_> {
             }
             "shared_prefix" => self.shared_prefix(path, node)?,
             "trace" => self.trace(path, node)?,
+            "conversations" => self.conversations(path, node)?,
             "sharegpt" | "jsonl" => {
                 let f = self.fields(node, path, FILE_DATASET_KEYS)?;
                 let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
@@ -1121,6 +1149,220 @@ impl Decoder<'_> {
             output_tokens: count("output_tokens")?,
             distribution,
         })
+    }
+
+    /// Conversations from a file (`path`) or synthetic (`turns`, `input_tokens`,
+    /// `output_tokens`); each key is checked against its own list, so a synthetic key
+    /// beside a path is named as the mistake it is.
+    fn conversations(&self, path: &str, node: &Node) -> Result<DatasetSpec, MatrixError> {
+        let Value::Map(entries) = &node.value else {
+            return Err(self.type_error(path, node, "a mapping"));
+        };
+        let from_file = entries.iter().any(|(k, _)| k.name == "path");
+        if from_file {
+            if let Some((key, _)) = entries.iter().find(|(k, _)| {
+                CONVERSATION_SYNTHETIC_KEYS.contains(&k.name.as_str())
+                    && !CONVERSATION_FILE_KEYS.contains(&k.name.as_str())
+            }) {
+                return Err(self.errors.hinted(
+                    key.pos,
+                    format!(
+                        "`{path}.{}` describes synthetic conversations, and `{path}` reads them from `path`",
+                        key.name
+                    ),
+                    Some("remove `path` for synthetic conversations, or this key to read the file"),
+                ));
+            }
+        } else if let Some((key, _)) = entries.iter().find(|(k, _)| k.name == "max_turns") {
+            return Err(self.errors.hinted(
+                key.pos,
+                format!("`{path}.max_turns` cuts the conversations of a file, and `{path}` names no `path`"),
+                Some("give synthetic conversations their length with `turns`"),
+            ));
+        }
+        let keys = if from_file {
+            CONVERSATION_FILE_KEYS
+        } else {
+            CONVERSATION_SYNTHETIC_KEYS
+        };
+        let f = self.fields(node, path, keys)?;
+        let tokens = |key: &str| {
+            f.get(key)
+                .map(|n| self.sampled(&f.field(key), n, SampledUnit::Count))
+                .transpose()
+        };
+        let think_time_s = f
+            .get("think_time")
+            .map(|n| self.sampled(&f.field("think_time"), n, SampledUnit::Seconds))
+            .transpose()?
+            .unwrap_or(Sampled::fixed(0.0));
+        if from_file {
+            let file = self.nonempty_string(&f.field("path"), f.req("path")?)?;
+            return Ok(DatasetSpec::Conversations {
+                path: Some(file.value.clone()),
+                max_turns: f
+                    .get("max_turns")
+                    .map(|n| self.uint32(&f.field("max_turns"), n, 1))
+                    .transpose()?,
+                turns: None,
+                input_tokens: None,
+                first_input_tokens: None,
+                output_tokens: tokens("output_tokens")?,
+                think_time_s,
+            });
+        }
+        let required = |key: &str| {
+            f.req(key)
+                .map_err(|_| {
+                    self.errors.hinted(
+                        node.pos,
+                        format!("missing required key `{key}` in `{path}`"),
+                        Some("synthetic conversations need `turns`, `input_tokens` and `output_tokens`; or give a `path` to read them from a file"),
+                    )
+                })
+                .and_then(|n| self.sampled(&f.field(key), n, SampledUnit::Count))
+        };
+        Ok(DatasetSpec::Conversations {
+            path: None,
+            max_turns: None,
+            turns: Some(required("turns")?),
+            input_tokens: Some(required("input_tokens")?),
+            first_input_tokens: tokens("first_input_tokens")?,
+            output_tokens: Some(required("output_tokens")?),
+            think_time_s,
+        })
+    }
+
+    /// A value drawn per use: a plain value, or `{min, max}` (uniform), `{mean, stddev}`
+    /// (normal) or `{mean, distribution: exponential}`; counts are numbers of at least 1,
+    /// seconds are durations (`2s`, `500ms`) of at least zero.
+    fn sampled(&self, path: &str, node: &Node, unit: SampledUnit) -> Result<Sampled, MatrixError> {
+        let value = |path: &str, node: &Node, allow_zero: bool| match unit {
+            SampledUnit::Count if allow_zero => self.positive(path, node, true),
+            SampledUnit::Count => self.at_least_one(path, node),
+            SampledUnit::Seconds => self.seconds(path, node),
+        };
+        if !matches!(node.value, Value::Map(_)) {
+            let fixed = Sampled::fixed(value(path, node, false)?);
+            return Ok(fixed);
+        }
+        let f = self.fields(node, path, SAMPLED_KEYS)?;
+        let has = |key: &str| f.get(key).is_some();
+        let named = f
+            .get("distribution")
+            .map(|n| {
+                self.choice(
+                    &f.field("distribution"),
+                    n,
+                    &[
+                        ("uniform", "uniform"),
+                        ("normal", "normal"),
+                        ("exponential", "exponential"),
+                    ],
+                )
+            })
+            .transpose()?;
+        let kind = match named {
+            Some(kind) => kind,
+            None if has("min") || has("max") => "uniform",
+            None if has("stddev") => "normal",
+            None => {
+                return Err(self.errors.hinted(
+                    node.pos,
+                    format!("`{path}`: which distribution?"),
+                    Some("give `{min, max}` (uniform), `{mean, stddev}` (normal) or `{mean, distribution: exponential}`"),
+                ));
+            }
+        };
+        let (needs, refuses): (&[&str], &[&str]) = match kind {
+            "uniform" => (&["min", "max"], &["mean", "stddev"]),
+            "normal" => (&["mean", "stddev"], &["min", "max"]),
+            _ => (&["mean"], &["min", "max", "stddev"]),
+        };
+        if let Some(key) = refuses.iter().find(|k| has(k)) {
+            return Err(self.errors.at(
+                f.key_pos(key).unwrap_or(node.pos),
+                format!(
+                    "`{}` is not a parameter of a {kind} distribution (it takes {})",
+                    f.field(key),
+                    needs.join(" and ")
+                ),
+            ));
+        }
+        let get = |key: &str, allow_zero: bool| value(&f.field(key), f.req(key)?, allow_zero);
+        let sampled = match kind {
+            "uniform" => Sampled::Uniform {
+                min: get("min", false)?,
+                max: get("max", false)?,
+            },
+            "normal" => Sampled::Normal {
+                mean: get("mean", false)?,
+                stddev: self.positive_or_seconds(&f.field("stddev"), f.req("stddev")?, unit)?,
+            },
+            _ => Sampled::Exponential {
+                mean: get("mean", false)?,
+            },
+        };
+        let floor = match unit {
+            SampledUnit::Count => 1.0,
+            SampledUnit::Seconds => 0.0,
+        };
+        sampled
+            .validate(floor)
+            .map_err(|m| self.errors.at(node.pos, format!("`{path}`: {m}")))?;
+        Ok(sampled)
+    }
+
+    /// A number of at least 1 (a count; a mean may be fractional).
+    fn at_least_one(&self, path: &str, node: &Node) -> Result<f64, MatrixError> {
+        let x = self.positive(path, node, false)?;
+        if x < 1.0 {
+            return Err(self.errors.at(
+                node.pos,
+                format!("`{path}` must be at least 1, found {}", self.raw_text(node)),
+            ));
+        }
+        Ok(x)
+    }
+
+    /// A spread: a number ≥ 0 for counts, a duration for seconds.
+    fn positive_or_seconds(
+        &self,
+        path: &str,
+        node: &Node,
+        unit: SampledUnit,
+    ) -> Result<f64, MatrixError> {
+        match unit {
+            SampledUnit::Count => self.positive(path, node, true),
+            SampledUnit::Seconds => self.seconds(path, node),
+        }
+    }
+
+    /// A duration of zero or more, in seconds (`0s`, `500ms`, `2s`).
+    fn seconds(&self, path: &str, node: &Node) -> Result<f64, MatrixError> {
+        const HINT: &str = "write a number with a unit, e.g. `500ms` or `2s`";
+        let text = match &node.value {
+            Value::Str(s) => s.clone(),
+            Value::Int(_) | Value::Float(_) => {
+                return Err(self.errors.hinted(
+                    node.pos,
+                    format!(
+                        "`{path}`: expected a duration, found {} without a unit",
+                        node.describe()
+                    ),
+                    Some(HINT),
+                ));
+            }
+            _ => return Err(self.type_error(path, node, "a duration such as `2s`")),
+        };
+        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+            self.errors.hinted(
+                node.pos,
+                format!("`{path}`: invalid duration `{text}`: {e}"),
+                Some(HINT),
+            )
+        })?;
+        Ok(duration.as_secs_f64())
     }
 
     fn trace(&self, path: &str, node: &Node) -> Result<DatasetSpec, MatrixError> {

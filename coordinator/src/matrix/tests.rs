@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use crate::domain::{
     Api, Arrival, DatasetSpec, DropKind, Expansion, LoadPoint, PrefixCachePolicy,
-    PrefixDistribution, StopCondition,
+    PrefixDistribution, Sampled, StopCondition,
 };
 
 use super::{MAX_STEPS, MAX_UNITS, MatrixError, expand_with_env};
@@ -845,6 +845,116 @@ workloads:
         (9, 5),
         "`workloads[0].prefix_cache: salt` needs generated prompts",
     );
+}
+
+#[test]
+fn conversation_datasets_from_files_or_synthetic() {
+    let yaml = "\
+campaign: mt
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: chats
+    dataset: { kind: conversations, path: /data/chats.json, max_turns: 6, think_time: { mean: 2s, distribution: exponential } }
+    load: { concurrency: [4] }
+    requests: 40
+  - name: synthetic
+    dataset: { kind: conversations, turns: { min: 2, max: 6 }, input_tokens: { mean: 120, stddev: 40 }, first_input_tokens: 1000, output_tokens: 64, think_time: 500ms }
+    prefix_cache: salt
+    load: { rate: [0.5] }
+    duration: 1m
+";
+    let e = expand(yaml);
+    let steps = &e.units[0].steps;
+    assert_eq!(
+        steps[0].workload.dataset,
+        Some(DatasetSpec::Conversations {
+            path: Some("/data/chats.json".into()),
+            max_turns: Some(6),
+            turns: None,
+            input_tokens: None,
+            first_input_tokens: None,
+            output_tokens: None,
+            think_time_s: Sampled::Exponential { mean: 2.0 },
+        })
+    );
+    assert_eq!(
+        steps[1].workload.dataset,
+        Some(DatasetSpec::Conversations {
+            path: None,
+            max_turns: None,
+            turns: Some(Sampled::Uniform { min: 2.0, max: 6.0 }),
+            input_tokens: Some(Sampled::Normal {
+                mean: 120.0,
+                stddev: 40.0
+            }),
+            first_input_tokens: Some(Sampled::fixed(1000.0)),
+            output_tokens: Some(Sampled::fixed(64.0)),
+            think_time_s: Sampled::fixed(0.5),
+        })
+    );
+
+    let bad = |from: &str, to: &str| fail(&yaml.replace(from, to));
+    let err = bad("max_turns: 6,", "turns: 6,");
+    assert_err(
+        &err,
+        (7, 61),
+        "`workloads[0].dataset.turns` describes synthetic conversations",
+    );
+    let err = bad("turns: { min: 2, max: 6 }, ", "max_turns: 3, ");
+    assert_err(
+        &err,
+        (11, 37),
+        "`workloads[1].dataset.max_turns` cuts the conversations of a file",
+    );
+    let err = bad("output_tokens: 64, ", "");
+    assert_err(
+        &err,
+        (11, 14),
+        "missing required key `output_tokens` in `workloads[1].dataset`",
+    );
+    let err = bad("{ min: 2, max: 6 }", "{ min: 6, max: 2 }");
+    assert_err(
+        &err,
+        (11, 44),
+        "`workloads[1].dataset.turns`: max (2) must not be below min (6)",
+    );
+    let err = bad("{ mean: 120, stddev: 40 }", "{ mean: 120 }");
+    assert_err(
+        &err,
+        (11, 78),
+        "`workloads[1].dataset.input_tokens`: which distribution?",
+    );
+    let err = bad(
+        "{ mean: 120, stddev: 40 }",
+        "{ mean: 120, min: 3, distribution: normal }",
+    );
+    assert_err(
+        &err,
+        (11, 91),
+        "`workloads[1].dataset.input_tokens.min` is not a parameter of a normal distribution",
+    );
+    let err = bad("think_time: 500ms", "think_time: 5");
+    assert_err(
+        &err,
+        (11, 162),
+        "`workloads[1].dataset.think_time`: expected a duration",
+    );
+    let err = bad("first_input_tokens: 1000", "first_input_tokens: 0.5");
+    assert_err(
+        &err,
+        (11, 125),
+        "`workloads[1].dataset.first_input_tokens` must be at least 1",
+    );
+    // A file's conversations cannot be salted; conversations do not follow a trace's clock.
+    let err = fail(&yaml.replace("load: { concurrency: [4] }", "load: { time_scale: [2] }"));
+    assert_err(&err, (8, 5), "`time_scale` replays a trace");
+    let err = fail(&yaml.replace(
+        "    load: { concurrency: [4] }",
+        "    prefix_cache: salt\n    load: { concurrency: [4] }",
+    ));
+    assert_err(&err, (8, 5), "needs generated prompts");
 }
 
 #[test]

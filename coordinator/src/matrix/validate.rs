@@ -477,6 +477,16 @@ impl Validator<'_> {
                 start_ms: *start_ms,
                 end_ms: *end_ms,
             },
+            DatasetSpec::Conversations {
+                path: Some(path), ..
+            } => {
+                let mut spec = d.value.clone();
+                if let DatasetSpec::Conversations { path: p, .. } = &mut spec {
+                    *p = Some(expand(path)?);
+                }
+                spec
+            }
+            DatasetSpec::Conversations { path: None, .. } => d.value.clone(),
         })
     }
 

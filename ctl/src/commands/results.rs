@@ -134,6 +134,13 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
     if prefix {
         headers.push("PREFIX HIT exp/srv");
     }
+    // The turn column only when some step held conversations.
+    let turns = results
+        .iter()
+        .any(|r| r.result.metrics.as_ref().is_some_and(|m| m.turns.is_some()));
+    if turns {
+        headers.push("TTFT p50 1st/later");
+    }
     let mut table = render::table(headers);
     for r in results {
         let Some(m) = &r.result.metrics else {
@@ -163,6 +170,9 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         }
         if prefix {
             row.push(prefix_cell(&r.result));
+        }
+        if turns {
+            row.push(turn_cell(m));
         }
         table.add_row(row);
     }
@@ -206,6 +216,18 @@ fn prefix_cell(d: &StepDocument) -> String {
         Some((expected, server)) => format!("{}/{}", percent(expected), percent(server)),
         None => "-".to_owned(),
     }
+}
+
+/// "80.5/12.0": TTFT p50 of first turns and of later turns, "-" where absent.
+fn turn_cell(m: &StepMetrics) -> String {
+    let Some(turns) = &m.turns else {
+        return "-".to_owned();
+    };
+    let p50 = |f: Option<&evalctl_results::TurnFigures>| {
+        f.and_then(|f| f.ttft_ms)
+            .map_or_else(|| "-".to_owned(), |s| short(s.p50))
+    };
+    format!("{}/{}", p50(Some(&turns.first)), p50(turns.later.as_ref()))
 }
 
 /// J per output token, output tokens/s per kW, mean GPU power; "-" where absent, with a
@@ -342,6 +364,33 @@ mod tests {
         let text = human("c", &[cached, plain]);
         assert!(text.contains("PREFIX HIT exp/srv"), "{text}");
         assert!(text.contains("76%/76%"), "{text}");
+    }
+
+    #[test]
+    fn the_turn_column_appears_only_for_multi_turn_steps() {
+        let plain = stored("chat @ c=1 #0", None);
+        assert!(!human("c", std::slice::from_ref(&plain)).contains("1st/later"));
+        let mut chats = plain.clone();
+        chats.result.step_label = "chats @ c=4 #0".into();
+        let figures = |turn: u32, ttft: f64| evalctl_results::TurnFigures {
+            turn,
+            requests: 4,
+            mean_input_tokens: 100.0,
+            ttft_ms: Summary::of(vec![ttft]),
+            itl_ms: None,
+        };
+        if let Some(m) = &mut chats.result.metrics {
+            m.turns = Some(evalctl_results::TurnMetrics {
+                conversations: 4,
+                mean_turns: 2.0,
+                first: figures(1, 80.5),
+                later: Some(figures(2, 12.04)),
+                by_position: vec![figures(1, 80.5), figures(2, 12.04)],
+            });
+        }
+        let text = human("c", &[chats, plain]);
+        assert!(text.contains("TTFT p50 1st/later"), "{text}");
+        assert!(text.contains("80.5/12.0"), "{text}");
     }
 
     #[test]

@@ -68,6 +68,8 @@ pub fn build(step: &StepContext, r: &RequestRecord, row: &mut RowBuilder) {
     row.put("index", Kind::U64, r.index);
     row.put("warmup", Kind::Bool, r.warmup);
     row.put("prompt_index", Kind::U64, r.prompt_index as u64);
+    row.put("conversation", Kind::U64, r.conversation);
+    row.put("turn", Kind::U64, r.turn.map(u64::from));
     row.put("scheduled_ns", Kind::U64, r.scheduled_ns);
     row.put("sent_ns", Kind::U64, r.sent_ns);
     row.put("first_token_ns", Kind::U64, r.token_ns.first().copied());
@@ -134,6 +136,8 @@ mod tests {
             token_ns: vec![3_000_000, 4_000_000, 6_000_000],
             end_ns: Some(6_500_000),
             output_tokens: 3,
+            conversation: Some(7),
+            turn: Some(2),
             ..Default::default()
         };
         let step = StepContext::of("", &pb::StepResult::default());
@@ -152,5 +156,9 @@ mod tests {
             Value::Str("[3000000,4000000,6000000]".into())
         );
         assert_eq!(cell("error_kind"), Value::Null);
+        assert_eq!(
+            (cell("conversation"), cell("turn")),
+            (Value::U64(7), Value::U64(2))
+        );
     }
 }

@@ -438,6 +438,31 @@ fn metrics(m: Option<&StepMetrics>, row: &mut RowBuilder) {
         m.map(|m| m.output_tokens_counted),
     );
     row.put("warmup_excluded", Kind::U64, m.map(|m| m.warmup_excluded));
+    let turns = m.and_then(|m| m.turns.as_ref());
+    row.put("conversations", Kind::U64, turns.map(|t| t.conversations));
+    row.put("mean_turns", Kind::F64, turns.map(|t| t.mean_turns));
+    let first = turns.map(|t| &t.first);
+    let later = turns.and_then(|t| t.later.as_ref());
+    row.put(
+        "first_turn_ttft_p50_ms",
+        Kind::F64,
+        first.and_then(|f| f.ttft_ms).map(|s| s.p50),
+    );
+    row.put(
+        "later_turns_ttft_p50_ms",
+        Kind::F64,
+        later.and_then(|f| f.ttft_ms).map(|s| s.p50),
+    );
+    row.put(
+        "first_turn_itl_p50_ms",
+        Kind::F64,
+        first.and_then(|f| f.itl_ms).map(|s| s.p50),
+    );
+    row.put(
+        "later_turns_itl_p50_ms",
+        Kind::F64,
+        later.and_then(|f| f.itl_ms).map(|s| s.p50),
+    );
     let lag = m.and_then(|m| m.client_lag_ms);
     row.put("client_lag_p50_ms", Kind::F64, lag.map(|l| l.p50));
     row.put("client_lag_p99_ms", Kind::F64, lag.map(|l| l.p99));

@@ -63,13 +63,15 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(
         "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
          <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
-         <a href=\"#workloads\">Prefix cache</a> · <a href=\"#failures\">Failures</a></nav>",
+         <a href=\"#workloads\">Prefix cache</a> · <a href=\"#turns\">Multi-turn</a> · \
+         <a href=\"#failures\">Failures</a></nav>",
     );
     page.push_str(&coverage::summary(data));
     page.push_str(&performance::models(data));
     page.push_str(&performance::cost(data));
     page.push_str(&performance::energy(data));
     page.push_str(&workloads::prefix_cache(data));
+    page.push_str(&workloads::turns(data));
     page.push_str(&coverage::failures(data));
     page.push_str("</body></html>\n");
     page
@@ -118,6 +120,25 @@ mod tests {
         p
     }
 
+    /// `p` with the turn figures of a multi-turn step: first turns 80 ms, later 12 ms.
+    fn in_turns(mut p: Point) -> Point {
+        let figures = |turn: u32, ttft: f64| evalctl_results::TurnFigures {
+            turn,
+            requests: 10,
+            mean_input_tokens: 400.0,
+            ttft_ms: evalctl_results::Summary::of(vec![ttft]),
+            itl_ms: evalctl_results::Summary::of(vec![1.5]),
+        };
+        p.metrics.turns = Some(evalctl_results::TurnMetrics {
+            conversations: 10,
+            mean_turns: 3.0,
+            first: figures(1, 80.0),
+            later: Some(figures(2, 12.0)),
+            by_position: vec![figures(1, 80.0), figures(2, 12.0), figures(3, 13.0)],
+        });
+        p
+    }
+
     #[test]
     fn a_report_has_every_section_and_escapes_user_strings() {
         let data = ReportData {
@@ -141,7 +162,7 @@ mod tests {
                 cached(point("vllm", 1, 100.0, 20.0, 10.0)),
                 point("vllm", 8, 600.0, 40.0, 15.0),
                 point("sglang", 1, 110.0, 18.0, 9.0),
-                point("sglang", 8, 500.0, 50.0, 20.0),
+                in_turns(point("sglang", 8, 500.0, 50.0, 20.0)),
             ],
             prices: Prices::none(),
             generated_at_ms: 0,
@@ -155,6 +176,7 @@ mod tests {
             "cost",
             "energy",
             "workloads",
+            "turns",
             "failures",
         ] {
             assert!(page.contains(&format!("id=\"{id}\"")), "section {id}");
@@ -166,6 +188,9 @@ mod tests {
         // One step with prefix-cache figures: its row, in percent.
         assert_eq!(page.matches("reset (/reset_prefix_cache)").count(), 1);
         assert!(page.contains(">76.2<") && page.contains(">75.9<"), "{page}");
+        // One multi-turn step: first against later turns, and by position.
+        assert!(page.contains(">80 · 12 · 13<"), "{page}");
+        assert!(!page.contains("No step held conversations"));
         assert!(!page.contains("src=\"http") && !page.contains("href=\"http"));
     }
 }

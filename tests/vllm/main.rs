@@ -383,6 +383,10 @@ workloads:
     load: { concurrency: [1] }
     requests: 24
     warmup: 4
+  - name: chats
+    dataset: { kind: conversations, turns: 3, first_input_tokens: 384, input_tokens: 16, output_tokens: 8 }
+    load: { concurrency: [1] }
+    requests: 6
 "#
     );
     assert!(yaml.contains("VLLM_SERVER_DEV_MODE"), "{yaml}");
@@ -401,14 +405,15 @@ workloads:
         &["results", "cpu-vllm-prefix", "--json"],
     ));
     let results = results.as_array().unwrap();
-    assert_eq!(results.len(), 4, "{results:?}");
-    let cache = |label: &str| {
-        let r = results
+    assert_eq!(results.len(), 6, "{results:?}");
+    let step = |label: &str| {
+        results
             .iter()
             .find(|r| r["result"]["step_label"] == label)
-            .unwrap_or_else(|| panic!("no step {label}: {results:?}"));
-        r["result"]["workload"]["prefix_cache"].clone()
+            .unwrap_or_else(|| panic!("no step {label}: {results:?}"))["result"]
+            .clone()
     };
+    let cache = |label: &str| step(label)["workload"]["prefix_cache"].clone();
     let mut figures = Vec::new();
     for label in ["docs @ c=1 #0", "docs @ c=1 #1"] {
         let c = cache(label);
@@ -436,6 +441,37 @@ workloads:
         let server = c["server_hit_rate"].as_f64().unwrap();
         figures.push(format!("{label}: vLLM {server:.4}"));
         assert!(server > 0.85, "{label}: {c}");
+    }
+    // Conversations on the chat API: each turn carries the history (vLLM's own prompt
+    // count grows turn by turn), and later turns hit the cached first message (three whole
+    // blocks of 128) and what came after it.
+    for label in ["chats @ c=1 #0", "chats @ c=1 #1"] {
+        let r = step(label);
+        let turns = &r["metrics"]["turns"];
+        assert_eq!(r["metrics"]["completed"], 6, "{label}: {r}");
+        assert_eq!(turns["conversations"], 2, "{label}: {turns}");
+        let inputs: Vec<f64> = turns["by_position"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{label}: {turns}"))
+            .iter()
+            .map(|f| f["mean_input_tokens"].as_f64().unwrap())
+            .collect();
+        assert_eq!(inputs.len(), 3, "{label}: {turns}");
+        assert!(
+            inputs.windows(2).all(|w| w[1] > w[0] + 16.0),
+            "{label}: the history grows by the answer and the follow-up: {inputs:?}"
+        );
+        let c = &r["workload"]["prefix_cache"];
+        assert_eq!(c["reset_by"], "/reset_prefix_cache", "{label}: {c}");
+        let server = c["server_hit_rate"].as_f64().unwrap();
+        let p50 = |f: &Value| f["ttft_ms"]["p50"].as_f64().unwrap_or(f64::NAN);
+        figures.push(format!(
+            "{label}: vLLM {server:.4}, prompt tokens by turn {inputs:?}, TTFT p50 first {:.1} ms, later {:.1} ms",
+            p50(&turns["first"]),
+            p50(&turns["later"])
+        ));
+        // 4 of 6 turns reuse at least 384 of their ~420-470 tokens.
+        assert!(server > 0.45, "{label}: {c}");
     }
     eprintln!("prefix cache hit rates: {}", figures.join("; "));
 

@@ -1237,14 +1237,12 @@ impl Decoder<'_> {
     /// (normal) or `{mean, distribution: exponential}`; counts are numbers of at least 1,
     /// seconds are durations (`2s`, `500ms`) of at least zero.
     fn sampled(&self, path: &str, node: &Node, unit: SampledUnit) -> Result<Sampled, MatrixError> {
-        let value = |path: &str, node: &Node, allow_zero: bool| match unit {
-            SampledUnit::Count if allow_zero => self.positive(path, node, true),
+        let value = |path: &str, node: &Node| match unit {
             SampledUnit::Count => self.at_least_one(path, node),
             SampledUnit::Seconds => self.seconds(path, node),
         };
         if !matches!(node.value, Value::Map(_)) {
-            let fixed = Sampled::fixed(value(path, node, false)?);
-            return Ok(fixed);
+            return Ok(Sampled::fixed(value(path, node)?));
         }
         let f = self.fields(node, path, SAMPLED_KEYS)?;
         let has = |key: &str| f.get(key).is_some();
@@ -1289,19 +1287,17 @@ impl Decoder<'_> {
                 ),
             ));
         }
-        let get = |key: &str, allow_zero: bool| value(&f.field(key), f.req(key)?, allow_zero);
+        let get = |key: &str| value(&f.field(key), f.req(key)?);
         let sampled = match kind {
             "uniform" => Sampled::Uniform {
-                min: get("min", false)?,
-                max: get("max", false)?,
+                min: get("min")?,
+                max: get("max")?,
             },
             "normal" => Sampled::Normal {
-                mean: get("mean", false)?,
+                mean: get("mean")?,
                 stddev: self.positive_or_seconds(&f.field("stddev"), f.req("stddev")?, unit)?,
             },
-            _ => Sampled::Exponential {
-                mean: get("mean", false)?,
-            },
+            _ => Sampled::Exponential { mean: get("mean")? },
         };
         let floor = match unit {
             SampledUnit::Count => 1.0,

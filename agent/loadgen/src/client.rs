@@ -38,7 +38,7 @@ use super::chunk::{self, Payload, Usage};
 use super::sse::{SseEvent, SseParser};
 use super::timed_io::{IoClock, TimedStream};
 pub use crate::clock::now_ns;
-use crate::clock::{nanos, to_tokio};
+use crate::clock::{nanos, to_tokio, until};
 use evalctl_results::record::{ErrorKind, RequestError, RequestRecord, TokenSource};
 
 /// How the client talks to the server.
@@ -161,25 +161,38 @@ impl Client {
         expected_tokens: usize,
         record: &mut RequestRecord,
     ) {
-        self.stream_answer(path, body, epoch_ns, expected_tokens, record, None)
-            .await;
+        self.stream_with(
+            path,
+            body,
+            epoch_ns,
+            expected_tokens,
+            record,
+            SendOptions::default(),
+        )
+        .await;
     }
 
-    /// [`Client::stream`], also appending the answer's text (content deltas or completion
-    /// text, not reasoning) to `answer`, for a conversation's history.
-    pub async fn stream_answer(
+    /// [`Client::stream`] with [`SendOptions`]: the answer's text kept, or the request fired
+    /// at an instant.
+    pub async fn stream_with(
         &self,
         path: &str,
         body: Bytes,
         epoch_ns: u64,
         expected_tokens: usize,
         record: &mut RequestRecord,
-        answer: Option<&mut String>,
+        options: SendOptions<'_>,
     ) {
-        let started = now_ns();
+        let SendOptions { answer, fire_at_ns } = options;
+        // Timeouts count from the instant the request leaves.
+        let started = now_ns().max(fire_at_ns);
         let deadline = started.saturating_add(nanos(self.config.request_timeout));
         record.token_ns.reserve(expected_tokens + 1);
-        let mut out = Output { record, answer };
+        let mut out = Output {
+            record,
+            answer,
+            fire_at_ns,
+        };
         let outcome = self
             .attempt(path, &body, started, deadline, epoch_ns, &mut out)
             .await;
@@ -356,7 +369,9 @@ impl Client {
             Driven::Done(Err(Some(err))) => return Err(Failure::Final(hyper_error(&err))),
             Driven::Expired(kind) => return Err(Failure::Final(expired(kind))),
         }
-        let mut response = Box::pin(conn.sender.send_request(self.request(path, body)));
+        let request = self.request(path, body);
+        until(out.fire_at_ns).await;
+        let mut response = Box::pin(conn.sender.send_request(request));
         let head = drive(&mut conn, &mut timer, |c, cx| {
             match response.as_mut().poll(cx) {
                 Poll::Pending if !c.alive => Poll::Ready(Err(None)),
@@ -547,10 +562,25 @@ async fn read_error_body(conn: &mut PooledConn, timer: &mut Timer, body: &mut In
     String::from_utf8_lossy(&text).into_owned()
 }
 
-/// What an exchange fills in: the record, and the answer's text when the caller keeps it.
+/// What an exchange fills in: the record, and the answer's text when the caller keeps it;
+/// and when its request leaves.
 struct Output<'r> {
     record: &'r mut RequestRecord,
     answer: Option<&'r mut String>,
+    fire_at_ns: u64,
+}
+
+/// What a send does beyond streaming the response into its record.
+#[derive(Debug, Default)]
+pub struct SendOptions<'a> {
+    /// Append the answer's text here (content deltas or completion text, not reasoning),
+    /// for a conversation's history.
+    pub answer: Option<&'a mut String>,
+    /// Send at this instant on the process clock ([`now_ns`]); 0, or an instant passed,
+    /// sends at once. Everything but the write itself (a pooled connection checked out and
+    /// ready, or a new one connected; the request built) is done before the instant, so a
+    /// burst of requests due at one instant leaves as fast as the socket writes go.
+    pub fire_at_ns: u64,
 }
 
 /// What the stream of one request has shown so far.

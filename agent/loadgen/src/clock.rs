@@ -1,5 +1,6 @@
 //! The load generator's clock: monotonic nanoseconds since its first use in the process, the
-//! one time base of every record, and its conversion to tokio's timer.
+//! one time base of every record, its conversion to tokio's timer, and waiting for an
+//! instant to the microsecond.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -26,5 +27,21 @@ pub(crate) fn to_tokio(ns: u64) -> tokio::time::Instant {
             .unwrap_or(at)
     } else {
         at.checked_sub(Duration::from_nanos(now - ns)).unwrap_or(at)
+    }
+}
+
+/// Within this of its instant, a request task stops sleeping (tokio's timers round to whole
+/// milliseconds) and yields to the runtime until the instant: other tasks keep running, and
+/// the request leaves within microseconds of it.
+const SPIN_NS: u64 = 1_500_000;
+
+/// Waits until `at_ns` on the process clock, to the microsecond.
+pub(crate) async fn until(at_ns: u64) {
+    let now = now_ns();
+    if at_ns > now + SPIN_NS {
+        tokio::time::sleep(Duration::from_nanos(at_ns - now - SPIN_NS)).await;
+    }
+    while now_ns() < at_ns {
+        tokio::task::yield_now().await;
     }
 }

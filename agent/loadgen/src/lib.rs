@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::{Client, ClientConfig, ClientError};
+pub use client::{Client, ClientConfig, ClientError, SendOptions};
 pub use dataset::{Dataset, DatasetPlan, DatasetSource, Prompt, PromptInput};
 /// The result contract's types this crate's API speaks in.
 pub use evalctl_results::{

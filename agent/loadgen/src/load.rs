@@ -13,7 +13,9 @@
 //! Scheduled sends come from a dispatcher on a thread of its own, which waits for each
 //! instant with the kernel's high-resolution timer (tokio's timers have millisecond
 //! resolution, which alone would put up to a millisecond between scheduled and sent) and
-//! hands the request to the runtime; a burst is handed over in microseconds.
+//! hands the request to the runtime a few milliseconds early. The request arms itself then
+//! (a ready connection, the request built; [`crate::client::SendOptions::fire_at_ns`]) and
+//! at its instant only the write is left, so a burst leaves as fast as the socket writes go.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +28,7 @@ use rand_distr::{Distribution, Exp, Gamma};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::client::{Client, now_ns};
+use super::client::{Client, SendOptions, now_ns};
 use super::dataset::Prompt;
 use super::multi_turn::{self, ConversationRun};
 use evalctl_results::RequestRecord;
@@ -206,28 +208,32 @@ impl Shared {
             prompt.max_tokens,
             &mut record,
             None,
+            scheduled_ns,
         )
         .await;
         record
     }
 
-    /// Sends `body` and fills `record` (and `answer`, when given), counting it for progress.
+    /// Sends `body` at `fire_at_ns` (process clock; at once when past) and fills `record`
+    /// (and `answer`, when given), counting it for progress.
     pub(crate) async fn send(
         &self,
         body: Bytes,
         max_tokens: u32,
         record: &mut RequestRecord,
         answer: Option<&mut String>,
+        fire_at_ns: u64,
     ) {
         self.counters.sent.fetch_add(1, Ordering::Relaxed);
+        let options = SendOptions { answer, fire_at_ns };
         self.client
-            .stream_answer(
+            .stream_with(
                 self.path,
                 body,
                 self.epoch_ns,
                 max_tokens as usize,
                 record,
-                answer,
+                options,
             )
             .await;
         let counter = if record.succeeded() {
@@ -362,8 +368,9 @@ async fn scheduled(
     dispatch(offsets_s, past_end, launch).await
 }
 
-/// Starts `launch(i, instant)` at each instant `offsets_s[i]` seconds from now, from a
-/// dispatcher thread, until `past_end(i, instant)`; returns what the launched tasks return.
+/// Starts `launch(i, instant)` a little before each instant `offsets_s[i]` seconds from now
+/// (the task waits for its instant itself, with [`until`]), from a dispatcher thread, until
+/// `past_end(i, instant)`; returns what the launched tasks return.
 /// Dropping the future stops the dispatcher at its next wait; tasks already started finish
 /// on their own.
 pub(crate) async fn dispatch<T, F>(
@@ -389,11 +396,8 @@ where
             if !wait_until(&cancelled, scheduled.saturating_sub(HAND_OVER_LEAD_NS)) {
                 break;
             }
-            let task = launch(i, scheduled);
-            handles.push(runtime.spawn(async move {
-                until(scheduled).await;
-                task.await
-            }));
+            // The task arms its request and fires it at `scheduled` itself.
+            handles.push(runtime.spawn(launch(i, scheduled)));
         }
         handles
     };
@@ -407,24 +411,9 @@ where
 }
 
 /// How long before its instant a request is handed to the runtime: the dispatcher thread's
-/// wake-up and the hand-over to a worker take hundreds of microseconds on a busy machine.
-const HAND_OVER_LEAD_NS: u64 = 3_000_000;
-/// Within this of its instant, a request task stops sleeping (tokio's timers round to whole
-/// milliseconds) and yields to the runtime until the instant: other tasks keep running, and
-/// the request leaves within microseconds of it.
-const SPIN_NS: u64 = 1_500_000;
-
-/// Waits until `at_ns` on the process clock, to the microsecond.
-pub(crate) async fn until(at_ns: u64) {
-    let now = now_ns();
-    if at_ns > now + SPIN_NS {
-        tokio::time::sleep(Duration::from_nanos(at_ns - now - SPIN_NS)).await;
-    }
-    while now_ns() < at_ns {
-        tokio::task::yield_now().await;
-    }
-}
-
+/// wake-up, the hand-over to a worker and arming the request (a pooled connection checked
+/// out and ready, the request built) take hundreds of microseconds on a busy machine.
+const HAND_OVER_LEAD_NS: u64 = 5_000_000;
 /// Sleeps until `at_ns` on the process clock; false when the phase was dropped first
 /// (`cancelled` disconnected).
 fn wait_until(cancelled: &std::sync::mpsc::Receiver<()>, at_ns: u64) -> bool {

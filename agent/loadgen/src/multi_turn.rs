@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use evalctl_results::RequestRecord;
 
 use crate::client::now_ns;
+use crate::clock;
 use crate::conversation::{self, Conversation, Conversations};
 use crate::dataset::ChatMessage;
 use crate::load::{self, Arrivals, Load, PhaseStop, Shared};
@@ -186,7 +187,7 @@ async fn hold(
             if budget.exhausted(scheduled) {
                 break;
             }
-            load::until(scheduled).await;
+            clock::until(scheduled).await;
         }
         let Some(i) = budget.claim() else {
             break;
@@ -218,7 +219,13 @@ async fn hold(
         };
         let mut answer = String::new();
         shared
-            .send(body, turn.max_tokens, &mut record, Some(&mut answer))
+            .send(
+                body,
+                turn.max_tokens,
+                &mut record,
+                Some(&mut answer),
+                scheduled,
+            )
             .await;
         let answered = record.succeeded();
         history_tokens += turn.user_tokens + record.output_tokens;

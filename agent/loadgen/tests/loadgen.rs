@@ -736,6 +736,30 @@ async fn rate_mode_reports_client_lag() {
         scheduled.windows(2).all(|w| w[0] <= w[1]),
         "arrivals in order"
     );
+    // Requests are armed ahead of their instant, but none leaves before it.
+    for r in &outcome.records {
+        let sent = r.sent_ns.expect("sent");
+        assert!(
+            sent >= r.scheduled_ns,
+            "request {} left {} µs before its instant",
+            r.index,
+            (r.scheduled_ns - sent) / 1000
+        );
+    }
+    // The server saw them on the schedule's clock: arrival gaps are the scheduled gaps
+    // (less at most the first request's lag).
+    let mut log = server.log();
+    log.sort_by_key(|l| l.received);
+    let first_lag = outcome.records[0].lag_ms().expect("sent");
+    for (l, r) in log.iter().zip(&outcome.records).skip(1) {
+        let seen = l.received.duration_since(log[0].received).as_secs_f64() * 1e3;
+        let due = (r.scheduled_ns - scheduled[0]) as f64 / 1e6;
+        assert!(
+            seen >= due - first_lag - 0.5,
+            "request {} reached the server {seen:.3} ms after the first, due {due:.3} ms",
+            r.index
+        );
+    }
 
     // A cap of one request in flight with slow answers makes the client fall behind.
     let slow = ScriptedServer::start(|_, _| steady(2, ms(30), ms(5)));

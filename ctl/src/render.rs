@@ -96,6 +96,7 @@ pub fn failure_class(unit: &pb::UnitSummary) -> Option<&'static str> {
         pb::FailureClass::MissingModel => Some("missing_model"),
         pb::FailureClass::MissingEngine => Some("missing_engine"),
         pb::FailureClass::ImageUnavailable => Some("image_unavailable"),
+        pb::FailureClass::BadDataset => Some("bad_dataset"),
     }
 }
 

@@ -477,8 +477,10 @@ fn a_partitioned_agent_stops_its_stale_unit_when_the_link_heals() {
     let url = coordinator.url();
     let proxy = Proxy::start(coordinator.addr());
     let mut agent_a = AgentProcess::start(&proxy.url(), &dir.path().join("agent-a"), &[]);
+    // Enough steps (about 1.4 s each) that A is still running its stale unit when the link
+    // heals: the lease expires 3 s into the partition and B takes the unit then.
     let mut campaign = slow_campaign("partition");
-    campaign.repeats = 5;
+    campaign.repeats = 10;
     campaign.submit(&url, dir.path());
 
     eventually(Duration::from_secs(60), "the first step result", || {
@@ -486,17 +488,21 @@ fn a_partitioned_agent_stops_its_stale_unit_when_the_link_heals() {
     });
     let a_servers = processes_with(&campaign.marker);
     proxy.cut();
-    // Another agent takes the unit once A's lease expired, and finishes it.
+    // Another agent takes the unit once A's lease expired.
     let mut agent_b = AgentProcess::start(&url, &dir.path().join("agent-b"), &[]);
-    assert_eq!(
-        wait_ended(&url, &campaign.name, Duration::from_secs(120)),
-        "succeeded"
-    );
+    eventually(Duration::from_secs(60), "agent B to take the unit", || {
+        agent_b.log().contains("lease granted")
+    });
     assert!(agent_a.running());
+    assert!(
+        !agent_a.log().contains("step finished step=chat @ c=2 #9"),
+        "A finished its unit before the link healed; its log:\n{}",
+        agent_a.log()
+    );
     proxy.heal();
 
-    // A learns from its next heartbeat that the lease is gone and stops the unit. (On a
-    // timeout the panic shows A's log: this wait once failed under a loaded full run.)
+    // A learns from its next heartbeat that the lease is gone and stops the unit, while B
+    // finishes it. (On a timeout the panic shows A's log.)
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !agent_a.log().contains("revoked") {
         assert!(
@@ -511,6 +517,10 @@ fn a_partitioned_agent_stops_its_stale_unit_when_the_link_heals() {
             .iter()
             .all(|pid| !Path::new(&format!("/proc/{pid}")).exists())
     });
+    assert_eq!(
+        wait_ended(&url, &campaign.name, Duration::from_secs(120)),
+        "succeeded"
+    );
     let stored = assert_one_result_per_step(&url, &campaign);
     let b_id = agent_of(stored.last().unwrap());
     assert!(stored.iter().any(|r| agent_of(r) == b_id));

@@ -316,10 +316,26 @@ include:
     assert_eq!(turns["conversations"], 2, "{turns}");
     assert_eq!(turns["mean_turns"], 3.0, "{turns}");
 
-    // An empty user turn: refused before the step sends anything, by line and field.
+    // An empty user turn: refused before the step sends anything, by line and field, and
+    // not retried (the campaign's default of 3 attempts would refuse it 3 times).
     let bad = CHATS.replace("\"and if it rains\"", "\"  \"");
     std::fs::write(&chats, bad).unwrap();
-    let output = run_local(&dir.path().join("bad"), "multi-turn.yaml", &matrix, &[]);
+    let matrix = matrix.replace("max_attempts: 1\n", "");
+    let bad_dir = dir.path().join("bad");
+    std::fs::create_dir_all(&bad_dir).unwrap();
+    let bad_matrix = bad_dir.join("multi-turn.yaml");
+    std::fs::write(&bad_matrix, &matrix).unwrap();
+    // Without --json, `evalctl local` prints the campaign's events, the unit's failure
+    // with its reaction among them.
+    let output = evalctl_tests::evalctl(
+        None,
+        &[
+            "local",
+            bad_matrix.to_str().unwrap(),
+            "--data-dir",
+            bad_dir.to_str().unwrap(),
+        ],
+    );
     assert!(!output.status.success(), "a bad file fails the campaign");
     let text = format!(
         "{}{}",
@@ -331,4 +347,9 @@ include:
         chats.display()
     );
     assert!(text.contains(&want), "no `{want}` in:\n{text}");
+    assert!(
+        text.contains("failed without retrying (a dataset file is malformed"),
+        "{text}"
+    );
+    assert!(!text.contains("attempt 1 of 3 failed"), "retried: {text}");
 }

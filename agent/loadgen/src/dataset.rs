@@ -321,6 +321,22 @@ pub enum DatasetError {
     Trace(#[from] TraceError),
 }
 
+impl DatasetError {
+    /// The file holds what it cannot mean (a line, field or conversation refused, or
+    /// nothing usable at all): reading it again gives the same error, unlike a file that
+    /// could not be read or a tokenizer that did not answer.
+    pub fn is_malformed(&self) -> bool {
+        match self {
+            DatasetError::Parse { .. } | DatasetError::Empty { .. } => true,
+            DatasetError::Trace(err) => !matches!(err, TraceError::Read { .. }),
+            DatasetError::Read { .. }
+            | DatasetError::Tokenizer { .. }
+            | DatasetError::Count(_)
+            | DatasetError::NoPrompts => false,
+        }
+    }
+}
+
 /// Common English words, each a single token under the usual BPE tokenizers (with a leading
 /// space) and under the whitespace convention.
 const WORDS: &[&str] = &[

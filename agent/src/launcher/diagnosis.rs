@@ -24,6 +24,7 @@ pub fn label(class: FailureClass) -> &'static str {
         FailureClass::MissingModel => "model files not found",
         FailureClass::MissingEngine => "engine not installed",
         FailureClass::ImageUnavailable => "image unavailable",
+        FailureClass::BadDataset => "bad dataset file",
         FailureClass::Unspecified => "not recognised",
     }
 }

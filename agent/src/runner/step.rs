@@ -44,6 +44,14 @@ pub enum StepPlanError {
     },
 }
 
+impl StepPlanError {
+    /// A dataset file the step could never use (see
+    /// [`dataset::DatasetError::is_malformed`]).
+    pub fn is_bad_dataset(&self) -> bool {
+        matches!(self, StepPlanError::Dataset { source, .. } if source.is_malformed())
+    }
+}
+
 /// "chat @ c=8 #0": workload, load point, repeat.
 pub fn label(step: &pb::StepSpec) -> String {
     let workload = step.workload.as_ref().map_or("?", |w| w.name.as_str());

@@ -244,8 +244,14 @@ async fn load_step(
     let plan = match step::plan(spec, target, salt).await {
         Ok(plan) => plan,
         Err(err) => {
+            // A malformed file fails the same way on every attempt: no retries.
+            let class = if err.is_bad_dataset() {
+                pb::FailureClass::BadDataset
+            } else {
+                pb::FailureClass::Unspecified
+            };
             return Err(Ending::Failed {
-                class: pb::FailureClass::Unspecified,
+                class,
                 error: evalctl_common::error_chain(&err),
                 log_tail: session.server.log_tail(LOG_TAIL_BYTES),
             });

@@ -360,6 +360,9 @@ impl AgentService for AgentApi {
         } else {
             warn!(campaign = %unit.campaign, unit = %unit.unit, lease = %lease, attempts = outcome.attempts, kind = kind.as_str(), %error, "unit failed");
             self.publish(unit, "unit_failed", || match &outcome.reaction {
+                Reaction::FailedAtOnce if kind == FailureKind::BadDataset => format!(
+                    "failed without retrying (a dataset file is malformed, as it would be on every attempt): {error}"
+                ),
                 Reaction::FailedAtOnce => format!(
                     "failed without retrying (the engine refused its command line, as it would on any agent): {error}"
                 ),
@@ -505,5 +508,6 @@ fn failure_kind(class: pb::FailureClass) -> FailureKind {
         pb::FailureClass::MissingModel => FailureKind::MissingModel,
         pb::FailureClass::MissingEngine => FailureKind::MissingEngine,
         pb::FailureClass::ImageUnavailable => FailureKind::ImageUnavailable,
+        pb::FailureClass::BadDataset => FailureKind::BadDataset,
     }
 }

@@ -104,6 +104,7 @@ pub fn failure_class(kind: FailureKind) -> pb::FailureClass {
         FailureKind::MissingModel => pb::FailureClass::MissingModel,
         FailureKind::MissingEngine => pb::FailureClass::MissingEngine,
         FailureKind::ImageUnavailable => pb::FailureClass::ImageUnavailable,
+        FailureKind::BadDataset => pb::FailureClass::BadDataset,
     }
 }
 

@@ -954,30 +954,41 @@ async fn complete_is_refused_while_steps_lack_results() {
 
 #[tokio::test]
 async fn a_failure_that_would_repeat_everywhere_fails_the_unit_at_once() {
-    let env = env().await;
-    let u = h100("m", 1);
-    let campaign = submit(&env, "c", 0, 3, vec![u.clone()]).await;
-    env.store
-        .register_agent(&agent("a1", gpus("H100-80GB", 1)))
-        .await
-        .unwrap();
-    let lease = must_acquire(&env, &ask("a1", &[0])).await;
-    let out = env
-        .store
-        .fail(
-            &lease.lease,
-            lease.epoch,
-            "bad argument: error: unrecognized arguments: --x",
-            "",
+    for (kind, error) in [
+        (
             FailureKind::BadArgument,
-        )
-        .await
-        .unwrap();
-    assert!(!out.will_retry);
-    assert_eq!((out.attempts, out.max_attempts), (1, 3));
-    let row = unit_row(&env, &campaign, &u.id).await;
-    assert_eq!((row.state, row.attempts), (UnitState::Failed, 1));
-    assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+            "bad argument: error: unrecognized arguments: --x",
+        ),
+        (
+            FailureKind::BadDataset,
+            "failed to parse dataset `chats.json` at line 5: conversations[2].value: a user turn with no text",
+        ),
+    ] {
+        let env = env().await;
+        let u = h100("m", 1);
+        let campaign = submit(&env, "c", 0, 3, vec![u.clone()]).await;
+        env.store
+            .register_agent(&agent("a1", gpus("H100-80GB", 1)))
+            .await
+            .unwrap();
+        let lease = must_acquire(&env, &ask("a1", &[0])).await;
+        let out = env
+            .store
+            .fail(&lease.lease, lease.epoch, error, "", kind)
+            .await
+            .unwrap();
+        assert!(!out.will_retry, "{kind:?}");
+        assert_eq!((out.attempts, out.max_attempts), (1, 3), "{kind:?}");
+        assert_eq!(out.reaction, Reaction::FailedAtOnce, "{kind:?}");
+        let row = unit_row(&env, &campaign, &u.id).await;
+        assert_eq!(
+            (row.state, row.attempts),
+            (UnitState::Failed, 1),
+            "{kind:?}"
+        );
+        assert_eq!(row.failure_kind, Some(kind), "stored: {kind:?}");
+        assert!(acquire(&env, &ask("a1", &[0])).await.is_none());
+    }
 }
 
 #[tokio::test]

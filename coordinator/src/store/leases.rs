@@ -501,7 +501,7 @@ pub(crate) fn fail(
     }
     let attempts = held.attempts.saturating_add(1);
     let (will_retry, reaction) = match kind {
-        FailureKind::BadArgument => (false, Reaction::FailedAtOnce),
+        FailureKind::BadArgument | FailureKind::BadDataset => (false, Reaction::FailedAtOnce),
         FailureKind::OutOfMemory => (false, Reaction::DoesNotFit),
         _ => (attempts < held.max_attempts, Reaction::Counted),
     };

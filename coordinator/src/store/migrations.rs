@@ -49,6 +49,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0008_image_unavailable",
         sql: include_str!("../../migrations/0008_image_unavailable.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_bad_dataset",
+        sql: include_str!("../../migrations/0009_bad_dataset.sql"),
+    },
 ];
 
 /// The coordinator database's schema.
@@ -133,6 +138,28 @@ mod tests {
         assert_eq!(SCHEMA.migrate(&mut conn).unwrap(), 0);
         assert_eq!(user_version(&conn).unwrap(), SCHEMA.latest_version());
         assert_eq!(tables(&conn), after_steps);
+    }
+
+    /// The store writes every failure kind the coordinator knows: the column's CHECK must
+    /// list each (a kind added without a migration fails every `Fail` carrying it).
+    #[test]
+    fn every_failure_kind_passes_the_units_check() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        SCHEMA.migrate(&mut conn).unwrap();
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'units'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        for kind in crate::store::rows::FailureKind::ALL {
+            assert!(
+                sql.contains(&format!("'{}'", kind.as_str())),
+                "units.failure_kind does not accept `{}`: {sql}",
+                kind.as_str()
+            );
+        }
     }
 
     #[test]

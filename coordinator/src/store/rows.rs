@@ -401,9 +401,23 @@ pub enum FailureKind {
     /// The framework's container image could not be had on the agent's host (a failed
     /// pull, `pull: never` without the image, no container runtime).
     ImageUnavailable,
+    /// A workload's dataset file is malformed; it would be on every attempt.
+    BadDataset,
 }
 
 impl FailureKind {
+    /// Every kind (the `units.failure_kind` column's CHECK lists each).
+    pub const ALL: [FailureKind; 8] = [
+        FailureKind::Unrecognised,
+        FailureKind::BadArgument,
+        FailureKind::PortInUse,
+        FailureKind::OutOfMemory,
+        FailureKind::MissingModel,
+        FailureKind::MissingEngine,
+        FailureKind::ImageUnavailable,
+        FailureKind::BadDataset,
+    ];
+
     /// The `units.failure_kind` spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -414,22 +428,13 @@ impl FailureKind {
             FailureKind::MissingModel => "missing_model",
             FailureKind::MissingEngine => "missing_engine",
             FailureKind::ImageUnavailable => "image_unavailable",
+            FailureKind::BadDataset => "bad_dataset",
         }
     }
 
     /// Reads the `units.failure_kind` spelling.
     pub fn parse(text: &str) -> Option<FailureKind> {
-        [
-            FailureKind::Unrecognised,
-            FailureKind::BadArgument,
-            FailureKind::PortInUse,
-            FailureKind::OutOfMemory,
-            FailureKind::MissingModel,
-            FailureKind::MissingEngine,
-            FailureKind::ImageUnavailable,
-        ]
-        .into_iter()
-        .find(|kind| kind.as_str() == text)
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
     }
 }
 

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`document`] | the step document and its environment, schema versions, the check on arrival |
 //! | [`metrics`] | step metrics from request records (vLLM's definitions, numpy percentiles) |
+//! | [`search`] | capacity search: the next probe from the stored ones, and the verdict |
+//! | [`probe`] | judging a search probe: steady-state window, keeping up, goal score |
 //! | [`slo`] | service level objectives and whether a request meets them |
 //! | [`record`] | the per-request record and error kinds |
 //! | [`telemetry`] | telemetry summaries of a step: GPUs, host, server metrics |
@@ -20,7 +22,9 @@
 pub mod codec;
 pub mod document;
 pub mod metrics;
+pub mod probe;
 pub mod record;
+pub mod search;
 pub mod slo;
 pub mod telemetry;
 pub mod turns;

@@ -64,7 +64,7 @@ fn passed(p: &Probe) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_search_finds_the_capacity_a_dense_sweep_finds() {
+async fn the_search_finds_the_capacity_a_dense_sweep_finds_and_says_when_it_cannot() {
     let sim = SimServer::start(server()).await.expect("sim starts");
     let url = sim.base_url();
     let data = dataset::prepare(&DatasetPlan {
@@ -113,13 +113,36 @@ async fn the_search_finds_the_capacity_a_dense_sweep_finds() {
         max_probes: 8,
         precision: 0.05,
     };
+    // The agent running the search is preempted during its fourth probe, whose result is
+    // never stored; another agent resumes from the three stored probes (in whatever order
+    // the store gives them) and runs that probe again, and no stored one.
     let mut probes: Vec<Probe> = Vec::new();
+    let mut preempted = None;
     let verdict = loop {
         match search::next(&spec, &probes) {
-            SearchStep::Probe(rps) => probes.push(probe(&url, &data, rps).await),
+            SearchStep::Probe(rps) if probes.len() == 3 && preempted.is_none() => {
+                let _lost = probe(&url, &data, rps).await;
+                preempted = Some(rps);
+                probes.reverse();
+            }
+            SearchStep::Probe(rps) => {
+                assert!(
+                    probes.iter().all(|p| p.load != rps),
+                    "{rps} was stored already: {probes:?}"
+                );
+                if probes.len() == 3 {
+                    assert_eq!(
+                        Some(rps),
+                        preempted,
+                        "the resumed search reruns the lost probe"
+                    );
+                }
+                probes.push(probe(&url, &data, rps).await);
+            }
             SearchStep::Done(verdict) => break verdict,
         }
     };
+    assert!(preempted.is_some(), "the search was preempted");
     let sequence: Vec<String> = probes
         .iter()
         .map(|p| format!("{:.1}{}", p.load, if passed(p) { "✓" } else { "✗" }))
@@ -144,4 +167,60 @@ async fn the_search_finds_the_capacity_a_dense_sweep_finds() {
     // 1 + ceil(log2(ln 16 / ln 1.05)) = 7 probes at most for 20..320 at 5%.
     assert!(verdict.probes <= 7, "{sequence:?}");
     sim.shutdown().await.expect("sim stops");
+
+    // A server too slow for the goal at `min` (32 prompt tokens at 2.5 ms: 80 ms to the first
+    // token): the search says so after one probe, with no capacity.
+    let slow = SimServer::start(SimConfig {
+        latency: LatencyModel {
+            prefill_us_per_token: 2500.0,
+            ..server().latency
+        },
+        ..server()
+    })
+    .await
+    .expect("sim starts");
+    let verdict = run_search(&slow.base_url(), &data, &spec).await;
+    assert_eq!(
+        (
+            verdict.capacity,
+            verdict.first_failing,
+            verdict.probes,
+            verdict.stopped
+        ),
+        (None, Some(20.0), 1, StopReason::LowestFails)
+    );
+    slow.shutdown().await.expect("sim stops");
+
+    // A server with room for all of it (64 slots, 1 ms a token): `max` passes, and the
+    // search says the capacity is at least `max`.
+    let roomy = SimServer::start(SimConfig {
+        latency: LatencyModel {
+            prefill_us_per_token: 20.0,
+            decode_ms_per_token: 1.0,
+            decode_ms_per_extra_request: 0.0,
+        },
+        max_num_seqs: 64,
+        ..SimConfig::default()
+    })
+    .await
+    .expect("sim starts");
+    let verdict = run_search(&roomy.base_url(), &data, &spec).await;
+    assert_eq!(
+        (verdict.capacity, verdict.stopped),
+        (Some(320.0), StopReason::HighestPasses),
+        "{verdict:?}"
+    );
+    assert!(verdict.probes <= 8, "{verdict:?}");
+    roomy.shutdown().await.expect("sim stops");
+}
+
+/// A whole search against the server at `url`.
+async fn run_search(url: &str, data: &Dataset, spec: &SearchSpec) -> search::SearchVerdict {
+    let mut probes: Vec<Probe> = Vec::new();
+    loop {
+        match search::next(spec, &probes) {
+            SearchStep::Probe(rps) => probes.push(probe(url, data, rps).await),
+            SearchStep::Done(verdict) => return verdict,
+        }
+    }
 }

@@ -255,12 +255,10 @@ pub(crate) async fn run_phase(
     warmup: bool,
     seed: u64,
 ) -> Vec<RequestRecord> {
-    if shared.conversations.is_some() {
-        let mut records = multi_turn::run_phase(shared, load, stop, first, warmup, seed).await;
-        records.sort_unstable_by_key(|r| r.index);
-        return records;
-    }
     let mut records = match load {
+        _ if shared.conversations.is_some() => {
+            multi_turn::run_phase(shared, load, stop, first, warmup, seed).await
+        }
         Load::Concurrency(c) => concurrency(shared, c, stop, first, warmup).await,
         Load::Rate {
             rps,

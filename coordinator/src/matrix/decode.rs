@@ -541,28 +541,12 @@ impl Decoder<'_> {
     }
 
     fn duration_ms(&self, path: &str, node: &Node) -> Result<u64, MatrixError> {
-        const HINT: &str = "write a number with a unit, e.g. `90s`, `20m` or `1h 30m`";
-        let text = match &node.value {
-            Value::Str(s) => s.clone(),
-            Value::Int(_) | Value::Float(_) => {
-                return Err(self.errors.hinted(
-                    node.pos,
-                    format!(
-                        "`{path}`: expected a duration, found {} without a unit",
-                        node.describe()
-                    ),
-                    Some(HINT),
-                ));
-            }
-            _ => return Err(self.type_error(path, node, "a duration such as `20m`")),
-        };
-        let duration = humantime::parse_duration(text.trim()).map_err(|e| {
-            self.errors.hinted(
-                node.pos,
-                format!("`{path}`: invalid duration `{text}`: {e}"),
-                Some(HINT),
-            )
-        })?;
+        let (duration, text) = self.duration(
+            path,
+            node,
+            "a duration such as `20m`",
+            "write a number with a unit, e.g. `90s`, `20m` or `1h 30m`",
+        )?;
         let ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         if ms == 0 {
             return Err(self.errors.at(
@@ -1336,7 +1320,24 @@ impl Decoder<'_> {
 
     /// A duration of zero or more, in seconds (`0s`, `500ms`, `2s`).
     fn seconds(&self, path: &str, node: &Node) -> Result<f64, MatrixError> {
-        const HINT: &str = "write a number with a unit, e.g. `500ms` or `2s`";
+        let (duration, _) = self.duration(
+            path,
+            node,
+            "a duration such as `2s`",
+            "write a number with a unit, e.g. `500ms` or `2s`",
+        )?;
+        Ok(duration.as_secs_f64())
+    }
+
+    /// A duration string (`90s`, `1h 30m`) and its text; `expected` and `hint` word the
+    /// errors for the field at hand.
+    fn duration(
+        &self,
+        path: &str,
+        node: &Node,
+        expected: &str,
+        hint: &str,
+    ) -> Result<(std::time::Duration, String), MatrixError> {
         let text = match &node.value {
             Value::Str(s) => s.clone(),
             Value::Int(_) | Value::Float(_) => {
@@ -1346,19 +1347,19 @@ impl Decoder<'_> {
                         "`{path}`: expected a duration, found {} without a unit",
                         node.describe()
                     ),
-                    Some(HINT),
+                    Some(hint),
                 ));
             }
-            _ => return Err(self.type_error(path, node, "a duration such as `2s`")),
+            _ => return Err(self.type_error(path, node, expected)),
         };
         let duration = humantime::parse_duration(text.trim()).map_err(|e| {
             self.errors.hinted(
                 node.pos,
                 format!("`{path}`: invalid duration `{text}`: {e}"),
-                Some(HINT),
+                Some(hint),
             )
         })?;
-        Ok(duration.as_secs_f64())
+        Ok((duration, text))
     }
 
     fn trace(&self, path: &str, node: &Node) -> Result<DatasetSpec, MatrixError> {

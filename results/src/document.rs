@@ -25,12 +25,16 @@
 //! | 1.2 | environment: `image_id`, `image_digest`, `container_runtime` |
 //! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates; metrics `reasoning_tokens`, `answer_tokens`; request records `reasoning_tokens` |
 //! | 1.4 | metrics `turns` (latency by turn position); request records `conversation`, `turn` |
+//! | 1.5 | `probe` (a capacity search's probe run), `search` (the search's verdict) |
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::StepMetrics;
+use crate::probe::Goal;
+use crate::search::{Probe, ProbeOutcome, SearchAxis, SearchSpec, SearchVerdict};
+use crate::settle::ProbeRun;
 use crate::telemetry::{GpuDevice, TelemetrySummary};
 use crate::workload::WorkloadFacts;
 
@@ -38,7 +42,7 @@ use crate::workload::WorkloadFacts;
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 4;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 5;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,6 +115,54 @@ pub struct StepDocument {
     /// 1.3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<WorkloadFacts>,
+    /// The step was a run of a capacity search's probe: which search, and how the run was
+    /// judged (from schema 1.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeFacts>,
+    /// The step was a capacity search: its verdict and probes (from schema 1.5). Such a
+    /// document has no metrics of its own; its probes' documents do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchFacts>,
+}
+
+/// A run of a capacity search's probe ([`crate::settle`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeFacts {
+    /// The search step's id.
+    pub search_step: String,
+    /// What the search varies.
+    pub axis: SearchAxis,
+    /// The load, the run at that load and the judgment.
+    #[serde(flatten)]
+    pub run: ProbeRun,
+}
+
+/// A finished capacity search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchFacts {
+    /// The bounds and budget.
+    pub spec: SearchSpec,
+    /// The goal each probe was judged against.
+    pub goal: Goal,
+    /// The verdict.
+    pub verdict: SearchVerdict,
+    /// Each load probed with its verdict over its runs, in load order.
+    pub probes: Vec<Probe>,
+    /// Every probe run in the order it ran.
+    pub runs: Vec<RunSummary>,
+}
+
+/// One probe run, as the search's verdict lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The run's step id.
+    pub step_id: String,
+    /// The load.
+    pub load: f64,
+    /// The run at that load, from 0.
+    pub run: u32,
+    /// The run's own outcome (before pooling with the load's other runs).
+    pub outcome: ProbeOutcome,
 }
 
 /// `environment_json` of a stored step result: enough to reproduce the step and to explain a

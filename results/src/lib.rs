@@ -8,6 +8,7 @@
 //! | [`metrics`] | step metrics from request records (vLLM's definitions, numpy percentiles) |
 //! | [`search`] | capacity search: the next probe from the stored ones, and the verdict |
 //! | [`probe`] | judging a search probe: steady-state window, keeping up, goal score |
+//! | [`settle`] | noise-aware probe verdicts (Wilson bounds, repeats) and the search's plan |
 //! | [`slo`] | service level objectives and whether a request meets them |
 //! | [`record`] | the per-request record and error kinds |
 //! | [`telemetry`] | telemetry summaries of a step: GPUs, host, server metrics |
@@ -25,6 +26,7 @@ pub mod metrics;
 pub mod probe;
 pub mod record;
 pub mod search;
+pub mod settle;
 pub mod slo;
 pub mod telemetry;
 pub mod turns;

@@ -71,6 +71,66 @@ pub struct ProbeJudgment {
     pub completed_rps: f64,
     /// Why a failing probe failed, in words.
     pub reason: Option<String>,
+    /// For each objective of the goal, how many of the window's requests met it: what
+    /// [`crate::settle`] pools over a probe's runs to settle its verdict at a confidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tallies: Vec<Tally>,
+}
+
+/// How many of a probe's window requests met one objective.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// The objective: `ttft`, `tpot` or `e2el` for a percentile goal, `slo` (every
+    /// objective at once) for an attainment goal.
+    pub objective: String,
+    /// Requests that met it.
+    pub within: u64,
+    /// Requests in the window.
+    pub of: u64,
+}
+
+impl Goal {
+    /// The fraction of requests that must meet each objective: the percentile / 100, or
+    /// the attainment fraction.
+    pub fn required_fraction(&self) -> f64 {
+        match self {
+            Goal::Percentile { percentile, .. } => percentile / 100.0,
+            Goal::Attainment { fraction, .. } => *fraction,
+        }
+    }
+
+    /// Checks the goal: a percentile in (0, 100), a fraction in (0, 1), at least one limit,
+    /// every limit finite and > 0.
+    pub fn validate(&self) -> Result<(), String> {
+        let (slo, share_ok) = match self {
+            Goal::Percentile { percentile, limits } => {
+                (limits, *percentile > 0.0 && *percentile < 100.0)
+            }
+            Goal::Attainment { fraction, slo } => (slo, *fraction > 0.0 && *fraction < 1.0),
+        };
+        if !share_ok {
+            return Err(match self {
+                Goal::Percentile { percentile, .. } => {
+                    format!("the percentile must be in (0, 100), got {percentile}")
+                }
+                Goal::Attainment { fraction, .. } => {
+                    format!("the goodput fraction must be in (0, 1), got {fraction}")
+                }
+            });
+        }
+        let limits = [slo.ttft_ms, slo.tpot_ms, slo.e2el_ms];
+        if limits.iter().all(Option::is_none) {
+            return Err("the goal sets no latency limit (ttft, tpot or e2el)".into());
+        }
+        if let Some(bad) = limits
+            .iter()
+            .flatten()
+            .find(|l| !(l.is_finite() && **l > 0.0))
+        {
+            return Err(format!("a latency limit must be finite and > 0, got {bad}"));
+        }
+        Ok(())
+    }
 }
 
 /// Judges a probe's measured records (warmup records are skipped) against `goal`;
@@ -111,6 +171,7 @@ pub fn judge(
         sent_rps: in_window.len() as f64 / seconds,
         completed_rps: completed as f64 / seconds,
         reason: None,
+        tallies: Vec::new(),
     };
     let server_failures = in_window
         .iter()
@@ -124,6 +185,7 @@ pub fn judge(
         return Ok(judgment);
     }
     let score = score(&in_window, goal);
+    judgment.tallies = tallies(&in_window, goal);
     if rate_probe && judgment.completed_rps < judgment.sent_rps * (1.0 - KEEP_UP_TOLERANCE) {
         judgment.outcome = ProbeOutcome::Fail { score: None };
         judgment.reason = Some(format!(
@@ -152,6 +214,50 @@ fn is_server_error(kind: ErrorKind) -> bool {
     !matches!(kind, ErrorKind::Timeout | ErrorKind::Stall)
 }
 
+/// For each objective of `goal`, how many of `requests` met it (a failed request meets
+/// none).
+fn tallies(requests: &[&RequestRecord], goal: &Goal) -> Vec<Tally> {
+    let of = requests.len() as u64;
+    let count = |met: &dyn Fn(&RequestRecord) -> bool| {
+        requests.iter().filter(|r| r.succeeded() && met(r)).count() as u64
+    };
+    match goal {
+        Goal::Percentile { limits, .. } => {
+            let objectives: [(&str, Option<f64>, Figure); 3] = [
+                ("ttft", limits.ttft_ms, RequestRecord::ttft_ms),
+                ("tpot", limits.tpot_ms, tpot_or_zero),
+                ("e2el", limits.e2el_ms, RequestRecord::e2el_ms),
+            ];
+            objectives
+                .iter()
+                .filter_map(|(name, limit, figure)| {
+                    let limit = (*limit)?;
+                    Some(Tally {
+                        objective: (*name).to_owned(),
+                        within: count(&|r| figure(r).is_some_and(|v| v <= limit)),
+                        of,
+                    })
+                })
+                .collect()
+        }
+        Goal::Attainment { slo, .. } => vec![Tally {
+            objective: "slo".into(),
+            within: count(&|r| slo.met_by(r)),
+            of,
+        }],
+    }
+}
+
+/// A request's TPOT, 0 for a request with one output token (it has none: it meets any
+/// limit).
+fn tpot_or_zero(r: &RequestRecord) -> Option<f64> {
+    if r.output_tokens <= 1 {
+        Some(0.0)
+    } else {
+        r.tpot_ms()
+    }
+}
+
 /// The worst ratio of a figure to its limit (infinite when a failed request decides it).
 fn score(requests: &[&RequestRecord], goal: &Goal) -> f64 {
     match goal {
@@ -161,14 +267,7 @@ fn score(requests: &[&RequestRecord], goal: &Goal) -> f64 {
         } => {
             let figures: [(Option<f64>, Figure); 3] = [
                 (limits.ttft_ms, RequestRecord::ttft_ms),
-                (limits.tpot_ms, |r: &RequestRecord| {
-                    // A request with one output token has no TPOT: it meets the limit.
-                    if r.output_tokens <= 1 {
-                        Some(0.0)
-                    } else {
-                        r.tpot_ms()
-                    }
-                }),
+                (limits.tpot_ms, tpot_or_zero),
                 (limits.e2el_ms, RequestRecord::e2el_ms),
             ];
             figures
@@ -252,6 +351,14 @@ mod tests {
         assert_eq!(j.window_ns, (99 * MS, 891 * MS));
         assert_eq!(j.requests, 80);
         assert!(j.reason.is_none());
+        assert_eq!(
+            j.tallies,
+            vec![Tally {
+                objective: "ttft".into(),
+                within: 80,
+                of: 80
+            }]
+        );
         // The same probe against a tighter limit fails with its score.
         let j = judge(&records, &p90(20.0), true).expect("judged");
         assert_eq!(j.outcome, ProbeOutcome::Fail { score: Some(2.0) });

@@ -52,6 +52,17 @@ pub struct SearchSpec {
     /// Relative width of the final bracket: the capacity found is within this fraction of
     /// the true one.
     pub precision: f64,
+    /// Extra runs of a load whose verdict is not settled at the confidence
+    /// ([`crate::settle`]); they do not count against `max_probes`.
+    #[serde(default = "default_max_repeats")]
+    pub max_repeats: u32,
+}
+
+/// [`SearchSpec::max_repeats`] when not given.
+pub const DEFAULT_MAX_REPEATS: u32 = 2;
+
+fn default_max_repeats() -> u32 {
+    DEFAULT_MAX_REPEATS
 }
 
 impl SearchSpec {
@@ -108,6 +119,42 @@ pub enum ProbeOutcome {
     },
     /// The server failed requests: no latency verdict is possible.
     ServerFailed,
+    /// Every run allowed at the load left the verdict unsettled at the confidence
+    /// ([`crate::settle`]): the search treats it as a miss, so a capacity is only ever a
+    /// settled pass.
+    Inconclusive {
+        /// The mean of the runs' scores, when scored.
+        score: Option<f64>,
+    },
+}
+
+impl ProbeOutcome {
+    /// The outcome counts against the load (a miss, unscored or inconclusive).
+    pub fn is_miss(&self) -> bool {
+        matches!(
+            self,
+            ProbeOutcome::Fail { .. } | ProbeOutcome::Inconclusive { .. }
+        )
+    }
+
+    /// The score, when the outcome has one.
+    pub fn score(&self) -> Option<f64> {
+        match *self {
+            ProbeOutcome::Pass { score } => Some(score),
+            ProbeOutcome::Fail { score } | ProbeOutcome::Inconclusive { score } => score,
+            ProbeOutcome::ServerFailed => None,
+        }
+    }
+
+    /// One word for tables: `pass`, `fail`, `server failed`, `inconclusive`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            ProbeOutcome::Pass { .. } => "pass",
+            ProbeOutcome::Fail { .. } => "fail",
+            ProbeOutcome::ServerFailed => "server failed",
+            ProbeOutcome::Inconclusive { .. } => "inconclusive",
+        }
+    }
 }
 
 /// One stored probe.
@@ -142,10 +189,26 @@ pub struct SearchVerdict {
     pub capacity: Option<f64>,
     /// The lowest load that missed it, when one did.
     pub first_failing: Option<f64>,
-    /// Probes used.
+    /// Probes used (distinct loads).
     pub probes: u32,
+    /// Probe steps run, repeats of unsettled loads included.
+    #[serde(default)]
+    pub runs: u32,
     /// Why the search ended.
     pub stopped: StopReason,
+}
+
+impl StopReason {
+    /// The reason in words, for tables and reports.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            StopReason::PrecisionReached => "precision reached",
+            StopReason::MaxProbes => "max probes used",
+            StopReason::ServerFailed => "the server failed requests",
+            StopReason::LowestFails => "the lowest load already misses the goal",
+            StopReason::HighestPasses => "the highest load still meets the goal",
+        }
+    }
 }
 
 /// What a search does next.
@@ -167,6 +230,7 @@ pub fn next(spec: &SearchSpec, probes: &[Probe]) -> SearchStep {
             capacity,
             first_failing,
             probes: used,
+            runs: used,
             stopped,
         })
     };
@@ -179,7 +243,7 @@ pub fn next(spec: &SearchSpec, probes: &[Probe]) -> SearchStep {
     // The lowest failing load bounds the capacity; passes above it are noise and ignored.
     let first_failing = probes
         .iter()
-        .filter(|p| matches!(p.outcome, ProbeOutcome::Fail { .. }))
+        .filter(|p| p.outcome.is_miss())
         .map(|p| p.load)
         .min_by(f64::total_cmp);
     let capacity = probes
@@ -221,8 +285,27 @@ fn midpoint(spec: &SearchSpec, lo: f64, hi: f64) -> f64 {
     let mid = (lo * hi).sqrt();
     match spec.axis {
         SearchAxis::Concurrency => mid.round().clamp(lo + 1.0, hi - 1.0),
-        SearchAxis::Rate => mid,
+        // Four significant digits: a load that reads well in tables and survives any JSON
+        // round trip exactly; the bracket is wider than 1 + precision, so the rounding
+        // (under 0.05%) keeps the midpoint well inside it.
+        SearchAxis::Rate => {
+            let rounded = round_significant(mid, 4);
+            if rounded > lo && rounded < hi {
+                rounded
+            } else {
+                mid
+            }
+        }
     }
+}
+
+/// `x` rounded to `digits` significant digits.
+fn round_significant(x: f64, digits: i32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let scale = 10f64.powi(digits - 1 - x.abs().log10().floor() as i32);
+    (x * scale).round() / scale
 }
 
 #[cfg(test)]
@@ -270,6 +353,7 @@ mod tests {
             max,
             max_probes: 8,
             precision: 0.05,
+            max_repeats: DEFAULT_MAX_REPEATS,
         }
     }
 
@@ -310,6 +394,7 @@ mod tests {
                     max: 256.0,
                     max_probes: 8,
                     precision: 0.05,
+                    max_repeats: DEFAULT_MAX_REPEATS,
                 };
                 let curve = move |load: f64| Some((load / capacity).powf(exponent));
                 let (verdict, loads) = run(&spec, curve);

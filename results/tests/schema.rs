@@ -11,6 +11,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use evalctl_results::Slo;
+use evalctl_results::document::{ProbeFacts, RunSummary, SearchFacts};
+use evalctl_results::probe::{Goal, ProbeJudgment, Tally};
+use evalctl_results::search::{
+    Probe, ProbeOutcome, SearchAxis, SearchSpec, SearchVerdict, StopReason,
+};
+use evalctl_results::settle::ProbeRun;
 use evalctl_results::{
     EnergyMethod, Environment, ErrorKind, GpuDevice, GpuSummary, HostSummary, LagSummary,
     RequestError, RequestRecord, STEP_DOCUMENT_SCHEMA, SchemaVersion, SeriesKind, SeriesSummary,
@@ -190,6 +197,64 @@ fn full_document() -> StepDocument {
                     "vllm:prefix_cache_hits_total/vllm:prefix_cache_queries_total".into(),
                 ),
             }),
+        }),
+        // A probe run's facts and a search's verdict never share a document; both are set
+        // here to pin their shapes.
+        probe: Some(ProbeFacts {
+            search_step: "s-0123456789abcdef".into(),
+            axis: SearchAxis::Rate,
+            run: ProbeRun {
+                load: 40.5,
+                run: 1,
+                judgment: ProbeJudgment {
+                    outcome: ProbeOutcome::Pass { score: 0.8 },
+                    window_ns: (100_000_000, 900_000_000),
+                    requests: 32,
+                    sent_rps: 40.1,
+                    completed_rps: 39.8,
+                    reason: Some("none".into()),
+                    tallies: vec![Tally {
+                        objective: "ttft".into(),
+                        within: 31,
+                        of: 32,
+                    }],
+                },
+            },
+        }),
+        search: Some(SearchFacts {
+            spec: SearchSpec {
+                axis: SearchAxis::Rate,
+                min: 1.0,
+                max: 64.0,
+                max_probes: 8,
+                precision: 0.05,
+                max_repeats: 2,
+            },
+            goal: Goal::Percentile {
+                percentile: 90.0,
+                limits: Slo {
+                    ttft_ms: Some(500.0),
+                    tpot_ms: Some(50.0),
+                    e2el_ms: None,
+                },
+            },
+            verdict: SearchVerdict {
+                capacity: Some(40.5),
+                first_failing: Some(42.0),
+                probes: 7,
+                runs: 8,
+                stopped: StopReason::PrecisionReached,
+            },
+            probes: vec![Probe {
+                load: 40.5,
+                outcome: ProbeOutcome::Inconclusive { score: Some(1.01) },
+            }],
+            runs: vec![RunSummary {
+                step_id: "s-0123456789abcdef~rate=40.5#1".into(),
+                load: 40.5,
+                run: 1,
+                outcome: ProbeOutcome::Fail { score: None },
+            }],
         }),
     }
 }

@@ -4,7 +4,8 @@
 # build and its tiny model (scripts/setup-vllm.sh: about 4 minutes and 5.4 GB the first time,
 # then a second), as root with apt-get, Podman and runc for the container tests
 # (scripts/setup-podman.sh) and headless Chromium for the report test
-# (scripts/setup-chromium.sh), builds every
+# (scripts/setup-chromium.sh), pymcdm in a test venv for the TOPSIS cross-check
+# (scripts/setup-pymcdm.sh: a few seconds), builds every
 # binary (the end-to-end tests start the real coordinator, agent and CLI processes), then
 # runs all tests of the workspace and ends with one totals line:
 # "summary: N passed, N failed, N skipped".
@@ -39,6 +40,11 @@ if ! scripts/setup-chromium.sh; then
   echo "test.sh: scripts/setup-chromium.sh failed; the report test will skip its rendering part" >&2
 fi
 took "setup Chromium"
+# tests/e2e/capacity.rs checks `recommend --rank topsis` against pymcdm; without it that test fails, and says why.
+if ! scripts/setup-pymcdm.sh; then
+  echo "test.sh: scripts/setup-pymcdm.sh failed; the capacity end-to-end test will fail" >&2
+fi
+took "setup pymcdm"
 
 cargo build --workspace --bins --locked
 took "build the binaries"

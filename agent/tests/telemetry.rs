@@ -130,7 +130,7 @@ async fn run_step(
         started_at_ms: 0,
         finished_at_ms: 1,
     };
-    let result = step::result(&context, &outcome, recorded, None).expect("result");
+    let result = step::result(&context, &outcome, recorded, None, None).expect("result");
     let document: StepDocument = serde_json::from_str(&result.result_json).expect("document");
     (result, document)
 }

@@ -384,6 +384,22 @@ pub enum LoadPoint {
     },
     /// A trace's own arrivals, this many times faster.
     TimeScale(f64),
+    /// A capacity search: the step runs probes at loads it chooses (docs/capacity.md).
+    Search(SearchLoad),
+}
+
+/// A capacity search of a workload: bounds, budget, goal, and the arrival process of rate
+/// probes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchLoad {
+    /// What is varied, the bounds and the budget.
+    pub spec: evalctl_results::search::SearchSpec,
+    /// What a probe must show to pass.
+    pub goal: evalctl_results::probe::Goal,
+    /// Arrival process of rate probes.
+    pub arrival: Arrival,
+    /// Gamma shape, with `Gamma` arrivals.
+    pub burstiness: Option<f64>,
 }
 
 impl fmt::Display for LoadPoint {
@@ -393,6 +409,13 @@ impl fmt::Display for LoadPoint {
             LoadPoint::Rate { rps, .. } if rps.is_infinite() => f.write_str("rate=inf"),
             LoadPoint::Rate { rps, .. } => write!(f, "rate={rps}"),
             LoadPoint::TimeScale(x) => write!(f, "x{x}"),
+            LoadPoint::Search(search) => {
+                let axis = match search.spec.axis {
+                    evalctl_results::search::SearchAxis::Concurrency => "c",
+                    evalctl_results::search::SearchAxis::Rate => "rate",
+                };
+                write!(f, "search {axis}={}..{}", search.spec.min, search.spec.max)
+            }
         }
     }
 }

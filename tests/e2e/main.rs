@@ -2,6 +2,7 @@
 //! real SQLite files, real signals. One test binary; helpers live in `harness/`.
 
 mod agents;
+mod capacity;
 mod chaos;
 mod cli_errors;
 mod compare;

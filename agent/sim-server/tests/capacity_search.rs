@@ -112,6 +112,7 @@ async fn the_search_finds_the_capacity_a_dense_sweep_finds_and_says_when_it_cann
         max: 320.0,
         max_probes: 8,
         precision: 0.05,
+        max_repeats: search::DEFAULT_MAX_REPEATS,
     };
     // The agent running the search is preempted during its fourth probe, whose result is
     // never stored; another agent resumes from the three stored probes (in whatever order

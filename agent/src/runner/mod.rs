@@ -6,6 +6,7 @@
 //! | [`config`] | settings: TOML file, defaults |
 //! | [`unit`] | one lease: server, steps, then complete / fail / release |
 //! | [`step`] | a step description → load-generator plan → step result |
+//! | [`capacity`] | capacity search steps: the next probe from the stored runs, the verdict |
 //! | [`prefix_cache`] | keeps a warm server's prefix cache out of a step: reset, salt or keep |
 //! | [`harness`] | harness steps (`api: command`): an external program's JSON metrics |
 //! | [`servers`] | launching servers and keeping them warm between units |
@@ -25,6 +26,7 @@
 //! start re-sends the outbox, ends the server process groups the previous life left, and
 //! resumes every lease the coordinator still counts as this agent's.
 
+pub mod capacity;
 pub mod config;
 pub mod environment;
 pub mod harness;

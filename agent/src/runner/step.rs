@@ -12,6 +12,7 @@ use evalctl_loadgen::trace::{self, TraceOptions};
 use evalctl_loadgen::{
     Api, Arrival, DatasetPlan, DatasetSource, Load, Sampled, Slo, StepOutcome, StepPlan, Stop,
 };
+use evalctl_results::document::ProbeFacts;
 use evalctl_results::{
     STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument, WorkloadFacts, codec,
 };
@@ -55,11 +56,15 @@ impl StepPlanError {
 /// "chat @ c=8 #0": workload, load point, repeat.
 pub fn label(step: &pb::StepSpec) -> String {
     let workload = step.workload.as_ref().map_or("?", |w| w.name.as_str());
-    let load = match step.load.as_ref().and_then(|l| l.kind) {
+    let load = match step.load.as_ref().and_then(|l| l.kind.as_ref()) {
         Some(pb::load_point::Kind::Concurrency(c)) => format!("c={c}"),
         Some(pb::load_point::Kind::Rate(r)) if r.is_infinite() => "rate=inf".to_owned(),
         Some(pb::load_point::Kind::Rate(r)) => format!("rate={r}"),
         Some(pb::load_point::Kind::TimeScale(x)) => format!("x{x}"),
+        Some(pb::load_point::Kind::Search(s)) => {
+            let axis = if s.over == "concurrency" { "c" } else { "rate" };
+            format!("search {axis}={}..{}", s.min, s.max)
+        }
         None => "load=?".to_owned(),
     };
     format!("{workload} @ {load} #{}", step.repeat)
@@ -282,9 +287,9 @@ pub fn is_generated(spec: &pb::DatasetSpec) -> bool {
 
 fn load(point: Option<&pb::LoadPoint>) -> Result<Load, String> {
     let point = point.ok_or("the step has no load point")?;
-    match point.kind {
-        Some(pb::load_point::Kind::Concurrency(n)) => Ok(Load::Concurrency(n)),
-        Some(pb::load_point::Kind::Rate(rps)) => {
+    match point.kind.as_ref() {
+        Some(&pb::load_point::Kind::Concurrency(n)) => Ok(Load::Concurrency(n)),
+        Some(&pb::load_point::Kind::Rate(rps)) => {
             let arrival = match point.arrival.as_str() {
                 "poisson" | "" => Arrival::Poisson,
                 "constant" => Arrival::Constant,
@@ -299,7 +304,10 @@ fn load(point: Option<&pb::LoadPoint>) -> Result<Load, String> {
                 max_in_flight: None,
             })
         }
-        Some(pb::load_point::Kind::TimeScale(time_scale)) => Ok(Load::Trace { time_scale }),
+        Some(&pb::load_point::Kind::TimeScale(time_scale)) => Ok(Load::Trace { time_scale }),
+        Some(pb::load_point::Kind::Search(_)) => {
+            Err("a capacity search runs probe steps; it has no load of its own".into())
+        }
         None => Err("the load point is neither a concurrency, a rate nor a time scale".into()),
     }
 }
@@ -360,6 +368,7 @@ pub fn result(
     outcome: &StepOutcome,
     telemetry: Option<RecordedTelemetry>,
     workload: Option<WorkloadFacts>,
+    probe: Option<ProbeFacts>,
 ) -> std::io::Result<pb::StepResult> {
     let (summary, telemetry_zstd) = match telemetry {
         Some(t) => (Some(t.summary), t.raw_zstd),
@@ -379,6 +388,8 @@ pub fn result(
         finished_at_ms: ctx.finished_at_ms,
         telemetry: summary,
         workload,
+        probe,
+        search: None,
     };
     let mut result = protocol_result(
         ctx,

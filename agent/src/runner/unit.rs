@@ -13,9 +13,13 @@ use tracing::{Instrument as _, error, info, info_span, warn};
 
 use super::servers::{self, LOG_TAIL_BYTES, Session};
 use super::step::{self, ResultContext, Target};
-use super::{Ctx, LeaseSlot, StopReason, environment, harness, outbox, prefix_cache};
+use super::{Ctx, LeaseSlot, StopReason, capacity, environment, harness, outbox, prefix_cache};
 
 use evalctl_loadgen as loadgen;
+use evalctl_results::document::ProbeFacts;
+use evalctl_results::probe::Goal;
+use evalctl_results::search::SearchAxis;
+use evalctl_results::settle::{NextRun, ProbeRun};
 use evalctl_results::{STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, StepDocument};
 use evalctl_telemetry as telemetry;
 
@@ -163,67 +167,207 @@ async fn execute(
         slot.current_step.store(spec.index, Ordering::Relaxed);
         let label = step::label(spec);
         let is_harness = spec.workload.as_ref().is_some_and(|w| w.api == "command");
+        let run = StepRun {
+            ctx,
+            lease,
+            target: &target,
+            environment_json: &environment_json,
+            simulated,
+            slot,
+        };
         let result = if is_harness {
-            match harness_step(ctx, lease, spec, session, &environment_json, slot).await {
-                Ok(result) => result,
-                Err(ending) => return ending,
+            harness_step(ctx, lease, spec, session, &environment_json, slot).await
+        } else if let Some(search) = capacity::of(spec) {
+            match search {
+                Ok(search) => search_step(&run, spec, &search, session).await,
+                Err(message) => Err(Ending::Failed {
+                    class: pb::FailureClass::Unspecified,
+                    error: format!("step {label}: {message}"),
+                    log_tail: String::new(),
+                }),
             }
         } else {
-            match load_step(
-                ctx,
-                lease,
-                spec,
-                session,
-                &target,
-                &environment_json,
-                simulated,
-                slot,
-            )
-            .await
-            {
-                Ok(result) => result,
-                Err(ending) => return ending,
-            }
+            load_step(&run, spec, session, None)
+                .await
+                .map(|(result, _)| result)
         };
-        let batch = pb::ResultBatch {
-            lease_id: lease.lease_id.clone(),
-            epoch: lease.epoch,
-            unit_id: lease.unit_id.clone(),
-            attempt: lease.attempt,
-            sequence: 0,
-            results: vec![result],
+        let result = match result {
+            Ok(result) => result,
+            Err(ending) => return ending,
         };
-        if let Err(err) = ctx.state.finish_step(&lease.lease_id, &spec.step_id, batch) {
-            // The result cannot be made durable: stop rather than report what could be lost.
-            error!(step = %label, error = %err, "failed to store the step result in the outbox");
-            return Ending::Failed {
-                class: pb::FailureClass::Unspecified,
-                error: format!("step {label}: failed to store the result locally: {err}"),
-                log_tail: String::new(),
-            };
+        if let Err(ending) = finish_step(ctx, lease, spec, result, None) {
+            return ending;
         }
-        ctx.outbox_changed.notify_one();
         slot.steps_finished.fetch_add(1, Ordering::Relaxed);
         info!(step = %label, index = spec.index, "step finished");
     }
     Ending::Finished
 }
 
-/// Runs a load-generator step; its result, or how the unit ends instead.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
-async fn load_step(
+/// What every step of a lease runs with.
+struct StepRun<'a> {
+    ctx: &'a Ctx,
+    lease: &'a pb::Lease,
+    target: &'a Target,
+    environment_json: &'a str,
+    simulated: bool,
+    slot: &'a LeaseSlot,
+}
+
+/// Stores a finished step's result durably (state + outbox, one transaction) and wakes the
+/// outbox; a probe run's facts are recorded with it.
+fn finish_step(
     ctx: &Ctx,
     lease: &pb::Lease,
     spec: &pb::StepSpec,
+    result: pb::StepResult,
+    probe: Option<(&str, &str)>,
+) -> Result<(), Ending> {
+    let label = step::label(spec);
+    let batch = pb::ResultBatch {
+        lease_id: lease.lease_id.clone(),
+        epoch: lease.epoch,
+        unit_id: lease.unit_id.clone(),
+        attempt: lease.attempt,
+        sequence: 0,
+        results: vec![result],
+    };
+    let stored = match probe {
+        None => ctx.state.finish_step(&lease.lease_id, &spec.step_id, batch),
+        Some((search_step, facts_json)) => ctx.state.finish_probe(
+            &lease.lease_id,
+            &spec.step_id,
+            batch,
+            search_step,
+            facts_json,
+        ),
+    };
+    if let Err(err) = stored {
+        // The result cannot be made durable: stop rather than report what could be lost.
+        error!(step = %label, error = %err, "failed to store the step result in the outbox");
+        return Err(Ending::Failed {
+            class: pb::FailureClass::Unspecified,
+            error: format!("step {label}: failed to store the result locally: {err}"),
+            log_tail: String::new(),
+        });
+    }
+    ctx.outbox_changed.notify_one();
+    Ok(())
+}
+
+/// Runs a capacity search step: its probe runs, each stored as a step of its own, then the
+/// verdict as the search step's result.
+async fn search_step(
+    run: &StepRun<'_>,
+    spec: &pb::StepSpec,
+    search: &capacity::Search,
     session: &mut Session,
-    target: &Target,
-    environment_json: &str,
-    simulated: bool,
-    slot: &LeaseSlot,
 ) -> Result<pb::StepResult, Ending> {
+    let label = step::label(spec);
+    let failed = |error: String| Ending::Failed {
+        class: pb::FailureClass::Unspecified,
+        error: format!("step {label}: {error}"),
+        log_tail: String::new(),
+    };
+    let started_at_ms = now_ms();
+    loop {
+        let local = run
+            .ctx
+            .state
+            .probe_runs(&run.lease.lease_id, &spec.step_id)
+            .map_err(|err| failed(format!("failed to read its probe runs: {err}")))?;
+        let runs = capacity::stored_runs(run.lease, &local, &spec.step_id).map_err(failed)?;
+        match capacity::next(search, &runs) {
+            NextRun::Run { load, run: repeat } => {
+                let probe = capacity::probe_step(spec, search.spec.axis, load, repeat);
+                let of = ProbeOf {
+                    search_step: &spec.step_id,
+                    axis: search.spec.axis,
+                    goal: &search.goal,
+                    load,
+                    run: repeat,
+                };
+                let (result, facts) = load_step(run, &probe, session, Some(&of)).await?;
+                let facts = facts.ok_or_else(|| failed("a probe run was not judged".into()))?;
+                info!(
+                    step = %step::label(&probe),
+                    outcome = facts.run.judgment.outcome.word(),
+                    reason = facts.run.judgment.reason.as_deref().unwrap_or(""),
+                    "probe run judged"
+                );
+                let facts_json = serde_json::to_string(&facts)
+                    .map_err(|err| failed(format!("failed to encode a probe's facts: {err}")))?;
+                finish_step(
+                    run.ctx,
+                    run.lease,
+                    &probe,
+                    result,
+                    Some((&spec.step_id, &facts_json)),
+                )?;
+            }
+            NextRun::Done(verdict) => {
+                info!(
+                    step = %label,
+                    capacity = ?verdict.capacity,
+                    first_failing = ?verdict.first_failing,
+                    probes = verdict.probes,
+                    runs = verdict.runs,
+                    stopped = verdict.stopped.describe(),
+                    "capacity search finished"
+                );
+                let document = capacity::verdict_document(
+                    label.clone(),
+                    run.simulated,
+                    search,
+                    &runs,
+                    verdict,
+                    started_at_ms,
+                    now_ms(),
+                );
+                let context = ResultContext {
+                    lease: run.lease,
+                    step: spec,
+                    agent_id: &run.ctx.agent_id,
+                    simulated: run.simulated,
+                    served_model: &session.served_model,
+                    environment_json: run.environment_json,
+                    started_at_ms,
+                    finished_at_ms: document.finished_at_ms,
+                };
+                let json = serde_json::to_string(&document)
+                    .map_err(|err| failed(format!("failed to encode the verdict: {err}")))?;
+                return Ok(step::protocol_result(&context, json, Vec::new()));
+            }
+        }
+    }
+}
+
+/// The search a load step is a probe run of.
+struct ProbeOf<'a> {
+    search_step: &'a str,
+    axis: SearchAxis,
+    goal: &'a Goal,
+    load: f64,
+    run: u32,
+}
+
+/// Runs a load-generator step; its result, or how the unit ends instead.
+/// A probe run (`probe`) is judged on its records rather than failed when every request
+/// failed, and its facts come back with its result.
+async fn load_step(
+    run: &StepRun<'_>,
+    spec: &pb::StepSpec,
+    session: &mut Session,
+    probe: Option<&ProbeOf<'_>>,
+) -> Result<(pb::StepResult, Option<ProbeFacts>), Ending> {
+    let StepRun {
+        ctx,
+        lease,
+        target,
+        environment_json,
+        simulated,
+        slot,
+    } = *run;
     let label = step::label(spec);
     let workload = spec.workload.as_ref();
     let dataset_spec = workload.and_then(|w| w.dataset.as_ref());
@@ -303,7 +447,20 @@ async fn load_step(
             });
         }
     };
-    if let Some(reason) = step::failure(&outcome) {
+    let facts = match probe {
+        None => None,
+        Some(of) => match judge(of, &outcome.records) {
+            Ok(facts) => Some(facts),
+            Err(message) => {
+                return Err(Ending::Failed {
+                    class: pb::FailureClass::Unspecified,
+                    error: format!("probe {label}: {message}"),
+                    log_tail: String::new(),
+                });
+            }
+        },
+    };
+    if let Some(reason) = step::failure(&outcome).filter(|_| probe.is_none()) {
         return Err(Ending::Failed {
             class: pb::FailureClass::Unspecified,
             error: format!("step {label}: {reason}"),
@@ -334,7 +491,13 @@ async fn load_step(
         &outcome.records,
         recorded.as_ref().and_then(|t| t.summary.server.as_ref()),
     );
-    let result = match step::result(&context, &outcome, recorded, Some(workload_facts)) {
+    let result = match step::result(
+        &context,
+        &outcome,
+        recorded,
+        Some(workload_facts),
+        facts.clone(),
+    ) {
         Ok(result) => result,
         Err(err) => {
             return Err(Ending::Failed {
@@ -353,7 +516,24 @@ async fn load_step(
         ttft_p50_ms = format_args!("{:.2}", m.ttft_ms.map_or(f64::NAN, |s| s.p50)),
         "load step measured"
     );
-    Ok(result)
+    Ok((result, facts))
+}
+
+/// Judges a probe run's records against its search's goal.
+fn judge(
+    of: &ProbeOf<'_>,
+    records: &[evalctl_results::RequestRecord],
+) -> Result<ProbeFacts, String> {
+    let judgment = evalctl_results::probe::judge(records, of.goal, of.axis == SearchAxis::Rate)?;
+    Ok(ProbeFacts {
+        search_step: of.search_step.to_owned(),
+        axis: of.axis,
+        run: ProbeRun {
+            load: of.load,
+            run: of.run,
+            judgment,
+        },
+    })
 }
 
 /// Runs a harness step (`api: command`); its result, or how the unit ends instead.
@@ -415,6 +595,8 @@ async fn harness_step(
         finished_at_ms: now_ms(),
         telemetry: None,
         workload: None,
+        probe: None,
+        search: None,
     };
     let context = ResultContext {
         lease,

@@ -19,6 +19,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_launches",
         sql: include_str!("migrations/0002_launches.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_probe_runs",
+        sql: include_str!("migrations/0003_probe_runs.sql"),
+    },
 ];
 
 /// The agent state's schema.

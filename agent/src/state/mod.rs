@@ -178,7 +178,56 @@ impl AgentState {
         &self,
         lease_id: &str,
         step_id: &str,
+        batch: ResultBatch,
+    ) -> Result<ResultBatch, StateError> {
+        self.finish(lease_id, step_id, batch, None)
+    }
+
+    /// [`finish_step`](Self::finish_step) for a run of a capacity search's probe: also
+    /// records the run (`facts_json`, its `ProbeFacts`) under its search step, in the same
+    /// transaction, for [`probe_runs`](Self::probe_runs).
+    pub fn finish_probe(
+        &self,
+        lease_id: &str,
+        step_id: &str,
+        batch: ResultBatch,
+        search_step: &str,
+        facts_json: &str,
+    ) -> Result<ResultBatch, StateError> {
+        self.finish(lease_id, step_id, batch, Some((search_step, facts_json)))
+    }
+
+    /// The probe runs finished under `lease_id` for `search_step`: their `ProbeFacts` JSON,
+    /// by step id.
+    pub fn probe_runs(
+        &self,
+        lease_id: &str,
+        search_step: &str,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        let inner = self.lock();
+        let mut stmt = inner
+            .conn
+            .prepare_cached(
+                "SELECT step_id, facts FROM probe_runs WHERE lease_id = ?1 AND search_step = ?2
+                 ORDER BY rowid",
+            )
+            .sql("read the probe runs")?;
+        let runs = stmt
+            .query_map([lease_id, search_step], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .sql("read the probe runs")?
+            .collect::<Result<Vec<(String, String)>, _>>()
+            .sql("read the probe runs")?;
+        Ok(runs)
+    }
+
+    fn finish(
+        &self,
+        lease_id: &str,
+        step_id: &str,
         mut batch: ResultBatch,
+        probe: Option<(&str, &str)>,
     ) -> Result<ResultBatch, StateError> {
         const ACTION: &str = "finish the step";
         // The stored blob's own sequence is ignored (the column is the truth); encode it
@@ -231,6 +280,14 @@ impl AgentState {
             params![lease_id, step_id, sequence],
         )
         .sql(ACTION)?;
+        if let Some((search_step, facts)) = probe {
+            tx.execute(
+                "INSERT INTO probe_runs (lease_id, step_id, search_step, facts)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![lease_id, step_id, search_step, facts],
+            )
+            .sql(ACTION)?;
+        }
         tx.commit().sql(ACTION)?;
         batch.sequence = from_sql_int("outbox.sequence", sequence)?;
         Ok(batch)

@@ -3,6 +3,8 @@
 //! coordinator that knows both.
 
 use evalctl_proto::v1 as pb;
+use evalctl_results::probe::Goal;
+use evalctl_results::search::SearchAxis;
 
 use crate::domain::{
     AgentGpu, Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Dropped, FrameworkSpec,
@@ -324,8 +326,51 @@ fn slo(s: &Slo) -> pb::Slo {
     }
 }
 
+fn arrival_name(arrival: Arrival) -> String {
+    match arrival {
+        Arrival::Poisson => "poisson",
+        Arrival::Gamma => "gamma",
+        Arrival::Constant => "constant",
+    }
+    .to_owned()
+}
+
+/// A search's goal on the wire.
+fn search_goal(goal: &Goal) -> pb::SearchGoal {
+    let (percentile, fraction, limits) = match goal {
+        Goal::Percentile { percentile, limits } => (*percentile, 0.0, limits),
+        Goal::Attainment { fraction, slo } => (0.0, *fraction, slo),
+    };
+    pb::SearchGoal {
+        percentile,
+        fraction,
+        limits: Some(pb::Slo {
+            ttft_ms: limits.ttft_ms.unwrap_or(0.0),
+            tpot_ms: limits.tpot_ms.unwrap_or(0.0),
+            e2el_ms: limits.e2el_ms.unwrap_or(0.0),
+        }),
+    }
+}
+
 fn load_point(l: &LoadPoint) -> pb::LoadPoint {
     match l {
+        LoadPoint::Search(search) => pb::LoadPoint {
+            kind: Some(pb::load_point::Kind::Search(pb::SearchLoad {
+                over: match search.spec.axis {
+                    SearchAxis::Concurrency => "concurrency",
+                    SearchAxis::Rate => "rate",
+                }
+                .to_owned(),
+                min: search.spec.min,
+                max: search.spec.max,
+                max_probes: search.spec.max_probes,
+                precision: search.spec.precision,
+                max_repeats: search.spec.max_repeats,
+                goal: Some(search_goal(&search.goal)),
+            })),
+            arrival: arrival_name(search.arrival),
+            burstiness: search.burstiness.unwrap_or(0.0),
+        },
         LoadPoint::Concurrency(n) => pb::LoadPoint {
             kind: Some(pb::load_point::Kind::Concurrency(*n)),
             arrival: String::new(),
@@ -337,12 +382,7 @@ fn load_point(l: &LoadPoint) -> pb::LoadPoint {
             burstiness,
         } => pb::LoadPoint {
             kind: Some(pb::load_point::Kind::Rate(*rps)),
-            arrival: match arrival {
-                Arrival::Poisson => "poisson",
-                Arrival::Gamma => "gamma",
-                Arrival::Constant => "constant",
-            }
-            .to_owned(),
+            arrival: arrival_name(*arrival),
             burstiness: burstiness.unwrap_or(0.0),
         },
         LoadPoint::TimeScale(x) => pb::LoadPoint {
@@ -384,6 +424,15 @@ pub fn lease(l: &GrantedLease) -> pb::Lease {
         config: Some(unit_config(&l.config)),
         steps: l.steps.iter().map(step).collect(),
         finished_step_ids: l.finished_steps.iter().map(ToString::to_string).collect(),
+        probe_runs: l
+            .probe_runs
+            .iter()
+            .map(|p| pb::StoredProbeRun {
+                search_step_id: p.search_step.to_string(),
+                step_id: p.step.to_string(),
+                facts_json: p.facts_json.clone(),
+            })
+            .collect(),
         gpu_indices: l.gpu_indices.clone(),
         expires_at_ms: l.expires_at_ms,
         attempt: l.attempt,

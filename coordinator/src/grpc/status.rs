@@ -29,9 +29,9 @@ pub fn store_error(err: StoreError) -> Status {
         | StoreError::LeaseEnded { .. }
         | StoreError::UnitCancelled { .. }
         | StoreError::StepsMissing { .. } => Status::failed_precondition(text),
-        StoreError::UnitMismatch { .. } | StoreError::UnknownStep { .. } => {
-            Status::invalid_argument(text)
-        }
+        StoreError::UnitMismatch { .. }
+        | StoreError::UnknownStep { .. }
+        | StoreError::BadProbe { .. } => Status::invalid_argument(text),
         _ => {
             error!(error = %text, "store operation failed");
             Status::internal(text)
@@ -52,5 +52,6 @@ pub fn is_refusal(err: &StoreError) -> bool {
             | StoreError::StepsMissing { .. }
             | StoreError::UnitMismatch { .. }
             | StoreError::UnknownStep { .. }
+            | StoreError::BadProbe { .. }
     )
 }

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 
+use evalctl_results::search::SearchAxis;
+
 use crate::domain::{
     Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy,
     PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
@@ -17,6 +19,8 @@ use super::model::{
     ModelEntry, QuantEntry, WorkloadEntry,
 };
 use super::yaml::{Key, Node, Pos, Source, Value};
+
+mod search;
 
 const TOP_KEYS: &[&str] = &[
     "campaign",
@@ -140,7 +144,14 @@ const PREFIX_CACHE_POLICIES: &[(PrefixCachePolicy, &str)] = &[
 ];
 /// The Zipf exponent when `distribution: zipf` names none.
 const DEFAULT_ZIPF_EXPONENT: f64 = 1.0;
-const LOAD_KEYS: &[&str] = &["concurrency", "rate", "time_scale", "arrival", "burstiness"];
+const LOAD_KEYS: &[&str] = &[
+    "concurrency",
+    "rate",
+    "time_scale",
+    "search",
+    "arrival",
+    "burstiness",
+];
 const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
 const APIS: &[&str] = &["chat", "completions", "command"];
 const ARRIVALS: &[&str] = &["poisson", "gamma", "constant"];
@@ -987,6 +998,25 @@ impl Decoder<'_> {
                 map
             }
         };
+        let slo = match f.get("slo") {
+            None => Slo::default(),
+            Some(n) => self.slo(&f.field("slo"), n)?,
+        };
+        let load = match load.as_slice() {
+            [LoadPoint::Search(search)] => {
+                let field = f.field("load.search");
+                let pos = f.key_pos("load").unwrap_or(node.pos);
+                vec![LoadPoint::Search(self.search_in_workload(
+                    &field,
+                    pos,
+                    search.clone(),
+                    is_command,
+                    &stop,
+                    &slo,
+                )?)]
+            }
+            _ => load,
+        };
         Ok(WorkloadEntry {
             pos: node.pos,
             name,
@@ -999,10 +1029,7 @@ impl Decoder<'_> {
                 .map(|n| self.uint64(&f.field("warmup"), n, 0))
                 .transpose()?
                 .unwrap_or(0),
-            slo: match f.get("slo") {
-                None => Slo::default(),
-                Some(n) => self.slo(&f.field("slo"), n)?,
-            },
+            slo,
             seed: f
                 .get("seed")
                 .map(|n| self.uint64(&f.field("seed"), n, 0))
@@ -1398,6 +1425,39 @@ impl Decoder<'_> {
 
     fn load(&self, path: &str, node: &Node) -> Result<Vec<LoadPoint>, MatrixError> {
         let f = self.fields(node, path, LOAD_KEYS)?;
+        if let Some(n) = f.get("search") {
+            if let Some(other) = ["concurrency", "rate", "time_scale"]
+                .into_iter()
+                .find(|k| f.get(k).is_some())
+            {
+                return Err(self.errors.hinted(
+                    f.key_pos(other).unwrap_or(node.pos),
+                    format!("`{path}` gives `search` and `{other}`"),
+                    Some("a search chooses its own loads between `min` and `max`; list loads in a second workload"),
+                ));
+            }
+            let search = self.search(&f.field("search"), n, Arrival::Poisson, None)?;
+            let search = if search.spec.axis == SearchAxis::Rate {
+                let (arrival, burstiness) = self.arrival(path, node, &f)?;
+                crate::domain::SearchLoad {
+                    arrival,
+                    burstiness,
+                    ..search
+                }
+            } else {
+                if let Some(key) = ["arrival", "burstiness"]
+                    .into_iter()
+                    .find(|k| f.get(k).is_some())
+                {
+                    return Err(self.errors.at(
+                        f.key_pos(key).unwrap_or(node.pos),
+                        format!("`{}` is only used with a rate search", f.field(key)),
+                    ));
+                }
+                search
+            };
+            return Ok(vec![LoadPoint::Search(search)]);
+        }
         if let Some(n) = f.get("time_scale") {
             if let Some(other) = ["concurrency", "rate", "arrival", "burstiness"]
                 .into_iter()
@@ -1462,47 +1522,7 @@ impl Decoder<'_> {
                 Ok(points)
             }
             (None, Some(n)) => {
-                let arrival = match f.get("arrival") {
-                    None => Arrival::Poisson,
-                    Some(a) => {
-                        let s = self.string(&f.field("arrival"), a)?;
-                        match s.value.as_str() {
-                            "poisson" => Arrival::Poisson,
-                            "gamma" => Arrival::Gamma,
-                            "constant" => Arrival::Constant,
-                            other => {
-                                return Err(self.errors.unknown(
-                                    a.pos,
-                                    &format!("`{}` value", f.field("arrival")),
-                                    other,
-                                    ARRIVALS.iter().copied(),
-                                ));
-                            }
-                        }
-                    }
-                };
-                let burstiness = match (f.get("burstiness"), arrival) {
-                    (Some(b), Arrival::Gamma) => {
-                        Some(self.positive(&f.field("burstiness"), b, false)?)
-                    }
-                    (Some(_), _) => {
-                        return Err(self.errors.at(
-                            f.key_pos("burstiness").unwrap_or(node.pos),
-                            format!(
-                                "`{}` is only used with `arrival: gamma`",
-                                f.field("burstiness")
-                            ),
-                        ));
-                    }
-                    (None, Arrival::Gamma) => {
-                        return Err(self.errors.hinted(
-                            node.pos,
-                            format!("`{path}` with `arrival: gamma` needs `burstiness`"),
-                            Some("the gamma shape: 1.0 behaves like poisson, lower is burstier"),
-                        ));
-                    }
-                    (None, _) => None,
-                };
+                let (arrival, burstiness) = self.arrival(path, node, &f)?;
                 let field = f.field("rate");
                 let items = self.nonempty_list(&field, n)?;
                 let mut points = Vec::with_capacity(items.len());
@@ -1524,6 +1544,55 @@ impl Decoder<'_> {
                 Ok(points)
             }
         }
+    }
+
+    /// The `arrival` (and `burstiness`) of a rate load.
+    fn arrival(
+        &self,
+        path: &str,
+        node: &Node,
+        f: &Fields<'_>,
+    ) -> Result<(Arrival, Option<f64>), MatrixError> {
+        let arrival = match f.get("arrival") {
+            None => Arrival::Poisson,
+            Some(a) => {
+                let s = self.string(&f.field("arrival"), a)?;
+                match s.value.as_str() {
+                    "poisson" => Arrival::Poisson,
+                    "gamma" => Arrival::Gamma,
+                    "constant" => Arrival::Constant,
+                    other => {
+                        return Err(self.errors.unknown(
+                            a.pos,
+                            &format!("`{}` value", f.field("arrival")),
+                            other,
+                            ARRIVALS.iter().copied(),
+                        ));
+                    }
+                }
+            }
+        };
+        let burstiness = match (f.get("burstiness"), arrival) {
+            (Some(b), Arrival::Gamma) => Some(self.positive(&f.field("burstiness"), b, false)?),
+            (Some(_), _) => {
+                return Err(self.errors.at(
+                    f.key_pos("burstiness").unwrap_or(node.pos),
+                    format!(
+                        "`{}` is only used with `arrival: gamma`",
+                        f.field("burstiness")
+                    ),
+                ));
+            }
+            (None, Arrival::Gamma) => {
+                return Err(self.errors.hinted(
+                    node.pos,
+                    format!("`{path}` with `arrival: gamma` needs `burstiness`"),
+                    Some("the gamma shape: 1.0 behaves like poisson, lower is burstier"),
+                ));
+            }
+            (None, _) => None,
+        };
+        Ok((arrival, burstiness))
     }
 
     fn nonempty_list<'n>(&self, path: &str, node: &'n Node) -> Result<&'n [Node], MatrixError> {

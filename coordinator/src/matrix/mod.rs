@@ -15,6 +15,7 @@
 mod decode;
 mod error;
 mod expand;
+mod goal;
 mod model;
 mod paths;
 mod placeholders;

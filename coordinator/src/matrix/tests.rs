@@ -1507,3 +1507,126 @@ fn container_settings_get_defaults_and_bad_ones_are_named() {
         );
     }
 }
+
+/// A CPU matrix whose one workload's `load` (and extra workload keys) is given.
+fn search_matrix(load: &str, extra: &str) -> String {
+    format!(
+        "campaign: s
+models: [{{ name: m, path: m }}]
+frameworks: [{{ name: sim }}]
+quantizations: [{{ name: bf16, bits: 16 }}]
+workloads:
+  - name: chat
+    dataset: {{ kind: random, input_tokens: 32, output_tokens: 8 }}
+    load: {load}
+{extra}"
+    )
+}
+
+#[test]
+fn a_search_is_one_step_with_its_bounds_goal_and_arrival() {
+    use evalctl_results::probe::Goal;
+    use evalctl_results::search::SearchAxis;
+    let e = expand(&search_matrix(
+        r#"{ search: { over: rate, min: 1, max: 64, goal: "p90 of ttft <= 500ms and tpot <= 50ms", max_probes: 10, precision: "2%" }, arrival: constant }"#,
+        "    duration: 30s\n",
+    ));
+    let steps = &e.units[0].steps;
+    assert_eq!(steps.len(), 1);
+    let LoadPoint::Search(search) = &steps[0].load else {
+        panic!("{:?}", steps[0].load)
+    };
+    assert_eq!(search.spec.axis, SearchAxis::Rate);
+    assert_eq!((search.spec.min, search.spec.max), (1.0, 64.0));
+    assert_eq!(
+        (
+            search.spec.max_probes,
+            search.spec.precision,
+            search.spec.max_repeats
+        ),
+        (10, 0.02, 2)
+    );
+    assert_eq!(search.arrival, Arrival::Constant);
+    let Goal::Percentile { percentile, limits } = search.goal else {
+        panic!("{:?}", search.goal)
+    };
+    assert_eq!(
+        (percentile, limits.ttft_ms, limits.tpot_ms),
+        (90.0, Some(500.0), Some(50.0))
+    );
+    assert_eq!(steps[0].label(), "chat search rate=1..64 #0");
+
+    // A goodput goal counts the workload's SLO.
+    let e = expand(&search_matrix(
+        r#"{ search: { over: concurrency, min: 1, max: 64, goal: "goodput >= 95%" } }"#,
+        "    requests: 200\n    slo: { ttft_ms: 300 }\n",
+    ));
+    let LoadPoint::Search(search) = &e.units[0].steps[0].load else {
+        panic!()
+    };
+    assert!(
+        matches!(search.goal, Goal::Attainment { fraction, slo } if fraction == 0.95 && slo.ttft_ms == Some(300.0)),
+        "{:?}",
+        search.goal
+    );
+}
+
+#[test]
+fn search_mistakes_name_their_field() {
+    let cases = [
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "p90 of ttft <= 1s" }, rate: [1] }"#,
+            "    requests: 100\n",
+            "gives `search` and `rate`",
+        ),
+        (
+            r#"{ search: { over: speed, min: 1, max: 64, goal: "p90 of ttft <= 1s" } }"#,
+            "    requests: 100\n",
+            "over",
+        ),
+        (
+            r#"{ search: { over: rate, min: 8, max: 4, goal: "p90 of ttft <= 1s" } }"#,
+            "    requests: 100\n",
+            "must not be below",
+        ),
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "fast" } }"#,
+            "    requests: 100\n",
+            "`workloads[0].load.search.goal`: `fast` is not a goal",
+        ),
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "goodput >= 95%" } }"#,
+            "    requests: 100\n",
+            "the workload has none",
+        ),
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "p90 of ttft <= 1s" } }"#,
+            "    requests: 10\n",
+            "needs at least 25",
+        ),
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "p90 of ttft <= 1s" } }"#,
+            "    duration: 10s\n",
+            "sends 10 requests",
+        ),
+        (
+            r#"{ search: { over: concurrency, min: 1, max: 64, goal: "p90 of ttft <= 1s" }, arrival: poisson }"#,
+            "    requests: 100\n",
+            "only used with a rate search",
+        ),
+        (
+            r#"{ search: { over: concurrency, min: 1.5, max: 64, goal: "p90 of ttft <= 1s" } }"#,
+            "    requests: 100\n",
+            "integer",
+        ),
+        (
+            r#"{ search: { over: rate, min: 1, max: 64, goal: "p90 of ttft <= 1s", precision: 2 } }"#,
+            "    requests: 100\n",
+            "share between 0 and 1",
+        ),
+    ];
+    for (load, extra, want) in cases {
+        let err = fail(&search_matrix(load, extra)).to_string();
+        assert!(err.contains(want), "{load}: {err}");
+    }
+}

@@ -143,6 +143,18 @@ pub enum StoreError {
         step: String,
     },
 
+    /// A result names a step that would be a run of a capacity search's probe, but does not
+    /// match the search it names.
+    #[error("unit {unit}: probe run {step} refused: {reason}")]
+    BadProbe {
+        /// The unit.
+        unit: String,
+        /// The step id.
+        step: String,
+        /// What does not match.
+        reason: String,
+    },
+
     /// `complete` while some steps have no stored result.
     #[error(
         "unit {unit} cannot complete: {missing} of {total} steps have no stored result \

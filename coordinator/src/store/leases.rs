@@ -25,7 +25,7 @@ use super::faults;
 use super::placement::{self, Placement};
 use super::rows::{
     ExpiredLease, FailOutcome, FailureKind, GrantedLease, LeaseEnd, Reaction, ReleaseOutcome,
-    UnitRef, UnitState,
+    StoredProbeRun, UnitRef, UnitState,
 };
 use super::specs::Parts;
 use crate::domain::{
@@ -150,7 +150,8 @@ fn grant(
             "SELECT s.step_id, s.idx, s.workload_spec, s.load_spec, s.repeat,
                  s.state = 'succeeded' OR EXISTS (SELECT 1 FROM step_results r
                      WHERE r.unit_key = s.unit_key AND r.step_id = s.step_id)
-             FROM steps s WHERE s.unit_key = ?1 ORDER BY s.idx, s.step_id",
+             FROM steps s WHERE s.unit_key = ?1 AND s.search_step IS NULL
+             ORDER BY s.idx, s.step_id",
         )
         .sql("read the unit's steps")?;
     let mut rows = stmt.query([unit_key]).sql("read the unit's steps")?;
@@ -180,6 +181,7 @@ fn grant(
             repeat,
         });
     }
+    let probe_runs = probe_runs(conn, unit_key)?;
     Ok(GrantedLease {
         lease,
         agent: agent.clone(),
@@ -192,10 +194,56 @@ fn grant(
         config,
         steps,
         finished_steps,
+        probe_runs,
         gpu_indices: gpus,
         expires_at_ms,
         attempt,
     })
+}
+
+/// The stored probe runs of a unit's capacity searches, each with the `probe` facts of its
+/// step document.
+fn probe_runs(conn: &Connection, unit_key: i64) -> Result<Vec<StoredProbeRun>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct ProbeOnly {
+        probe: Option<serde_json::Value>,
+    }
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT s.search_step, s.step_id, r.result_json FROM steps s
+             JOIN step_results r ON r.unit_key = s.unit_key AND r.step_id = s.step_id
+             WHERE s.unit_key = ?1 AND s.search_step IS NOT NULL
+             ORDER BY r.result_id",
+        )
+        .sql("read the unit's probe runs")?;
+    let rows = stmt
+        .query_map([unit_key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .sql("read the unit's probe runs")?
+        .collect::<Result<Vec<_>, _>>()
+        .sql("read the unit's probe runs")?;
+    let mut runs = Vec::with_capacity(rows.len());
+    for (search_step, step, result_json) in rows {
+        // Stored only after the same check on arrival: a probe row's document has facts.
+        let facts = serde_json::from_str::<ProbeOnly>(&result_json)
+            .ok()
+            .and_then(|d| d.probe)
+            .ok_or_else(|| StoreError::BadValue {
+                column: "step_results.result_json",
+                value: format!("probe run {step} without probe facts"),
+            })?;
+        runs.push(StoredProbeRun {
+            search_step: StepId(search_step),
+            step: StepId(step),
+            facts_json: facts.to_string(),
+        });
+    }
+    Ok(runs)
 }
 
 // ---- fencing ----

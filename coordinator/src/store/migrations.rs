@@ -54,6 +54,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0009_bad_dataset",
         sql: include_str!("../../migrations/0009_bad_dataset.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_search_probes",
+        sql: include_str!("../../migrations/0010_search_probes.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

@@ -56,6 +56,7 @@ pub mod health;
 mod leases;
 mod migrations;
 mod placement;
+mod probes;
 mod readers;
 mod results;
 mod rows;
@@ -84,8 +85,8 @@ use self::readers::ReaderPool;
 pub use self::rows::{
     AgentFault, AgentRow, AgentState, AuditEntry, BatchOutcome, CampaignInfo, CampaignState,
     ExpiredLease, FailOutcome, FailureKind, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd,
-    Reaction, Registered, ReleaseOutcome, StateCounts, StepRow, StepState, StoredResult,
-    StoredStep, SubmitOutcome, UnitRef, UnitRow, UnitState, UnknownState,
+    Reaction, Registered, ReleaseOutcome, StateCounts, StepRow, StepState, StoredProbeRun,
+    StoredResult, StoredStep, SubmitOutcome, UnitRef, UnitRow, UnitState, UnknownState,
 };
 pub use self::tokens::{AuthToken, TokenRow, TokenTable};
 use self::writer::Command;

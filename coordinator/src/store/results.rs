@@ -6,6 +6,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::campaigns::campaign_key;
 use super::error::{SqlContext, StoreError};
 use super::leases::lookup;
+use super::probes;
 use super::rows::{
     BatchOutcome, HistoryRow, LeaseEnd, StoredResult, StoredStep, UnitRef, UnitState, UnknownState,
 };
@@ -82,11 +83,12 @@ pub(crate) fn store_batch(
                         .optional()
                 })
                 .sql("look up the step")?;
-            let Some(index) = index else {
-                return Err(StoreError::UnknownStep {
-                    unit: held.unit.unit.to_string(),
-                    step: result.step_id.to_string(),
-                });
+            let index = match index {
+                Some(index) => index,
+                // A capacity search's probe run: its row is added with its result.
+                None => {
+                    probes::add_probe_step(conn, held.unit_key, held.unit.unit.as_str(), result)?
+                }
             };
             // Stored exactly once: a step that has its result keeps it.
             let result_id: Option<i64> = conn

@@ -322,12 +322,25 @@ pub struct GrantedLease {
     pub steps: Vec<StepSpec>,
     /// Steps that already have a stored result; the agent skips them.
     pub finished_steps: Vec<StepId>,
+    /// The stored runs of the unit's capacity searches' probes.
+    pub probe_runs: Vec<StoredProbeRun>,
     /// GPU indices on the agent assigned to the lease (empty for a CPU unit).
     pub gpu_indices: Vec<u32>,
     /// When the lease expires unless a heartbeat renews it, Unix ms.
     pub expires_at_ms: i64,
     /// Attempt number of the unit, from 1: own failures + infrastructure endings + 1.
     pub attempt: u32,
+}
+
+/// A stored run of a capacity search's probe, as a lease carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredProbeRun {
+    /// The search step.
+    pub search_step: StepId,
+    /// The run's own step.
+    pub step: StepId,
+    /// The run's `probe` facts (JSON) from its step document.
+    pub facts_json: String,
 }
 
 /// What a heartbeat learned.

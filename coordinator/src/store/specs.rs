@@ -87,6 +87,7 @@ impl Spec for LoadPoint {
             LoadPoint::Concurrency(n) => (0u8, u64::from(*n)).hash(h),
             LoadPoint::Rate { rps, .. } => (1u8, rps.to_bits()).hash(h),
             LoadPoint::TimeScale(x) => (2u8, x.to_bits()).hash(h),
+            LoadPoint::Search(s) => (3u8, s.spec.min.to_bits(), s.spec.max.to_bits()).hash(h),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! points keyed by configuration, prices, comparable metrics, regressions, Pareto fronts
 //! and SLO ranking.
 
+pub mod capacity;
 pub mod compare;
 pub mod cost;
 #[cfg(test)]
@@ -10,3 +11,4 @@ pub mod metric;
 pub mod pareto;
 pub mod points;
 pub mod recommend;
+pub mod topsis;

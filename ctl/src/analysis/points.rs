@@ -124,6 +124,15 @@ pub async fn fetch(
     campaign: &str,
     prices: &Prices,
 ) -> Result<Vec<Point>, CliError> {
+    Ok(fetch_with_searches(client, campaign, prices).await?.0)
+}
+
+/// [`fetch`], and the campaign's capacity search verdicts from the same stream.
+pub async fn fetch_with_searches(
+    client: &mut Client,
+    campaign: &str,
+    prices: &Prices,
+) -> Result<(Vec<Point>, Vec<super::capacity::Search>), CliError> {
     let mut stream = client
         .results(pb::ResultsRequest {
             campaign: campaign.to_owned(),
@@ -132,14 +141,16 @@ pub async fn fetch(
         .await
         .map_err(CliError::rpc("results"))?
         .into_inner();
-    let mut points = Vec::new();
+    let (mut points, mut searches) = (Vec::new(), Vec::new());
     while let Some(result) = stream.next().await {
         let result = result.map_err(CliError::rpc("results"))?;
         if let Some(point) = point(&result, prices)? {
             points.push(point);
+        } else if let Some(search) = super::capacity::search(&result, prices)? {
+            searches.push(search);
         }
     }
-    Ok(points)
+    Ok((points, searches))
 }
 
 /// The point of one stored result, `None` for a step without load metrics.
@@ -159,11 +170,11 @@ pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, 
         .unwrap_or_default();
     let step = result.step.as_ref();
     let load = step.and_then(|s| s.load.as_ref());
-    let load_value = match load.and_then(|l| l.kind) {
-        Some(pb::load_point::Kind::Concurrency(c)) => f64::from(c),
-        Some(pb::load_point::Kind::Rate(r)) => r,
-        Some(pb::load_point::Kind::TimeScale(x)) => x,
-        None => 0.0,
+    let load_value = match load.and_then(|l| l.kind.as_ref()) {
+        Some(&pb::load_point::Kind::Concurrency(c)) => f64::from(c),
+        Some(&pb::load_point::Kind::Rate(r)) => r,
+        Some(&pb::load_point::Kind::TimeScale(x)) => x,
+        Some(pb::load_point::Kind::Search(_)) | None => 0.0,
     };
     Ok(Some(Point {
         config: Config::of(result.unit.as_ref()),

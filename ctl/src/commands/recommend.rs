@@ -1,12 +1,17 @@
-//! `evalctl recommend CAMPAIGN --slo ttft_p90=500ms,tpot_p90=50ms`: per model and workload,
-//! the configurations that meet the SLOs ranked by output tokens per unit of GPU cost
-//! (with prices) or per GPU (without), with the reason for each place
-//! (`crate::analysis::recommend`).
+//! `evalctl recommend CAMPAIGN [--slo ttft_p90=500ms,tpot_p90=50ms]`: the deployments whose
+//! capacity was searched, ranked by their capacity at the SLO (cost per million tokens,
+//! tokens/s per GPU, or TOPSIS with weights; `crate::analysis::capacity`); then, per model
+//! and workload, the configurations whose listed load points meet `--slo`, ranked by output
+//! tokens per unit of GPU cost (with prices) or per GPU (without), with the reason for each
+//! place (`crate::analysis::recommend`).
 
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
+use crate::analysis::capacity::{self, RankBy};
 use crate::analysis::cost::Prices;
 use crate::analysis::points;
 use crate::analysis::recommend::{self, Ranking};
@@ -23,10 +28,20 @@ pub struct RecommendArgs {
     pub connection: crate::cli::ConnectionArgs,
     /// Campaign name or id.
     pub campaign: String,
-    /// Objectives, e.g. "ttft_p90=500ms,tpot_p90=50ms" (latency metrics: ttft, tpot, itl,
-    /// e2el with mean, p50, p90, p95, p99).
+    /// Objectives for listed load points, e.g. "ttft_p90=500ms,tpot_p90=50ms" (latency
+    /// metrics: ttft, tpot, itl, e2el with mean, p50, p90, p95, p99). Capacity searches
+    /// carry their own goal; without `--slo` only they are ranked.
     #[arg(long)]
-    pub slo: String,
+    pub slo: Option<String>,
+    /// How deployments with a capacity search are ranked: `cost` (per million output
+    /// tokens at the capacity), `per-gpu` (output tokens/s per GPU there), or `topsis`
+    /// (with `--weights`). Default: cost when every deployment has a price, else per-gpu.
+    #[arg(long, value_parser = ["cost", "per-gpu", "topsis"])]
+    pub rank: Option<String>,
+    /// TOPSIS weights, e.g. "cost=0.5,throughput=0.3,capacity=0.2" (criteria: cost,
+    /// throughput per GPU, capacity, gpus).
+    #[arg(long, requires = "rank")]
+    pub weights: Option<String>,
     /// GPU prices (docs/results.md); the matrix's prices otherwise.
     #[arg(long, value_name = "FILE")]
     pub cost_file: Option<PathBuf>,
@@ -34,28 +49,183 @@ pub struct RecommendArgs {
 
 /// Runs `evalctl recommend`.
 pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, CliError> {
-    let objectives = recommend::parse_slos(&args.slo).map_err(|e| CliError::BadFlag {
-        flag: "--slo",
-        source: Box::new(e),
-    })?;
+    let objectives = args
+        .slo
+        .as_deref()
+        .map(recommend::parse_slos)
+        .transpose()
+        .map_err(|e| CliError::BadFlag {
+            flag: "--slo",
+            source: Box::new(e),
+        })?;
+    let weights = match (args.rank.as_deref(), args.weights.as_deref()) {
+        (Some("topsis"), Some(w)) => {
+            Some(capacity::parse_weights(w).map_err(|e| CliError::BadFlag {
+                flag: "--weights",
+                source: e.into(),
+            })?)
+        }
+        (Some("topsis"), None) => {
+            return Err(CliError::BadFlag {
+                flag: "--rank",
+                source: "`topsis` needs `--weights`, e.g. cost=0.5,throughput=0.3,capacity=0.2"
+                    .into(),
+            });
+        }
+        (_, Some(_)) => {
+            return Err(CliError::BadFlag {
+                flag: "--weights",
+                source: "weights are for `--rank topsis`".into(),
+            });
+        }
+        _ => None,
+    };
     let prices = match &args.cost_file {
         Some(path) => Prices::load(path).map_err(CliError::Prices)?,
         None => Prices::none(),
     };
     let mut client = client::connect(&global.coordinator).await?;
-    let points = points::fetch(&mut client, &args.campaign, &prices).await?;
-    let rankings = recommend::rank(&points, &objectives);
+    let (points, searches) =
+        points::fetch_with_searches(&mut client, &args.campaign, &prices).await?;
+    let rows = capacity::capacities(&searches, &points);
+    let by = match (args.rank.as_deref(), weights) {
+        (_, Some(w)) => RankBy::Topsis(w),
+        (Some("cost"), _) => RankBy::Cost,
+        (Some("per-gpu"), _) => RankBy::PerGpu,
+        _ if !rows.is_empty() && rows.iter().all(|r| r.price_per_gpu_hour.is_some()) => {
+            RankBy::Cost
+        }
+        _ => RankBy::PerGpu,
+    };
+    let mut by_workload: BTreeMap<String, Vec<capacity::Capacity>> = BTreeMap::new();
+    for row in rows {
+        by_workload
+            .entry(row.workload.clone())
+            .or_default()
+            .push(row);
+    }
+    let mut capacities = Vec::new();
+    for (workload, rows) in by_workload {
+        let ranked = capacity::rank(rows, &by).map_err(|e| CliError::BadFlag {
+            flag: "--weights",
+            source: Box::new(e),
+        })?;
+        capacities.push((workload, ranked));
+    }
+    // Listed points only: a searched deployment's probes are its capacity's evidence.
+    let listed: Vec<points::Point> = points
+        .into_iter()
+        .filter(|p| {
+            !searches
+                .iter()
+                .any(|s| s.unit_id == p.unit_id && s.workload == p.workload)
+        })
+        .collect();
+    let rankings = objectives
+        .as_ref()
+        .map(|o| recommend::rank(&listed, o))
+        .unwrap_or_default();
+    let ranked_by = match &by {
+        RankBy::Cost => "cost",
+        RankBy::PerGpu => "per_gpu",
+        RankBy::Topsis(_) => "topsis",
+    };
     if global.json {
         render::emit_json(&serde_json::json!({
             "campaign": args.campaign,
             "objectives": objectives,
             "currency": prices.currency,
             "rankings": rankings,
+            "capacity": {
+                "ranked_by": ranked_by,
+                "weights": match &by {
+                    RankBy::Topsis(w) => w.iter().map(|(c, w)| serde_json::json!({"criterion": c, "weight": w})).collect(),
+                    _ => Vec::new(),
+                },
+                "workloads": capacities.iter().map(|(w, rows)| serde_json::json!({
+                    "workload": w,
+                    "deployments": rows,
+                })).collect::<Vec<_>>(),
+            },
         }))?;
     } else {
-        render::emit(&human(&args.campaign, &args.slo, &prices, &rankings))?;
+        let mut text = capacity_text(&args.campaign, &prices, ranked_by, &capacities);
+        if let Some(slo) = &args.slo {
+            text.push_str(&human(&args.campaign, slo, &prices, &rankings));
+        } else if capacities.is_empty() {
+            text.push_str(
+                "No capacity search is stored yet; give `--slo` to rank listed load points.\n",
+            );
+        }
+        render::emit(&text)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The capacity-at-SLO tables, one per workload.
+fn capacity_text(
+    campaign: &str,
+    prices: &Prices,
+    ranked_by: &str,
+    capacities: &[(String, Vec<capacity::RankedCapacity>)],
+) -> String {
+    let mut text = String::new();
+    let number = crate::report::svg::number;
+    for (workload, rows) in capacities {
+        let _ = writeln!(
+            text,
+            "Campaign {campaign} / workload {workload}: capacity at SLO ({}), ranked by {}\n",
+            rows.first().map_or("", |r| r.row.goal.as_str()),
+            match ranked_by {
+                "cost" => "cost per million output tokens",
+                "per_gpu" => "output tokens/s per GPU",
+                _ => "TOPSIS score",
+            }
+        );
+        let mut table = render::table([
+            "#",
+            "DEPLOYMENT",
+            "CAPACITY",
+            "FIRST FAIL",
+            "OUT TOK/S",
+            "TOK/S/GPU",
+            "COST/M TOK",
+            "SCORE",
+            "PROBES",
+            "STOPPED",
+        ]);
+        for r in rows {
+            let x = &r.row;
+            table.add_row(vec![
+                r.rank.map_or_else(|| "-".to_owned(), |n| n.to_string()),
+                x.config.clone(),
+                capacity::load_text(x.over, x.capacity),
+                capacity::load_text(x.over, x.first_failing),
+                x.output_tok_s.map_or_else(|| "-".to_owned(), number),
+                x.output_tok_s_per_gpu
+                    .map_or_else(|| "-".to_owned(), number),
+                x.cost_per_million_tokens.map_or_else(
+                    || "-".to_owned(),
+                    |c| format!("{}{}", prices.currency_prefix(), number(c)),
+                ),
+                r.score
+                    .map_or_else(|| "-".to_owned(), |s| format!("{s:.3}")),
+                format!("{} ({} runs)", x.probes, x.runs),
+                x.stopped_because.to_owned(),
+            ]);
+        }
+        let _ = writeln!(text, "{table}");
+        for r in rows.iter().filter(|r| r.rank.is_none()) {
+            let _ = writeln!(
+                text,
+                "  not ranked: {} ({})",
+                r.row.config,
+                r.unranked_because.as_deref().unwrap_or("")
+            );
+        }
+        text.push('\n');
+    }
+    text
 }
 
 fn human(campaign: &str, slo: &str, prices: &Prices, rankings: &[Ranking]) -> String {

@@ -324,6 +324,8 @@ mod tests {
                 finished_at_ms: 1,
                 telemetry,
                 workload: None,
+                probe: None,
+                search: None,
             },
             environment: None,
             agent_id: "a".into(),

@@ -27,11 +27,15 @@ pub struct StepInput<'a> {
 
 /// "c=8", "rate=2.5", "rate=inf".
 pub fn load_label(load: Option<&pb::LoadPoint>) -> String {
-    match load.and_then(|l| l.kind) {
+    match load.and_then(|l| l.kind.as_ref()) {
         Some(pb::load_point::Kind::Concurrency(c)) => format!("c={c}"),
         Some(pb::load_point::Kind::Rate(r)) if r.is_infinite() => "rate=inf".to_owned(),
         Some(pb::load_point::Kind::Rate(r)) => format!("rate={r}"),
         Some(pb::load_point::Kind::TimeScale(x)) => format!("x{x}"),
+        Some(pb::load_point::Kind::Search(s)) => {
+            let axis = if s.over == "concurrency" { "c" } else { "rate" };
+            format!("search {axis}={}..{}", s.min, s.max)
+        }
         None => "load=?".to_owned(),
     }
 }
@@ -225,11 +229,11 @@ fn workload(step: Option<&pb::StepSpec>, row: &mut RowBuilder) {
         slo.and_then(|s| nonzero(s.e2el_ms)),
     );
     row.put("load", Kind::Str, load_label(load));
-    let (concurrency, rate, time_scale) = match load.and_then(|l| l.kind) {
-        Some(pb::load_point::Kind::Concurrency(c)) => (Some(c), None, None),
-        Some(pb::load_point::Kind::Rate(r)) => (None, Some(r), None),
-        Some(pb::load_point::Kind::TimeScale(x)) => (None, None, Some(x)),
-        None => (None, None, None),
+    let (concurrency, rate, time_scale) = match load.and_then(|l| l.kind.as_ref()) {
+        Some(&pb::load_point::Kind::Concurrency(c)) => (Some(c), None, None),
+        Some(&pb::load_point::Kind::Rate(r)) => (None, Some(r), None),
+        Some(&pb::load_point::Kind::TimeScale(x)) => (None, None, Some(x)),
+        Some(pb::load_point::Kind::Search(_)) | None => (None, None, None),
     };
     row.put("concurrency", Kind::U64, concurrency);
     row.put("rate_rps", Kind::F64, rate);
@@ -673,6 +677,8 @@ fn empty_document() -> StepDocument {
         finished_at_ms: 0,
         telemetry: None,
         workload: None,
+        probe: None,
+        search: None,
     }
 }
 

@@ -188,120 +188,6 @@ pub fn load_text(over: &str, load: Option<f64>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use evalctl_results::Slo;
-
-    fn row(config: &str, capacity: Option<f64>, per_gpu: f64, cost: Option<f64>) -> Capacity {
-        Capacity {
-            config: config.into(),
-            model: "m".into(),
-            workload: "chat".into(),
-            gpus: 1,
-            over: "rate",
-            goal: "p90 ttft ≤ 60 ms".into(),
-            capacity,
-            first_failing: None,
-            probes: 7,
-            runs: 7,
-            stopped: StopReason::PrecisionReached,
-            stopped_because: StopReason::PrecisionReached.describe(),
-            output_tok_s: Some(per_gpu),
-            output_tok_s_per_gpu: Some(per_gpu),
-            price_per_gpu_hour: cost.map(|_| 1.0),
-            cost_per_million_tokens: cost,
-            simulated: true,
-        }
-    }
-
-    #[test]
-    fn rankings_by_cost_per_gpu_and_topsis() {
-        let rows = || {
-            vec![
-                row("a", Some(10.0), 100.0, Some(2.0)),
-                row("b", Some(20.0), 300.0, Some(1.0)),
-                row("c", None, 0.0, None),
-                row("d", Some(15.0), 200.0, None),
-            ]
-        };
-        let by_cost = rank(rows(), &RankBy::Cost).unwrap();
-        let order: Vec<(&str, Option<usize>)> = by_cost
-            .iter()
-            .map(|r| (r.row.config.as_str(), r.rank))
-            .collect();
-        assert_eq!(
-            order,
-            [("b", Some(1)), ("a", Some(2)), ("c", None), ("d", None)]
-        );
-        assert!(
-            by_cost[2]
-                .unranked_because
-                .as_deref()
-                .unwrap()
-                .contains("no capacity")
-        );
-        assert!(
-            by_cost[3]
-                .unranked_because
-                .as_deref()
-                .unwrap()
-                .contains("no price")
-        );
-        let per_gpu = rank(rows(), &RankBy::PerGpu).unwrap();
-        assert_eq!(per_gpu[0].row.config, "b");
-        assert_eq!(per_gpu[1].row.config, "d");
-        let weights = parse_weights("throughput=1, capacity=1").unwrap();
-        let topsis = rank(rows(), &RankBy::Topsis(weights)).unwrap();
-        assert_eq!(topsis[0].row.config, "b");
-        assert!(topsis[0].score.unwrap() > topsis[1].score.unwrap());
-    }
-
-    #[test]
-    fn weights_are_checked() {
-        assert_eq!(
-            parse_weights("cost=0.5,gpus=0.5").unwrap(),
-            vec![(Criterion::Cost, 0.5), (Criterion::Gpus, 0.5)]
-        );
-        for (text, want) in [
-            ("speed=1", "not a criterion"),
-            ("cost", "criterion=weight"),
-            ("cost=-1", "≥ 0"),
-            ("cost=1,cost=2", "twice"),
-            ("cost=0", "above 0"),
-        ] {
-            let err = parse_weights(text).unwrap_err();
-            assert!(err.contains(want), "{text}: {err}");
-        }
-    }
-
-    #[test]
-    fn goals_read_as_written() {
-        let limits = Slo {
-            ttft_ms: Some(500.0),
-            tpot_ms: Some(50.0),
-            e2el_ms: None,
-        };
-        assert_eq!(
-            describe_goal(&Goal::Percentile {
-                percentile: 90.0,
-                limits
-            }),
-            "p90 ttft ≤ 500 ms, tpot ≤ 50 ms"
-        );
-        assert_eq!(
-            describe_goal(&Goal::Attainment {
-                fraction: 0.95,
-                slo: limits
-            }),
-            "goodput ≥ 95% (ttft ≤ 500 ms, tpot ≤ 50 ms)"
-        );
-        assert_eq!(load_text("rate", Some(61.7)), "61.7 req/s");
-        assert_eq!(load_text("concurrency", Some(12.0)), "c=12");
-        assert_eq!(load_text("rate", None), "-");
-    }
-}
-
 /// How capacity rows are ranked.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RankBy {
@@ -468,4 +354,118 @@ pub fn rank(rows: Vec<Capacity>, by: &RankBy) -> Result<Vec<RankedCapacity>, Top
         .collect();
     out.extend(unranked);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use evalctl_results::Slo;
+
+    fn row(config: &str, capacity: Option<f64>, per_gpu: f64, cost: Option<f64>) -> Capacity {
+        Capacity {
+            config: config.into(),
+            model: "m".into(),
+            workload: "chat".into(),
+            gpus: 1,
+            over: "rate",
+            goal: "p90 ttft ≤ 60 ms".into(),
+            capacity,
+            first_failing: None,
+            probes: 7,
+            runs: 7,
+            stopped: StopReason::PrecisionReached,
+            stopped_because: StopReason::PrecisionReached.describe(),
+            output_tok_s: Some(per_gpu),
+            output_tok_s_per_gpu: Some(per_gpu),
+            price_per_gpu_hour: cost.map(|_| 1.0),
+            cost_per_million_tokens: cost,
+            simulated: true,
+        }
+    }
+
+    #[test]
+    fn rankings_by_cost_per_gpu_and_topsis() {
+        let rows = || {
+            vec![
+                row("a", Some(10.0), 100.0, Some(2.0)),
+                row("b", Some(20.0), 300.0, Some(1.0)),
+                row("c", None, 0.0, None),
+                row("d", Some(15.0), 200.0, None),
+            ]
+        };
+        let by_cost = rank(rows(), &RankBy::Cost).unwrap();
+        let order: Vec<(&str, Option<usize>)> = by_cost
+            .iter()
+            .map(|r| (r.row.config.as_str(), r.rank))
+            .collect();
+        assert_eq!(
+            order,
+            [("b", Some(1)), ("a", Some(2)), ("c", None), ("d", None)]
+        );
+        assert!(
+            by_cost[2]
+                .unranked_because
+                .as_deref()
+                .unwrap()
+                .contains("no capacity")
+        );
+        assert!(
+            by_cost[3]
+                .unranked_because
+                .as_deref()
+                .unwrap()
+                .contains("no price")
+        );
+        let per_gpu = rank(rows(), &RankBy::PerGpu).unwrap();
+        assert_eq!(per_gpu[0].row.config, "b");
+        assert_eq!(per_gpu[1].row.config, "d");
+        let weights = parse_weights("throughput=1, capacity=1").unwrap();
+        let topsis = rank(rows(), &RankBy::Topsis(weights)).unwrap();
+        assert_eq!(topsis[0].row.config, "b");
+        assert!(topsis[0].score.unwrap() > topsis[1].score.unwrap());
+    }
+
+    #[test]
+    fn weights_are_checked() {
+        assert_eq!(
+            parse_weights("cost=0.5,gpus=0.5").unwrap(),
+            vec![(Criterion::Cost, 0.5), (Criterion::Gpus, 0.5)]
+        );
+        for (text, want) in [
+            ("speed=1", "not a criterion"),
+            ("cost", "criterion=weight"),
+            ("cost=-1", "≥ 0"),
+            ("cost=1,cost=2", "twice"),
+            ("cost=0", "above 0"),
+        ] {
+            let err = parse_weights(text).unwrap_err();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn goals_read_as_written() {
+        let limits = Slo {
+            ttft_ms: Some(500.0),
+            tpot_ms: Some(50.0),
+            e2el_ms: None,
+        };
+        assert_eq!(
+            describe_goal(&Goal::Percentile {
+                percentile: 90.0,
+                limits
+            }),
+            "p90 ttft ≤ 500 ms, tpot ≤ 50 ms"
+        );
+        assert_eq!(
+            describe_goal(&Goal::Attainment {
+                fraction: 0.95,
+                slo: limits
+            }),
+            "goodput ≥ 95% (ttft ≤ 500 ms, tpot ≤ 50 ms)"
+        );
+        assert_eq!(load_text("rate", Some(61.7)), "61.7 req/s");
+        assert_eq!(load_text("concurrency", Some(12.0)), "c=12");
+        assert_eq!(load_text("rate", None), "-");
+    }
 }

@@ -219,6 +219,17 @@ fn searches_find_each_deployments_capacity_and_recommend_ranks_them() {
     let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 
+    // `evalctl results` lists each search's verdict under its step table.
+    let results = evalctl(Some(&url), &["results", "capacity-e2e"]);
+    let listed = String::from_utf8_lossy(&results.stdout);
+    assert!(
+        listed.contains("Capacity searches")
+            && listed.contains(
+                "seqs1 chat @ search rate=36..100 #0: capacity - (first failing 36.0 req/s)"
+            ),
+        "{listed}"
+    );
+
     // The human table says the same.
     let text = evalctl(Some(&url), &["recommend", "capacity-e2e"]);
     let table = String::from_utf8_lossy(&text.stdout);

@@ -10,6 +10,7 @@ use evalctl_results::{StepMetrics, Summary};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::analysis::capacity;
 use crate::cli::{GlobalArgs, ResultsArgs};
 use crate::client::{self, Client};
 use crate::error::CliError;
@@ -143,6 +144,10 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
     }
     let mut table = render::table(headers);
     for r in results {
+        if r.result.search.is_some() {
+            // Listed under the table: a search has a verdict, not metrics of its own.
+            continue;
+        }
         let Some(m) = &r.result.metrics else {
             table.add_row(vec![r.unit.clone(), r.result.step_label.clone()]);
             continue;
@@ -180,6 +185,32 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         "Campaign {campaign}: {} step results (latencies in ms)\n\n{table}\n",
         results.len()
     );
+    let searches: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.result.search.as_ref().map(|s| (r, s)))
+        .map(|(r, s)| {
+            let over = match s.spec.axis {
+                evalctl_results::search::SearchAxis::Concurrency => "concurrency",
+                evalctl_results::search::SearchAxis::Rate => "rate",
+            };
+            let v = s.verdict;
+            format!(
+                "  {} {}: capacity {} (first failing {}) at {}; {} probes ({} runs): {}\n",
+                r.unit,
+                r.result.step_label,
+                capacity::load_text(over, v.capacity),
+                capacity::load_text(over, v.first_failing),
+                capacity::describe_goal(&s.goal),
+                v.probes,
+                v.runs,
+                v.stopped.describe()
+            )
+        })
+        .collect();
+    if !searches.is_empty() {
+        text.push_str("\nCapacity searches (docs/capacity.md; `evalctl recommend` ranks them):\n");
+        text.push_str(&searches.concat());
+    }
     let simulated_gpus = results.iter().any(|r| {
         r.result
             .telemetry

@@ -38,6 +38,16 @@ pub enum SearchAxis {
     Rate,
 }
 
+impl SearchAxis {
+    /// The axis as the matrix names it: `concurrency` or `rate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchAxis::Concurrency => "concurrency",
+            SearchAxis::Rate => "rate",
+        }
+    }
+}
+
 /// A search's bounds and budget.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SearchSpec {

@@ -4,7 +4,6 @@
 
 use evalctl_proto::v1 as pb;
 use evalctl_results::probe::Goal;
-use evalctl_results::search::SearchAxis;
 
 use crate::domain::{
     AgentGpu, Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Dropped, FrameworkSpec,
@@ -356,11 +355,7 @@ fn load_point(l: &LoadPoint) -> pb::LoadPoint {
     match l {
         LoadPoint::Search(search) => pb::LoadPoint {
             kind: Some(pb::load_point::Kind::Search(pb::SearchLoad {
-                over: match search.spec.axis {
-                    SearchAxis::Concurrency => "concurrency",
-                    SearchAxis::Rate => "rate",
-                }
-                .to_owned(),
+                over: search.spec.axis.name().to_owned(),
                 min: search.spec.min,
                 max: search.spec.max,
                 max_probes: search.spec.max_probes,

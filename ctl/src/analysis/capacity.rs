@@ -6,13 +6,12 @@ use evalctl_proto::v1 as pb;
 use evalctl_results::StepDocument;
 use evalctl_results::document::SearchFacts;
 use evalctl_results::probe::Goal;
-use evalctl_results::search::{SearchAxis, StopReason};
+use evalctl_results::search::StopReason;
 use serde::Serialize;
 
 use super::cost::Prices;
-use super::points::{Config, Point};
+use super::points::{self, Config, Point};
 use super::topsis::{self, Direction, TopsisError};
-use crate::error::CliError;
 
 /// A stored search verdict with its deployment.
 #[derive(Debug, Clone)]
@@ -33,34 +32,22 @@ pub struct Search {
     pub facts: SearchFacts,
 }
 
-/// The search verdict of one stored result, `None` for a result that is not a search.
-pub fn search(result: &pb::StepResult, prices: &Prices) -> Result<Option<Search>, CliError> {
-    let document: StepDocument =
-        serde_json::from_str(&result.result_json).map_err(|source| CliError::BadResult {
-            step_id: result.step_id.clone(),
-            source,
-        })?;
-    let Some(facts) = document.search else {
-        return Ok(None);
-    };
-    let gpu = result
-        .unit
-        .as_ref()
-        .and_then(|u| u.gpu.clone())
-        .unwrap_or_default();
-    let step = result.step.as_ref();
-    Ok(Some(Search {
+/// The search of one stored result, from its `document` and the verdict `facts` taken from it.
+pub fn search(
+    result: &pb::StepResult,
+    document: &StepDocument,
+    facts: SearchFacts,
+    prices: &Prices,
+) -> Search {
+    Search {
         config: Config::of(result.unit.as_ref()),
         unit_id: result.unit_id.clone(),
-        workload: step
-            .and_then(|s| s.workload.as_ref())
-            .map(|w| w.name.clone())
-            .unwrap_or_default(),
-        repeat: step.map_or(0, |s| s.repeat),
+        workload: points::workload_name(result),
+        repeat: result.step.as_ref().map_or(0, |s| s.repeat),
         simulated: document.simulated,
-        price_per_gpu_hour: prices.per_gpu_hour(&gpu.gpu_type, gpu.price_per_hour),
+        price_per_gpu_hour: points::unit_price(result, prices),
         facts,
-    }))
+    }
 }
 
 /// One deployment's capacity at the SLO.
@@ -153,10 +140,7 @@ pub fn capacities(searches: &[Search], points: &[Point]) -> Vec<Capacity> {
                 model: s.config.model.clone(),
                 workload: s.workload.clone(),
                 gpus,
-                over: match s.facts.spec.axis {
-                    SearchAxis::Concurrency => "concurrency",
-                    SearchAxis::Rate => "rate",
-                },
+                over: s.facts.spec.axis.name(),
                 goal: describe_goal(&s.facts.goal),
                 capacity: verdict.capacity,
                 first_failing: verdict.first_failing,

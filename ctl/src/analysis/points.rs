@@ -144,30 +144,48 @@ pub async fn fetch_with_searches(
     let (mut points, mut searches) = (Vec::new(), Vec::new());
     while let Some(result) = stream.next().await {
         let result = result.map_err(CliError::rpc("results"))?;
-        if let Some(point) = point(&result, prices)? {
+        let mut document = document(&result)?;
+        if let Some(search) = document.search.take() {
+            searches.push(super::capacity::search(&result, &document, search, prices));
+        } else if let Some(point) = point(&result, document, prices) {
             points.push(point);
-        } else if let Some(search) = super::capacity::search(&result, prices)? {
-            searches.push(search);
         }
     }
     Ok((points, searches))
 }
 
-/// The point of one stored result, `None` for a step without load metrics.
-pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, CliError> {
-    let document: StepDocument =
-        serde_json::from_str(&result.result_json).map_err(|source| CliError::BadResult {
-            step_id: result.step_id.clone(),
-            source,
-        })?;
-    let Some(metrics) = document.metrics else {
-        return Ok(None);
-    };
+/// The step document of a stored result.
+pub fn document(result: &pb::StepResult) -> Result<StepDocument, CliError> {
+    serde_json::from_str(&result.result_json).map_err(|source| CliError::BadResult {
+        step_id: result.step_id.clone(),
+        source,
+    })
+}
+
+/// The price of one GPU-hour of a result's unit: from `prices`, else the matrix's.
+pub fn unit_price(result: &pb::StepResult, prices: &Prices) -> Option<f64> {
     let gpu = result
         .unit
         .as_ref()
         .and_then(|u| u.gpu.clone())
         .unwrap_or_default();
+    prices.per_gpu_hour(&gpu.gpu_type, gpu.price_per_hour)
+}
+
+/// The workload name of a result's step.
+pub fn workload_name(result: &pb::StepResult) -> String {
+    result
+        .step
+        .as_ref()
+        .and_then(|s| s.workload.as_ref())
+        .map(|w| w.name.clone())
+        .unwrap_or_default()
+}
+
+/// The point of one stored result with its `document`, `None` for a step without load
+/// metrics.
+fn point(result: &pb::StepResult, document: StepDocument, prices: &Prices) -> Option<Point> {
+    let metrics = document.metrics?;
     let step = result.step.as_ref();
     let load = step.and_then(|s| s.load.as_ref());
     let load_value = match load.and_then(|l| l.kind.as_ref()) {
@@ -176,13 +194,10 @@ pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, 
         Some(&pb::load_point::Kind::TimeScale(x)) => x,
         Some(pb::load_point::Kind::Search(_)) | None => 0.0,
     };
-    Ok(Some(Point {
+    Some(Point {
         config: Config::of(result.unit.as_ref()),
         unit_id: result.unit_id.clone(),
-        workload: step
-            .and_then(|s| s.workload.as_ref())
-            .map(|w| w.name.clone())
-            .unwrap_or_default(),
+        workload: workload_name(result),
         load: load_label(load),
         load_value,
         repeat: step.map_or(0, |s| s.repeat),
@@ -190,6 +205,6 @@ pub fn point(result: &pb::StepResult, prices: &Prices) -> Result<Option<Point>, 
         metrics,
         telemetry: document.telemetry,
         workload_facts: document.workload,
-        price_per_gpu_hour: prices.per_gpu_hour(&gpu.gpu_type, gpu.price_per_hour),
-    }))
+        price_per_gpu_hour: unit_price(result, prices),
+    })
 }

@@ -189,10 +189,7 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         .iter()
         .filter_map(|r| r.result.search.as_ref().map(|s| (r, s)))
         .map(|(r, s)| {
-            let over = match s.spec.axis {
-                evalctl_results::search::SearchAxis::Concurrency => "concurrency",
-                evalctl_results::search::SearchAxis::Rate => "rate",
-            };
+            let over = s.spec.axis.name();
             let v = s.verdict;
             format!(
                 "  {} {}: capacity {} (first failing {}) at {}; {} probes ({} runs): {}\n",

@@ -579,6 +579,19 @@ impl Expansion {
         self.units.iter().map(|u| u.steps.len()).sum()
     }
 
+    /// Capacity search steps, and the most probe runs they can add between them (each
+    /// search adds its probe runs as steps while it runs; docs/capacity.md).
+    pub fn search_bounds(&self) -> (usize, u64) {
+        self.units
+            .iter()
+            .flat_map(|u| &u.steps)
+            .filter_map(|s| match &s.load {
+                LoadPoint::Search(search) => Some(u64::from(search.spec.max_runs())),
+                _ => None,
+            })
+            .fold((0, 0), |(n, runs), r| (n + 1, runs + r))
+    }
+
     /// Refuses an expansion with no unit to run: stored, it would succeed at once and pass
     /// for a benchmark that ran. `allow_empty` (`--allow-empty`) lets it through.
     pub fn check_not_empty(&self, allow_empty: bool) -> Result<(), EmptyCampaign> {

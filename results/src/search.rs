@@ -68,6 +68,15 @@ pub struct SearchSpec {
     pub max_repeats: u32,
 }
 
+impl SearchSpec {
+    /// The most probe runs the search can take: `max_probes` loads, each run at most
+    /// `1 + max_repeats` times.
+    pub fn max_runs(&self) -> u32 {
+        self.max_probes
+            .saturating_mul(self.max_repeats.saturating_add(1))
+    }
+}
+
 /// [`SearchSpec::max_repeats`] when not given.
 pub const DEFAULT_MAX_REPEATS: u32 = 2;
 

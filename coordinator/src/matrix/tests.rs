@@ -1555,6 +1555,8 @@ fn a_search_is_one_step_with_its_bounds_goal_and_arrival() {
         (90.0, Some(500.0), Some(50.0))
     );
     assert_eq!(steps[0].label(), "chat search rate=1..64 #0");
+    // 10 loads, each run at most 1 + 2 times.
+    assert_eq!(e.search_bounds(), (1, 30));
 
     // A goodput goal counts the workload's SLO.
     let e = expand(&search_matrix(

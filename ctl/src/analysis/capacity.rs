@@ -55,6 +55,8 @@ pub fn search(
 pub struct Capacity {
     /// The deployment, "model / gpu xN / framework / quant".
     pub config: String,
+    /// The deployment without its model, "gpu xN / framework / quant".
+    pub server: String,
     /// Model name.
     pub model: String,
     /// Workload name.
@@ -137,6 +139,7 @@ pub fn capacities(searches: &[Search], points: &[Point]) -> Vec<Capacity> {
             let gpus = s.config.gpu_count.max(1);
             Capacity {
                 config: s.config.to_string(),
+                server: s.config.server(),
                 model: s.config.model.clone(),
                 workload: s.workload.clone(),
                 gpus,
@@ -346,25 +349,7 @@ mod tests {
     use evalctl_results::Slo;
 
     fn row(config: &str, capacity: Option<f64>, per_gpu: f64, cost: Option<f64>) -> Capacity {
-        Capacity {
-            config: config.into(),
-            model: "m".into(),
-            workload: "chat".into(),
-            gpus: 1,
-            over: "rate",
-            goal: "p90 ttft ≤ 60 ms".into(),
-            capacity,
-            first_failing: None,
-            probes: 7,
-            runs: 7,
-            stopped: StopReason::PrecisionReached,
-            stopped_because: StopReason::PrecisionReached.describe(),
-            output_tok_s: Some(per_gpu),
-            output_tok_s_per_gpu: Some(per_gpu),
-            price_per_gpu_hour: cost.map(|_| 1.0),
-            cost_per_million_tokens: cost,
-            simulated: true,
-        }
+        crate::analysis::fixtures::capacity_row(config, capacity, per_gpu, cost)
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Building blocks for the unit tests of `analysis`, `report` and `export`: step metrics
 //! with nothing measured, latency summaries with one value throughout, and the workload
-//! facts of a reset shared-prefix step.
+//! facts of a reset shared-prefix step, capacity rows.
 
 use evalctl_results::metrics::{LagPolicy, StepMetrics, compute};
 use evalctl_results::{PrefixCacheFacts, PrefixCachePolicy, Summary, WorkloadFacts};
@@ -44,5 +44,42 @@ pub fn reset_prefix_cache() -> WorkloadFacts {
             server_hit_rate: Some(0.7593),
             server_hit_rate_from: None,
         }),
+    }
+}
+
+/// A capacity row of a simulated 1-GPU deployment `server` of model "m" on workload "chat",
+/// searched over rate with 7 probes: `capacity` req/s, `per_gpu` output tokens/s there,
+/// and `cost` per million tokens (priced at 1 per GPU-hour when given).
+pub fn capacity_row(
+    server: &str,
+    capacity: Option<f64>,
+    per_gpu: f64,
+    cost: Option<f64>,
+) -> super::capacity::Capacity {
+    use evalctl_results::search::StopReason;
+    let stopped = if capacity.is_some() {
+        StopReason::PrecisionReached
+    } else {
+        StopReason::LowestFails
+    };
+    super::capacity::Capacity {
+        config: server.into(),
+        server: server.into(),
+        model: "m".into(),
+        workload: "chat".into(),
+        gpus: 1,
+        over: "rate",
+        goal: "p90 ttft ≤ 60 ms".into(),
+        capacity,
+        first_failing: capacity.map(|c| c * 1.04),
+        probes: 7,
+        runs: 7,
+        stopped,
+        stopped_because: stopped.describe(),
+        output_tok_s: Some(per_gpu),
+        output_tok_s_per_gpu: Some(per_gpu),
+        price_per_gpu_hour: cost.map(|_| 1.0),
+        cost_per_million_tokens: cost,
+        simulated: true,
     }
 }

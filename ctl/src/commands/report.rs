@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use evalctl_proto::v1 as pb;
 
 use crate::analysis::cost::Prices;
-use crate::analysis::points;
+use crate::analysis::{capacity, points};
 use crate::cli::GlobalArgs;
 use crate::client;
 use crate::error::CliError;
@@ -47,6 +47,7 @@ pub async fn run(global: &GlobalArgs, args: &ReportArgs) -> Result<ExitCode, Cli
             "bytes": page.len(),
             "steps": data.points.len(),
             "units": data.units.len(),
+            "capacity_searches": data.capacities.len(),
         }))?;
     } else {
         eprintln!(
@@ -81,12 +82,14 @@ pub async fn fetch(
         .map_err(CliError::rpc("list units"))?
         .into_inner()
         .units;
-    let points = points::fetch(client, campaign, &prices).await?;
+    let (points, searches) = points::fetch_with_searches(client, campaign, &prices).await?;
+    let capacities = capacity::capacities(&searches, &points);
     Ok(ReportData {
         campaign: info.campaign.unwrap_or_default(),
         dropped: info.dropped,
         units,
         points,
+        capacities,
         prices,
         generated_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

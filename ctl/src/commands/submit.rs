@@ -27,6 +27,12 @@ struct SubmitJson {
     units_kept: u64,
     steps_added: u64,
     steps_kept: u64,
+    /// Dry runs only: capacity search steps among `steps`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity_searches: Option<u64>,
+    /// Dry runs only: the most probe runs the searches can add as steps while they run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probe_runs_at_most: Option<u64>,
     unit_list: Vec<UnitJson>,
     dropped: Vec<DroppedJson>,
 }
@@ -98,6 +104,7 @@ pub async fn run(global: &GlobalArgs, args: &SubmitArgs) -> Result<ExitCode, Cli
 }
 
 fn dry_run_report(expansion: &Expansion) -> SubmitJson {
+    let (searches, probe_runs) = expansion.search_bounds();
     SubmitJson {
         campaign: expansion.campaign.name.clone(),
         campaign_id: None,
@@ -108,6 +115,8 @@ fn dry_run_report(expansion: &Expansion) -> SubmitJson {
         units_kept: 0,
         steps_added: 0,
         steps_kept: 0,
+        capacity_searches: Some(searches as u64),
+        probe_runs_at_most: Some(probe_runs),
         unit_list: expansion
             .units
             .iter()
@@ -151,6 +160,8 @@ fn submitted_report(r: pb::SubmitResponse) -> SubmitJson {
         units_kept: r.units_kept,
         steps_added: r.steps_added,
         steps_kept: r.steps_kept,
+        capacity_searches: None,
+        probe_runs_at_most: None,
         unit_list: r
             .unit_list
             .into_iter()
@@ -188,6 +199,12 @@ fn human(r: &SubmitJson) -> String {
         r.steps,
         r.dropped.len()
     ));
+    if let (Some(searches @ 1..), Some(runs)) = (r.capacity_searches, r.probe_runs_at_most) {
+        out.push_str(&format!(
+            "  {searches} of the steps are capacity searches: they add at most {runs} probe \
+             runs as steps while they run\n"
+        ));
+    }
     if !r.dry_run {
         out.push_str(&format!(
             "  stored: {} units and {} steps new, {} units and {} steps kept from earlier submits\n",

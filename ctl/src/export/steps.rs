@@ -82,6 +82,7 @@ pub fn build(input: StepInput<'_>, row: &mut RowBuilder) {
     derived(input, row);
     telemetry(input.document, row);
     workload_facts(input.document.workload.as_ref(), row);
+    capacity_search(input, row);
 }
 
 fn identity(input: StepInput<'_>, row: &mut RowBuilder) {
@@ -682,6 +683,64 @@ fn empty_document() -> StepDocument {
     }
 }
 
+/// A capacity search's probe run, or its verdict (schema 1.5; docs/capacity.md): both
+/// rows carry `search_step`, so a search's probes group under it.
+fn capacity_search(input: StepInput<'_>, row: &mut RowBuilder) {
+    let probe = input.document.probe.as_ref();
+    let search = input.document.search.as_ref();
+    let judgment = probe.map(|p| &p.run.judgment);
+    let verdict = search.map(|s| &s.verdict);
+    let search_step = probe
+        .map(|p| p.search_step.as_str())
+        .or_else(|| search.map(|_| input.result.step_id.as_str()));
+    row.put("search_step", Kind::Str, search_step);
+    row.put("probe_run", Kind::U64, probe.map(|p| p.run.run));
+    // Snake case like the other enum columns: `server_failed`.
+    row.put(
+        "probe_outcome",
+        Kind::Str,
+        judgment.map(|j| j.outcome.word().replace(' ', "_")),
+    );
+    row.put(
+        "probe_score",
+        Kind::F64,
+        judgment.and_then(|j| j.outcome.score()),
+    );
+    row.put("probe_sent_rps", Kind::F64, judgment.map(|j| j.sent_rps));
+    row.put(
+        "probe_completed_rps",
+        Kind::F64,
+        judgment.map(|j| j.completed_rps),
+    );
+    row.put(
+        "probe_reason",
+        Kind::Str,
+        judgment.and_then(|j| j.reason.as_deref()),
+    );
+    row.put(
+        "search_goal",
+        Kind::Str,
+        search.map(|s| crate::analysis::capacity::describe_goal(&s.goal)),
+    );
+    row.put(
+        "search_capacity",
+        Kind::F64,
+        verdict.and_then(|v| v.capacity),
+    );
+    row.put(
+        "search_first_failing",
+        Kind::F64,
+        verdict.and_then(|v| v.first_failing),
+    );
+    row.put("search_probes", Kind::U64, verdict.map(|v| v.probes));
+    row.put("search_runs", Kind::U64, verdict.map(|v| v.runs));
+    row.put(
+        "search_stopped",
+        Kind::Str,
+        verdict.and_then(|v| wire_name(&v.stopped)),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::Value;
@@ -769,6 +828,122 @@ mod tests {
         assert!((cost - 4.0 / 1.44).abs() < 1e-9, "{cost}");
         assert_eq!(cell("energy_j"), Value::F64(10.0));
         assert_eq!(cell("ttfa_p50_ms"), Value::Null);
+    }
+
+    /// The cells of `document`'s row, by column name.
+    fn cells(document: &StepDocument, step_id: &str) -> Vec<(&'static str, Value)> {
+        let result = pb::StepResult {
+            step_id: step_id.into(),
+            ..Default::default()
+        };
+        let mut row = RowBuilder::default();
+        build(
+            StepInput {
+                campaign_name: "c",
+                result: &result,
+                document,
+                environment: None,
+                price_per_gpu_hour: None,
+            },
+            &mut row,
+        );
+        row.columns()
+            .iter()
+            .map(|c| c.name)
+            .zip(row.values().iter().cloned())
+            .collect()
+    }
+
+    fn cell(cells: &[(&str, Value)], name: &str) -> Value {
+        cells.iter().find(|(n, _)| *n == name).unwrap().1.clone()
+    }
+
+    #[test]
+    fn probe_and_search_rows_carry_their_facts_under_the_search_step() {
+        use evalctl_results::document::{ProbeFacts, SearchFacts};
+        use evalctl_results::probe::{Goal, ProbeJudgment};
+        use evalctl_results::search::{
+            ProbeOutcome, SearchAxis, SearchSpec, SearchVerdict, StopReason,
+        };
+        use evalctl_results::settle::ProbeRun;
+        let probe = StepDocument {
+            probe: Some(ProbeFacts {
+                search_step: "s".into(),
+                axis: SearchAxis::Rate,
+                run: ProbeRun {
+                    load: 40.5,
+                    run: 1,
+                    judgment: ProbeJudgment {
+                        outcome: ProbeOutcome::Fail { score: Some(1.3) },
+                        window_ns: (0, 1),
+                        requests: 80,
+                        sent_rps: 40.4,
+                        completed_rps: 38.0,
+                        reason: Some("p90 ttft 78 ms > 60 ms".into()),
+                        tallies: Vec::new(),
+                    },
+                },
+            }),
+            ..full_document()
+        };
+        let row = cells(&probe, "s~rate=40.5#1");
+        assert_eq!(cell(&row, "search_step"), Value::Str("s".into()));
+        assert_eq!(cell(&row, "probe_run"), Value::U64(1));
+        assert_eq!(cell(&row, "probe_outcome"), Value::Str("fail".into()));
+        assert_eq!(cell(&row, "probe_score"), Value::F64(1.3));
+        assert_eq!(cell(&row, "probe_completed_rps"), Value::F64(38.0));
+        assert_eq!(cell(&row, "search_capacity"), Value::Null);
+
+        let search = StepDocument {
+            search: Some(SearchFacts {
+                spec: SearchSpec {
+                    axis: SearchAxis::Rate,
+                    min: 1.0,
+                    max: 100.0,
+                    max_probes: 8,
+                    precision: 0.05,
+                    max_repeats: 2,
+                },
+                goal: Goal::Percentile {
+                    percentile: 90.0,
+                    limits: evalctl_results::Slo {
+                        ttft_ms: Some(60.0),
+                        tpot_ms: None,
+                        e2el_ms: None,
+                    },
+                },
+                verdict: SearchVerdict {
+                    capacity: Some(39.0),
+                    first_failing: Some(40.5),
+                    probes: 7,
+                    runs: 8,
+                    stopped: StopReason::PrecisionReached,
+                },
+                probes: Vec::new(),
+                runs: Vec::new(),
+            }),
+            metrics: None,
+            ..empty_document()
+        };
+        let row = cells(&search, "s");
+        assert_eq!(cell(&row, "search_step"), Value::Str("s".into()));
+        assert_eq!(
+            cell(&row, "search_goal"),
+            Value::Str("p90 ttft ≤ 60 ms".into())
+        );
+        assert_eq!(cell(&row, "search_capacity"), Value::F64(39.0));
+        assert_eq!(cell(&row, "search_first_failing"), Value::F64(40.5));
+        assert_eq!(cell(&row, "search_runs"), Value::U64(8));
+        assert_eq!(
+            cell(&row, "search_stopped"),
+            Value::Str("precision_reached".into())
+        );
+        assert_eq!(cell(&row, "probe_outcome"), Value::Null);
+        // An ordinary step belongs to no search.
+        assert_eq!(
+            cell(&cells(&full_document(), "x"), "search_step"),
+            Value::Null
+        );
     }
 
     #[test]

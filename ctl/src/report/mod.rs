@@ -1,8 +1,9 @@
 //! `evalctl report`: one self-contained HTML file (inline CSS and SVG, no scripts, no
 //! network fetches) about a campaign: summary and matrix coverage, per-model throughput
 //! and latency curves, the Pareto front of throughput per GPU against interactivity, cost,
-//! energy efficiency, prefix-cache figures and failures. Every user string is escaped.
+//! energy efficiency, capacity at the SLO, prefix-cache figures and failures. Every user string is escaped.
 
+mod capacity;
 mod coverage;
 pub mod html;
 mod performance;
@@ -13,6 +14,7 @@ use std::fmt::Write;
 
 use evalctl_proto::v1 as pb;
 
+use crate::analysis::capacity::Capacity;
 use crate::analysis::cost::Prices;
 use crate::analysis::points::Point;
 use crate::render;
@@ -29,6 +31,8 @@ pub struct ReportData {
     pub units: Vec<pb::UnitSummary>,
     /// Steps with load metrics.
     pub points: Vec<Point>,
+    /// Capacity at the SLO of each stored capacity search.
+    pub capacities: Vec<Capacity>,
     /// GPU prices.
     pub prices: Prices,
     /// When the report was made, Unix ms.
@@ -63,13 +67,15 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(
         "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
          <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
-         <a href=\"#workloads\">Prefix cache</a> · <a href=\"#turns\">Multi-turn</a> · \
+         <a href=\"#capacity\">Capacity at SLO</a> · <a href=\"#workloads\">Prefix cache</a> · \
+         <a href=\"#turns\">Multi-turn</a> · \
          <a href=\"#failures\">Failures</a></nav>",
     );
     page.push_str(&coverage::summary(data));
     page.push_str(&performance::models(data));
     page.push_str(&performance::cost(data));
     page.push_str(&performance::energy(data));
+    page.push_str(&capacity::section(data));
     page.push_str(&workloads::prefix_cache(data));
     page.push_str(&workloads::turns(data));
     page.push_str(&coverage::failures(data));
@@ -164,6 +170,12 @@ mod tests {
                 point("sglang", 1, 110.0, 18.0, 9.0),
                 in_turns(point("sglang", 8, 500.0, 50.0, 20.0)),
             ],
+            capacities: vec![crate::analysis::fixtures::capacity_row(
+                "H100 x1",
+                Some(9.0),
+                300.0,
+                None,
+            )],
             prices: Prices::none(),
             generated_at_ms: 0,
         };
@@ -175,6 +187,7 @@ mod tests {
             "performance",
             "cost",
             "energy",
+            "capacity",
             "workloads",
             "turns",
             "failures",

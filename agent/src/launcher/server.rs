@@ -55,7 +55,9 @@ pub struct LaunchSpec {
     /// Framework environment, added to the agent's own.
     pub env: BTreeMap<String, String>,
     /// `Some("0,1")` sets `CUDA_VISIBLE_DEVICES` to the unit's GPUs (`Some("")` would hide
-    /// them all); `None` leaves the variable as the agent has it (CPU units).
+    /// them all), with `CUDA_DEVICE_ORDER=PCI_BUS_ID` unless the framework's `env` sets an
+    /// order: the agent's indices are NVML's, in PCI bus order, while CUDA's default order
+    /// puts the fastest GPU first. `None` leaves both as the agent has them (CPU units).
     pub cuda_visible_devices: Option<String>,
     /// Where the server listens; health is probed there.
     pub host: String,
@@ -203,6 +205,9 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
     }
     if let Some(devices) = &spec.cuda_visible_devices {
         cmd.env("CUDA_VISIBLE_DEVICES", devices);
+        if !spec.env.contains_key("CUDA_DEVICE_ORDER") {
+            cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+        }
     }
     let supervised = link::start(cmd).await.map_err(|failure| match failure {
         StartFailure::Link(source) => LaunchError::Link(source),

@@ -133,6 +133,10 @@ pub enum Command {
     Compare(crate::commands::compare::CompareArgs),
     /// Rank configurations that meet SLOs by cost or throughput per GPU.
     Recommend(crate::commands::recommend::RecommendArgs),
+    /// Supervise one server for `evalctl local`'s agent (it runs this; `main` dispatches it
+    /// before anything else starts), so `evalctl` alone runs a local campaign.
+    #[command(hide = true)]
+    Supervise(crate::commands::local::SuperviseArgs),
 }
 
 impl Command {
@@ -153,7 +157,7 @@ impl Command {
             Command::Compare(a) => &a.connection,
             Command::Recommend(a) => &a.connection,
             Command::Audit(a) => &a.connection,
-            Command::Local(_) | Command::Bench(_) => return None,
+            Command::Local(_) | Command::Bench(_) | Command::Supervise(_) => return None,
         })
     }
 }

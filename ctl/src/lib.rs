@@ -38,6 +38,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Report(args) => commands::report::run(global, args).await,
         Command::Compare(args) => commands::compare::run(global, args).await,
         Command::Recommend(args) => commands::recommend::run(global, args).await,
+        // A supervisor needs a process without a runtime: `main` runs it before any.
+        Command::Supervise(_) => Err(CliError::BadFlag {
+            flag: "supervise",
+            source: "`evalctl supervise` runs only as the process `evalctl local` starts".into(),
+        }),
     };
     match outcome {
         // `local` talks to a coordinator of its own, not to --coordinator.

@@ -3,12 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use evalctl::cli::{Cli, LogFormat};
+use evalctl::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A server's supervisor (`evalctl local` starts it): single-threaded, no runtime, its
+    // notes straight into the server's log.
+    if let Command::Supervise(args) = &cli.command {
+        return evalctl::commands::local::supervise(args);
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -18,7 +22,14 @@ async fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    match evalctl::run(cli).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: failed to start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(evalctl::run(cli)) {
         Ok(code) => code,
         Err(err) => {
             evalctl::report(&err);

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use evalctl_agent::doctor;
+pub use evalctl_agent::launcher::supervisor::SuperviseArgs;
 use evalctl_agent::runner::{self, AgentConfig, GpuSource};
 use evalctl_coordinator::config::Config;
 use evalctl_coordinator::matrix;
@@ -22,6 +23,12 @@ use crate::cli::{GlobalArgs, LocalArgs};
 use crate::client;
 use crate::error::{CliError, EXIT_CAMPAIGN_FAILED, EXIT_NOT_READY};
 use crate::render;
+
+/// The hidden `evalctl supervise`: one server's supervisor, as `evalctl-agent supervise` is
+/// for a fleet's agent. Runs before any runtime starts (`main` dispatches it).
+pub fn supervise(args: &SuperviseArgs) -> ExitCode {
+    evalctl_agent::launcher::supervisor::run(args)
+}
 
 /// `evalctl local --check`: the preflight of the matrix's units on this host, as the local
 /// agent would run them.
@@ -148,6 +155,11 @@ async fn drive(
     }
 
     let mut agent_config = AgentConfig::new(url, data_dir.join("agent"));
+    // This program supervises the servers (`evalctl supervise`): `evalctl` alone runs a
+    // local campaign, with no `evalctl-agent` installed beside it.
+    if let Ok(program) = std::env::current_exe() {
+        agent_config.supervisor = program;
+    }
     agent_config.cpu_slots = args.cpu_slots;
     agent_config.acquire_wait = Duration::from_secs(5);
     agent_config.stop_grace = Duration::from_secs(5);

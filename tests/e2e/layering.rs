@@ -114,6 +114,15 @@ fn crates_depend_only_on_the_crates_the_architecture_allows() {
             &["evalctl-common", "evalctl-proto", "evalctl-results"],
         ),
         (
+            "evalctl-gpu-proof",
+            &[
+                "evalctl-common",
+                "evalctl-results",
+                "evalctl-sim-server",
+                "evalctl-telemetry",
+            ],
+        ),
+        (
             "evalctl",
             &[
                 "evalctl-agent",

@@ -8,6 +8,7 @@ mod cli_errors;
 mod compare;
 mod containers;
 mod control_plane;
+mod gpu_proof;
 mod layering;
 mod llamacpp;
 mod preflight;

@@ -17,6 +17,7 @@ use nix::unistd::Pid;
 
 mod agent;
 mod containers;
+mod fake_gpu;
 mod ledger;
 mod metadata;
 mod procs;
@@ -24,6 +25,7 @@ mod proxy;
 
 pub use agent::AgentProcess;
 pub use containers::{Podman, SIM_IMAGE};
+pub use fake_gpu::FakeGpu;
 pub use ledger::{AgentLog, Fault, FinishedStep, Ledger, Rng, SeenResult};
 pub use metadata::{Cloud, FakeMetadata};
 pub use procs::{children_of, descendants_of, group_alive, process_gone, processes_with};

@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "evalctl/v1/campaign.proto",
         "evalctl/v1/agent.proto",
         "evalctl/v1/admin.proto",
+        "evalctl/v1/schedule.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -14,6 +14,7 @@ pub mod logging;
 pub mod matrix;
 pub mod metrics;
 pub mod reaper;
+pub mod schedule;
 pub mod server;
 pub mod store;
 pub mod tls;

@@ -12,6 +12,7 @@ use evalctl_common::lock::{FileLock, LockError};
 use evalctl_proto::v1 as pb;
 use evalctl_proto::v1::agent_service_server::AgentServiceServer;
 use evalctl_proto::v1::campaign_service_server::CampaignServiceServer;
+use evalctl_proto::v1::schedule_service_server::ScheduleServiceServer;
 use evalctl_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -23,11 +24,12 @@ use crate::config::{Config, ConfigError};
 use crate::connections::{Admission, CallCountLayer};
 use crate::events::EventBus;
 use crate::grpc::status::chain;
-use crate::grpc::{AgentApi, CampaignApi, TokenApi};
+use crate::grpc::{AgentApi, CampaignApi, ScheduleApi, TokenApi};
 use crate::limits::MAX_HEADER_LIST_BYTES;
 pub use crate::limits::MAX_MESSAGE_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::reaper::Reaper;
+use crate::schedule::Scheduler;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, ServerTls, TlsError};
 use crate::work::WorkSignal;
@@ -285,6 +287,12 @@ impl Coordinator {
         ))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let scheduler = Scheduler::new(store.clone(), work.clone());
+        let schedules =
+            ScheduleServiceServer::new(ScheduleApi::new(store.clone(), scheduler.clone()))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let scheduler = tokio::spawn(scheduler.run(stop.clone()));
         let tokens = TokenServiceServer::new(TokenApi::new(store.clone(), Arc::clone(&auth)))
             .max_decoding_message_size(64 * 1024)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -333,6 +341,7 @@ impl Coordinator {
                 .add_service(campaigns)
                 .add_service(agents)
                 .add_service(tokens)
+                .add_service(schedules)
                 .serve_with_incoming_shutdown(incoming, server_stop.cancelled_owned()),
         );
         info!(
@@ -350,12 +359,16 @@ impl Coordinator {
             finished = &mut server => {
                 stop.cancel();
                 let _ = reaper.await;
+                let _ = scheduler.await;
                 return finished_result(finished);
             }
         }
         stop.cancel();
         if let Err(err) = reaper.await {
             warn!(error = %err, "the lease reaper task failed");
+        }
+        if let Err(err) = scheduler.await {
+            warn!(error = %err, "the scheduler task failed");
         }
         let outcome = match tokio::time::timeout(config.shutdown_grace, &mut server).await {
             Ok(finished) => finished_result(finished),

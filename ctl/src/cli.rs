@@ -133,6 +133,10 @@ pub enum Command {
     Compare(crate::commands::compare::CompareArgs),
     /// Rank configurations that meet SLOs by cost or throughput per GPU.
     Recommend(crate::commands::recommend::RecommendArgs),
+    /// Campaigns submitted by the coordinator on a cron pattern: add, list, show, pause,
+    /// resume, remove, run-now, update.
+    #[command(subcommand)]
+    Schedule(crate::commands::schedule::ScheduleCommand),
     /// Supervise one server for `evalctl local`'s agent (it runs this; `main` dispatches it
     /// before anything else starts), so `evalctl` alone runs a local campaign.
     #[command(hide = true)]
@@ -152,6 +156,7 @@ impl Command {
             Command::Agents(a) => &a.connection,
             Command::Drain(a) => &a.connection,
             Command::Token(command) => command.connection(),
+            Command::Schedule(command) => command.connection(),
             Command::Export(a) => &a.connection,
             Command::Report(a) => &a.connection,
             Command::Compare(a) => &a.connection,

@@ -10,6 +10,7 @@ use evalctl_proto::client::{
     self as agent_client, BearerToken, ClientAuth, ClientError, TlsProblem,
 };
 use evalctl_proto::v1::campaign_service_client::CampaignServiceClient;
+use evalctl_proto::v1::schedule_service_client::ScheduleServiceClient;
 use evalctl_proto::v1::token_service_client::TokenServiceClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
@@ -28,6 +29,9 @@ pub type Client = CampaignServiceClient<AuthedChannel>;
 
 /// A connected token client.
 pub type TokenClient = TokenServiceClient<AuthedChannel>;
+
+/// A connected schedule client.
+pub type ScheduleClient = ScheduleServiceClient<AuthedChannel>;
 
 /// TLS settings and token of this invocation.
 static AUTH: OnceLock<ClientAuth> = OnceLock::new();
@@ -132,6 +136,13 @@ async fn setup_problem(err: &(dyn std::error::Error + 'static), url: &str) -> Op
 /// Connects to `url`, failing fast with a clear error when nothing listens there.
 pub async fn connect(url: &str) -> Result<Client, CliError> {
     Ok(CampaignServiceClient::new(channel(url).await?)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// Connects to the coordinator's `ScheduleService`.
+pub async fn connect_schedules(url: &str) -> Result<ScheduleClient, CliError> {
+    Ok(ScheduleServiceClient::new(channel(url).await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES))
 }

@@ -15,6 +15,7 @@ mod preflight;
 mod report;
 mod results_export;
 mod results_fixture;
+mod schedules;
 mod security;
 mod spot;
 mod store_health;

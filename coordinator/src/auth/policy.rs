@@ -52,6 +52,9 @@ const CAMPAIGN_READS: &[&str] = &[
     "Recommend",
 ];
 
+/// Read-only `ScheduleService` methods; changing or firing a schedule needs an operator.
+const SCHEDULE_READS: &[&str] = &["ListSchedules", "GetSchedule"];
+
 /// The access an RPC path needs. Unknown services need an operator: a method added
 /// without a decision here is never open by accident.
 pub fn access(path: &str) -> Access {
@@ -64,6 +67,7 @@ pub fn access(path: &str) -> Access {
         }
         "evalctl.v1.AgentService" => Access::Agent,
         "evalctl.v1.CampaignService" if CAMPAIGN_READS.contains(&method) => Access::Read,
+        "evalctl.v1.ScheduleService" if SCHEDULE_READS.contains(&method) => Access::Read,
         "evalctl.v1.CampaignService" | "evalctl.v1.TokenService" => Access::Operate,
         _ => Access::Operate,
     }
@@ -91,6 +95,9 @@ mod tests {
             ("/evalctl.v1.CampaignService/Results", Access::Read),
             ("/evalctl.v1.AgentService/Heartbeat", Access::Agent),
             ("/evalctl.v1.TokenService/ListTokens", Access::Operate),
+            ("/evalctl.v1.ScheduleService/ListSchedules", Access::Read),
+            ("/evalctl.v1.ScheduleService/AddSchedule", Access::Operate),
+            ("/evalctl.v1.ScheduleService/RunSchedule", Access::Operate),
             ("/grpc.health.v1.Health/Check", Access::Public),
             ("/evalctl.v1.Unknown/Thing", Access::Operate),
             ("", Access::Operate),
@@ -120,7 +127,9 @@ mod tests {
                     match service.name() {
                         "AgentService" => assert_eq!(got, Access::Agent, "{path}"),
                         "TokenService" => assert_eq!(got, Access::Operate, "{path}"),
-                        "CampaignService" => assert_ne!(got, Access::Public, "{path}"),
+                        "CampaignService" | "ScheduleService" => {
+                            assert_ne!(got, Access::Public, "{path}")
+                        }
                         other => panic!("service {other} has no policy"),
                     }
                     seen += 1;

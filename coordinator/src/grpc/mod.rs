@@ -7,9 +7,11 @@ mod agent_convert;
 mod audit;
 pub mod campaign;
 pub mod convert;
+pub mod schedules;
 pub mod status;
 pub mod tokens;
 
 pub use agent::AgentApi;
 pub use campaign::CampaignApi;
+pub use schedules::ScheduleApi;
 pub use tokens::TokenApi;

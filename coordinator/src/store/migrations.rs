@@ -59,6 +59,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0010_search_probes",
         sql: include_str!("../../migrations/0010_search_probes.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_schedules",
+        sql: include_str!("../../migrations/0011_schedules.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

@@ -16,7 +16,8 @@
 //!   retry, status reads), `specs` (configuration parts), `agents` (registration,
 //!   heartbeats, drain), `placement` (choosing the unit for an agent: matching, ranking,
 //!   warm preference), `leases` (granting it, fencing, how leases end), `results`
-//!   (storing batches exactly once, reading results), `audit`: the SQL of each concern;
+//!   (storing batches exactly once, reading results), `schedules` (schedules, their firings
+//!   claimed exactly once, the series' running campaign), `audit`: the SQL of each concern;
 //!   `rows`: what reads return; `clock`: the one source of `*_ms` times.
 //!
 //! Adding an operation: write a function taking `&Connection` (and `now_ms` for writes)
@@ -60,6 +61,7 @@ mod probes;
 mod readers;
 mod results;
 mod rows;
+pub mod schedules;
 mod specs;
 mod submit;
 mod tokens;
@@ -87,6 +89,9 @@ pub use self::rows::{
     ExpiredLease, FailOutcome, FailureKind, GrantedLease, HeartbeatReply, HistoryRow, LeaseEnd,
     Reaction, Registered, ReleaseOutcome, StateCounts, StepRow, StepState, StoredProbeRun,
     StoredResult, StoredStep, SubmitOutcome, UnitRef, UnitRow, UnitState, UnknownState,
+};
+pub use self::schedules::{
+    CatchUp, FiringOutcome, FiringRow, NewFiring, Overlap, ScheduleFields, ScheduleRow,
 };
 pub use self::tokens::{AuthToken, TokenRow, TokenTable};
 use self::writer::Command;

@@ -53,6 +53,45 @@ macro_rules! state_enum {
 }
 
 state_enum! {
+    /// What a schedule does when it fires while a campaign of its series still runs.
+    Overlap {
+        /// Record the firing as skipped.
+        Skip => "skip",
+        /// Submit anyway: the new campaign's units queue behind the running one's.
+        Queue => "queue",
+        /// Cancel the running campaign, then submit.
+        Cancel => "cancel",
+    }
+}
+
+state_enum! {
+    /// What a schedule does with firings that fell while the coordinator was down.
+    CatchUp {
+        /// Run the latest of them once; record the others as missed.
+        Once => "once",
+        /// Record them all as missed.
+        Skip => "skip",
+    }
+}
+
+state_enum! {
+    /// How a schedule's firing ended.
+    FiringOutcome {
+        /// Claimed; its campaign is being submitted (or was, before a crash).
+        Claimed => "claimed",
+        /// Its campaign was submitted.
+        Submitted => "submitted",
+        /// Not run: a campaign of the series was still running.
+        SkippedOverlap => "skipped_overlap",
+        /// Not run: it fell while the coordinator was down, and the catch-up rule did not
+        /// run it.
+        Missed => "missed",
+        /// Its campaign could not be submitted (the stored matrix no longer expands).
+        Failed => "failed",
+    }
+}
+
+state_enum! {
     /// State of a campaign, derived from its units and whether it was cancelled.
     CampaignState {
         /// Some unit is pending or leased.

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod recommend;
 pub mod report;
 pub mod results;
+pub mod schedule;
 pub mod status;
 pub mod submit;
 pub mod token;

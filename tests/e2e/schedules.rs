@@ -1,0 +1,286 @@
+//! Schedules through the real coordinator and CLI (docs/schedules.md): the commands with
+//! their errors and audit entries, and a schedule firing every 5 s while the coordinator is
+//! killed with SIGKILL at random moments and restarted on the same database — every firing
+//! gives exactly one campaign, or is recorded missed, and none is lost.
+//!
+//! Knobs: `EVALCTL_SCHEDULE_CHAOS_SEED` (default: from the clock), and
+//! `EVALCTL_SCHEDULE_CHAOS_SECS` (how long the kills go on, default 90).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use evalctl_tests::{CoordinatorProcess, Rng, evalctl, json_stdout};
+
+const MATRIX: &str = "campaign: ignored
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: bf16, bits: 16 }]
+workloads:
+  - name: chat
+    dataset: { kind: random, input_tokens: 8, output_tokens: 4 }
+    load: { concurrency: [1] }
+    requests: 4
+";
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn schedule_commands_check_their_input_and_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let matrix = dir.path().join("m.yaml");
+    std::fs::write(&matrix, MATRIX).unwrap();
+    let m = matrix.to_str().unwrap();
+
+    let bad = evalctl(
+        Some(&url),
+        &["schedule", "add", "n", m, "--cron", "61 * * * *"],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("`61 * * * *` is not a cron pattern"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = evalctl(
+        Some(&url),
+        &[
+            "schedule",
+            "add",
+            "n",
+            m,
+            "--cron",
+            "0 1 * * *",
+            "--timezone",
+            "Mars/Base",
+        ],
+    );
+    assert!(
+        stderr(&bad).contains("`Mars/Base` is not an IANA time zone"),
+        "{}",
+        stderr(&bad)
+    );
+
+    let added = json_stdout(&evalctl(
+        Some(&url),
+        &[
+            "schedule",
+            "add",
+            "nightly",
+            m,
+            "--cron",
+            "0 1 * * *",
+            "--timezone",
+            "Europe/Berlin",
+            "--json",
+        ],
+    ));
+    assert_eq!(added["overlap"], "skip");
+    assert_eq!(added["catch_up"], "once");
+    let next = added["next_campaign"].as_str().unwrap();
+    assert!(
+        next.starts_with("nightly-") && next.ends_with("T01.00"),
+        "{added}"
+    );
+    let again = evalctl(
+        Some(&url),
+        &["schedule", "add", "nightly", m, "--cron", "0 1 * * *"],
+    );
+    assert!(stderr(&again).contains("exists"), "{}", stderr(&again));
+
+    let updated = json_stdout(&evalctl(
+        Some(&url),
+        &[
+            "schedule",
+            "update",
+            "nightly",
+            "--overlap",
+            "cancel",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        (updated["overlap"].as_str(), updated["cron"].as_str()),
+        (Some("cancel"), Some("0 1 * * *"))
+    );
+    let paused = json_stdout(&evalctl(
+        Some(&url),
+        &["schedule", "pause", "nightly", "--json"],
+    ));
+    assert_eq!(paused["paused"], true);
+    assert!(paused["next_fire_at_ms"].is_null(), "{paused}");
+
+    // Run now, even paused: one campaign of the series.
+    let run = evalctl(Some(&url), &["schedule", "run-now", "nightly"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        text.contains("Submitted campaign nightly-") && text.contains("-now"),
+        "{text}"
+    );
+    // The series runs (no agent): with overlap `cancel` the next run-now cancels it.
+    let run = evalctl(Some(&url), &["schedule", "run-now", "nightly", "--json"]);
+    assert_eq!(json_stdout(&run)["outcome"], "submitted");
+    let shown = json_stdout(&evalctl(
+        Some(&url),
+        &["schedule", "show", "nightly", "--json"],
+    ));
+    assert_eq!(shown["firings"].as_array().unwrap().len(), 2, "{shown}");
+
+    let listed = json_stdout(&evalctl(Some(&url), &["schedule", "list", "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let removed = evalctl(Some(&url), &["schedule", "remove", "nightly"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    let gone = evalctl(Some(&url), &["schedule", "show", "nightly"]);
+    assert!(
+        stderr(&gone).contains("no schedule is named `nightly`"),
+        "{}",
+        stderr(&gone)
+    );
+
+    let audit = json_stdout(&evalctl(Some(&url), &["audit", "--json"]));
+    let actions: BTreeSet<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for action in [
+        "schedule_add",
+        "schedule_update",
+        "schedule_pause",
+        "schedule_run",
+        "schedule_remove",
+    ] {
+        assert!(
+            actions.contains(action),
+            "{action} not audited: {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn a_five_second_schedule_under_random_kills_gives_one_campaign_per_firing() {
+    let seed = env_number(
+        "EVALCTL_SCHEDULE_CHAOS_SEED",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    let secs = env_number("EVALCTL_SCHEDULE_CHAOS_SECS", 90);
+    eprintln!(
+        "schedule chaos: seed {seed} (EVALCTL_SCHEDULE_CHAOS_SEED={seed} reproduces it), {secs} s"
+    );
+    let mut rng = Rng::new(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let mut coordinator = CoordinatorProcess::start(dir.path());
+    let addr = coordinator.addr().to_string();
+    let url = coordinator.url();
+    let matrix = dir.path().join("m.yaml");
+    std::fs::write(&matrix, MATRIX).unwrap();
+    let added = evalctl(
+        Some(&url),
+        &[
+            "schedule",
+            "add",
+            "every5",
+            matrix.to_str().unwrap(),
+            "--cron",
+            "*/5 * * * * *",
+            "--overlap",
+            "queue",
+        ],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+
+    let started = Instant::now();
+    let mut kills = 0;
+    while started.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(rng.millis(300, 6_000));
+        coordinator.kill9();
+        kills += 1;
+        // Down for up to 8 s: sometimes over a firing or two, which catch-up `once` folds
+        // into one run.
+        std::thread::sleep(rng.millis(0, 8_000));
+        coordinator = CoordinatorProcess::start_on(&addr, dir.path(), &[]);
+    }
+    // Read in the middle of a 5 s period, after the restart has finished what was claimed.
+    std::thread::sleep(Duration::from_secs(3));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    std::thread::sleep(Duration::from_millis(5_000 - (now_ms + 2_500) % 5_000));
+
+    let shown = json_stdout(&evalctl(
+        Some(&url),
+        &["schedule", "show", "every5", "--firings", "1000", "--json"],
+    ));
+    let firings = shown["firings"].as_array().unwrap();
+    let campaigns: Vec<String> = json_stdout(&evalctl(Some(&url), &["status", "--json"]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .filter(|n| n.starts_with("every5-"))
+        .map(str::to_owned)
+        .collect();
+
+    // Every firing is a 5 s boundary, each once, none skipped from the first to the last.
+    let mut instants: Vec<i64> = firings
+        .iter()
+        .map(|f| f["fire_at_ms"].as_i64().unwrap())
+        .collect();
+    instants.sort_unstable();
+    assert!(instants.iter().all(|t| t % 5_000 == 0), "{instants:?}");
+    assert!(
+        instants.windows(2).all(|w| w[1] - w[0] == 5_000),
+        "a firing is missing or recorded twice: {instants:?}"
+    );
+    // Submitted firings and the series' campaigns are the same names, each once.
+    let submitted: BTreeSet<String> = firings
+        .iter()
+        .filter(|f| f["outcome"] == "submitted")
+        .map(|f| f["campaign"].as_str().unwrap().to_owned())
+        .collect();
+    let stored: BTreeSet<String> = campaigns.iter().cloned().collect();
+    assert_eq!(
+        stored.len(),
+        campaigns.len(),
+        "a campaign name twice: {campaigns:?}"
+    );
+    assert_eq!(submitted, stored, "firings and campaigns differ");
+    let outcomes: BTreeSet<&str> = firings
+        .iter()
+        .filter_map(|f| f["outcome"].as_str())
+        .collect();
+    assert!(
+        outcomes.iter().all(|o| ["submitted", "missed"].contains(o)),
+        "{outcomes:?}"
+    );
+    let missed = firings.iter().filter(|f| f["outcome"] == "missed").count();
+    eprintln!(
+        "schedule chaos: {kills} kills, {} firings: {} campaigns, {missed} missed",
+        firings.len(),
+        submitted.len()
+    );
+    assert!(
+        kills >= 5 && submitted.len() >= 5,
+        "{kills} kills, {} campaigns",
+        submitted.len()
+    );
+}

@@ -21,6 +21,7 @@
 //! the code that produced them.
 
 pub mod codec;
+pub mod compare;
 pub mod document;
 pub mod metrics;
 pub mod probe;

@@ -1,7 +1,7 @@
 //! `evalctl compare` and `evalctl recommend` on campaigns of the simulated server: a 20 %
 //! slower decode is flagged as a regression (exit code 7) at the default 5 % threshold and
 //! at 15 %, a rerun of the same configuration is not (at 15 %). (Changes within the spread of repeats are covered by the unit
-//! tests of `analysis::compare`, where the spread can be set exactly.)
+//! tests of `evalctl_results::compare`, where the spread can be set exactly.)
 
 use evalctl_tests::{CoordinatorProcess, evalctl, json_stdout};
 use serde_json::Value;

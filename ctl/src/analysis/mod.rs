@@ -1,13 +1,12 @@
 //! Analysis of stored results shared by `report`, `compare` and `recommend`: steps as
-//! points keyed by configuration, prices, comparable metrics, regressions, Pareto fronts
-//! and SLO ranking.
+//! points keyed by configuration, prices, Pareto fronts, capacity and SLO ranking. The
+//! comparison rules and the comparable metrics are the results crate's
+//! (`evalctl_results::compare`), which the coordinator's baseline verdicts use too.
 
 pub mod capacity;
-pub mod compare;
 pub mod cost;
 #[cfg(test)]
 pub(crate) mod fixtures;
-pub mod metric;
 pub mod pareto;
 pub mod points;
 pub mod recommend;

@@ -6,6 +6,7 @@ use std::fmt;
 use evalctl_proto::v1 as pb;
 use evalctl_results::StepDocument;
 use evalctl_results::StepMetrics;
+use evalctl_results::compare::{Key, Metric, Observation};
 use evalctl_results::{TelemetrySummary, WorkloadFacts};
 use futures::StreamExt;
 
@@ -91,6 +92,31 @@ pub struct Point {
 }
 
 impl Point {
+    /// The step as a comparison sees it: its configuration, workload and load point, and
+    /// its figures.
+    pub fn observation(&self) -> Observation<'_> {
+        Observation {
+            key: Key {
+                config: self.config.to_string(),
+                workload: self.workload.clone(),
+                load: self.load.clone(),
+            },
+            metrics: &self.metrics,
+            joules_per_output_token: self.joules_per_output_token(),
+        }
+    }
+
+    /// The value of `metric` at this step; `None` when the step has no such figure.
+    pub fn value(&self, metric: Metric) -> Option<f64> {
+        metric.value(&self.metrics, self.joules_per_output_token())
+    }
+
+    fn joules_per_output_token(&self) -> Option<f64> {
+        self.telemetry
+            .as_ref()
+            .and_then(|t| t.joules_per_output_token)
+    }
+
     /// Output tokens/s per GPU of the unit.
     pub fn output_per_gpu(&self) -> f64 {
         crate::export::steps::per_gpu(self.metrics.output_token_throughput, self.config.gpu_count)

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::metric::{Metric, UnknownMetric};
 use super::points::{Config, Point};
+use evalctl_results::compare::{Metric, UnknownMetric};
 
 /// One objective: `metric` must be at most (latencies, J/token) or at least (throughputs)
 /// `limit`.
@@ -203,7 +203,7 @@ fn load_points(points: &[&Point], objectives: &[Objective]) -> Vec<LoadPoint> {
                 }),
                 values: objectives
                     .iter()
-                    .map(|o| median(ps.iter().filter_map(|p| o.metric.value(p))))
+                    .map(|o| median(ps.iter().filter_map(|p| p.value(o.metric))))
                     .collect(),
             }
         })

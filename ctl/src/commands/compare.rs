@@ -1,14 +1,14 @@
 //! `evalctl compare BASE NEW`: matches the steps of two campaigns by configuration,
 //! workload and load point and flags regressions of the key metrics beyond a threshold
-//! and beyond the spread of repeats (`crate::analysis::compare`). Exits with code 7 when
+//! and beyond the spread of repeats (`evalctl_results::compare`). Exits with code 7 when
 //! it flags one, so CI can gate on it.
 
 use std::process::ExitCode;
 
-use crate::analysis::compare::{self, Change, Comparison, Verdict};
+use evalctl_results::compare::{self, Change, Comparison, Metric, Verdict};
+
 use crate::analysis::cost::Prices;
-use crate::analysis::metric::Metric;
-use crate::analysis::points;
+use crate::analysis::points::{self, Point};
 use crate::cli::GlobalArgs;
 use crate::client;
 use crate::error::{CliError, EXIT_REGRESSION};
@@ -59,6 +59,7 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
     let mut client = client::connect(&global.coordinator).await?;
     let base = points::fetch(&mut client, &args.base, &Prices::none()).await?;
     let new = points::fetch(&mut client, &args.new, &Prices::none()).await?;
+    let (base, new) = (observe(&base), observe(&new));
     let comparison = compare::compare(&base, &new, &metrics, args.threshold / 100.0);
     let regressed = comparison.regressions().next().is_some();
     if global.json {
@@ -77,6 +78,10 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn observe(points: &[Point]) -> Vec<compare::Observation<'_>> {
+    points.iter().map(Point::observation).collect()
 }
 
 fn verdict_text(v: Verdict) -> &'static str {

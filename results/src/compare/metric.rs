@@ -1,12 +1,10 @@
-//! The step figures that `compare` and `recommend` reason about, by name, with their
+//! The step figures that comparisons and SLO checks reason about, by name, with their
 //! unit and which direction is better.
 
 use std::fmt;
 use std::str::FromStr;
 
-use evalctl_results::Summary;
-
-use super::points::Point;
+use crate::{StepMetrics, Summary};
 
 /// A comparable step figure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -120,9 +118,9 @@ impl Metric {
         }
     }
 
-    /// The value of a step, `None` when the step has no such figure.
-    pub fn value(self, p: &Point) -> Option<f64> {
-        let m = &p.metrics;
+    /// The value of a step with load metrics `m` and GPU energy per output token
+    /// `joules_per_output_token`; `None` when the step has no such figure.
+    pub fn value(self, m: &StepMetrics, joules_per_output_token: Option<f64>) -> Option<f64> {
         match self {
             Metric::OutputThroughput => Some(m.output_token_throughput),
             Metric::RequestThroughput => Some(m.request_throughput),
@@ -136,7 +134,7 @@ impl Metric {
                 };
                 summary.map(|s| stat.of(&s))
             }
-            Metric::JoulesPerToken => p.telemetry.as_ref().and_then(|t| t.joules_per_output_token),
+            Metric::JoulesPerToken => joules_per_output_token,
         }
     }
 }

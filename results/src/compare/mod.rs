@@ -8,13 +8,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::metric::Metric;
-use super::points::Point;
+use crate::StepMetrics;
+
+pub mod metric;
+
+pub use metric::{Latency, Metric, Stat, UnknownMetric};
 
 /// What matches a step of one campaign to a step of the other.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Key {
     /// "model / gpu xN / framework / quant".
     pub config: String,
@@ -24,18 +27,19 @@ pub struct Key {
     pub load: String,
 }
 
-impl Key {
-    fn of(p: &Point) -> Key {
-        Key {
-            config: p.config.to_string(),
-            workload: p.workload.clone(),
-            load: p.load.clone(),
-        }
-    }
+/// One measured step (one repeat), as a comparison sees it.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// Which step it is.
+    pub key: Key,
+    /// Its load metrics.
+    pub metrics: &'a StepMetrics,
+    /// GPU energy per output token, J, when measured.
+    pub joules_per_output_token: Option<f64>,
 }
 
 /// The repeats of one metric of one step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Median of the repeats (the value compared).
     pub median: f64,
@@ -91,7 +95,7 @@ impl Stats {
 }
 
 /// What a change amounts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     /// Worse by more than the threshold and the noise.
@@ -158,18 +162,23 @@ impl Comparison {
     }
 }
 
-type Groups<'a> = BTreeMap<Key, Vec<&'a Point>>;
+type Groups<'a, 'm> = BTreeMap<&'a Key, Vec<&'a Observation<'m>>>;
 
-fn group(points: &[Point]) -> Groups<'_> {
-    let mut groups: Groups<'_> = BTreeMap::new();
-    for p in points {
-        groups.entry(Key::of(p)).or_default().push(p);
+fn group<'a, 'm>(observations: &'a [Observation<'m>]) -> Groups<'a, 'm> {
+    let mut groups: Groups<'a, 'm> = BTreeMap::new();
+    for o in observations {
+        groups.entry(&o.key).or_default().push(o);
     }
     groups
 }
 
 /// Compares `new` against `base` on `metrics` with a relative `threshold` (0.05 = 5 %).
-pub fn compare(base: &[Point], new: &[Point], metrics: &[Metric], threshold: f64) -> Comparison {
+pub fn compare(
+    base: &[Observation<'_>],
+    new: &[Observation<'_>],
+    metrics: &[Metric],
+    threshold: f64,
+) -> Comparison {
     let base_groups = group(base);
     let new_groups = group(new);
     let mut changes = Vec::new();
@@ -178,10 +187,10 @@ pub fn compare(base: &[Point], new: &[Point], metrics: &[Metric], threshold: f64
             continue;
         };
         for metric in metrics {
-            let values = |points: &[&Point]| -> Vec<f64> {
-                points
+            let values = |observations: &[&Observation<'_>]| -> Vec<f64> {
+                observations
                     .iter()
-                    .filter_map(|p| metric.value(p))
+                    .filter_map(|o| metric.value(o.metrics, o.joules_per_output_token))
                     .filter(|v| v.is_finite())
                     .collect()
             };
@@ -200,7 +209,7 @@ pub fn compare(base: &[Point], new: &[Point], metrics: &[Metric], threshold: f64
                 0.0
             };
             changes.push(Change {
-                key: key.clone(),
+                key: (*key).clone(),
                 metric: metric.to_string(),
                 unit: metric.unit(),
                 higher_is_better: metric.higher_is_better(),
@@ -212,8 +221,11 @@ pub fn compare(base: &[Point], new: &[Point], metrics: &[Metric], threshold: f64
             });
         }
     }
-    let only = |a: &Groups<'_>, b: &Groups<'_>| -> Vec<Key> {
-        a.keys().filter(|k| !b.contains_key(k)).cloned().collect()
+    let only = |a: &Groups<'_, '_>, b: &Groups<'_, '_>| -> Vec<Key> {
+        a.keys()
+            .filter(|k| !b.contains_key(*k))
+            .map(|k| (*k).clone())
+            .collect()
     };
     Comparison {
         threshold,
@@ -246,34 +258,50 @@ fn verdict(change: f64, noise: f64, threshold: f64, higher_is_better: bool) -> V
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{flat, no_metrics};
-    use super::super::metric::{Latency, Stat};
-    use super::super::points::Config;
     use super::*;
+    use crate::Summary;
 
-    fn point(repeat: u32, throughput: f64, tpot_p50: f64) -> Point {
-        let mut metrics = no_metrics();
-        metrics.output_token_throughput = throughput;
-        metrics.tpot_ms = Some(flat(tpot_p50));
-        Point {
-            config: Config {
-                model: "m".into(),
-                gpu_type: "cpu".into(),
-                gpu_count: 1,
-                framework: "sim".into(),
-                quantization: "bf16".into(),
+    /// A step of configuration "m" at `load` whose throughput and TPOT p50 are given.
+    struct Step {
+        key: Key,
+        metrics: StepMetrics,
+    }
+
+    /// Repeat `_repeat` of the step (repeats are told apart by their order only).
+    fn point(_repeat: u32, throughput: f64, tpot_p50: f64) -> Step {
+        let mut metrics = crate::metrics::compute(
+            &[],
+            &Default::default(),
+            crate::metrics::LagPolicy {
+                report: false,
+                tolerance_ms: None,
             },
-            unit_id: "u".into(),
-            workload: "chat".into(),
-            load: "c=1".into(),
-            load_value: 1.0,
-            repeat,
-            simulated: true,
+        );
+        metrics.output_token_throughput = throughput;
+        metrics.tpot_ms = Summary::of(vec![tpot_p50]);
+        Step {
+            key: Key {
+                config: "m / cpu x1 / sim / bf16".into(),
+                workload: "chat".into(),
+                load: "c=1".into(),
+            },
             metrics,
-            telemetry: None,
-            workload_facts: None,
-            price_per_gpu_hour: None,
         }
+    }
+
+    fn seen(steps: &[Step]) -> Vec<Observation<'_>> {
+        steps
+            .iter()
+            .map(|s| Observation {
+                key: s.key.clone(),
+                metrics: &s.metrics,
+                joules_per_output_token: None,
+            })
+            .collect()
+    }
+
+    fn compare(base: &[Step], new: &[Step], metrics: &[Metric], threshold: f64) -> Comparison {
+        super::compare(&seen(base), &seen(new), metrics, threshold)
     }
 
     const METRICS: [Metric; 2] = [
@@ -345,7 +373,7 @@ mod tests {
     fn improvements_and_unmatched_steps_are_reported() {
         let base = [point(0, 100.0, 10.0)];
         let mut other = point(0, 100.0, 10.0);
-        other.load = "c=8".into();
+        other.key.load = "c=8".into();
         let new = [point(0, 150.0, 5.0), other];
         let c = compare(&base, &new, &METRICS, 0.05);
         assert!(c.changes.iter().all(|c| c.verdict == Verdict::Improvement));

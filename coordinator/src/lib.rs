@@ -15,6 +15,7 @@ pub mod matrix;
 pub mod metrics;
 pub mod reaper;
 pub mod schedule;
+pub mod series;
 pub mod server;
 pub mod store;
 pub mod tls;

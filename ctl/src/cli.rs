@@ -137,6 +137,9 @@ pub enum Command {
     /// resume, remove, run-now, update.
     #[command(subcommand)]
     Schedule(crate::commands::schedule::ScheduleCommand),
+    /// Pin or unpin the baseline a schedule's series is judged against.
+    #[command(subcommand)]
+    Baseline(crate::commands::baseline::BaselineCommand),
     /// Supervise one server for `evalctl local`'s agent (it runs this; `main` dispatches it
     /// before anything else starts), so `evalctl` alone runs a local campaign.
     #[command(hide = true)]
@@ -157,6 +160,7 @@ impl Command {
             Command::Drain(a) => &a.connection,
             Command::Token(command) => command.connection(),
             Command::Schedule(command) => command.connection(),
+            Command::Baseline(command) => command.connection(),
             Command::Export(a) => &a.connection,
             Command::Report(a) => &a.connection,
             Command::Compare(a) => &a.connection,

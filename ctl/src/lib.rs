@@ -34,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Bench(args) => commands::bench::run(global, args).await,
         Command::Token(command) => commands::token::run(global, command).await,
         Command::Schedule(command) => commands::schedule::run(global, command).await,
+        Command::Baseline(command) => commands::baseline::run(global, command).await,
         Command::Audit(args) => commands::audit::run(global, args).await,
         Command::Export(args) => commands::export::run(global, args).await,
         Command::Report(args) => commands::report::run(global, args).await,

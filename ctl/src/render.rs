@@ -231,3 +231,96 @@ pub fn dropped_table<'a>(dropped: impl IntoIterator<Item = &'a DroppedJson>) -> 
     }
     any.then_some(table)
 }
+
+/// A campaign's series facts as JSON (`evalctl status --json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SeriesJson {
+    /// The series.
+    pub series: String,
+    /// The campaign created just before in the series.
+    pub predecessor: Option<String>,
+    /// The campaign it is judged against.
+    pub baseline: Option<String>,
+    /// The baseline is pinned.
+    pub baseline_pinned: bool,
+    /// `passed`, `regressed`, `no_baseline`, `no_common_steps`; absent until judged.
+    pub verdict: Option<String>,
+    /// Regressions found.
+    pub regressions: u32,
+    /// Improvements found.
+    pub improvements: u32,
+    /// Steps matched with the baseline.
+    pub matched_steps: u32,
+    /// The worst regressions: "metric config / workload @ load: +12.3%".
+    pub worst: Vec<String>,
+}
+
+impl SeriesJson {
+    /// From the wire.
+    pub fn from(f: &evalctl_proto::v1::SeriesFacts) -> SeriesJson {
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let v = f.verdict.as_ref();
+        SeriesJson {
+            series: f.series.clone(),
+            predecessor: some(&f.predecessor),
+            baseline: some(&f.baseline),
+            baseline_pinned: f.baseline_pinned,
+            verdict: v.map(|v| v.outcome.clone()),
+            regressions: v.map_or(0, |v| v.regressions),
+            improvements: v.map_or(0, |v| v.improvements),
+            matched_steps: v.map_or(0, |v| v.matched_steps),
+            worst: v
+                .map(|v| {
+                    v.worst
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                "{} {} / {} @ {}: {:+.1}%",
+                                c.metric,
+                                c.config,
+                                c.workload,
+                                c.load,
+                                c.change * 100.0
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Two or more lines for the human view.
+    pub fn human(&self) -> String {
+        let mut out = format!(
+            "  series {}: predecessor {}, baseline {}{}\n",
+            self.series,
+            self.predecessor.as_deref().unwrap_or("none"),
+            self.baseline.as_deref().unwrap_or("none"),
+            if self.baseline_pinned {
+                " (pinned)"
+            } else {
+                ""
+            }
+        );
+        match self.verdict.as_deref() {
+            None => out.push_str("  verdict: when the campaign has ended\n"),
+            Some("regressed") => {
+                out.push_str(&format!(
+                    "  verdict: REGRESSED: {} regressions, {} improvements over {} matched steps\n",
+                    self.regressions, self.improvements, self.matched_steps
+                ));
+                for w in &self.worst {
+                    out.push_str(&format!("    {w}\n"));
+                }
+            }
+            Some("passed") => out.push_str(&format!(
+                "  verdict: passed: no regression over {} matched steps ({} improvements)\n",
+                self.matched_steps, self.improvements
+            )),
+            Some("no_baseline") => out
+                .push_str("  verdict: no baseline (no earlier campaign of the series succeeded)\n"),
+            Some(other) => out.push_str(&format!("  verdict: {other}\n")),
+        }
+        out
+    }
+}

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use evalctl_tests::{CoordinatorProcess, Rng, evalctl, json_stdout};
+use serde_json::Value;
 
 const MATRIX: &str = "campaign: ignored
 models: [{ name: m, path: m }]
@@ -283,4 +284,123 @@ fn a_five_second_schedule_under_random_kills_gives_one_campaign_per_firing() {
         "{kills} kills, {} campaigns",
         submitted.len()
     );
+}
+
+/// A sim matrix whose server decodes a token in `decode_ms`: three repeats of one step.
+fn series_matrix(decode_ms: u32) -> String {
+    format!(
+        "campaign: ignored
+repeats: 3
+models: [{{ name: m, path: m }}]
+frameworks: [{{ name: sim }}]
+quantizations: [{{ name: bf16, bits: 16 }}]
+workloads:
+  - name: chat
+    api: completions
+    dataset: {{ kind: random, input_tokens: 16, output_tokens: 16 }}
+    load: {{ concurrency: [2] }}
+    requests: 12
+include:
+  - {{ framework: sim, extra_args: --decode-ms-per-token {decode_ms} }}
+"
+    )
+}
+
+/// Fires the schedule and waits until its campaign has a verdict; returns the campaign's
+/// `status --json`.
+fn fire_and_judge(url: &str) -> Value {
+    let run = json_stdout(&evalctl(
+        Some(url),
+        &["schedule", "run-now", "nightly", "--json"],
+    ));
+    assert_eq!(run["outcome"], "submitted", "{run}");
+    let campaign = run["campaign"].as_str().unwrap().to_owned();
+    let mut status = Value::Null;
+    evalctl_tests::eventually(Duration::from_secs(90), "the campaign's verdict", || {
+        status = json_stdout(&evalctl(Some(url), &["status", &campaign, "--json"]));
+        !status["series"]["verdict"].is_null()
+    });
+    assert_eq!(status["campaign"]["state"], "succeeded", "{status}");
+    status
+}
+
+#[test]
+fn a_series_of_three_where_the_third_regresses_says_so_in_status_report_and_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = CoordinatorProcess::start(dir.path());
+    let url = coordinator.url();
+    let _agent = evalctl_tests::AgentProcess::start(&url, &dir.path().join("agent"), &[]);
+    let matrix = dir.path().join("m.yaml");
+    std::fs::write(&matrix, series_matrix(5)).unwrap();
+    let m = matrix.to_str().unwrap();
+    let added = evalctl(
+        Some(&url),
+        &["schedule", "add", "nightly", m, "--cron", "0 1 1 1 *"],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+
+    let first = fire_and_judge(&url);
+    assert_eq!(first["series"]["verdict"], "no_baseline", "{first}");
+    let second = fire_and_judge(&url);
+    let first_name = first["campaign"]["name"].as_str().unwrap();
+    assert_eq!(second["series"]["predecessor"], first_name);
+    assert_eq!(second["series"]["baseline"], first_name);
+    assert_eq!(second["series"]["verdict"], "passed", "{second}");
+
+    // The third night's server decodes four times slower.
+    std::fs::write(&matrix, series_matrix(20)).unwrap();
+    let updated = evalctl(Some(&url), &["schedule", "update", "nightly", m]);
+    assert!(updated.status.success(), "{}", stderr(&updated));
+    let third = fire_and_judge(&url);
+    let second_name = second["campaign"]["name"].as_str().unwrap();
+    let third_name = third["campaign"]["name"].as_str().unwrap();
+    let series = &third["series"];
+    assert_eq!(series["baseline"], second_name, "{series}");
+    assert_eq!(series["verdict"], "regressed", "{series}");
+    assert!(series["regressions"].as_u64().unwrap() >= 1, "{series}");
+    assert!(
+        series["worst"][0]
+            .as_str()
+            .unwrap()
+            .contains("m / cpu x1 / sim / bf16 / chat @ c=2"),
+        "{series}"
+    );
+
+    // status shows it to people, the report too, and compare with one name agrees.
+    let text =
+        String::from_utf8_lossy(&evalctl(Some(&url), &["status", third_name]).stdout).into_owned();
+    assert!(text.contains("verdict: REGRESSED"), "{text}");
+    let report = dir.path().join("r.html");
+    let out = evalctl(
+        Some(&url),
+        &["report", third_name, "-o", report.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(&report).unwrap();
+    assert!(page.contains(r#"<p id="verdict">"#) && page.contains("regressed</strong>"));
+    let compared = evalctl(Some(&url), &["compare", third_name, "--json"]);
+    assert_eq!(compared.status.code(), Some(7), "{}", stderr(&compared));
+    assert_eq!(json_stdout_any(&compared)["base"], second_name);
+
+    // Pinning the first makes it the baseline of later campaigns, and is audited.
+    let pinned = evalctl(Some(&url), &["baseline", "pin", "nightly", first_name]);
+    assert!(pinned.status.success(), "{}", stderr(&pinned));
+    let fourth = fire_and_judge(&url);
+    assert_eq!(fourth["series"]["baseline"], first_name, "{fourth}");
+    assert_eq!(
+        fourth["series"]["baseline_pinned"], false,
+        "a stored verdict names its baseline"
+    );
+    assert_eq!(fourth["series"]["verdict"], "regressed");
+}
+
+/// stdout as JSON, whatever the exit code.
+fn json_stdout_any(output: &std::process::Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            stderr(output)
+        )
+    })
 }

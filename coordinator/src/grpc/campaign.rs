@@ -203,10 +203,16 @@ impl CampaignService for CampaignApi {
     ) -> Result<Response<pb::GetCampaignResponse>, Status> {
         let info = self.find(&request.into_inner().campaign).await?;
         let dropped = self.store.dropped(&info.id).await.map_err(store_error)?;
+        let series = self
+            .store
+            .series_facts(info.id.as_str())
+            .await
+            .map_err(store_error)?;
         Ok(Response::new(pb::GetCampaignResponse {
             campaign: Some(convert::campaign_info(&info)),
             dropped: dropped.iter().map(convert::dropped).collect(),
             store: Some(convert::store_health(&self.store.health())),
+            series: series.as_ref().map(convert::series_facts),
         }))
     }
 

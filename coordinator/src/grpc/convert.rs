@@ -489,3 +489,32 @@ pub fn store_health(health: &crate::store::HealthSnapshot) -> pb::StoreHealth {
         write_failures: health.write_failures,
     }
 }
+
+/// What a campaign of a series knows of it, on the wire.
+pub fn series_facts(f: &crate::store::series::SeriesFacts) -> pb::SeriesFacts {
+    pb::SeriesFacts {
+        series: f.series.clone(),
+        predecessor: f.predecessor.clone().unwrap_or_default(),
+        baseline: f.baseline.clone().unwrap_or_default(),
+        baseline_pinned: f.pinned,
+        verdict: f.verdict.as_ref().map(|v| pb::SeriesVerdict {
+            outcome: v.outcome.clone(),
+            baseline: v.baseline.clone().unwrap_or_default(),
+            regressions: v.regressions,
+            improvements: v.improvements,
+            matched_steps: v.matched_steps,
+            worst: v
+                .worst
+                .iter()
+                .map(|c| pb::VerdictChange {
+                    config: c.config.clone(),
+                    workload: c.workload.clone(),
+                    load: c.load.clone(),
+                    metric: c.metric.clone(),
+                    change: c.change,
+                })
+                .collect(),
+            judged_at_ms: v.judged_at_ms,
+        }),
+    }
+}

@@ -293,6 +293,50 @@ impl ScheduleService for ScheduleApi {
         }
     }
 
+    async fn pin_baseline(
+        &self,
+        request: Request<pb::PinBaselineRequest>,
+    ) -> Result<Response<pb::PinBaselineResponse>, Status> {
+        let actor = actor(&request);
+        let req = request.into_inner();
+        check_name(&req.series)?;
+        limits::short_field("campaign", &req.campaign)?;
+        let pinned = self
+            .store
+            .pin_baseline(&req.series, &req.campaign, &actor)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no campaign `{}` in series `{}`",
+                    req.campaign, req.series
+                ))
+            })?;
+        Ok(Response::new(pb::PinBaselineResponse { campaign: pinned }))
+    }
+
+    async fn unpin_baseline(
+        &self,
+        request: Request<pb::UnpinBaselineRequest>,
+    ) -> Result<Response<pb::UnpinBaselineResponse>, Status> {
+        let actor = actor(&request);
+        let req = request.into_inner();
+        check_name(&req.series)?;
+        if self
+            .store
+            .unpin_baseline(&req.series, &actor)
+            .await
+            .map_err(store_error)?
+        {
+            Ok(Response::new(pb::UnpinBaselineResponse {}))
+        } else {
+            Err(Status::not_found(format!(
+                "series `{}` has no pinned baseline",
+                req.series
+            )))
+        }
+    }
+
     async fn run_schedule(
         &self,
         request: Request<pb::RunScheduleRequest>,

@@ -1,6 +1,7 @@
 //! The scheduler task: every second (and once at start, after finishing any firing a
 //! stopped coordinator left claimed) it looks at each schedule that is not paused, claims
-//! its due firings, and submits the campaign of the one that runs.
+//! its due firings, and submits the campaign of the one that runs; then it judges the
+//! series' campaigns that have ended (`crate::series`).
 //!
 //! Exactly one campaign per firing: claiming inserts the firing's row (keyed by schedule
 //! and instant) in the transaction that moves the schedule's `fired_through_ms`, so a
@@ -101,6 +102,9 @@ impl Scheduler {
             if let Err(err) = self.tick().await {
                 warn!(error = %crate::grpc::status::chain(&err), "the scheduler could not look at the schedules");
             }
+            if let Err(err) = crate::series::judge_ended(&self.store).await {
+                warn!(error = %crate::grpc::status::chain(&err), "the scheduler could not judge the series' campaigns");
+            }
         }
     }
 
@@ -180,7 +184,7 @@ impl Scheduler {
         let label = chrono::DateTime::from_timestamp_millis(now_ms)
             .map(|t| {
                 t.with_timezone(&zone)
-                    .format("%Y-%m-%dT%H.%M.%S-now")
+                    .format("%Y-%m-%dT%H.%M.%S%.3f-now")
                     .to_string()
             })
             .unwrap_or_else(|| format!("{now_ms}-now"));

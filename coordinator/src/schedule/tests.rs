@@ -313,7 +313,7 @@ async fn run_now_fires_a_paused_schedule() {
     assert_eq!(
         outcome,
         super::FireOutcome::Submitted {
-            campaign: "s-2026-06-01T00.00.00-now".into()
+            campaign: "s-2026-06-01T00.00.00.000-now".into()
         }
     );
     // The series now runs: a second run-now is skipped by the overlap rule.

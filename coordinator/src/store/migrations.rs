@@ -64,6 +64,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0011_schedules",
         sql: include_str!("../../migrations/0011_schedules.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_series_verdicts",
+        sql: include_str!("../../migrations/0012_series_verdicts.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

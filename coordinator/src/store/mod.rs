@@ -62,6 +62,7 @@ mod readers;
 mod results;
 mod rows;
 pub mod schedules;
+pub mod series;
 mod specs;
 mod submit;
 mod tokens;

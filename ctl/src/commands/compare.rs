@@ -5,6 +5,7 @@
 
 use std::process::ExitCode;
 
+use evalctl_proto::v1 as pb;
 use evalctl_results::compare::{self, Change, Comparison, Metric, Verdict};
 
 use crate::analysis::cost::Prices;
@@ -20,10 +21,11 @@ pub struct CompareArgs {
     /// How to reach the coordinator.
     #[command(flatten)]
     pub connection: crate::cli::ConnectionArgs,
-    /// The base campaign (name or id), e.g. last night's.
+    /// The base campaign (name or id), e.g. last night's; alone, a campaign of a
+    /// schedule's series, compared with its baseline.
     pub base: String,
     /// The new campaign (name or id).
-    pub new: String,
+    pub new: Option<String>,
     /// Relative change, in percent, below which nothing is flagged.
     #[arg(long, default_value_t = 5.0, value_name = "PERCENT")]
     pub threshold: f64,
@@ -57,27 +59,65 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
             })?
     };
     let mut client = client::connect(&global.coordinator).await?;
-    let base = points::fetch(&mut client, &args.base, &Prices::none()).await?;
-    let new = points::fetch(&mut client, &args.new, &Prices::none()).await?;
+    let (base_name, new_name) = match &args.new {
+        Some(new) => (args.base.clone(), new.clone()),
+        None => (
+            baseline_of(&mut client, &args.base).await?,
+            args.base.clone(),
+        ),
+    };
+    let base = points::fetch(&mut client, &base_name, &Prices::none()).await?;
+    let new = points::fetch(&mut client, &new_name, &Prices::none()).await?;
     let (base, new) = (observe(&base), observe(&new));
     let comparison = compare::compare(&base, &new, &metrics, args.threshold / 100.0);
     let regressed = comparison.regressions().next().is_some();
     if global.json {
         render::emit_json(&serde_json::json!({
-            "base": args.base,
-            "new": args.new,
+            "base": base_name,
+            "new": new_name,
             "regression": regressed,
             "matched_steps": comparison.matched_steps(),
             "comparison": comparison,
         }))?;
     } else {
-        render::emit(&human(args, &comparison))?;
+        render::emit(&human(args, (&base_name, &new_name), &comparison))?;
     }
     Ok(if regressed {
         ExitCode::from(EXIT_REGRESSION)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The baseline of `campaign`, a campaign of a schedule's series.
+async fn baseline_of(client: &mut client::Client, campaign: &str) -> Result<String, CliError> {
+    let got = client
+        .get_campaign(pb::GetCampaignRequest {
+            campaign: campaign.to_owned(),
+        })
+        .await
+        .map_err(CliError::rpc("get campaign"))?
+        .into_inner();
+    let facts = got.series.ok_or_else(|| CliError::BadFlag {
+        flag: "NEW",
+        source: format!(
+            "campaign `{campaign}` belongs to no schedule's series, so it has no baseline: \
+             name the campaign to compare it with (evalctl compare BASE NEW)"
+        )
+        .into(),
+    })?;
+    if facts.baseline.is_empty() {
+        return Err(CliError::BadFlag {
+            flag: "NEW",
+            source: format!(
+                "series `{}` has no baseline for `{campaign}`: no earlier campaign of it \
+                 succeeded (pin one with evalctl baseline pin)",
+                facts.series
+            )
+            .into(),
+        });
+    }
+    Ok(facts.baseline)
 }
 
 fn observe(points: &[Point]) -> Vec<compare::Observation<'_>> {
@@ -129,11 +169,9 @@ fn row(c: &Change) -> Vec<String> {
 
 /// The comparison for people: changes beyond the threshold (all with `--all`), then a
 /// one-line verdict.
-fn human(args: &CompareArgs, c: &Comparison) -> String {
+fn human(args: &CompareArgs, (base, new): (&str, &str), c: &Comparison) -> String {
     let mut text = format!(
-        "Comparing {} (new) against {} (base): {} matched steps, threshold {}%\n\n",
-        args.new,
-        args.base,
+        "Comparing {new} (new) against {base} (base): {} matched steps, threshold {}%\n\n",
         c.matched_steps(),
         args.threshold
     );

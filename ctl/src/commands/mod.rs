@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod baseline;
 pub mod bench;
 pub mod compare;
 pub mod control;

@@ -85,6 +85,7 @@ pub async fn fetch(
     let (points, searches) = points::fetch_with_searches(client, campaign, &prices).await?;
     let capacities = capacity::capacities(&searches, &points);
     Ok(ReportData {
+        series: info.series.as_ref().map(crate::render::SeriesJson::from),
         campaign: info.campaign.unwrap_or_default(),
         dropped: info.dropped,
         units,

@@ -33,6 +33,9 @@ struct UnitJson {
 #[derive(Debug, Serialize)]
 struct DetailJson {
     campaign: CampaignJson,
+    /// For a campaign of a schedule's series: predecessor, baseline, verdict.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    series: Option<render::SeriesJson>,
     units: Vec<UnitJson>,
     dropped: Vec<DroppedJson>,
 }
@@ -100,6 +103,7 @@ pub async fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Cli
             let campaign = got.campaign.unwrap_or_default();
             let detail = DetailJson {
                 campaign: CampaignJson::from(&campaign),
+                series: got.series.as_ref().map(render::SeriesJson::from),
                 units: units
                     .iter()
                     .map(|u| UnitJson {
@@ -179,6 +183,9 @@ fn human_detail(d: &DetailJson) -> String {
         c.submitted_by,
         c.created_at,
     );
+    if let Some(series) = &d.series {
+        out.push_str(&series.human());
+    }
     let mut units = render::table([
         "UNIT",
         "CONFIGURATION",

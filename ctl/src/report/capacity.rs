@@ -171,6 +171,7 @@ mod tests {
         ReportData {
             campaign: pb::CampaignInfo::default(),
             dropped: Vec::new(),
+            series: None,
             units: Vec::new(),
             points: Vec::new(),
             capacities,

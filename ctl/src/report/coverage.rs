@@ -58,6 +58,9 @@ pub fn summary(data: &ReportData) -> String {
         c.preemptions,
         c.preemption_lost_ms as f64 / 1000.0
     );
+    if let Some(series) = &data.series {
+        html.push_str(&series_verdict(series));
+    }
     html.push_str("<h3>Units</h3>");
     let unit_rows: Vec<Vec<Cell>> = data
         .units
@@ -157,4 +160,42 @@ fn failure_entries(html: &mut String, units: &[&pb::UnitSummary]) {
         }
         html.push_str("</div>");
     }
+}
+
+/// The series paragraph: predecessor, baseline and the verdict with its worst regressions.
+fn series_verdict(series: &crate::render::SeriesJson) -> String {
+    let verdict = match series.verdict.as_deref() {
+        None => "not judged yet (the campaign has not ended)".to_owned(),
+        Some("regressed") => format!(
+            "<strong class=\"state-failed\">regressed</strong>: {} regressions, {} improvements over {} matched steps",
+            series.regressions, series.improvements, series.matched_steps
+        ),
+        Some("passed") => format!(
+            "<strong class=\"state-succeeded\">passed</strong>: no regression over {} matched steps ({} improvements)",
+            series.matched_steps, series.improvements
+        ),
+        Some("no_baseline") => {
+            "no baseline: no earlier campaign of the series succeeded".to_owned()
+        }
+        Some(other) => escape(other),
+    };
+    let mut html = format!(
+        "<p id=\"verdict\">Series <strong>{}</strong> · predecessor {} · baseline {}{} · verdict {verdict}.</p>",
+        escape(&series.series),
+        escape(series.predecessor.as_deref().unwrap_or("none")),
+        escape(series.baseline.as_deref().unwrap_or("none")),
+        if series.baseline_pinned {
+            " (pinned)"
+        } else {
+            ""
+        },
+    );
+    if !series.worst.is_empty() {
+        html.push_str("<ul>");
+        for w in &series.worst {
+            let _ = write!(html, "<li>{}</li>", escape(w));
+        }
+        html.push_str("</ul>");
+    }
+    html
 }

@@ -27,6 +27,8 @@ pub struct ReportData {
     pub campaign: pb::CampaignInfo,
     /// Combinations the expansion dropped.
     pub dropped: Vec<pb::DroppedCombination>,
+    /// For a campaign of a schedule's series: predecessor, baseline, verdict.
+    pub series: Option<crate::render::SeriesJson>,
     /// The campaign's units.
     pub units: Vec<pb::UnitSummary>,
     /// Steps with load metrics.
@@ -152,6 +154,23 @@ mod tests {
                 name: "n<script>".into(),
                 ..Default::default()
             },
+            series: Some(crate::render::SeriesJson::from(&pb::SeriesFacts {
+                series: "nightly".into(),
+                baseline: "nightly-2".into(),
+                verdict: Some(pb::SeriesVerdict {
+                    outcome: "regressed".into(),
+                    regressions: 1,
+                    matched_steps: 4,
+                    worst: vec![pb::VerdictChange {
+                        config: "<m>".into(),
+                        metric: "ttft_p90".into(),
+                        change: 0.25,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })),
             dropped: vec![pb::DroppedCombination {
                 label: "big / H100 x1".into(),
                 kind: "pruned".into(),
@@ -198,6 +217,12 @@ mod tests {
         assert_eq!(page.matches(r#"class="pt""#).count(), 12);
         assert!(page.contains(r#"class="front""#));
         assert!(page.contains("weights need 168.0 GB"));
+        // The series verdict, with its worst regression escaped.
+        assert!(page.contains(r#"<p id="verdict">"#) && page.contains("regressed</strong>"));
+        assert!(
+            page.contains("ttft_p90 &lt;m&gt;") && page.contains("+25.0%"),
+            "{page}"
+        );
         // One step with prefix-cache figures: its row, in percent.
         assert_eq!(page.matches("reset (/reset_prefix_cache)").count(), 1);
         assert!(page.contains(">76.2<") && page.contains(">75.9<"), "{page}");

@@ -178,6 +178,7 @@ impl Args {
         }
         .map_err(ConfigError::AgentCertMap)?;
         config.check_agent_cert_map()?;
+        config.notify = file.notify.clone().unwrap_or_default().check()?;
         config.metrics_addr = self.metrics_addr.or(file.metrics_addr);
         config.submit_rate = Rate {
             per_minute: self

@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub agent_cert_map: Option<BTreeMap<String, Vec<String>>>,
     /// Address of the Prometheus endpoint (`GET /metrics`); off when unset.
     pub metrics_addr: Option<SocketAddr>,
+    /// Notification sinks and thresholds (docs/notifications.md).
+    pub notify: Option<crate::notify::NotifyFile>,
     /// Submissions per minute per token once the burst is spent; 0 = no limit.
     pub submit_rate_per_minute: Option<u32>,
     /// Submissions per token allowed at once.
@@ -113,6 +115,8 @@ pub struct Config {
     /// Under mutual TLS: the agent ids client certificate names may act as, besides the
     /// name itself (docs/security.md).
     pub agent_cert_map: AgentCertMap,
+    /// Notification sinks and thresholds.
+    pub notify: crate::notify::NotifyConfig,
 }
 
 impl Config {
@@ -129,6 +133,7 @@ impl Config {
             submit_rate: DEFAULT_SUBMIT_RATE,
             connections: ConnectionLimits::DEFAULT,
             agent_cert_map: AgentCertMap::default(),
+            notify: crate::notify::NotifyConfig::default(),
         }
     }
 
@@ -235,6 +240,9 @@ pub enum ConfigError {
         #[source]
         source: toml::de::Error,
     },
+    /// A `[notify]` section that cannot work.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyConfigError),
     /// A lease TTL too short for agents to keep up with.
     #[error(
         "lease TTL {0:?} is too short: agents heartbeat every third of it (hint: use at least 100ms; 30s is the default)"

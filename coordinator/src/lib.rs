@@ -13,6 +13,7 @@ pub mod limits;
 pub mod logging;
 pub mod matrix;
 pub mod metrics;
+pub mod notify;
 pub mod reaper;
 pub mod schedule;
 pub mod series;

@@ -28,6 +28,7 @@ use crate::grpc::{AgentApi, CampaignApi, ScheduleApi, TokenApi};
 use crate::limits::MAX_HEADER_LIST_BYTES;
 pub use crate::limits::MAX_MESSAGE_BYTES;
 use crate::metrics::{self, Metrics};
+use crate::notify::Notifier;
 use crate::reaper::Reaper;
 use crate::schedule::Scheduler;
 use crate::store::{Store, StoreError};
@@ -293,6 +294,8 @@ impl Coordinator {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let scheduler = tokio::spawn(scheduler.run(stop.clone()));
+        let notifier =
+            tokio::spawn(Notifier::new(store.clone(), config.notify.clone()).run(stop.clone()));
         let tokens = TokenServiceServer::new(TokenApi::new(store.clone(), Arc::clone(&auth)))
             .max_decoding_message_size(64 * 1024)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -360,6 +363,7 @@ impl Coordinator {
                 stop.cancel();
                 let _ = reaper.await;
                 let _ = scheduler.await;
+                let _ = notifier.await;
                 return finished_result(finished);
             }
         }
@@ -369,6 +373,9 @@ impl Coordinator {
         }
         if let Err(err) = scheduler.await {
             warn!(error = %err, "the scheduler task failed");
+        }
+        if let Err(err) = notifier.await {
+            warn!(error = %err, "the notifier task failed");
         }
         let outcome = match tokio::time::timeout(config.shutdown_grace, &mut server).await {
             Ok(finished) => finished_result(finished),

@@ -11,6 +11,7 @@ mod control_plane;
 mod gpu_proof;
 mod layering;
 mod llamacpp;
+mod notifications;
 mod preflight;
 mod report;
 mod results_export;

@@ -287,6 +287,8 @@ fn a_five_second_schedule_under_random_kills_gives_one_campaign_per_firing() {
 }
 
 /// A sim matrix whose server decodes a token in `decode_ms`: three repeats of one step.
+/// Prefill takes 32 ms and a token 10 ms or more, so that timer jitter on a busy machine
+/// stays well under compare's 5% between two runs of the same server.
 fn series_matrix(decode_ms: u32) -> String {
     format!(
         "campaign: ignored
@@ -297,11 +299,11 @@ quantizations: [{{ name: bf16, bits: 16 }}]
 workloads:
   - name: chat
     api: completions
-    dataset: {{ kind: random, input_tokens: 16, output_tokens: 16 }}
+    dataset: {{ kind: random, input_tokens: 64, output_tokens: 8 }}
     load: {{ concurrency: [2] }}
-    requests: 12
+    requests: 16
 include:
-  - {{ framework: sim, extra_args: --decode-ms-per-token {decode_ms} }}
+  - {{ framework: sim, extra_args: --decode-ms-per-token {decode_ms} --prefill-us-per-token 500 }}
 "
     )
 }
@@ -327,15 +329,36 @@ fn fire_and_judge(url: &str) -> Value {
 #[test]
 fn a_series_of_three_where_the_third_regresses_says_so_in_status_report_and_compare() {
     let dir = tempfile::tempdir().unwrap();
-    let coordinator = CoordinatorProcess::start(dir.path());
+    // A webhook for the series' campaigns only (scope `schedules`, named by the schedule).
+    let hook = evalctl_tests::HttpReceiver::start("127.0.0.1:0", 0);
+    let config = dir.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[notify.sinks]]\nname = \"series-hook\"\nkind = \"webhook\"\nscope = \"schedules\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        ),
+    )
+    .unwrap();
+    let coordinator =
+        CoordinatorProcess::start_with(dir.path(), &["--config", config.to_str().unwrap()]);
     let url = coordinator.url();
     let _agent = evalctl_tests::AgentProcess::start(&url, &dir.path().join("agent"), &[]);
     let matrix = dir.path().join("m.yaml");
-    std::fs::write(&matrix, series_matrix(5)).unwrap();
+    std::fs::write(&matrix, series_matrix(10)).unwrap();
     let m = matrix.to_str().unwrap();
     let added = evalctl(
         Some(&url),
-        &["schedule", "add", "nightly", m, "--cron", "0 1 1 1 *"],
+        &[
+            "schedule",
+            "add",
+            "nightly",
+            m,
+            "--cron",
+            "0 1 1 1 *",
+            "--notify",
+            "series-hook",
+        ],
     );
     assert!(added.status.success(), "{}", stderr(&added));
 
@@ -348,7 +371,7 @@ fn a_series_of_three_where_the_third_regresses_says_so_in_status_report_and_comp
     assert_eq!(second["series"]["verdict"], "passed", "{second}");
 
     // The third night's server decodes four times slower.
-    std::fs::write(&matrix, series_matrix(20)).unwrap();
+    std::fs::write(&matrix, series_matrix(40)).unwrap();
     let updated = evalctl(Some(&url), &["schedule", "update", "nightly", m]);
     assert!(updated.status.success(), "{}", stderr(&updated));
     let third = fire_and_judge(&url);
@@ -381,6 +404,33 @@ fn a_series_of_three_where_the_third_regresses_says_so_in_status_report_and_comp
     let compared = evalctl(Some(&url), &["compare", third_name, "--json"]);
     assert_eq!(compared.status.code(), Some(7), "{}", stderr(&compared));
     assert_eq!(json_stdout_any(&compared)["base"], second_name);
+
+    // And it was notified: the regression with its verdict and the report command.
+    let regression_event = || {
+        hook.received()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .find(|e| e["kind"] == "regression")
+    };
+    let waited = std::time::Instant::now();
+    while regression_event().is_none() && waited.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let regression = regression_event().unwrap_or_else(|| {
+        panic!(
+            "no regression event; received {:?}\ncoordinator log:\n{}",
+            hook.received().len(),
+            coordinator.log()
+        )
+    });
+    assert_eq!(regression["campaign"]["name"], third_name, "{regression}");
+    assert_eq!(regression["verdict"]["baseline"], second_name);
+    assert!(
+        regression["report_command"]
+            .as_str()
+            .unwrap()
+            .starts_with("evalctl report ")
+    );
 
     // Pinning the first makes it the baseline of later campaigns, and is audited.
     let pinned = evalctl(Some(&url), &["baseline", "pin", "nightly", first_name]);

@@ -22,6 +22,7 @@ mod ledger;
 mod metadata;
 mod procs;
 mod proxy;
+mod receivers;
 
 pub use agent::AgentProcess;
 pub use containers::{Podman, SIM_IMAGE};
@@ -30,6 +31,7 @@ pub use ledger::{AgentLog, Fault, FinishedStep, Ledger, Rng, SeenResult};
 pub use metadata::{Cloud, FakeMetadata};
 pub use procs::{children_of, descendants_of, group_alive, process_gone, processes_with};
 pub use proxy::Proxy;
+pub use receivers::{HttpReceiver, Mail, Received, SmtpReceiver};
 
 /// How long a process may take to print its listen address.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

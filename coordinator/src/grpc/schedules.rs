@@ -89,6 +89,23 @@ fn check_matrix(source_name: &str, yaml: &str) -> Result<(), Status> {
         .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+/// Sink names as a schedule stores them: names, no commas.
+fn check_sinks(sinks: &[String]) -> Result<Vec<String>, Status> {
+    sinks
+        .iter()
+        .map(|s| {
+            let s = s.trim();
+            if s.is_empty() || s.contains(',') || s.len() > MAX_SCHEDULE_NAME {
+                Err(Status::invalid_argument(format!(
+                    "field `notify`: `{s}` is not a sink name"
+                )))
+            } else {
+                Ok(s.to_owned())
+            }
+        })
+        .collect()
+}
+
 fn source(name: &str) -> &str {
     if name.is_empty() {
         "<schedule matrix>"
@@ -132,6 +149,7 @@ fn schedule(row: &ScheduleRow) -> pb::Schedule {
         created_by: row.created_by.clone(),
         created_at_ms: row.created_at_ms,
         updated_at_ms: row.updated_at_ms,
+        notify: row.notify.clone(),
     }
 }
 
@@ -176,8 +194,8 @@ impl ScheduleService for ScheduleApi {
                 (&req.matrix_yaml, source_name),
                 &req.cron,
                 timezone,
-                catch_up,
-                overlap,
+                (catch_up, overlap),
+                check_sinks(&req.notify)?,
                 &actor,
             )
             .await
@@ -215,6 +233,10 @@ impl ScheduleService for ScheduleApi {
             timezone: req.timezone,
             catch_up: req.catch_up.as_deref().map(parse_catch_up).transpose()?,
             overlap: req.overlap.as_deref().map(parse_overlap).transpose()?,
+            notify: req
+                .set_notify
+                .then(|| check_sinks(&req.notify))
+                .transpose()?,
         };
         let row = self
             .store

@@ -55,8 +55,8 @@ impl Harness {
                 (MATRIX, "m.yaml"),
                 cron,
                 zone,
-                catch_up,
-                overlap,
+                (catch_up, overlap),
+                Vec::new(),
                 "test",
             )
             .await

@@ -69,6 +69,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0012_series_verdicts",
         sql: include_str!("../../migrations/0012_series_verdicts.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_notifications",
+        sql: include_str!("../../migrations/0013_notifications.sql"),
+    },
 ];
 
 /// The coordinator database's schema.

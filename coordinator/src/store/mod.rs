@@ -56,6 +56,7 @@ mod faults;
 pub mod health;
 mod leases;
 mod migrations;
+pub mod notify;
 mod placement;
 mod probes;
 mod readers;

@@ -30,6 +30,8 @@ pub struct ScheduleRow {
     pub overlap: Overlap,
     /// Paused: no firing.
     pub paused: bool,
+    /// Sinks its campaigns notify, besides those configured for every campaign.
+    pub notify: Vec<String>,
     /// Every firing at or before this instant is handled, Unix ms.
     pub fired_through_ms: i64,
     /// Who added it.
@@ -70,10 +72,12 @@ pub struct ScheduleFields {
     pub catch_up: Option<CatchUp>,
     /// Overlap.
     pub overlap: Option<Overlap>,
+    /// Sinks its campaigns notify.
+    pub notify: Option<Vec<String>>,
 }
 
 const COLUMNS: &str = "schedule_key, name, matrix_yaml, source_name, cron, timezone, catch_up,
-     overlap, paused, fired_through_ms, created_by, created_at_ms, updated_at_ms";
+     overlap, paused, fired_through_ms, created_by, created_at_ms, updated_at_ms, notify";
 
 fn read_row(r: &Row<'_>) -> rusqlite::Result<(ScheduleRow, String, String)> {
     Ok((
@@ -91,11 +95,20 @@ fn read_row(r: &Row<'_>) -> rusqlite::Result<(ScheduleRow, String, String)> {
             created_by: r.get(10)?,
             created_at_ms: r.get(11)?,
             updated_at_ms: r.get(12)?,
+            notify: split_sinks(&r.get::<_, String>(13)?),
             last_firing: None,
         },
         r.get(6)?,
         r.get(7)?,
     ))
+}
+
+fn split_sinks(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn finish_row(
@@ -175,15 +188,16 @@ pub(crate) fn add(
     (matrix_yaml, source_name): (&str, &str),
     cron: &str,
     timezone: &str,
-    catch_up: CatchUp,
-    overlap: Overlap,
+    (catch_up, overlap): (CatchUp, Overlap),
+    notify: &[String],
     actor: &str,
 ) -> Result<Option<ScheduleRow>, StoreError> {
     let inserted = conn
         .prepare_cached(
             "INSERT INTO schedules (name, matrix_yaml, source_name, cron, timezone, catch_up,
-                 overlap, paused, fired_through_ms, created_by, created_at_ms, updated_at_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?8)
+                 overlap, paused, fired_through_ms, created_by, created_at_ms, updated_at_ms,
+                 notify)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?8, ?8, ?10)
              ON CONFLICT (name) DO NOTHING",
         )
         .and_then(|mut s| {
@@ -196,7 +210,8 @@ pub(crate) fn add(
                 catch_up.as_str(),
                 overlap.as_str(),
                 now_ms,
-                actor
+                actor,
+                notify.join(",")
             ])
         })
         .sql("add a schedule")?;
@@ -214,6 +229,7 @@ pub(crate) fn add(
             "timezone": timezone,
             "catch_up": catch_up.as_str(),
             "overlap": overlap.as_str(),
+            "notify": notify,
         }),
     )?;
     get(conn, name)
@@ -238,11 +254,17 @@ pub(crate) fn update(
     let cron = fields.cron.clone().unwrap_or(before.cron.clone());
     let timezone = fields.timezone.clone().unwrap_or(before.timezone.clone());
     let timing_changed = cron != before.cron || timezone != before.timezone;
+    let notify = fields
+        .notify
+        .clone()
+        .unwrap_or(before.notify.clone())
+        .join(",");
     conn.prepare_cached(
         "UPDATE schedules SET matrix_yaml = ?2, source_name = ?3, cron = ?4, timezone = ?5,
              catch_up = ?6, overlap = ?7, updated_at_ms = ?8,
              fired_through_ms = CASE WHEN ?9 THEN MAX(fired_through_ms, ?8)
-                                     ELSE fired_through_ms END
+                                     ELSE fired_through_ms END,
+             notify = ?10
          WHERE schedule_key = ?1",
     )
     .and_then(|mut s| {
@@ -256,6 +278,7 @@ pub(crate) fn update(
             fields.overlap.unwrap_or(before.overlap).as_str(),
             now_ms,
             timing_changed,
+            notify,
         ])
     })
     .sql("update a schedule")?;
@@ -268,6 +291,7 @@ pub(crate) fn update(
         ("timezone", fields.timezone.is_some()),
         ("catch_up", fields.catch_up.is_some()),
         ("overlap", fields.overlap.is_some()),
+        ("notify", fields.notify.is_some()),
     ] {
         if given {
             changed.push(what);
@@ -510,8 +534,8 @@ impl super::Store {
         matrix: (&str, &str),
         cron: &str,
         timezone: &str,
-        catch_up: CatchUp,
-        overlap: Overlap,
+        policies: (CatchUp, Overlap),
+        notify: Vec<String>,
         actor: &str,
     ) -> Result<Option<ScheduleRow>, StoreError> {
         let (name, yaml, source) = (name.to_owned(), matrix.0.to_owned(), matrix.1.to_owned());
@@ -524,8 +548,8 @@ impl super::Store {
                 (&yaml, &source),
                 &cron,
                 &timezone,
-                catch_up,
-                overlap,
+                policies,
+                &notify,
                 &actor,
             )
         })

@@ -103,6 +103,10 @@ pub struct Timing {
     /// campaign behind, or cancel the running one (add: default skip).
     #[arg(long, value_enum)]
     pub overlap: Option<OverlapArg>,
+    /// Notification sinks (names in the coordinator's config, comma-separated) its
+    /// campaigns notify besides those configured for every campaign; on update, "" clears.
+    #[arg(long, value_delimiter = ',')]
+    pub notify: Option<Vec<String>>,
 }
 
 /// `--catch-up`.
@@ -127,6 +131,17 @@ pub enum OverlapArg {
 
 fn word<T: ValueEnum>(value: Option<T>) -> Option<String> {
     value.and_then(|v| v.to_possible_value().map(|p| p.get_name().to_owned()))
+}
+
+/// The sink names given, blanks dropped.
+fn sinks(timing: &Timing) -> Vec<String> {
+    timing
+        .notify
+        .iter()
+        .flatten()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 impl ScheduleCommand {
@@ -181,6 +196,7 @@ fn schedule_json(s: &pb::Schedule) -> serde_json::Value {
         "timezone": s.timezone,
         "catch_up": s.catch_up,
         "overlap": s.overlap,
+        "notify": s.notify,
         "paused": s.paused,
         "next_fire_at_ms": (s.next_fire_at_ms != 0).then_some(s.next_fire_at_ms),
         "next_campaign": (!s.next_campaign.is_empty()).then_some(&s.next_campaign),
@@ -262,6 +278,7 @@ pub async fn run(global: &GlobalArgs, command: &ScheduleCommand) -> Result<ExitC
                     timezone: timing.timezone.clone().unwrap_or_default(),
                     catch_up: word(timing.catch_up).unwrap_or_default(),
                     overlap: word(timing.overlap).unwrap_or_default(),
+                    notify: sinks(timing),
                 })
                 .await
                 .map_err(CliError::rpc("schedule add"))?
@@ -279,6 +296,8 @@ pub async fn run(global: &GlobalArgs, command: &ScheduleCommand) -> Result<ExitC
                     timezone: timing.timezone.clone(),
                     catch_up: word(timing.catch_up),
                     overlap: word(timing.overlap),
+                    set_notify: timing.notify.is_some(),
+                    notify: sinks(timing),
                 })
                 .await
                 .map_err(CliError::rpc("schedule update"))?

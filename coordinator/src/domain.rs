@@ -669,6 +669,23 @@ pub struct AgentRegistration {
     pub cuda_version: String,
 }
 
+#[cfg(test)]
+impl AgentRegistration {
+    /// A CPU-only agent `id` on host `hostname`, for tests.
+    pub(crate) fn cpu_only(id: &str, hostname: &str) -> AgentRegistration {
+        AgentRegistration {
+            id: AgentId(id.to_owned()),
+            hostname: hostname.to_owned(),
+            gpus: vec![],
+            labels: Default::default(),
+            frameworks: vec![],
+            version: "0".into(),
+            driver_version: String::new(),
+            cuda_version: String::new(),
+        }
+    }
+}
+
 /// An agent asking for work.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseRequest {

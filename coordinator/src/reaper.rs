@@ -123,12 +123,10 @@ impl Reaper {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::domain::{AgentGpu, AgentId, AgentRegistration, LeaseRequest};
-    use crate::store::Clock;
 
     const YAML: &str = "campaign: reaped
 models: [{ name: m, path: org/m, params_b: 1 }]
@@ -147,14 +145,8 @@ workloads:
     #[tokio::test]
     async fn a_sweep_expires_leases_publishes_and_wakes_long_polls() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Arc::new(AtomicI64::new(1_000_000));
-        let clock_now = Arc::clone(&now);
-        let store = Store::open_with_clock(
-            &dir.path().join("db.sqlite"),
-            Clock::from_fn(move || clock_now.load(Ordering::SeqCst)),
-        )
-        .await
-        .unwrap();
+        let (store, now) =
+            crate::store::store_with_test_clock(&dir.path().join("db.sqlite"), 1_000_000).await;
         let expansion = crate::matrix::expand_str("t.yaml", YAML).unwrap();
         store.submit(&expansion, YAML, "test").await.unwrap();
         let agent = AgentId("a1".into());

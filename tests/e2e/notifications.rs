@@ -79,8 +79,15 @@ fn signature(body: &[u8]) -> String {
 fn a_failing_webhook_gets_each_event_once_signed_and_the_email_arrives() {
     let dir = tempfile::tempdir().unwrap();
     let hook = HttpReceiver::start("127.0.0.1:0", 3);
+    let slack = HttpReceiver::start("127.0.0.1:0", 0);
     let smtp = SmtpReceiver::start();
     let config = config(dir.path(), &hook.url("/evalctl"), Some(smtp.port()));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[notify.sinks]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}\"\n",
+        slack.url("/services/T0/B0/x")
+    ));
+    std::fs::write(&config, text).unwrap();
     let coordinator = CoordinatorProcess::start_with(dir.path(), &["--config", &config]);
     let url = coordinator.url();
     let _agent = AgentProcess::start(&url, &dir.path().join("agent"), &[]);
@@ -127,6 +134,21 @@ fn a_failing_webhook_gets_each_event_once_signed_and_the_email_arrives() {
         "{}",
         mails[0].data
     );
+    // The Slack-compatible receiver got blocks: the title as header, the report command.
+    eventually(Duration::from_secs(30), "the Slack message", || {
+        !accepted(&slack.received()).is_empty()
+    });
+    let message = &accepted(&slack.received())[0];
+    assert_eq!(message["blocks"][0]["type"], "header", "{message}");
+    assert!(
+        message["blocks"][0]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("notify-once finished")
+            && message.to_string().contains("evalctl report notify-once"),
+        "{message}"
+    );
+
     // Nothing more arrives: each event once.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(accepted(&hook.received()).len(), 1);

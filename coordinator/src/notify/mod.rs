@@ -8,7 +8,8 @@
 //! notifier sends due rows every second, retrying with exponential backoff (1 s doubling
 //! to 10 min) until the receiver accepts or a day has passed. Events carry an id the
 //! receiver can deduplicate by. A dead endpoint costs its own rows' retries only: sends are
-//! bounded by a timeout, rows are read in small batches, and nothing waits in memory.
+//! bounded by a timeout, each sink's rows go out beside the others', rows are read in small
+//! batches, and nothing waits in memory.
 
 pub mod config;
 pub mod event;
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 pub use config::{NotifyConfig, NotifyConfigError, NotifyFile};
 use event::Event;
 
+use crate::store::notify::Outgoing;
 use crate::store::{Store, StoreError};
 
 /// How often the notifier looks for events and due deliveries.
@@ -164,38 +166,57 @@ impl Notifier {
         Ok(())
     }
 
-    /// Sends the notifications that are due.
+    /// Sends the notifications that are due: each sink's in order, the sinks side by side,
+    /// so a slow or dead endpoint delays only its own notifications.
     pub async fn deliver(&self) -> Result<(), StoreError> {
+        let mut by_sink: std::collections::BTreeMap<String, Vec<Outgoing>> = Default::default();
         for outgoing in self.store.due_notifications(BATCH).await? {
-            let outcome = match self.config.sinks.iter().find(|s| s.name == outgoing.sink) {
-                None => Err("the sink is no longer in the coordinator's config".to_owned()),
-                Some(sink) => match serde_json::from_str::<Value>(&outgoing.payload_json) {
-                    Ok(payload) => send::send(&self.client, sink, &payload).await,
-                    Err(e) => Err(format!("the stored event does not parse: {e}")),
-                },
-            };
-            let now_ms = self.store.now_ms();
-            let record = match outcome {
-                Ok(()) => {
-                    info!(sink = %outgoing.sink, kind = %outgoing.kind, event_id = %outgoing.event_id, "notification delivered");
-                    Ok(())
-                }
-                Err(error) => {
-                    let retry_at = (now_ms - outgoing.created_at_ms < GIVE_UP_AFTER_MS)
-                        .then(|| now_ms + backoff_ms(outgoing.attempts));
-                    if retry_at.is_none() {
-                        warn!(sink = %outgoing.sink, event_id = %outgoing.event_id, %error, "notification given up after a day of retries");
-                    } else if outgoing.attempts == 0 {
-                        warn!(sink = %outgoing.sink, event_id = %outgoing.event_id, %error, "notification not delivered; retrying");
-                    }
-                    Err((error, retry_at))
-                }
-            };
-            self.store
-                .notification_attempted(&outgoing.event_id, &outgoing.sink, record)
-                .await?;
+            by_sink
+                .entry(outgoing.sink.clone())
+                .or_default()
+                .push(outgoing);
+        }
+        let sends = by_sink.into_values().map(|rows| async move {
+            for outgoing in rows {
+                self.deliver_one(&outgoing).await?;
+            }
+            Ok::<(), StoreError>(())
+        });
+        for outcome in futures::future::join_all(sends).await {
+            outcome?;
         }
         Ok(())
+    }
+
+    /// Sends one notification and records the attempt.
+    async fn deliver_one(&self, outgoing: &Outgoing) -> Result<(), StoreError> {
+        let outcome = match self.config.sinks.iter().find(|s| s.name == outgoing.sink) {
+            None => Err("the sink is no longer in the coordinator's config".to_owned()),
+            Some(sink) => match serde_json::from_str::<Value>(&outgoing.payload_json) {
+                Ok(payload) => send::send(&self.client, sink, &payload).await,
+                Err(e) => Err(format!("the stored event does not parse: {e}")),
+            },
+        };
+        let now_ms = self.store.now_ms();
+        let record = match outcome {
+            Ok(()) => {
+                info!(sink = %outgoing.sink, kind = %outgoing.kind, event_id = %outgoing.event_id, "notification delivered");
+                Ok(())
+            }
+            Err(error) => {
+                let retry_at = (now_ms - outgoing.created_at_ms < GIVE_UP_AFTER_MS)
+                    .then(|| now_ms + backoff_ms(outgoing.attempts));
+                if retry_at.is_none() {
+                    warn!(sink = %outgoing.sink, event_id = %outgoing.event_id, %error, "notification given up after a day of retries");
+                } else if outgoing.attempts == 0 {
+                    warn!(sink = %outgoing.sink, event_id = %outgoing.event_id, %error, "notification not delivered; retrying");
+                }
+                Err((error, retry_at))
+            }
+        };
+        self.store
+            .notification_attempted(&outgoing.event_id, &outgoing.sink, record)
+            .await
     }
 }
 

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use chrono::{TimeZone, Utc};
 
 use super::Scheduler;
-use crate::store::{CatchUp, Clock, FiringOutcome, Overlap, Store, StoreError};
+use crate::store::{
+    CatchUp, Clock, FiringOutcome, Overlap, Store, StoreError, store_with_test_clock,
+};
 use crate::work::WorkSignal;
 use evalctl_common::sqlite::SqlContext as _;
 
@@ -33,12 +35,9 @@ struct Harness {
 impl Harness {
     async fn at(start_ms: i64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let now = Arc::new(AtomicI64::new(start_ms));
+        let (store, now) = store_with_test_clock(&dir.path().join("db.sqlite"), start_ms).await;
         let reading = Arc::clone(&now);
         let clock = Clock::from_fn(move || reading.load(Ordering::SeqCst));
-        let store = Store::open_with_clock(&dir.path().join("db.sqlite"), clock.clone())
-            .await
-            .unwrap();
         let scheduler = Scheduler::new(store.clone(), WorkSignal::new()).with_clock(clock);
         Harness {
             _dir: dir,

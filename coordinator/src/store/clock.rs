@@ -39,3 +39,19 @@ pub(crate) fn system_now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// A store for tests whose clock reads the returned cell (Unix ms), starting at `start_ms`.
+#[cfg(test)]
+pub(crate) async fn store_with_test_clock(
+    path: &std::path::Path,
+    start_ms: i64,
+) -> (super::Store, Arc<std::sync::atomic::AtomicI64>) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let now = Arc::new(AtomicI64::new(start_ms));
+    let reading = Arc::clone(&now);
+    let store =
+        super::Store::open_with_clock(path, Clock::from_fn(move || reading.load(Ordering::SeqCst)))
+            .await
+            .expect("open the test store");
+    (store, now)
+}

@@ -80,6 +80,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::audit::{AuditFilter, AuditPage};
 pub(crate) use self::clock::Clock;
+#[cfg(test)]
+pub(crate) use self::clock::store_with_test_clock;
 use self::error::SqlContext as _;
 pub use self::error::StoreError;
 pub use self::health::HealthSnapshot;

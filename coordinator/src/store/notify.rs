@@ -360,22 +360,15 @@ impl super::Store {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use crate::store::{Clock, Store};
+    use crate::domain::AgentRegistration;
+    use crate::store::store_with_test_clock;
 
     #[tokio::test]
     async fn an_event_is_queued_once_and_retried_when_its_time_comes() {
         let dir = tempfile::tempdir().unwrap();
-        let now = Arc::new(AtomicI64::new(1_000));
-        let reading = Arc::clone(&now);
-        let store = Store::open_with_clock(
-            &dir.path().join("db.sqlite"),
-            Clock::from_fn(move || reading.load(Ordering::SeqCst)),
-        )
-        .await
-        .unwrap();
+        let (store, now) = store_with_test_clock(&dir.path().join("db.sqlite"), 1_000).await;
         let sinks = vec![
             ("a".to_owned(), "{}".to_owned()),
             ("b".to_owned(), "{}".to_owned()),
@@ -422,5 +415,33 @@ mod tests {
             .unwrap();
         now.store(1_000_000, Ordering::SeqCst);
         assert!(store.due_notifications(10).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lost_agent_is_found_until_announced_and_again_after_a_new_loss() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, now) = store_with_test_clock(&dir.path().join("db.sqlite"), 1_000_000).await;
+        store
+            .register_agent(&AgentRegistration::cpu_only("gpu-7", "node7"))
+            .await
+            .unwrap();
+        assert!(store.lost_agents_to_announce().await.unwrap().is_empty());
+        now.fetch_add(60_000, Ordering::SeqCst);
+        store
+            .mark_lost_agents(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let lost = store.lost_agents_to_announce().await.unwrap();
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].0.as_str(), lost[0].1.as_str()), ("gpu-7", "node7"));
+        let key = format!("agent_lost:gpu-7:{}", lost[0].2);
+        store
+            .enqueue_event(key, "e".into(), "agent_lost", Vec::new())
+            .await
+            .unwrap();
+        assert!(store.lost_agents_to_announce().await.unwrap().is_empty());
+        // No step stored yet and no campaign: nothing stalls, nothing was preempted.
+        assert!(store.stalled_campaigns(i64::MAX).await.unwrap().is_empty());
+        assert_eq!(store.preemptions_since(0).await.unwrap(), 0);
     }
 }

@@ -1272,30 +1272,12 @@ fn insert_100k_units_timing() {
 
 #[tokio::test]
 async fn heartbeats_that_change_nothing_but_times_share_one_write() {
-    use std::sync::atomic::AtomicI64;
-
     let dir = tempfile::tempdir().unwrap();
-    let now = Arc::new(AtomicI64::new(1_000_000));
-    let clock_now = Arc::clone(&now);
-    let store = Store::open_with_clock(
-        &dir.path().join("db.sqlite"),
-        Clock::from_fn(move || clock_now.load(Ordering::SeqCst)),
-    )
-    .await
-    .unwrap();
+    let (store, now) = super::store_with_test_clock(&dir.path().join("db.sqlite"), 1_000_000).await;
     let ids: Vec<AgentId> = (0..50).map(|i| AgentId(format!("a{i:02}"))).collect();
     for id in &ids {
         store
-            .register_agent(&AgentRegistration {
-                id: id.clone(),
-                hostname: id.to_string(),
-                gpus: vec![],
-                labels: Default::default(),
-                frameworks: vec![],
-                version: "0".into(),
-                driver_version: String::new(),
-                cuda_version: String::new(),
-            })
+            .register_agent(&AgentRegistration::cpu_only(&id.0, &id.0))
             .await
             .unwrap();
     }

@@ -154,129 +154,151 @@ impl NotifyFile {
     pub fn check(self) -> Result<NotifyConfig, NotifyConfigError> {
         let defaults = NotifyConfig::default();
         let mut sinks: Vec<Sink> = Vec::new();
-        for (i, s) in self.sinks.into_iter().enumerate() {
-            let name = if s.name.trim().is_empty() {
+        for (i, file) in self.sinks.into_iter().enumerate() {
+            let sink = file.check(i)?;
+            if sinks.iter().any(|x| x.name == sink.name) {
                 return Err(NotifyConfigError {
-                    sink: format!("#{i}"),
-                    problem: "`name` is empty".into(),
+                    sink: sink.name,
+                    problem: "another sink has this name".into(),
                 });
-            } else {
-                s.name.clone()
-            };
-            let err = |problem: String| NotifyConfigError {
-                sink: name.clone(),
-                problem,
-            };
-            if sinks.iter().any(|x| x.name == name) {
-                return Err(err("another sink has this name".into()));
             }
-            let events = match &s.events {
-                None => EventKind::ALL.to_vec(),
-                Some(list) => list
-                    .iter()
-                    .map(|e| {
-                        EventKind::parse(e).ok_or_else(|| {
-                            err(format!(
-                                "unknown event `{e}` (expected one of {})",
-                                EventKind::ALL
-                                    .iter()
-                                    .map(|k| k.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
-                            ))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            let all_campaigns = match s.scope.as_deref() {
-                None | Some("all") => true,
-                Some("schedules") => false,
-                Some(other) => {
-                    return Err(err(format!(
-                        "`scope` is `{other}`; expected `all` or `schedules`"
-                    )));
-                }
-            };
-            let url = |s: &SinkFile| -> Result<String, NotifyConfigError> {
-                let url = s
-                    .url
-                    .clone()
-                    .ok_or_else(|| err("`url` is missing".into()))?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(err(format!("`url` `{url}` is not an http(s) URL")));
-                }
-                Ok(url)
-            };
-            let read = |path: &PathBuf, what: &str| -> Result<String, NotifyConfigError> {
-                std::fs::read_to_string(path)
-                    .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
-                    .map_err(|e| err(format!("cannot read `{what}` {}: {e}", path.display())))
-            };
-            let kind = match s.kind.as_str() {
-                "webhook" => SinkKind::Webhook {
-                    url: url(&s)?,
-                    secret: s
-                        .secret_file
-                        .as_ref()
-                        .map(|p| read(p, "secret_file").map(String::into_bytes))
-                        .transpose()?,
-                },
-                "slack" => SinkKind::Slack { url: url(&s)? },
-                "email" => SinkKind::Email {
-                    host: s
-                        .smtp_host
-                        .clone()
-                        .ok_or_else(|| err("`smtp_host` is missing".into()))?,
-                    port: s.smtp_port.unwrap_or(587),
-                    starttls: match s.starttls.as_deref() {
-                        None | Some("required") => StartTls::Required,
-                        Some("opportunistic") => StartTls::Opportunistic,
-                        Some("none") => StartTls::None,
-                        Some(other) => {
-                            return Err(err(format!(
-                                "`starttls` is `{other}`; expected `required`, `opportunistic` or `none`"
-                            )));
-                        }
-                    },
-                    credentials: match (&s.username, &s.password_file) {
-                        (Some(user), Some(file)) => {
-                            Some((user.clone(), read(file, "password_file")?))
-                        }
-                        (None, None) => None,
-                        _ => {
-                            return Err(err(
-                                "give both `username` and `password_file`, or neither".into(),
-                            ));
-                        }
-                    },
-                    from: s
-                        .from
-                        .clone()
-                        .ok_or_else(|| err("`from` is missing".into()))?,
-                    to: s
-                        .to
-                        .clone()
-                        .filter(|t| !t.is_empty())
-                        .ok_or_else(|| err("`to` is missing or empty".into()))?,
-                },
-                other => {
-                    return Err(err(format!(
-                        "`kind` is `{other}`; expected `webhook`, `slack` or `email`"
-                    )));
-                }
-            };
-            sinks.push(Sink {
-                name,
-                kind,
-                events,
-                all_campaigns,
-            });
+            sinks.push(sink);
         }
         Ok(NotifyConfig {
             sinks,
             stall_after: self.stall_after.unwrap_or(defaults.stall_after),
             storm_count: self.preemption_storm.unwrap_or(defaults.storm_count).max(1),
             storm_window: self.preemption_window.unwrap_or(defaults.storm_window),
+        })
+    }
+}
+
+impl SinkFile {
+    /// Checks entry number `i`.
+    fn check(self, i: usize) -> Result<Sink, NotifyConfigError> {
+        if self.name.trim().is_empty() {
+            return Err(NotifyConfigError {
+                sink: format!("#{i}"),
+                problem: "`name` is empty".into(),
+            });
+        }
+        let err = |problem: String| NotifyConfigError {
+            sink: self.name.clone(),
+            problem,
+        };
+        let events = match &self.events {
+            None => EventKind::ALL.to_vec(),
+            Some(list) => list
+                .iter()
+                .map(|e| {
+                    EventKind::parse(e).ok_or_else(|| {
+                        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+                        err(format!(
+                            "unknown event `{e}` (expected one of {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let all_campaigns = match self.scope.as_deref() {
+            None | Some("all") => true,
+            Some("schedules") => false,
+            Some(other) => {
+                return Err(err(format!(
+                    "`scope` is `{other}`; expected `all` or `schedules`"
+                )));
+            }
+        };
+        let kind = match self.kind.as_str() {
+            "webhook" => SinkKind::Webhook {
+                url: self.url()?,
+                secret: self
+                    .secret_file
+                    .as_ref()
+                    .map(|p| self.read(p, "secret_file").map(String::into_bytes))
+                    .transpose()?,
+            },
+            "slack" => SinkKind::Slack { url: self.url()? },
+            "email" => self.email()?,
+            other => {
+                return Err(err(format!(
+                    "`kind` is `{other}`; expected `webhook`, `slack` or `email`"
+                )));
+            }
+        };
+        Ok(Sink {
+            name: self.name,
+            kind,
+            events,
+            all_campaigns,
+        })
+    }
+
+    fn error(&self, problem: String) -> NotifyConfigError {
+        NotifyConfigError {
+            sink: self.name.clone(),
+            problem,
+        }
+    }
+
+    /// The http(s) URL of a webhook or Slack sink.
+    fn url(&self) -> Result<String, NotifyConfigError> {
+        let url = self
+            .url
+            .clone()
+            .ok_or_else(|| self.error("`url` is missing".into()))?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(self.error(format!("`url` `{url}` is not an http(s) URL")));
+        }
+        Ok(url)
+    }
+
+    /// A secret file's contents, without the trailing newline.
+    fn read(&self, path: &PathBuf, what: &str) -> Result<String, NotifyConfigError> {
+        std::fs::read_to_string(path)
+            .map(|t| t.trim_end_matches(['\r', '\n']).to_owned())
+            .map_err(|e| self.error(format!("cannot read `{what}` {}: {e}", path.display())))
+    }
+
+    /// An email sink's server, login and addresses.
+    fn email(&self) -> Result<SinkKind, NotifyConfigError> {
+        let starttls = match self.starttls.as_deref() {
+            None | Some("required") => StartTls::Required,
+            Some("opportunistic") => StartTls::Opportunistic,
+            Some("none") => StartTls::None,
+            Some(other) => {
+                return Err(self.error(format!(
+                    "`starttls` is `{other}`; expected `required`, `opportunistic` or `none`"
+                )));
+            }
+        };
+        let credentials = match (&self.username, &self.password_file) {
+            (Some(user), Some(file)) => Some((user.clone(), self.read(file, "password_file")?)),
+            (None, None) => None,
+            _ => {
+                return Err(
+                    self.error("give both `username` and `password_file`, or neither".into())
+                );
+            }
+        };
+        Ok(SinkKind::Email {
+            host: self
+                .smtp_host
+                .clone()
+                .ok_or_else(|| self.error("`smtp_host` is missing".into()))?,
+            port: self.smtp_port.unwrap_or(587),
+            starttls,
+            credentials,
+            from: self
+                .from
+                .clone()
+                .ok_or_else(|| self.error("`from` is missing".into()))?,
+            to: self
+                .to
+                .clone()
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| self.error("`to` is missing or empty".into()))?,
         })
     }
 }

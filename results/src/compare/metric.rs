@@ -118,6 +118,18 @@ impl Metric {
         }
     }
 
+    /// Requests a step must have completed for this figure to be compared: a tail
+    /// percentile of a few requests is their slowest one or two, which move from run to
+    /// run of the same server by more than any threshold (p99 needs 100, p95 20, p90 10).
+    pub fn min_requests(self) -> u64 {
+        match self {
+            Metric::Latency(_, Stat::P99) => 100,
+            Metric::Latency(_, Stat::P95) => 20,
+            Metric::Latency(_, Stat::P90) => 10,
+            _ => 1,
+        }
+    }
+
     /// The value of a step with load metrics `m` and GPU energy per output token
     /// `joules_per_output_token`; `None` when the step has no such figure.
     pub fn value(self, m: &StepMetrics, joules_per_output_token: Option<f64>) -> Option<f64> {

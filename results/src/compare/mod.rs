@@ -4,7 +4,8 @@
 //! the noise: the larger spread of the repeats on either side, relative to the base
 //! median. The spread is max − min of the repeats; with three or more, the one repeat
 //! farthest from the median is left out first, so one disturbed run neither moves the
-//! median nor hides a real change behind a wide spread.
+//! median nor hides a real change behind a wide spread. A tail percentile is compared only
+//! where the steps completed enough requests to estimate it ([`Metric::min_requests`]).
 
 use std::collections::BTreeMap;
 
@@ -190,6 +191,7 @@ pub fn compare(
             let values = |observations: &[&Observation<'_>]| -> Vec<f64> {
                 observations
                     .iter()
+                    .filter(|o| o.metrics.completed >= metric.min_requests())
                     .filter_map(|o| metric.value(o.metrics, o.joules_per_output_token))
                     .filter(|v| v.is_finite())
                     .collect()
@@ -279,6 +281,7 @@ mod tests {
         );
         metrics.output_token_throughput = throughput;
         metrics.tpot_ms = Summary::of(vec![tpot_p50]);
+        metrics.completed = 100;
         Step {
             key: Key {
                 config: "m / cpu x1 / sim / bf16".into(),
@@ -367,6 +370,24 @@ mod tests {
         ];
         let c = compare(&base, &new, &METRICS[..1], 0.05);
         assert_eq!(c.changes[0].verdict, Verdict::Unchanged, "{c:#?}");
+    }
+
+    #[test]
+    fn a_tail_percentile_of_a_few_requests_is_not_compared() {
+        let p99 = [Metric::Latency(Latency::Ttft, Stat::P99)];
+        let mut base = point(0, 100.0, 10.0);
+        base.metrics.ttft_ms = Summary::of(vec![10.0]);
+        let mut new = point(0, 100.0, 10.0);
+        new.metrics.ttft_ms = Summary::of(vec![20.0]);
+        assert_eq!(
+            compare(&[base], &[new], &p99, 0.05).regressions().count(),
+            1
+        );
+        let (mut base, mut new) = (point(0, 100.0, 10.0), point(0, 100.0, 10.0));
+        base.metrics.ttft_ms = Summary::of(vec![10.0]);
+        new.metrics.ttft_ms = Summary::of(vec![20.0]);
+        new.metrics.completed = 16;
+        assert!(compare(&[base], &[new], &p99, 0.05).changes.is_empty());
     }
 
     #[test]

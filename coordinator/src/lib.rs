@@ -19,5 +19,6 @@ pub mod schedule;
 pub mod series;
 pub mod server;
 pub mod store;
+pub mod ticker;
 pub mod tls;
 pub mod work;

@@ -70,13 +70,8 @@ impl Notifier {
 
     /// Runs until `stop`: raises events, then delivers what is due, every second.
     pub async fn run(self, stop: CancellationToken) {
-        let mut interval = tokio::time::interval(TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut interval = crate::ticker::every(TICK);
+        while crate::ticker::next(&mut interval, &stop).await {
             if let Err(err) = self.raise().await {
                 warn!(error = %evalctl_common::error_chain(&err), "the notifier could not look for events");
             }

@@ -92,13 +92,8 @@ impl Scheduler {
 
     /// Runs until `stop`: finishes firings left claimed, then ticks every second.
     pub async fn run(self, stop: CancellationToken) {
-        let mut interval = tokio::time::interval(TICK);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = interval.tick() => {}
-            }
+        let mut interval = crate::ticker::every(TICK);
+        while crate::ticker::next(&mut interval, &stop).await {
             if let Err(err) = self.tick().await {
                 warn!(error = %crate::grpc::status::chain(&err), "the scheduler could not look at the schedules");
             }

@@ -182,6 +182,10 @@ pub struct SimServerArgs {
     /// Output tokens of each request that are reasoning (with `--reasoning`).
     #[arg(long, requires = "reasoning")]
     reasoning_tokens: Option<u32>,
+    /// Answer the questions of the shipped arithmetic task (datasets/lm-eval/evalctl_arith)
+    /// correctly at this rate, from 0 to 1, so an accuracy harness measures it.
+    #[arg(long)]
+    accuracy: Option<f64>,
 }
 
 /// `--reasoning` values.
@@ -353,6 +357,7 @@ impl SimServerArgs {
                 ReasoningArg::Think => ReasoningShape::Think,
             }),
             reasoning_tokens: self.reasoning_tokens.unwrap_or(0),
+            accuracy: self.accuracy,
             ..SimConfig::default()
         }
     }

@@ -39,6 +39,9 @@ pub(crate) struct GenerationRequest {
     pub stream: bool,
     /// Send a final usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
+    /// The prompt's text (completions: the prompt string; chat: the last message's text),
+    /// for the scored answers of [`crate::quiz`]; empty for a prompt of token ids.
+    pub prompt_text: String,
 }
 
 #[derive(Deserialize)]
@@ -108,44 +111,62 @@ pub(crate) fn parse_generation(
     body: &[u8],
     max_model_len: u64,
 ) -> Result<GenerationRequest, ApiError> {
-    let (model, prompt_ids, max_tokens, max_completion_tokens, stream, stream_options, n) =
-        match api {
-            Api::Completions => {
-                let b: CompletionBody = from_json(body)?;
-                let ids = prompt_ids(&b.prompt)?;
-                (
-                    b.model,
-                    ids,
-                    b.max_tokens,
-                    b.max_completion_tokens,
-                    b.stream,
-                    b.stream_options,
-                    b.n,
-                )
+    let (
+        model,
+        prompt_ids,
+        prompt_text,
+        max_tokens,
+        max_completion_tokens,
+        stream,
+        stream_options,
+        n,
+    ) = match api {
+        Api::Completions => {
+            let b: CompletionBody = from_json(body)?;
+            let ids = prompt_ids(&b.prompt)?;
+            let text = match &b.prompt {
+                Value::String(s) => s.clone(),
+                Value::Array(items) => items
+                    .first()
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => String::new(),
+            };
+            (
+                b.model,
+                ids,
+                text,
+                b.max_tokens,
+                b.max_completion_tokens,
+                b.stream,
+                b.stream_options,
+                b.n,
+            )
+        }
+        Api::Chat => {
+            let b: ChatBody = from_json(body)?;
+            if b.messages.is_empty() {
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    "messages must hold at least one message",
+                ));
             }
-            Api::Chat => {
-                let b: ChatBody = from_json(body)?;
-                if b.messages.is_empty() {
-                    return Err(ApiError::invalid_param(
-                        "messages",
-                        "messages must hold at least one message",
-                    ));
-                }
-                let ids = messages_text(&b.messages)?
-                    .iter()
-                    .flat_map(|t| tokenizer::tokenize(t))
-                    .collect();
-                (
-                    b.model,
-                    ids,
-                    b.max_tokens,
-                    b.max_completion_tokens,
-                    b.stream,
-                    b.stream_options,
-                    b.n,
-                )
-            }
-        };
+            let texts = messages_text(&b.messages)?;
+            let ids = texts.iter().flat_map(|t| tokenizer::tokenize(t)).collect();
+            let text = texts.last().map_or_else(String::new, |t| (*t).to_owned());
+            (
+                b.model,
+                ids,
+                text,
+                b.max_tokens,
+                b.max_completion_tokens,
+                b.stream,
+                b.stream_options,
+                b.n,
+            )
+        }
+    };
 
     if let Some(n) = n
         && n != 1
@@ -200,6 +221,7 @@ pub(crate) fn parse_generation(
         max_tokens,
         stream,
         include_usage,
+        prompt_text,
     })
 }
 
@@ -314,6 +336,7 @@ mod tests {
                 max_tokens: DEFAULT_MAX_TOKENS,
                 stream: true,
                 include_usage: true,
+                prompt_text: "one two three".into(),
             }
         );
     }

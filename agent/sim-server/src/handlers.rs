@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::api::{self, Api, GenerationRequest};
 use super::engine::Engine;
 use super::error::ApiError;
+use super::quiz;
 use super::response::{DONE, ResponseWriter, SYSTEM_FINGERPRINT, Usage};
 use super::{ReasoningShape, SimConfig};
 
@@ -138,7 +139,15 @@ async fn generate(
 ) -> Result<Response, ApiError> {
     app.check_ready()?;
     let body = body.map_err(ApiError::from_body)?;
-    let req = api::parse_generation(api, &body, app.config.max_model_len)?;
+    let mut req = api::parse_generation(api, &body, app.config.max_model_len)?;
+    // A question of the scored task gets its one-token answer instead of generated words.
+    let answer = app
+        .config
+        .accuracy
+        .and_then(|accuracy| quiz::answer(&req.prompt_text, accuracy));
+    if answer.is_some() {
+        req.max_tokens = 1;
+    }
 
     // As vLLM: a client-supplied X-Request-Id names the request; otherwise a fresh one.
     let client_id = headers
@@ -156,22 +165,27 @@ async fn generate(
         .model
         .clone()
         .unwrap_or_else(|| app.config.model.clone());
-    let writer = ResponseWriter::new(api, id, unix_now(), model);
+    let mut writer = ResponseWriter::new(api, id, unix_now(), model);
+    if answer.is_some() {
+        writer = writer.answering();
+    }
 
     let mut response = if req.stream {
-        stream_response(app, api, req, writer)
+        stream_response(app, api, req, writer, answer)
     } else {
-        whole_response(app, req, writer).await?
+        whole_response(app, req, writer, answer).await?
     };
     response.headers_mut().insert(REQUEST_ID, header_id);
     Ok(response)
 }
 
-/// Generates every token, then answers with one JSON body.
+/// Generates every token, then answers with one JSON body (`answer`, when given, replaces
+/// the generated text).
 async fn whole_response(
     app: Arc<AppState>,
     req: GenerationRequest,
     writer: ResponseWriter,
+    answer: Option<String>,
 ) -> Result<Response, ApiError> {
     let mut generation = app
         .engine
@@ -185,6 +199,9 @@ async fn whole_response(
             .await
             .map_err(|_| ApiError::shutting_down())?;
     }
+    if let Some(answer) = answer {
+        text = answer;
+    }
     let usage = Usage::new(req.prompt_tokens, u64::from(req.max_tokens));
     Ok((
         [(CONTENT_TYPE, "application/json")],
@@ -193,12 +210,14 @@ async fn whole_response(
         .into_response())
 }
 
-/// Answers at once with an SSE body that produces events as the tokens become ready.
+/// Answers at once with an SSE body that produces events as the tokens become ready
+/// (`answer`, when given, is the text of its one token).
 fn stream_response(
     app: Arc<AppState>,
     api: Api,
     req: GenerationRequest,
     writer: ResponseWriter,
+    answer: Option<String>,
 ) -> Response {
     let per_chunk = app.config.tokens_per_chunk.max(1);
     let events = async_stream::stream! {
@@ -223,6 +242,9 @@ fn stream_response(
             if generation.next_token(&mut text).await.is_err() {
                 // Shutdown: end the body without [DONE], as a server that went away would.
                 return;
+            }
+            if let Some(answer) = &answer {
+                text.clone_from(answer);
             }
             made += 1;
             in_chunk += 1;

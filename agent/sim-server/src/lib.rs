@@ -31,6 +31,9 @@
 //! - Streams: see [`response`] for the chunk sequence. The chat role chunk is sent as soon as the
 //!   request is accepted, before prefill, so a client that counts it as a token sees a TTFT near
 //!   zero. The `x-request-id` response header echoes the client's, or carries the response `id`.
+//! - Scored answers: with `accuracy` set, a prompt ending in a question of the shipped
+//!   arithmetic task (`Question N: What is A plus B?`) is answered with one token, right or
+//!   wrong as `quiz` decides, and `finish_reason: "stop"`; other prompts are unchanged.
 //! - Shutdown: streams in flight end at their next token without `[DONE]`; the drain is bounded
 //!   by `shutdown_grace`.
 
@@ -41,6 +44,7 @@ mod handlers;
 pub mod latency;
 mod metrics;
 mod prefix_cache;
+mod quiz;
 mod response;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -94,6 +98,10 @@ pub struct SimConfig {
     pub reasoning: Option<ReasoningShape>,
     /// Output tokens of each request that are reasoning (the rest are the answer).
     pub reasoning_tokens: u32,
+    /// Answer the questions of the shipped arithmetic task (`datasets/lm-eval/evalctl_arith`)
+    /// with this accuracy, from 0 to 1 (see `quiz`); `None`: generate words for them as for
+    /// any prompt.
+    pub accuracy: Option<f64>,
 }
 
 /// The three shapes reasoning takes in a stream.
@@ -124,6 +132,7 @@ impl Default for SimConfig {
             prefix_cache_tokens: 1 << 20,
             reasoning: None,
             reasoning_tokens: 0,
+            accuracy: None,
         }
     }
 }
@@ -143,6 +152,11 @@ impl SimConfig {
         }
         if self.model.is_empty() {
             return invalid("model must not be empty".to_owned());
+        }
+        if let Some(accuracy) = self.accuracy
+            && !(0.0..=1.0).contains(&accuracy)
+        {
+            return invalid(format!("accuracy must be from 0 to 1, got {accuracy}"));
         }
         Ok(())
     }

@@ -16,8 +16,11 @@ use super::api::Api;
 /// Labels every response as coming from the simulator.
 pub const SYSTEM_FINGERPRINT: &str = "evalctl-sim";
 
-/// Why generation stopped. The simulator always generates exactly `max_tokens`.
+/// Why generation stopped: the simulator generates exactly `max_tokens`, but for a scored
+/// answer ([`crate::quiz`]), which ends where the answer does.
 const FINISH_REASON: &str = "length";
+/// The finish reason of a scored answer.
+const ANSWERED: &str = "stop";
 
 /// The last event of every stream.
 pub(crate) const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -102,6 +105,7 @@ pub(crate) struct ResponseWriter {
     id: String,
     created: u64,
     model: String,
+    finish_reason: &'static str,
 }
 
 impl ResponseWriter {
@@ -111,7 +115,14 @@ impl ResponseWriter {
             id,
             created,
             model,
+            finish_reason: FINISH_REASON,
         }
+    }
+
+    /// The response ends as an answer does (`finish_reason: "stop"`).
+    pub fn answering(mut self) -> Self {
+        self.finish_reason = ANSWERED;
+        self
     }
 
     fn envelope<C>(
@@ -174,8 +185,8 @@ impl ResponseWriter {
     /// The chunk that carries only the finish reason.
     pub fn finish_event(&self) -> Bytes {
         match self.api {
-            Api::Chat => self.chat_delta(None, None, Some(FINISH_REASON)),
-            Api::Completions => self.text_choice("", Some(FINISH_REASON)),
+            Api::Chat => self.chat_delta(None, None, Some(self.finish_reason)),
+            Api::Completions => self.text_choice("", Some(self.finish_reason)),
         }
     }
 
@@ -197,7 +208,7 @@ impl ResponseWriter {
                         content: text,
                     },
                     logprobs: (),
-                    finish_reason: FINISH_REASON,
+                    finish_reason: self.finish_reason,
                 }],
                 Some(usage),
             )),
@@ -207,7 +218,7 @@ impl ResponseWriter {
                     index: 0,
                     text,
                     logprobs: (),
-                    finish_reason: Some(FINISH_REASON),
+                    finish_reason: Some(self.finish_reason),
                     stop_reason: (),
                 }],
                 Some(usage),

@@ -26,6 +26,7 @@
 //! | 1.3 | `workload`: dataset kind, prompt length misses, prefix cache policy and hit rates; metrics `reasoning_tokens`, `answer_tokens`; request records `reasoning_tokens` |
 //! | 1.4 | metrics `turns` (latency by turn position); request records `conversation`, `turn` |
 //! | 1.5 | `probe` (a capacity search's probe run), `search` (the search's verdict) |
+//! | 1.6 | `scores` (an accuracy harness's typed scores with standard errors) |
 
 use std::collections::BTreeMap;
 
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::StepMetrics;
 use crate::probe::Goal;
+use crate::score::{self, Score};
 use crate::search::{Probe, ProbeOutcome, SearchAxis, SearchSpec, SearchVerdict};
 use crate::settle::ProbeRun;
 use crate::telemetry::{GpuDevice, TelemetrySummary};
@@ -42,7 +44,7 @@ use crate::workload::WorkloadFacts;
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 5;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 6;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -97,6 +99,10 @@ pub struct StepDocument {
     /// Values a harness workload reported, by the names the matrix gave them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub harness_metrics: BTreeMap<String, serde_json::Value>,
+    /// Scores an accuracy harness parsed from its own output (an `api: lm-eval` workload),
+    /// from schema 1.6. [`StepDocument::scores`] adds those of `harness_metrics`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scores: Vec<Score>,
     /// How prompt lengths were counted.
     pub tokenization: Option<Tokenization>,
     /// TCP connections the load generator opened.
@@ -209,6 +215,18 @@ pub struct Environment {
 }
 
 impl StepDocument {
+    /// Every accuracy score of the step: the harness's parsed `scores`, then one per numeric
+    /// `harness_metrics` value not already scored under the same name.
+    pub fn scores(&self) -> Vec<Score> {
+        let mut scores = self.scores.clone();
+        for derived in score::from_harness_values(&self.harness_metrics) {
+            if !scores.iter().any(|s| s.name == derived.name) {
+                scores.push(derived);
+            }
+        }
+        scores
+    }
+
     /// The document's schema version.
     pub fn version(&self) -> SchemaVersion {
         SchemaVersion {

@@ -26,6 +26,7 @@ pub mod document;
 pub mod metrics;
 pub mod probe;
 pub mod record;
+pub mod score;
 pub mod search;
 pub mod settle;
 pub mod slo;
@@ -39,6 +40,7 @@ pub use document::{
 };
 pub use metrics::{LagSummary, StepMetrics, Summary};
 pub use record::{ErrorKind, RequestError, RequestRecord, TokenSource};
+pub use score::Score;
 pub use slo::Slo;
 pub use telemetry::{
     EnergyMethod, GpuDevice, GpuSummary, HostSummary, SeriesKind, SeriesSummary,

@@ -95,6 +95,13 @@ fn full_document() -> StepDocument {
             }),
         }),
         harness_metrics: BTreeMap::from([("accuracy".to_owned(), json!(0.75))]),
+        scores: vec![evalctl_results::Score {
+            name: "gsm8k/exact_match,strict-match".into(),
+            value: 0.62,
+            stderr: Some(0.013),
+            samples: Some(1319),
+            higher_is_better: true,
+        }],
         tokenization: Some(Tokenization::ServerTokenize),
         connections_opened: 8,
         served_model: "llama".into(),

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::StepMetrics;
 
+pub mod accuracy;
 pub mod metric;
 
+pub use accuracy::{ScoreChange, ScoreObservation, compare_scores};
 pub use metric::{Latency, Metric, Stat, UnknownMetric};
 
 /// What matches a step of one campaign to a step of the other.

@@ -466,6 +466,28 @@ pub struct WorkloadSpec {
     /// (`reset`). Left out of the serialised form when `None`, so adding it changed no id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_cache: Option<PrefixCachePolicy>,
+    /// How the agent reads a `command` workload's output beyond its `metrics` pointers;
+    /// `None`: by the pointers only. Left out of the serialised form when `None`, so adding
+    /// it changed no id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub harness: Option<HarnessOutput>,
+}
+
+/// A harness whose output the agent parses into accuracy scores itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HarnessOutput {
+    /// lm-evaluation-harness's results JSON (an `api: lm-eval` workload).
+    LmEval,
+}
+
+impl HarnessOutput {
+    /// The name on the wire (`WorkloadSpec.harness`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HarnessOutput::LmEval => "lm-eval",
+        }
+    }
 }
 
 /// One step of a unit: a workload at one load point, one repeat.

@@ -30,7 +30,7 @@ pub const SERVER: &[&str] = &[
 pub const SPLIT: &[&str] = &["quant.args"];
 
 /// Placeholders of an `api: command` workload's harness command, rendered by the agent.
-pub const HARNESS: &[&str] = &["url", "model.path", "model.name", "out"];
+pub const HARNESS: &[&str] = &["url", "model.path", "model.name", "model.served", "out"];
 
 /// Placeholders of a model's `path`, rendered by the coordinator at expansion.
 pub const MODEL_PATH: &[&str] = &["quant.name"];

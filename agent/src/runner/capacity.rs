@@ -158,6 +158,7 @@ pub fn verdict_document(
         step_label: label,
         metrics: None,
         harness_metrics: Default::default(),
+        scores: Vec::new(),
         tokenization: None,
         connections_opened: 0,
         served_model: String::new(),

@@ -1,7 +1,8 @@
 //! Harness steps (`api: command` workloads): an external evaluation or benchmark program
 //! (lm-eval, a vendor benchmark script) run against the unit's server. The agent renders its
 //! command, runs it in its own process group with a time limit, and records the values the
-//! matrix names (JSON pointers) from the JSON the program writes to `{out}`.
+//! matrix names (JSON pointers) from the JSON the program writes to `{out}`. An `api: lm-eval`
+//! workload's output (`harness: "lm-eval"`) is also parsed into accuracy scores.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use evalctl_proto::v1 as pb;
+use evalctl_results::score::{self, Score};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,8 @@ use crate::launcher::{self, RenderedCommand};
 
 /// Placeholders of a harness command.
 pub use evalctl_proto::template::HARNESS as HARNESS_PLACEHOLDERS;
+/// `WorkloadSpec.harness` of an lm-evaluation-harness run.
+const LM_EVAL: &str = "lm-eval";
 /// Time limit of a harness without a `duration`.
 const DEFAULT_LIMIT: Duration = Duration::from_secs(3600);
 /// Grace between SIGTERM and SIGKILL of a harness's group.
@@ -33,6 +37,8 @@ pub struct HarnessRun<'a> {
     pub model_path: &'a str,
     /// `{model.name}`.
     pub model_name: &'a str,
+    /// `{model.served}`: the model name the server lists in `/v1/models`.
+    pub served_model: &'a str,
     /// Directory for `{out}` and the harness log.
     pub work_dir: &'a Path,
     /// File-name stem unique to this step and attempt.
@@ -44,6 +50,8 @@ pub struct HarnessRun<'a> {
 pub struct HarnessOutcome {
     /// The metrics the workload names, by name.
     pub metrics: BTreeMap<String, serde_json::Value>,
+    /// The scores parsed from the harness's own output format (lm-eval's), if it has one.
+    pub scores: Vec<Score>,
     /// The command as run.
     pub command: String,
 }
@@ -124,8 +132,14 @@ pub async fn run(
     }
     let document = read_output(&out).map_err(fail)?;
     let metrics = extract(&document, &workload.metrics).map_err(fail)?;
+    let scores = match workload.harness.as_str() {
+        "" => Vec::new(),
+        LM_EVAL => score::from_lm_eval(&document).map_err(fail)?,
+        other => return Err(fail(format!("unknown harness output format `{other}`"))),
+    };
     Ok(HarnessOutcome {
         metrics,
+        scores,
         command: command.display(),
     })
 }
@@ -141,6 +155,7 @@ fn render(
             "url" => run.base_url.to_owned(),
             "model.path" => run.model_path.to_owned(),
             "model.name" => run.model_name.to_owned(),
+            "model.served" => run.served_model.to_owned(),
             "out" => out.clone(),
             _ => return None,
         })
@@ -248,6 +263,7 @@ mod tests {
             base_url: "http://127.0.0.1:9",
             model_path: "/models/m",
             model_name: "m",
+            served_model: "served-m",
             work_dir: dir,
             stem: "s-h-a1".into(),
         }
@@ -268,6 +284,29 @@ mod tests {
             outcome.metrics["url"],
             serde_json::json!("http://127.0.0.1:9")
         );
+    }
+
+    #[tokio::test]
+    async fn lm_eval_output_in_a_directory_becomes_scores_for_the_served_model() {
+        let dir = tempfile::tempdir().unwrap();
+        // As lm-eval: a results file in a directory named after the model, under {out}.
+        let mut step = step(
+            r#"sh -c 'mkdir -p "$1/$2" && printf "{{\"results\": {{\"arith\": {{\"exact_match,strict-match\": 0.8, \"exact_match_stderr,strict-match\": 0.05}}}}}}" > "$1/$2/results_1.json"' sh {out} {model.served}"#,
+            &[],
+        );
+        if let Some(w) = step.workload.as_mut() {
+            w.harness = LM_EVAL.into();
+        }
+        let outcome = run(&harness(&step, dir.path()), &CancellationToken::new())
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(outcome.scores.len(), 1);
+        assert_eq!(outcome.scores[0].name, "arith/exact_match,strict-match");
+        assert_eq!(
+            (outcome.scores[0].value, outcome.scores[0].stderr),
+            (0.8, Some(0.05))
+        );
+        assert!(dir.path().join("s-h-a1.out/served-m").is_dir());
     }
 
     #[tokio::test]

@@ -381,6 +381,7 @@ pub fn result(
         step_label: label(ctx.step),
         metrics: Some(outcome.metrics.clone()),
         harness_metrics: Default::default(),
+        scores: Vec::new(),
         tokenization: Some(outcome.tokenization),
         connections_opened: outcome.connections_opened,
         served_model: ctx.served_model.to_owned(),

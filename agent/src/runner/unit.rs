@@ -558,6 +558,7 @@ async fn harness_step(
         base_url: &base_url,
         model_path: &model.path,
         model_name: &model.name,
+        served_model: &session.served_model,
         work_dir: &work_dir,
         stem: format!("{}-{}-a{}", lease.unit_id, spec.step_id, lease.attempt),
     };
@@ -588,6 +589,7 @@ async fn harness_step(
         step_label: label.clone(),
         metrics: None,
         harness_metrics: outcome.metrics,
+        scores: outcome.scores,
         tokenization: None,
         connections_opened: 0,
         served_model: session.served_model.clone(),

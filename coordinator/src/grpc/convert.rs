@@ -212,6 +212,7 @@ fn workload(w: &WorkloadSpec) -> pb::WorkloadSpec {
             .prefix_cache
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default(),
+        harness: w.harness.map(|h| h.as_str().to_owned()).unwrap_or_default(),
     }
 }
 

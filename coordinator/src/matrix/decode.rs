@@ -14,12 +14,14 @@ use crate::domain::{
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
+use super::lm_eval::LmEvalEntry;
 use super::model::{
     At, CPU, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile,
     ModelEntry, QuantEntry, WorkloadEntry,
 };
 use super::yaml::{Key, Node, Pos, Source, Value};
 
+mod lm_eval;
 mod search;
 
 const TOP_KEYS: &[&str] = &[
@@ -89,6 +91,7 @@ const WORKLOAD_KEYS: &[&str] = &[
     "command",
     "metrics",
     "prefix_cache",
+    "lm_eval",
 ];
 const COMMAND_ONLY_KEYS: &[&str] = &["command", "metrics"];
 const NOT_FOR_COMMAND_KEYS: &[&str] = &["dataset", "requests", "warmup", "slo", "prefix_cache"];
@@ -153,7 +156,7 @@ const LOAD_KEYS: &[&str] = &[
     "burstiness",
 ];
 const SLO_KEYS: &[&str] = &["ttft_ms", "tpot_ms", "e2el_ms"];
-const APIS: &[&str] = &["chat", "completions", "command"];
+const APIS: &[&str] = &["chat", "completions", "command", "lm-eval"];
 const ARRIVALS: &[&str] = &["poisson", "gamma", "constant"];
 const EXTENSION_KEYS: &[&str] = &["extra_args", "env", "labels", "workloads"];
 
@@ -850,6 +853,7 @@ impl Decoder<'_> {
     fn workload(&self, path: &str, node: &Node) -> Result<WorkloadEntry, MatrixError> {
         let f = self.fields(node, path, WORKLOAD_KEYS)?;
         let name = self.name(&f.field("name"), f.req("name")?)?;
+        let mut is_lm_eval = false;
         let api = match f.get("api") {
             None => Api::Chat,
             Some(n) => {
@@ -858,6 +862,10 @@ impl Decoder<'_> {
                     "chat" => Api::Chat,
                     "completions" => Api::Completions,
                     "command" => Api::Command,
+                    "lm-eval" => {
+                        is_lm_eval = true;
+                        Api::Command
+                    }
                     other => {
                         return Err(self.errors.unknown(
                             n.pos,
@@ -870,6 +878,8 @@ impl Decoder<'_> {
             }
         };
         let is_command = api == Api::Command;
+        let lm_eval = self.lm_eval_settings(&f, is_lm_eval)?;
+        let api_name = if is_lm_eval { "lm-eval" } else { "command" };
         let misplaced = if is_command {
             NOT_FOR_COMMAND_KEYS.iter().find(|k| f.get(k).is_some())
         } else {
@@ -878,7 +888,7 @@ impl Decoder<'_> {
         if let Some(key) = misplaced {
             let pos = f.key_pos(key).unwrap_or(node.pos);
             let message = if is_command {
-                format!("`{}` is not used with `api: command`", f.field(key))
+                format!("`{}` is not used with `api: {api_name}`", f.field(key))
             } else {
                 format!("`{}` is only used with `api: command`", f.field(key))
             };
@@ -970,7 +980,7 @@ impl Decoder<'_> {
                 ));
             }
         };
-        let command = if is_command {
+        let command = if is_command && !is_lm_eval {
             Some(self.nonempty_string(&f.field("command"), f.req("command")?)?)
         } else {
             None
@@ -1037,7 +1047,47 @@ impl Decoder<'_> {
             command,
             metrics,
             prefix_cache,
+            lm_eval,
         })
+    }
+
+    /// The `lm_eval` settings of an `api: lm-eval` workload, which takes no `command` (it is
+    /// written from them) and one step (lm-eval keeps `concurrency` requests in flight
+    /// itself); `lm_eval` on any other workload is an error.
+    fn lm_eval_settings(
+        &self,
+        f: &Fields<'_>,
+        is_lm_eval: bool,
+    ) -> Result<Option<LmEvalEntry>, MatrixError> {
+        if !is_lm_eval {
+            return match f.key_pos("lm_eval") {
+                Some(pos) => Err(self.errors.hinted(
+                    pos,
+                    format!("`{}` is only used with `api: lm-eval`", f.field("lm_eval")),
+                    Some("add `api: lm-eval`"),
+                )),
+                None => Ok(None),
+            };
+        }
+        for (key, hint) in [
+            (
+                "command",
+                "`api: lm-eval` writes its command from `lm_eval`; use `api: command` to run your own",
+            ),
+            (
+                "load",
+                "lm-eval keeps `lm_eval.concurrency` requests in flight; it runs as one step",
+            ),
+        ] {
+            if let Some(pos) = f.key_pos(key) {
+                return Err(self.errors.hinted(
+                    pos,
+                    format!("`{}` is not used with `api: lm-eval`", f.field(key)),
+                    Some(hint),
+                ));
+            }
+        }
+        Ok(Some(self.lm_eval(&f.field("lm_eval"), f.req("lm_eval")?)?))
     }
 
     fn dataset(&self, path: &str, node: &Node) -> Result<At<DatasetSpec>, MatrixError> {

@@ -16,6 +16,7 @@ mod decode;
 mod error;
 mod expand;
 mod goal;
+mod lm_eval;
 mod model;
 mod paths;
 mod placeholders;

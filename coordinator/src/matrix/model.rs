@@ -11,6 +11,7 @@ use crate::domain::{
     Api, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy, Slo, StopCondition,
 };
 
+use super::lm_eval::LmEvalEntry;
 use super::yaml::Pos;
 
 /// A value and where it is in the file.
@@ -166,6 +167,9 @@ pub(crate) struct WorkloadEntry {
     pub metrics: BTreeMap<String, String>,
     /// `prefix_cache`.
     pub prefix_cache: Option<PrefixCachePolicy>,
+    /// `lm_eval`, for `api: lm-eval` (whose `api` reads [`Api::Command`]: its command is
+    /// written from these settings).
+    pub lm_eval: Option<LmEvalEntry>,
 }
 
 /// A matrix dimension, as `exclude` and `include` name it.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use crate::domain::{
-    Api, Arrival, DatasetSpec, DropKind, Expansion, LoadPoint, PrefixCachePolicy,
+    Api, Arrival, DatasetSpec, DropKind, Expansion, HarnessOutput, LoadPoint, PrefixCachePolicy,
     PrefixDistribution, Sampled, StopCondition,
 };
 
@@ -604,7 +604,7 @@ workloads:
     assert_err(
         &err,
         (8, 45),
-        "unknown placeholder `{output}`; valid here: {url} {model.path} {model.name} {out}",
+        "unknown placeholder `{output}`; valid here: {url} {model.path} {model.name} {model.served} {out}",
     );
 }
 
@@ -772,6 +772,86 @@ workloads:
         (9, 32),
         "unknown key in `workloads[0].dataset`: `file`",
     );
+}
+
+#[test]
+fn an_lm_eval_workload_is_a_harness_command_written_from_its_settings() {
+    let yaml = "\
+campaign: acc
+models: [{ name: m, path: m }]
+frameworks: [{ name: sim }]
+quantizations: [{ name: q, bits: 16 }]
+workloads:
+  - name: arith
+    api: lm-eval
+    lm_eval:
+      tasks: [evalctl_arith, gsm8k]
+      include_path: ${MODELS}/tasks
+      limit: 50
+      num_fewshot: 3
+      endpoint: chat
+      args: --log_samples
+    seed: 4
+";
+    let e = expand(yaml);
+    let steps = &e.units[0].steps;
+    assert_eq!(steps.len(), 1);
+    let w = &steps[0].workload;
+    assert_eq!(w.api, Api::Command);
+    assert_eq!(w.harness, Some(HarnessOutput::LmEval));
+    assert_eq!(w.stop, StopCondition::DurationMs(60 * 60 * 1000));
+    assert_eq!(
+        w.command.as_deref(),
+        Some(
+            "env HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 lm_eval --model local-chat-completions \
+             --model_args model={model.served},base_url={url}/v1/chat/completions,num_concurrent=8,\
+             max_retries=3,tokenized_requests=False,tokenizer_backend=none \
+             --tasks evalctl_arith,gsm8k --include_path /mnt/models/tasks --limit 50 \
+             --num_fewshot 3 --apply_chat_template --seed 4 --output_path {out} --log_samples"
+        )
+    );
+
+    let err = fail(&yaml.replace(
+        "      endpoint: chat\n",
+        "      endpoint: chat\n      tokenizer: /m\n",
+    ));
+    assert_err(
+        &err,
+        (14, 7),
+        "`workloads[0].lm_eval.tokenizer` is only used with `endpoint: completions`",
+    );
+    let err = fail(&yaml.replace("    seed: 4\n", "    load: { concurrency: [4] }\n"));
+    assert_err(
+        &err,
+        (15, 5),
+        "`workloads[0].load` is not used with `api: lm-eval`",
+    );
+    let err = fail(&yaml.replace("    seed: 4\n", "    command: lm_eval {out}\n"));
+    assert_err(
+        &err,
+        (15, 5),
+        "`workloads[0].command` is not used with `api: lm-eval`",
+    );
+    let err = fail(&yaml.replace("api: lm-eval", "api: command\n    command: x {out}"));
+    assert_err(
+        &err,
+        (9, 5),
+        "`workloads[0].lm_eval` is only used with `api: lm-eval`",
+    );
+    let err = fail(&yaml.replace("tasks: [evalctl_arith, gsm8k]", "tasks: [\"a,b\"]"));
+    assert_err(
+        &err,
+        (9, 15),
+        "`workloads[0].lm_eval.tasks[0]`: `a,b` is not one task name",
+    );
+    let err = fail(&yaml.replace("--log_samples", "--x {model.nam}"));
+    assert!(
+        err.to_string()
+            .contains("unknown placeholder `{model.nam}`"),
+        "{err}"
+    );
+    let err = fail(&yaml.replace("    lm_eval:\n", "    lm_evals:\n"));
+    assert!(err.to_string().contains("did you mean `lm_eval`"), "{err}");
 }
 
 #[test]

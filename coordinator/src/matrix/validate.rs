@@ -5,9 +5,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::{CampaignSpec, DatasetSpec, FrameworkSpec, LoadPoint, WorkloadSpec};
+use crate::domain::{
+    CampaignSpec, DatasetSpec, FrameworkSpec, HarnessOutput, LoadPoint, WorkloadSpec,
+};
 
 use super::error::{Errors, MatrixError, did_you_mean, quoted_list};
+use super::lm_eval::{self, ExpandedPaths, LmEvalEntry};
 use super::model::{
     At, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile, ModelEntry,
     QuantEntry, WorkloadEntry,
@@ -413,6 +416,16 @@ impl Validator<'_> {
         w: &WorkloadEntry,
         seed: u64,
     ) -> Result<(WorkloadSpec, Vec<LoadPoint>), MatrixError> {
+        let args = w.lm_eval.as_ref().and_then(|l| l.args.as_ref());
+        if let Some(args) = args {
+            placeholders::check(
+                self.errors,
+                self.source,
+                &format!("workloads[{i}].lm_eval.args"),
+                args,
+                HARNESS,
+            )?;
+        }
         if let Some(command) = &w.command {
             placeholders::check(
                 self.errors,
@@ -423,19 +436,40 @@ impl Validator<'_> {
             )?;
         }
         let dataset = w.dataset.as_ref().map(|d| self.dataset(i, d)).transpose()?;
+        let seed = w.seed.unwrap_or(seed);
+        let command = match &w.lm_eval {
+            Some(lm_eval) => Some(lm_eval.command(&self.lm_eval_paths(i, lm_eval)?, seed)),
+            None => w.command.as_ref().map(|c| c.value.clone()),
+        };
         let spec = WorkloadSpec {
             name: w.name.value.clone(),
             api: w.api,
             dataset,
-            seed: w.seed.unwrap_or(seed),
+            seed,
             stop: w.stop.clone(),
             warmup: w.warmup,
             slo: w.slo.clone(),
-            command: w.command.as_ref().map(|c| c.value.clone()),
+            command,
             metrics: w.metrics.clone(),
             prefix_cache: w.prefix_cache,
+            harness: w.lm_eval.as_ref().map(|_| HarnessOutput::LmEval),
         };
         Ok((spec, w.load.clone()))
+    }
+
+    /// The paths of workload `i`'s `lm_eval` settings, expanded.
+    fn lm_eval_paths(&self, i: usize, lm_eval: &LmEvalEntry) -> Result<ExpandedPaths, MatrixError> {
+        let expand = |key: &str, path: &Option<At<String>>| {
+            path.as_ref()
+                .map(|p| self.expand_path(&format!("workloads[{i}].lm_eval.{key}"), p))
+                .transpose()
+        };
+        Ok(ExpandedPaths {
+            program: expand("program", &lm_eval.program)?
+                .unwrap_or_else(|| lm_eval::DEFAULT_PROGRAM.to_owned()),
+            include_path: expand("include_path", &lm_eval.include_path)?,
+            tokenizer: expand("tokenizer", &lm_eval.tokenizer)?,
+        })
     }
 
     /// The dataset of workload `i` with its path (for a file dataset) expanded.

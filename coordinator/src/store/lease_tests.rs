@@ -121,6 +121,7 @@ fn unit_of(config: UnitConfig, steps: u32) -> Unit {
         command: None,
         metrics: BTreeMap::new(),
         prefix_cache: None,
+        harness: None,
     };
     let steps = (0..steps)
         .map(|i| StepSpec::new(&id, i, workload.clone(), LoadPoint::Concurrency(i + 1), 0))

@@ -35,6 +35,7 @@ fn workload(name: &str) -> WorkloadSpec {
         command: None,
         metrics: BTreeMap::new(),
         prefix_cache: None,
+        harness: None,
     }
 }
 

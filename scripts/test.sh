@@ -5,7 +5,8 @@
 # then a second), as root with apt-get, Podman and runc for the container tests
 # (scripts/setup-podman.sh) and headless Chromium for the report test
 # (scripts/setup-chromium.sh), pymcdm in a test venv for the TOPSIS cross-check
-# (scripts/setup-pymcdm.sh: a few seconds), builds every
+# (scripts/setup-pymcdm.sh: a few seconds), lm-evaluation-harness in its own venv for the
+# accuracy tests (scripts/setup-lm-eval.sh: about 30 s and 760 MB), builds every
 # binary (the end-to-end tests start the real coordinator, agent and CLI processes), then
 # runs all tests of the workspace and ends with one totals line:
 # "summary: N passed, N failed, N skipped".
@@ -45,6 +46,11 @@ if ! scripts/setup-pymcdm.sh; then
   echo "test.sh: scripts/setup-pymcdm.sh failed; the capacity end-to-end test will fail" >&2
 fi
 took "setup pymcdm"
+# tests/e2e/accuracy.rs and tests/vllm run lm-eval; without it they fail, and say why.
+if ! scripts/setup-lm-eval.sh; then
+  echo "test.sh: scripts/setup-lm-eval.sh failed; the accuracy tests will fail" >&2
+fi
+took "setup lm-eval"
 
 cargo build --workspace --bins --locked
 took "build the binaries"

@@ -40,23 +40,6 @@ fn higher() -> bool {
     true
 }
 
-impl Score {
-    /// How much worse `self` is than `baseline` in the score's own direction (positive: a
-    /// drop), e.g. `0.3` for an accuracy of 0.5 against 0.8.
-    pub fn loss_from(&self, baseline: &Score) -> f64 {
-        if self.higher_is_better {
-            baseline.value - self.value
-        } else {
-            self.value - baseline.value
-        }
-    }
-
-    /// The standard error of the difference of two independent scores, when both have one.
-    pub fn combined_stderr(&self, other: &Score) -> Option<f64> {
-        Some(self.stderr?.hypot(other.stderr?))
-    }
-}
-
 /// The scores of an lm-eval results document (the JSON lm-eval writes under
 /// `--output_path`), in task and key order. A document with no numeric metric is an error:
 /// a harness that measured nothing must not pass for one that did.
@@ -201,20 +184,5 @@ mod tests {
             ("acc", Some(0.05))
         );
         assert_eq!((scores[1].name.as_str(), scores[1].stderr), ("f1", None));
-    }
-
-    #[test]
-    fn a_loss_follows_the_direction_of_the_score() {
-        let score = |value, higher_is_better| Score {
-            name: "x".into(),
-            value,
-            stderr: Some(0.03),
-            samples: None,
-            higher_is_better,
-        };
-        assert!((score(0.5, true).loss_from(&score(0.8, true)) - 0.3).abs() < 1e-12);
-        assert!((score(14.0, false).loss_from(&score(12.0, false)) - 2.0).abs() < 1e-12);
-        let combined = score(0.5, true).combined_stderr(&score(0.8, true)).unwrap();
-        assert!((combined - 0.03 * 2f64.sqrt()).abs() < 1e-12);
     }
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests: real `evalctl-coordinator` and `evalctl` processes on loopback,
 //! real SQLite files, real signals. One test binary; helpers live in `harness/`.
 
+mod accuracy;
 mod agents;
 mod capacity;
 mod chaos;

@@ -477,3 +477,70 @@ workloads:
 
     stop_and_expect_no_vllm(&mut agent);
 }
+
+/// lm-evaluation-harness (scripts/setup-lm-eval.sh) against the real vLLM through an
+/// `api: lm-eval` workload: `matrices/cpu-vllm.yaml`'s server running the shipped
+/// arithmetic task over `/v1/completions`. The model has random weights, so its accuracy
+/// is about 0: the test checks that lm-eval ran offline against vLLM's completions API and
+/// that its results were parsed into a score with a standard error over every question.
+#[test]
+fn lm_eval_runs_against_vllm_and_its_score_is_stored() {
+    let lm_eval = cache_dir().join("lm-eval-venv/bin/lm_eval");
+    assert!(
+        lm_eval.exists(),
+        "{} is missing: run scripts/setup-lm-eval.sh (scripts/test.sh does)",
+        lm_eval.display()
+    );
+    let _vllm = one_vllm_at_a_time();
+    let dir = tempfile::tempdir().unwrap();
+    let (coordinator, mut agent) = start_with_vllm(dir.path());
+    let url = coordinator.url();
+    let shipped = std::fs::read_to_string(workspace_root().join("matrices/cpu-vllm.yaml")).unwrap();
+    let workloads_at = shipped.find("\nworkloads:\n").expect("a workloads section");
+    let yaml = format!(
+        "{}
+workloads:
+  - name: arith
+    api: lm-eval
+    lm_eval:
+      tasks: [evalctl_arith]
+      include_path: {}
+      limit: 20
+      endpoint: completions
+      concurrency: 4
+      program: {}
+    duration: 5m
+",
+        shipped[..workloads_at].replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-lm-eval\n"),
+        workspace_root()
+            .join("datasets/lm-eval/evalctl_arith")
+            .display(),
+        lm_eval.display(),
+    );
+    let matrix = dir.path().join("lm-eval.yaml");
+    std::fs::write(&matrix, &yaml).unwrap();
+    evalctl(Some(&url), &["submit", matrix.to_str().unwrap()]);
+    let status = wait_ended(&url, "cpu-vllm-lm-eval", Duration::from_secs(420), &agent);
+    assert_eq!(
+        status["campaign"]["state"],
+        "succeeded",
+        "{status}\nagent log:\n{}",
+        agent.log()
+    );
+    let results = json_stdout(&evalctl(
+        Some(&url),
+        &["results", "cpu-vllm-lm-eval", "--json"],
+    ));
+    let result = &results[0]["result"];
+    assert_eq!(result["simulated"], false, "{result}");
+    let score = &result["scores"][0];
+    assert_eq!(
+        score["name"], "evalctl_arith/exact_match,strict-match",
+        "{result}"
+    );
+    assert_eq!(score["samples"], 20, "{score}");
+    let value = score["value"].as_f64().unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&value), "{score}");
+    assert!(score["stderr"].as_f64().is_some(), "{score}");
+    stop_and_expect_no_vllm(&mut agent);
+}

@@ -89,6 +89,8 @@ pub struct Capacity {
     pub cost_per_million_tokens: Option<f64>,
     /// Measured by evalctl's simulator.
     pub simulated: bool,
+    /// The deployment's accuracy score that `recommend` weighs, when it has one.
+    pub accuracy: Option<f64>,
 }
 
 /// The goal in words: "p90 ttft ≤ 500 ms, tpot ≤ 50 ms" or "goodput ≥ 95% (ttft ≤ 500 ms)".
@@ -161,6 +163,7 @@ pub fn capacities(searches: &[Search], points: &[Point]) -> Vec<Capacity> {
                     _ => None,
                 },
                 simulated: s.simulated,
+                accuracy: None,
             }
         })
         .collect()
@@ -198,20 +201,23 @@ pub enum Criterion {
     Capacity,
     /// GPUs of the deployment (fewer is better).
     Gpus,
+    /// The deployment's accuracy score (`recommend --score`; higher is better).
+    Accuracy,
 }
 
 impl Criterion {
-    const ALL: [(Criterion, &'static str); 4] = [
+    const ALL: [(Criterion, &'static str); 5] = [
         (Criterion::Cost, "cost"),
         (Criterion::Throughput, "throughput"),
         (Criterion::Capacity, "capacity"),
         (Criterion::Gpus, "gpus"),
+        (Criterion::Accuracy, "accuracy"),
     ];
 
     fn direction(self) -> Direction {
         match self {
             Criterion::Cost | Criterion::Gpus => Direction::Cost,
-            Criterion::Throughput | Criterion::Capacity => Direction::Benefit,
+            Criterion::Throughput | Criterion::Capacity | Criterion::Accuracy => Direction::Benefit,
         }
     }
 
@@ -221,11 +227,13 @@ impl Criterion {
             Criterion::Throughput => row.output_tok_s_per_gpu,
             Criterion::Capacity => row.capacity,
             Criterion::Gpus => Some(f64::from(row.gpus)),
+            Criterion::Accuracy => row.accuracy,
         }
     }
 }
 
-/// Parses `cost=0.5,throughput=0.3,capacity=0.2` (criteria: cost, throughput, capacity, gpus).
+/// Parses `cost=0.5,throughput=0.3,capacity=0.2` (criteria: cost, throughput, capacity,
+/// gpus, accuracy).
 pub fn parse_weights(text: &str) -> Result<Vec<(Criterion, f64)>, String> {
     let mut weights: Vec<(Criterion, f64)> = Vec::new();
     for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
@@ -237,7 +245,9 @@ pub fn parse_weights(text: &str) -> Result<Vec<(Criterion, f64)>, String> {
             .find(|(_, n)| *n == name.trim())
             .map(|(c, _)| *c)
             .ok_or_else(|| {
-                format!("`{name}` is not a criterion: expected cost, throughput, capacity or gpus")
+                format!(
+                    "`{name}` is not a criterion: expected cost, throughput, capacity, gpus or accuracy"
+                )
             })?;
         let weight: f64 = value
             .trim()
@@ -288,6 +298,7 @@ pub fn rank(rows: Vec<Capacity>, by: &RankBy) -> Result<Vec<RankedCapacity>, Top
             .map(|c| {
                 c.value(row).ok_or_else(|| match c {
                     Criterion::Cost => "no price for its GPUs".to_owned(),
+                    Criterion::Accuracy => "no accuracy score measured".to_owned(),
                     _ => "no throughput measured at its capacity".to_owned(),
                 })
             })

@@ -81,5 +81,6 @@ pub fn capacity_row(
         price_per_gpu_hour: cost.map(|_| 1.0),
         cost_per_million_tokens: cost,
         simulated: true,
+        accuracy: None,
     }
 }

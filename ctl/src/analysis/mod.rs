@@ -3,6 +3,7 @@
 //! comparison rules and the comparable metrics are the results crate's
 //! (`evalctl_results::compare`), which the coordinator's baseline verdicts use too.
 
+pub mod accuracy;
 pub mod capacity;
 pub mod cost;
 #[cfg(test)]

@@ -150,15 +150,27 @@ pub async fn fetch(
     campaign: &str,
     prices: &Prices,
 ) -> Result<Vec<Point>, CliError> {
-    Ok(fetch_with_searches(client, campaign, prices).await?.0)
+    Ok(fetch_measured(client, campaign, prices).await?.points)
 }
 
-/// [`fetch`], and the campaign's capacity search verdicts from the same stream.
-pub async fn fetch_with_searches(
+/// What a campaign measured: its load steps, capacity searches and accuracy scores.
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    /// Steps with load metrics.
+    pub points: Vec<Point>,
+    /// Capacity search verdicts.
+    pub searches: Vec<super::capacity::Search>,
+    /// Scores of harness steps.
+    pub scores: Vec<super::accuracy::Scored>,
+}
+
+/// [`fetch`], with the campaign's capacity search verdicts and accuracy scores from the
+/// same stream.
+pub async fn fetch_measured(
     client: &mut Client,
     campaign: &str,
     prices: &Prices,
-) -> Result<(Vec<Point>, Vec<super::capacity::Search>), CliError> {
+) -> Result<Measured, CliError> {
     let mut stream = client
         .results(pb::ResultsRequest {
             campaign: campaign.to_owned(),
@@ -167,17 +179,21 @@ pub async fn fetch_with_searches(
         .await
         .map_err(CliError::rpc("results"))?
         .into_inner();
-    let (mut points, mut searches) = (Vec::new(), Vec::new());
+    let mut measured = Measured::default();
     while let Some(result) = stream.next().await {
         let result = result.map_err(CliError::rpc("results"))?;
         let mut document = document(&result)?;
+        measured
+            .scores
+            .extend(super::accuracy::of_result(&result, &document));
         if let Some(search) = document.search.take() {
-            searches.push(super::capacity::search(&result, &document, search, prices));
+            let search = super::capacity::search(&result, &document, search, prices);
+            measured.searches.push(search);
         } else if let Some(point) = point(&result, document, prices) {
-            points.push(point);
+            measured.points.push(point);
         }
     }
-    Ok((points, searches))
+    Ok(measured)
 }
 
 /// The step document of a stored result.

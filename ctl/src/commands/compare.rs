@@ -6,7 +6,9 @@
 use std::process::ExitCode;
 
 use evalctl_proto::v1 as pb;
-use evalctl_results::compare::{self, Change, Comparison, Metric, Verdict};
+use evalctl_results::compare::{self, Change, Comparison, Metric, ScoreChange, Verdict};
+
+use crate::analysis::accuracy::{Scored, value_text};
 
 use crate::analysis::cost::Prices;
 use crate::analysis::points::{self, Point};
@@ -33,6 +35,10 @@ pub struct CompareArgs {
     /// ttft/tpot/e2el p50/p90/p99, goodput_rps, j_per_token].
     #[arg(long, value_delimiter = ',')]
     pub metrics: Vec<String>,
+    /// Change of an accuracy score, in its own units (0.02 = two points of accuracy),
+    /// below which nothing is flagged; a drop must also exceed twice its standard error.
+    #[arg(long, default_value_t = 0.01, value_name = "POINTS")]
+    pub accuracy_threshold: f64,
     /// Show every matched metric, not only those beyond the threshold.
     #[arg(long)]
     pub all: bool,
@@ -44,6 +50,12 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
         return Err(CliError::BadFlag {
             flag: "--threshold",
             source: format!("{} is not a percentage ≥ 0", args.threshold).into(),
+        });
+    }
+    if !(args.accuracy_threshold.is_finite() && args.accuracy_threshold >= 0.0) {
+        return Err(CliError::BadFlag {
+            flag: "--accuracy-threshold",
+            source: format!("{} is not a number ≥ 0", args.accuracy_threshold).into(),
         });
     }
     let metrics = if args.metrics.is_empty() {
@@ -66,11 +78,21 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
             args.base.clone(),
         ),
     };
-    let base = points::fetch(&mut client, &base_name, &Prices::none()).await?;
-    let new = points::fetch(&mut client, &new_name, &Prices::none()).await?;
-    let (base, new) = (observe(&base), observe(&new));
-    let comparison = compare::compare(&base, &new, &metrics, args.threshold / 100.0);
-    let regressed = comparison.regressions().next().is_some();
+    let base = points::fetch_measured(&mut client, &base_name, &Prices::none()).await?;
+    let new = points::fetch_measured(&mut client, &new_name, &Prices::none()).await?;
+    let comparison = compare::compare(
+        &observe(&base.points),
+        &observe(&new.points),
+        &metrics,
+        args.threshold / 100.0,
+    );
+    let accuracy = compare::compare_scores(
+        &observe_scores(&base.scores),
+        &observe_scores(&new.scores),
+        args.accuracy_threshold,
+    );
+    let regressed = comparison.regressions().next().is_some()
+        || accuracy.iter().any(|c| c.verdict == Verdict::Regression);
     if global.json {
         render::emit_json(&serde_json::json!({
             "base": base_name,
@@ -78,9 +100,12 @@ pub async fn run(global: &GlobalArgs, args: &CompareArgs) -> Result<ExitCode, Cl
             "regression": regressed,
             "matched_steps": comparison.matched_steps(),
             "comparison": comparison,
+            "accuracy": accuracy,
         }))?;
     } else {
-        render::emit(&human(args, (&base_name, &new_name), &comparison))?;
+        let mut text = human(args, (&base_name, &new_name), &comparison);
+        text.push_str(&accuracy_text(args, &accuracy));
+        render::emit(&text)?;
     }
     Ok(if regressed {
         ExitCode::from(EXIT_REGRESSION)
@@ -122,6 +147,59 @@ async fn baseline_of(client: &mut client::Client, campaign: &str) -> Result<Stri
 
 fn observe(points: &[Point]) -> Vec<compare::Observation<'_>> {
     points.iter().map(Point::observation).collect()
+}
+
+fn observe_scores(scores: &[Scored]) -> Vec<compare::ScoreObservation<'_>> {
+    scores.iter().map(Scored::observation).collect()
+}
+
+/// The accuracy scores compared, when the campaigns have any: every change beyond the
+/// threshold (all with `--all`), then how many regressed.
+fn accuracy_text(args: &CompareArgs, changes: &[ScoreChange]) -> String {
+    if changes.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nAccuracy: {} scores matched, threshold {} (and {}× the standard error)\n\n",
+        changes.len(),
+        args.accuracy_threshold,
+        compare::accuracy::SIGMAS
+    );
+    let shown: Vec<&ScoreChange> = changes
+        .iter()
+        .filter(|c| args.all || c.verdict != Verdict::Unchanged)
+        .collect();
+    if shown.is_empty() {
+        text.push_str("No score moved beyond the threshold.\n");
+        return text;
+    }
+    let mut table = render::table([
+        "CONFIG", "STEP", "SCORE", "BASE", "NEW", "CHANGE", "STDERR", "VERDICT",
+    ]);
+    for c in &shown {
+        table.add_row(vec![
+            c.key.config.clone(),
+            c.key.workload.clone(),
+            c.score.clone(),
+            value_text(c.base.value, c.base.stderr),
+            value_text(c.new.value, c.new.stderr),
+            format!("{:+.3}", c.change),
+            c.stderr
+                .map_or_else(|| "-".to_owned(), |e| format!("{e:.3}")),
+            verdict_text(c.verdict).to_owned(),
+        ]);
+    }
+    text.push_str(&format!("{table}\n"));
+    let regressions = shown
+        .iter()
+        .filter(|c| c.verdict == Verdict::Regression)
+        .count();
+    if regressions > 0 {
+        text.push_str(&format!(
+            "{regressions} accuracy regressions (exit code {EXIT_REGRESSION}).\n"
+        ));
+    }
+    text
 }
 
 fn verdict_text(v: Verdict) -> &'static str {
@@ -205,13 +283,13 @@ fn human(args: &CompareArgs, (base, new): (&str, &str), c: &Comparison) -> Strin
     let regressions = c.regressions().count();
     text.push_str(&if regressions > 0 {
         format!(
-            "\n{regressions} regressions beyond {}% and the spread of repeats (exit code {EXIT_REGRESSION}).\n",
+            "\n{regressions} performance regressions beyond {}% and the spread of repeats (exit code {EXIT_REGRESSION}).\n",
             args.threshold
         )
     } else if c.matched_steps() == 0 {
         "\nNo step of the two campaigns matched: nothing was compared.\n".to_owned()
     } else {
-        "\nNo regression.\n".to_owned()
+        "\nNo performance regression.\n".to_owned()
     });
     text
 }

@@ -17,7 +17,7 @@ use crate::analysis::cost::Prices;
 use crate::cli::GlobalArgs;
 use crate::client;
 use crate::error::CliError;
-use crate::export::{self, ExportError, Format, RowBuilder, requests, steps};
+use crate::export::{self, ExportError, Format, RowBuilder, requests, scores, steps};
 use crate::render;
 
 /// `evalctl export`.
@@ -35,8 +35,12 @@ pub struct ExportArgs {
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// One row per request record instead of one per step.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "scores")]
     pub requests: bool,
+    /// One row per accuracy score of a harness step (task, metric, filter, value, standard
+    /// error) instead of one per step.
+    #[arg(long)]
+    pub scores: bool,
     /// GPU prices (docs/results.md) for the cost columns; the matrix's prices otherwise.
     #[arg(long, value_name = "FILE")]
     pub cost_file: Option<PathBuf>,
@@ -49,7 +53,7 @@ pub struct ExportSummary {
     pub file: PathBuf,
     /// "csv", "jsonl" or "parquet".
     pub format: &'static str,
-    /// "steps" or "requests".
+    /// "steps", "requests" or "scores".
     pub rows_kind: &'static str,
     /// Rows written.
     pub rows: u64,
@@ -166,6 +170,8 @@ async fn export(
     };
     let columns = if args.requests {
         requests::columns()
+    } else if args.scores {
+        scores::columns()
     } else {
         steps::columns()
     };
@@ -188,6 +194,16 @@ async fn export(
             for record in &records {
                 row.clear();
                 requests::build(&context, record, &mut row);
+                sink.write_row(row.values()).map_err(failed)?;
+                rows += 1;
+            }
+        } else if args.scores {
+            let document = crate::analysis::points::document(&result)?;
+            let context = requests::StepContext::of(&name, &result);
+            let step = scores::ScoredStep::of(&context, &result, &document);
+            for score in document.scores() {
+                row.clear();
+                scores::build(step, &score, &mut row);
                 sink.write_row(row.values()).map_err(failed)?;
                 rows += 1;
             }
@@ -230,7 +246,13 @@ async fn export(
     Ok(ExportSummary {
         file: args.output.clone(),
         format: format_name(format),
-        rows_kind: if args.requests { "requests" } else { "steps" },
+        rows_kind: if args.requests {
+            "requests"
+        } else if args.scores {
+            "scores"
+        } else {
+            "steps"
+        },
         rows,
         steps: step_count,
         seconds: started.elapsed().as_secs_f64(),

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use std::collections::BTreeMap;
 
+use crate::analysis::accuracy;
 use crate::analysis::capacity::{self, RankBy};
 use crate::analysis::cost::Prices;
 use crate::analysis::points;
@@ -39,9 +40,18 @@ pub struct RecommendArgs {
     #[arg(long, value_parser = ["cost", "per-gpu", "topsis"])]
     pub rank: Option<String>,
     /// TOPSIS weights, e.g. "cost=0.5,throughput=0.3,capacity=0.2" (criteria: cost,
-    /// throughput per GPU, capacity, gpus).
+    /// throughput per GPU, capacity, gpus, accuracy: the `--score`).
     #[arg(long, requires = "rank")]
     pub weights: Option<String>,
+    /// Drop deployments whose accuracy score is worse than this, e.g.
+    /// "evalctl_arith/exact_match,strict-match=0.7" (lm-eval's `task/metric,filter`; the
+    /// filter may be left out when the score has only one). Repeatable.
+    #[arg(long = "min", value_name = "SCORE=VALUE")]
+    pub min: Vec<String>,
+    /// The accuracy score TOPSIS's `accuracy` criterion weighs [default: the first
+    /// `--min`'s].
+    #[arg(long, value_name = "SCORE")]
+    pub score: Option<String>,
     /// GPU prices (docs/results.md); the matrix's prices otherwise.
     #[arg(long, value_name = "FILE")]
     pub cost_file: Option<PathBuf>,
@@ -84,10 +94,35 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
         Some(path) => Prices::load(path).map_err(CliError::Prices)?,
         None => Prices::none(),
     };
+    let bounds = args
+        .min
+        .iter()
+        .map(|m| accuracy::parse_min(m))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::BadFlag {
+            flag: "--min",
+            source: e.into(),
+        })?;
     let mut client = client::connect(&global.coordinator).await?;
-    let (points, searches) =
-        points::fetch_with_searches(&mut client, &args.campaign, &prices).await?;
-    let rows = capacity::capacities(&searches, &points);
+    let measured = points::fetch_measured(&mut client, &args.campaign, &prices).await?;
+    let scores = accuracy::by_deployment(&measured.scores);
+    let (bounds, weighed_score) = resolve_scores(args, bounds, &scores)?;
+    let (points, searches) = (measured.points, measured.searches);
+    let mut rows = capacity::capacities(&searches, &points);
+    for row in &mut rows {
+        row.accuracy = weighed_score.as_ref().and_then(|name| {
+            scores
+                .iter()
+                .find(|s| s.config == row.config && s.score == *name)
+                .map(|s| s.value)
+        });
+    }
+    // Deployments worse than a `--min` bound are not ranked; they are listed with why.
+    let (rows, dropped): (Vec<_>, Vec<_>) = rows
+        .into_iter()
+        .map(|row| (accuracy::misses(&row.config, &bounds, &scores), row))
+        .partition(|(miss, _)| miss.is_none());
+    let rows: Vec<capacity::Capacity> = rows.into_iter().map(|(_, row)| row).collect();
     let by = match (args.rank.as_deref(), weights) {
         (_, Some(w)) => RankBy::Topsis(w),
         (Some("cost"), _) => RankBy::Cost,
@@ -112,6 +147,21 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
         })?;
         capacities.push((workload, ranked));
     }
+    for (miss, row) in dropped {
+        let ranked = capacity::RankedCapacity {
+            rank: None,
+            score: None,
+            unranked_because: miss.map(|m| format!("dropped by --min: {m}")),
+            row,
+        };
+        match capacities
+            .iter_mut()
+            .find(|(w, _)| *w == ranked.row.workload)
+        {
+            Some((_, rows)) => rows.push(ranked),
+            None => capacities.push((ranked.row.workload.clone(), vec![ranked])),
+        }
+    }
     // Listed points only: a searched deployment's probes are its capacity's evidence.
     let listed: Vec<points::Point> = points
         .into_iter()
@@ -121,10 +171,28 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
                 .any(|s| s.unit_id == p.unit_id && s.workload == p.workload)
         })
         .collect();
-    let rankings = objectives
+    let (listed, below): (Vec<points::Point>, Vec<points::Point>) = listed
+        .into_iter()
+        .partition(|p| accuracy::misses(&p.config.to_string(), &bounds, &scores).is_none());
+    let mut rankings = objectives
         .as_ref()
         .map(|o| recommend::rank(&listed, o))
         .unwrap_or_default();
+    for ranking in &mut rankings {
+        let mut configs: Vec<String> = below
+            .iter()
+            .filter(|p| p.config.model == ranking.model && p.workload == ranking.workload)
+            .map(|p| p.config.to_string())
+            .collect();
+        configs.dedup();
+        for config in configs {
+            let reason = accuracy::misses(&config, &bounds, &scores).unwrap_or_default();
+            ranking.missed.push(recommend::Missed {
+                config,
+                reason: format!("dropped by --min: {reason}"),
+            });
+        }
+    }
     let ranked_by = match &by {
         RankBy::Cost => "cost",
         RankBy::PerGpu => "per_gpu",
@@ -136,6 +204,8 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
             "objectives": objectives,
             "currency": prices.currency,
             "rankings": rankings,
+            "min_scores": bounds,
+            "accuracy": scores,
             "capacity": {
                 "ranked_by": ranked_by,
                 "weights": match &by {
@@ -160,6 +230,55 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
         render::emit(&text)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `--min` bounds with their names resolved against the stored scores, and the score
+/// TOPSIS's `accuracy` criterion weighs (`--score`, else the first bound's).
+fn resolve_scores(
+    args: &RecommendArgs,
+    bounds: Vec<accuracy::MinScore>,
+    scores: &[accuracy::DeploymentScore],
+) -> Result<(Vec<accuracy::MinScore>, Option<String>), CliError> {
+    let mut known: Vec<&str> = scores.iter().map(|s| s.score.as_str()).collect();
+    known.sort_unstable();
+    known.dedup();
+    let bounds = bounds
+        .into_iter()
+        .map(|b| {
+            let name = accuracy::resolve(&b.name, &known).map_err(|e| CliError::BadFlag {
+                flag: "--min",
+                source: e.into(),
+            })?;
+            Ok(accuracy::MinScore {
+                name: name.to_owned(),
+                value: b.value,
+            })
+        })
+        .collect::<Result<Vec<_>, CliError>>()?;
+    let weighed = match &args.score {
+        Some(given) => Some(
+            accuracy::resolve(given, &known)
+                .map_err(|e| CliError::BadFlag {
+                    flag: "--score",
+                    source: e.into(),
+                })?
+                .to_owned(),
+        ),
+        None => bounds.first().map(|b| b.name.clone()),
+    };
+    let weighs_accuracy = args
+        .weights
+        .as_deref()
+        .is_some_and(|w| w.split(',').any(|c| c.trim().starts_with("accuracy")));
+    if weighs_accuracy && weighed.is_none() {
+        return Err(CliError::BadFlag {
+            flag: "--weights",
+            source:
+                "the `accuracy` criterion needs a score: give `--score NAME` or `--min NAME=VALUE`"
+                    .into(),
+        });
+    }
+    Ok((bounds, weighed))
 }
 
 /// The capacity-at-SLO tables, one per workload.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use evalctl_proto::v1 as pb;
 
 use crate::analysis::cost::Prices;
-use crate::analysis::{capacity, points};
+use crate::analysis::{accuracy, capacity, points};
 use crate::cli::GlobalArgs;
 use crate::client;
 use crate::error::CliError;
@@ -82,8 +82,10 @@ pub async fn fetch(
         .map_err(CliError::rpc("list units"))?
         .into_inner()
         .units;
-    let (points, searches) = points::fetch_with_searches(client, campaign, &prices).await?;
-    let capacities = capacity::capacities(&searches, &points);
+    let measured = points::fetch_measured(client, campaign, &prices).await?;
+    let capacities = capacity::capacities(&measured.searches, &measured.points);
+    let accuracy = accuracy::by_deployment(&measured.scores);
+    let points = measured.points;
     Ok(ReportData {
         series: info.series.as_ref().map(crate::render::SeriesJson::from),
         campaign: info.campaign.unwrap_or_default(),
@@ -91,6 +93,7 @@ pub async fn fetch(
         units,
         points,
         capacities,
+        accuracy,
         prices,
         generated_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -10,6 +10,7 @@ use evalctl_results::{StepMetrics, Summary};
 use futures::StreamExt;
 use serde::Serialize;
 
+use crate::analysis::accuracy::value_text;
 use crate::analysis::capacity;
 use crate::cli::{GlobalArgs, ResultsArgs};
 use crate::client::{self, Client};
@@ -208,6 +209,7 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         text.push_str("\nCapacity searches (docs/capacity.md; `evalctl recommend` ranks them):\n");
         text.push_str(&searches.concat());
     }
+    text.push_str(&scores_text(results));
     let simulated_gpus = results.iter().any(|r| {
         r.result
             .telemetry
@@ -227,6 +229,30 @@ pub fn human(campaign: &str, results: &[ResultJson]) -> String {
         );
     }
     text
+}
+
+/// The accuracy scores of harness steps as a table, empty when no step has one.
+fn scores_text(results: &[ResultJson]) -> String {
+    let mut table = render::table(["UNIT", "STEP", "SCORE", "VALUE ± STDERR", "SAMPLES"]);
+    let mut any = false;
+    for r in results {
+        for score in r.result.scores() {
+            any = true;
+            table.add_row(vec![
+                r.unit.clone(),
+                r.result.step_label.clone(),
+                score.name.clone(),
+                value_text(score.value, score.stderr),
+                score
+                    .samples
+                    .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+            ]);
+        }
+    }
+    if !any {
+        return String::new();
+    }
+    format!("\nAccuracy (harness scores, docs/accuracy.md):\n\n{table}\n")
 }
 
 /// The step's expected and server prefix-cache hit rates, when it has either.
@@ -345,6 +371,7 @@ mod tests {
                 step_label: label.into(),
                 metrics: Some(crate::analysis::fixtures::no_metrics()),
                 harness_metrics: Default::default(),
+                scores: Vec::new(),
                 tokenization: None,
                 connections_opened: 1,
                 served_model: "m".into(),

@@ -6,6 +6,7 @@ mod csv;
 mod jsonl;
 mod parquet;
 pub mod requests;
+pub mod scores;
 pub mod steps;
 
 use std::fs::File;

@@ -671,6 +671,7 @@ fn empty_document() -> StepDocument {
         step_label: String::new(),
         metrics: None,
         harness_metrics: Default::default(),
+        scores: Vec::new(),
         tokenization: None,
         connections_opened: 0,
         served_model: String::new(),

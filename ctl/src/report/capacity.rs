@@ -175,6 +175,7 @@ mod tests {
             units: Vec::new(),
             points: Vec::new(),
             capacities,
+            accuracy: Vec::new(),
             prices: Prices::none(),
             generated_at_ms: 0,
         }

@@ -3,6 +3,7 @@
 //! and latency curves, the Pareto front of throughput per GPU against interactivity, cost,
 //! energy efficiency, capacity at the SLO, prefix-cache figures and failures. Every user string is escaped.
 
+mod accuracy;
 mod capacity;
 mod coverage;
 pub mod html;
@@ -14,6 +15,7 @@ use std::fmt::Write;
 
 use evalctl_proto::v1 as pb;
 
+use crate::analysis::accuracy::DeploymentScore;
 use crate::analysis::capacity::Capacity;
 use crate::analysis::cost::Prices;
 use crate::analysis::points::Point;
@@ -35,6 +37,8 @@ pub struct ReportData {
     pub points: Vec<Point>,
     /// Capacity at the SLO of each stored capacity search.
     pub capacities: Vec<Capacity>,
+    /// Each deployment's accuracy scores.
+    pub accuracy: Vec<DeploymentScore>,
     /// GPU prices.
     pub prices: Prices,
     /// When the report was made, Unix ms.
@@ -69,7 +73,8 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(
         "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
          <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
-         <a href=\"#capacity\">Capacity at SLO</a> · <a href=\"#workloads\">Prefix cache</a> · \
+         <a href=\"#capacity\">Capacity at SLO</a> · <a href=\"#accuracy\">Accuracy</a> · \
+         <a href=\"#workloads\">Prefix cache</a> · \
          <a href=\"#turns\">Multi-turn</a> · \
          <a href=\"#failures\">Failures</a></nav>",
     );
@@ -78,6 +83,7 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(&performance::cost(data));
     page.push_str(&performance::energy(data));
     page.push_str(&capacity::section(data));
+    page.push_str(&accuracy::section(data));
     page.push_str(&workloads::prefix_cache(data));
     page.push_str(&workloads::turns(data));
     page.push_str(&coverage::failures(data));
@@ -195,6 +201,7 @@ mod tests {
                 300.0,
                 None,
             )],
+            accuracy: Vec::new(),
             prices: Prices::none(),
             generated_at_ms: 0,
         };
@@ -207,6 +214,7 @@ mod tests {
             "cost",
             "energy",
             "capacity",
+            "accuracy",
             "workloads",
             "turns",
             "failures",

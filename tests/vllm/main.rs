@@ -231,6 +231,27 @@ fn wait_ended(url: &str, campaign: &str, timeout: Duration, agent: &AgentProcess
     );
 }
 
+/// Submits `yaml` (campaign `campaign`), waits for it to succeed and returns its results.
+fn run_to_success(
+    url: &str,
+    agent: &AgentProcess,
+    dir: &Path,
+    campaign: &str,
+    yaml: &str,
+) -> Value {
+    let matrix = dir.join(format!("{campaign}.yaml"));
+    std::fs::write(&matrix, yaml).unwrap();
+    evalctl(Some(url), &["submit", matrix.to_str().unwrap()]);
+    let status = wait_ended(url, campaign, Duration::from_secs(420), agent);
+    assert_eq!(
+        status["campaign"]["state"],
+        "succeeded",
+        "{status}\nagent log:\n{}",
+        agent.log()
+    );
+    json_stdout(&evalctl(Some(url), &["results", campaign, "--json"]))
+}
+
 /// A real vLLM step: every request done with exactly its output tokens, prompt lengths from
 /// vLLM's /tokenize, vLLM's version and series recorded.
 fn assert_real_vllm_result(r: &Value) {
@@ -390,20 +411,7 @@ workloads:
 "#
     );
     assert!(yaml.contains("VLLM_SERVER_DEV_MODE"), "{yaml}");
-    let matrix = dir.path().join("prefix.yaml");
-    std::fs::write(&matrix, &yaml).unwrap();
-    evalctl(Some(&url), &["submit", matrix.to_str().unwrap()]);
-    let status = wait_ended(&url, "cpu-vllm-prefix", Duration::from_secs(420), &agent);
-    assert_eq!(
-        status["campaign"]["state"],
-        "succeeded",
-        "{status}\nagent log:\n{}",
-        agent.log()
-    );
-    let results = json_stdout(&evalctl(
-        Some(&url),
-        &["results", "cpu-vllm-prefix", "--json"],
-    ));
+    let results = run_to_success(&url, &agent, dir.path(), "cpu-vllm-prefix", &yaml);
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 6, "{results:?}");
     let step = |label: &str| {
@@ -517,20 +525,7 @@ workloads:
             .display(),
         lm_eval.display(),
     );
-    let matrix = dir.path().join("lm-eval.yaml");
-    std::fs::write(&matrix, &yaml).unwrap();
-    evalctl(Some(&url), &["submit", matrix.to_str().unwrap()]);
-    let status = wait_ended(&url, "cpu-vllm-lm-eval", Duration::from_secs(420), &agent);
-    assert_eq!(
-        status["campaign"]["state"],
-        "succeeded",
-        "{status}\nagent log:\n{}",
-        agent.log()
-    );
-    let results = json_stdout(&evalctl(
-        Some(&url),
-        &["results", "cpu-vllm-lm-eval", "--json"],
-    ));
+    let results = run_to_success(&url, &agent, dir.path(), "cpu-vllm-lm-eval", &yaml);
     let result = &results[0]["result"];
     assert_eq!(result["simulated"], false, "{result}");
     let score = &result["scores"][0];

@@ -222,20 +222,7 @@ pub fn value_text(value: f64, stderr: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn deployment(config: &str, value: f64) -> DeploymentScore {
-        DeploymentScore {
-            config: config.into(),
-            model: "m".into(),
-            score: "arith/exact_match,strict-match".into(),
-            value,
-            stderr: Some(0.05),
-            samples: Some(50),
-            steps: 1,
-            higher_is_better: true,
-            simulated: true,
-        }
-    }
+    use crate::analysis::fixtures::deployment_score as deployment;
 
     #[test]
     fn bounds_parse_with_commas_in_the_name() {

@@ -84,3 +84,33 @@ pub fn capacity_row(
         accuracy: None,
     }
 }
+
+/// One deployment's score `value` (± 0.05 over 50 samples) of the shipped arithmetic task.
+pub fn deployment_score(config: &str, value: f64) -> super::accuracy::DeploymentScore {
+    super::accuracy::DeploymentScore {
+        config: config.into(),
+        model: "m".into(),
+        score: "arith/exact_match,strict-match".into(),
+        value,
+        stderr: Some(0.05),
+        samples: Some(50),
+        steps: 1,
+        higher_is_better: true,
+        simulated: true,
+    }
+}
+
+/// Report data with nothing in it, for a section's tests to fill in.
+pub fn report_data() -> crate::report::ReportData {
+    crate::report::ReportData {
+        campaign: evalctl_proto::v1::CampaignInfo::default(),
+        dropped: Vec::new(),
+        series: None,
+        units: Vec::new(),
+        points: Vec::new(),
+        capacities: Vec::new(),
+        accuracy: Vec::new(),
+        prices: super::cost::Prices::none(),
+        generated_at_ms: 0,
+    }
+}

@@ -142,34 +142,16 @@ fn score_chart(model: &str, name: &str, scores: &[&DeploymentScore]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::cost::Prices;
-    use evalctl_proto::v1 as pb;
+    use crate::analysis::fixtures::{deployment_score, report_data};
 
     fn score(config: &str, value: f64) -> DeploymentScore {
-        DeploymentScore {
-            config: format!("m / cpu x1 / {config} / bf16"),
-            model: "m".into(),
-            score: "arith/exact_match,strict-match".into(),
-            value,
-            stderr: Some(0.05),
-            samples: Some(50),
-            steps: 1,
-            higher_is_better: true,
-            simulated: true,
-        }
+        deployment_score(&format!("m / cpu x1 / {config} / bf16"), value)
     }
 
     fn data(accuracy: Vec<DeploymentScore>) -> ReportData {
         ReportData {
-            campaign: pb::CampaignInfo::default(),
-            dropped: Vec::new(),
-            series: None,
-            units: Vec::new(),
-            points: Vec::new(),
-            capacities: Vec::new(),
             accuracy,
-            prices: Prices::none(),
-            generated_at_ms: 0,
+            ..report_data()
         }
     }
 

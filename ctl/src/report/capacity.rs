@@ -163,21 +163,12 @@ fn verdict_table(rows: &[&Capacity]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::cost::Prices;
-    use crate::analysis::fixtures::capacity_row;
-    use evalctl_proto::v1 as pb;
+    use crate::analysis::fixtures::{capacity_row, report_data};
 
     fn data(capacities: Vec<Capacity>) -> ReportData {
         ReportData {
-            campaign: pb::CampaignInfo::default(),
-            dropped: Vec::new(),
-            series: None,
-            units: Vec::new(),
-            points: Vec::new(),
             capacities,
-            accuracy: Vec::new(),
-            prices: Prices::none(),
-            generated_at_ms: 0,
+            ..report_data()
         }
     }
 

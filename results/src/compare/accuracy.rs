@@ -120,17 +120,11 @@ fn group<'a>(observations: &[ScoreObservation<'a>]) -> Groups<'a> {
     groups
 }
 
+/// The verdict of an absolute change: the noise is [`SIGMAS`] standard errors (none without
+/// one), then the rules of [`super::compare`].
 fn verdict(change: f64, stderr: Option<f64>, threshold: f64, higher_is_better: bool) -> Verdict {
-    let magnitude = change.abs();
-    if magnitude <= threshold {
-        Verdict::Unchanged
-    } else if stderr.is_some_and(|e| magnitude <= SIGMAS * e) {
-        Verdict::WithinNoise
-    } else if (change < 0.0) == higher_is_better {
-        Verdict::Regression
-    } else {
-        Verdict::Improvement
-    }
+    let noise = stderr.map_or(0.0, |e| SIGMAS * e);
+    super::verdict(change, noise, threshold, higher_is_better)
 }
 
 #[cfg(test)]

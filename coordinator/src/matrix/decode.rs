@@ -14,6 +14,7 @@ use crate::domain::{
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
+use super::fit::Architecture;
 use super::lm_eval::LmEvalEntry;
 use super::model::{
     At, CPU, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile,
@@ -39,7 +40,14 @@ const TOP_KEYS: &[&str] = &[
     "exclude",
     "include",
 ];
-const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer"];
+const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer", "arch"];
+const ARCH_KEYS: &[&str] = &[
+    "layers",
+    "kv_heads",
+    "head_dim",
+    "kv_lora_rank",
+    "rope_head_dim",
+];
 const GPU_KEYS: &[&str] = &["type", "memory_gb", "counts", "price_per_hour"];
 const FRAMEWORK_KEYS: &[&str] = &[
     "name",
@@ -77,7 +85,7 @@ const MANAGED_RUN_OPTIONS: &[(&str, &str)] = &[
     ("--detach", "evalctl attaches to each container for its log"),
     ("-d", "evalctl attaches to each container for its log"),
 ];
-const QUANT_KEYS: &[&str] = &["name", "bits", "args"];
+const QUANT_KEYS: &[&str] = &["name", "bits", "kv_bits", "args"];
 const WORKLOAD_KEYS: &[&str] = &[
     "name",
     "api",
@@ -624,7 +632,47 @@ impl Decoder<'_> {
                 .get("tokenizer")
                 .map(|n| self.nonempty_string(&f.field("tokenizer"), n))
                 .transpose()?,
+            arch: f
+                .get("arch")
+                .map(|n| self.arch(&f.field("arch"), n))
+                .transpose()?,
         })
+    }
+
+    /// A model's `arch`: `layers` with `kv_heads` and `head_dim` (attention), or with
+    /// `kv_lora_rank` and `rope_head_dim` (multi-head latent attention).
+    fn arch(&self, path: &str, node: &Node) -> Result<Architecture, MatrixError> {
+        let f = self.fields(node, path, ARCH_KEYS)?;
+        let value = |key: &str| {
+            f.get(key)
+                .map(|n| self.uint32(&f.field(key), n, 1))
+                .transpose()
+        };
+        let layers = self.uint32(&f.field("layers"), f.req("layers")?, 1)?;
+        match (
+            value("kv_heads")?,
+            value("head_dim")?,
+            value("kv_lora_rank")?,
+            value("rope_head_dim")?,
+        ) {
+            (Some(kv_heads), Some(head_dim), None, None) => Ok(Architecture::Attention {
+                layers,
+                kv_heads,
+                head_dim,
+            }),
+            (None, None, Some(kv_lora_rank), Some(rope_head_dim)) => Ok(Architecture::Latent {
+                layers,
+                kv_lora_rank,
+                rope_head_dim,
+            }),
+            _ => Err(self.errors.hinted(
+                node.pos,
+                format!(
+                    "`{path}` needs `layers` with either `kv_heads` and `head_dim`, or `kv_lora_rank` and `rope_head_dim`"
+                ),
+                Some("e.g. `arch: { layers: 80, kv_heads: 8, head_dim: 128 }`"),
+            )),
+        }
     }
 
     fn gpu(&self, path: &str, node: &Node) -> Result<GpuEntry, MatrixError> {
@@ -842,10 +890,27 @@ impl Decoder<'_> {
                 args.push((At::new(key.name.clone(), key.pos), text));
             }
         }
+        let kv_bits = match f.get("kv_bits") {
+            Some(n) => {
+                let kv = self.positive(&f.field("kv_bits"), n, false)?;
+                if kv > MAX_BITS {
+                    return Err(self.errors.at(
+                        n.pos,
+                        format!(
+                            "`{}` must be at most {MAX_BITS}, found {kv}",
+                            f.field("kv_bits")
+                        ),
+                    ));
+                }
+                Some(kv)
+            }
+            None => None,
+        };
         Ok(QuantEntry {
             pos: node.pos,
             name,
             bits,
+            kv_bits,
             args,
         })
     }

@@ -9,7 +9,8 @@
 //!    keys, replacing what an earlier include added; an entry that matches none adds a new
 //!    combination (which must then name all five dimensions). Combinations that includes
 //!    add are not matched by later entries.
-//! 4. Fit pruning: weights of `params_b × bits / 8 × 1.2` GB must fit in
+//! 4. Fit pruning ([`super::fit`]): weights of `params_b × bits / 8 × 1.2` GB, and the KV
+//!    cache of the unit's workloads where the model's architecture is known, must fit in
 //!    `memory_gb × count`.
 //! 5. Each survivor is a unit; its steps are workloads × load points × repeats.
 
@@ -21,6 +22,7 @@ use crate::domain::{
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
+use super::fit::{self, FitInput, KvDemand};
 use super::model::{CPU, Dim};
 use super::placeholders;
 use super::validate::{DimRef, Include, Matcher, Resolved};
@@ -35,9 +37,6 @@ const PARALLEL_UNITS: usize = 4096;
 
 /// Most threads used to build units.
 const MAX_THREADS: usize = 8;
-
-/// Weights overhead factor of fit pruning (activations, CUDA graphs, fragmentation).
-const WEIGHTS_OVERHEAD: f64 = 1.2;
 
 /// One point of the matrix, by index into each dimension's list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -198,7 +197,7 @@ pub(crate) fn expand(errors: &Errors, r: &Resolved) -> Result<Expansion, MatrixE
     // 4: fit pruning.
     let mut survivors = Vec::with_capacity(candidates.len());
     for candidate in candidates {
-        match misfit(r, &candidate.combo) {
+        match misfit(r, &candidate.combo, &candidate.extras) {
             Some(reason) => dropped.push((
                 candidate.combo,
                 Dropped {
@@ -345,36 +344,29 @@ fn new_combo(errors: &Errors, include: &Include) -> Result<Combo, MatrixError> {
     }
 }
 
-/// Why a combination does not fit, or `None` when it does (or cannot be judged).
-fn misfit(r: &Resolved, combo: &Combo) -> Option<String> {
+/// Why a combination does not fit, or `None` when it does (or cannot be judged): its
+/// weights and the KV cache its workloads need ([`fit`]).
+fn misfit(r: &Resolved, combo: &Combo, extras: &Extras) -> Option<String> {
     let model = &r.models[combo.model];
     let gpu = &r.gpus[combo.gpu];
     let quant = &r.quants[combo.quant];
-    let params_b = model.params_b?;
-    let memory_gb = gpu.memory_gb?;
-    let need = params_b * quant.bits / 8.0 * WEIGHTS_OVERHEAD;
-    let have = memory_gb * f64::from(combo.count);
-    // A relative tolerance keeps an exact fit (e.g. 50B × 16 bit on 120 GB) from being
-    // pruned by floating-point rounding.
-    (need > have * (1.0 + 1e-9)).then(|| {
-        format!(
-            "weights need {need:.1} GB ({}B × {} bit × {WEIGHTS_OVERHEAD}), {} × {} has {} GB",
-            num(params_b),
-            num(quant.bits),
-            combo.count,
-            gpu.gpu_type.value,
-            num(have)
-        )
+    // The largest demand of the unit's workloads, in tokens held at once.
+    let demand = unit_workloads(r, extras)
+        .filter_map(|(w, load)| KvDemand::of(w, load))
+        .max_by(|a, b| {
+            (f64::from(a.concurrency) * f64::from(a.tokens))
+                .total_cmp(&(f64::from(b.concurrency) * f64::from(b.tokens)))
+        });
+    fit::misfit(&FitInput {
+        params_b: model.params_b?,
+        bits: quant.bits,
+        kv_bits: quant.kv_bits,
+        arch: model.arch,
+        memory_gb: gpu.memory_gb?,
+        count: combo.count,
+        gpu_type: &gpu.gpu_type.value,
+        demand,
     })
-}
-
-/// `70` for 70.0, `1.5` for 1.5.
-fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{x:.0}")
-    } else {
-        format!("{x}")
-    }
 }
 
 /// The label [`UnitConfig::label`] gives the combination's unit.
@@ -472,17 +464,4 @@ fn steps(r: &Resolved, unit: &UnitId, extras: &Extras) -> Vec<StepSpec> {
         }
     }
     steps
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_print_without_needless_decimals() {
-        assert_eq!(num(70.0), "70");
-        assert_eq!(num(1.5), "1.5");
-        assert_eq!(num(70.6), "70.6");
-        assert_eq!(num(160.0), "160");
-    }
 }

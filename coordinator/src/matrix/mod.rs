@@ -15,6 +15,7 @@
 mod decode;
 mod error;
 mod expand;
+mod fit;
 mod goal;
 mod lm_eval;
 mod model;

@@ -11,6 +11,7 @@ use crate::domain::{
     Api, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy, Slo, StopCondition,
 };
 
+use super::fit::Architecture;
 use super::lm_eval::LmEvalEntry;
 use super::yaml::Pos;
 
@@ -82,6 +83,8 @@ pub(crate) struct ModelEntry {
     pub params_b: Option<f64>,
     /// `tokenizer` (may hold `${VAR}` and `~`).
     pub tokenizer: Option<At<String>>,
+    /// `arch`: what the KV cache holds per token.
+    pub arch: Option<Architecture>,
 }
 
 /// One entry of `gpus`.
@@ -136,6 +139,8 @@ pub(crate) struct QuantEntry {
     pub name: At<String>,
     /// `bits`.
     pub bits: f64,
+    /// `kv_bits`: bits per KV-cache element (16 when absent).
+    pub kv_bits: Option<f64>,
     /// `args`: framework name → arguments, in file order.
     pub args: Vec<(At<String>, String)>,
 }

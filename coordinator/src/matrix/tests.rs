@@ -363,6 +363,85 @@ workloads:
 }
 
 #[test]
+fn fit_counts_the_kv_cache_of_the_workloads_by_plain_arithmetic() {
+    // A 70B dense model (GQA) and a 671B MoE with latent attention (DeepSeek-V3's shape),
+    // in bf16 and fp8 (with an fp8 KV cache), on 4 and 8 × H100 and H200; every request
+    // holds 2048 + 1024 tokens, 256 at once.
+    let yaml = "\
+campaign: plan
+models:
+  - { name: dense-70b, path: a, params_b: 70, arch: { layers: 80, kv_heads: 8, head_dim: 128 } }
+  - { name: moe-671b, path: b, params_b: 671, arch: { layers: 61, kv_lora_rank: 512, rope_head_dim: 64 } }
+gpus:
+  - { type: H100-80GB, memory_gb: 80, counts: [4, 8] }
+  - { type: H200-141GB, memory_gb: 141, counts: [4, 8] }
+frameworks: [{ name: sim }]
+quantizations:
+  - { name: bf16, bits: 16 }
+  - { name: fp8, bits: 8, kv_bits: 8 }
+workloads:
+  - { name: long, dataset: { kind: random, input_tokens: 2048, output_tokens: 1024 }, load: { concurrency: [16, 256] }, requests: 1 }
+";
+    let e = expand(yaml);
+    let tokens = 256.0 * (2048.0 + 1024.0);
+    let mut expected_units = Vec::new();
+    let mut expected_pruned = Vec::new();
+    for (model, params, kv_elements) in [
+        ("dense-70b", 70.0, 80.0 * 2.0 * 8.0 * 128.0),
+        ("moe-671b", 671.0, 61.0 * (512.0 + 64.0)),
+    ] {
+        for (gpu, memory) in [("H100-80GB", 80.0), ("H200-141GB", 141.0)] {
+            for count in [4.0, 8.0] {
+                for (quant, bits) in [("bf16", 16.0), ("fp8", 8.0)] {
+                    let have = memory * count;
+                    let weights = params * bits / 8.0 * 1.2;
+                    let kv = kv_elements * bits / 8.0 * tokens / 1e9;
+                    let label = format!("{model} / {gpu} x{count} / sim / {quant}");
+                    if weights > have {
+                        expected_pruned.push((label, "weights need".to_owned()));
+                    } else if weights + kv > have {
+                        expected_pruned.push((label, format!("needs {kv:.1} GB")));
+                    } else {
+                        expected_units.push(label);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(labels(&e), expected_units);
+    let pruned: Vec<(&str, &str)> = e
+        .dropped
+        .iter()
+        .map(|d| (d.label.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(pruned.len(), expected_pruned.len(), "{pruned:#?}");
+    for ((label, reason), (expected_label, fragment)) in pruned.iter().zip(&expected_pruned) {
+        assert_eq!(label, expected_label);
+        assert!(reason.contains(fragment.as_str()), "{label}: {reason}");
+    }
+    // The 70B in bf16 on 4 × H100: its 168 GB of weights fit, the 257.7 GB of KV do not.
+    let kv_only = e
+        .dropped
+        .iter()
+        .find(|d| d.label == "dense-70b / H100-80GB x4 / sim / bf16")
+        .expect("pruned for its KV cache");
+    assert!(
+        kv_only.reason.starts_with(
+            "weights fit (168.0 GB of 320 GB) but the KV cache does not: c=256 × 3072 tokens"
+        ) && kv_only.reason.contains("needs 257.7 GB, 152.0 GB are left"),
+        "{}",
+        kv_only.reason
+    );
+
+    let bad = fail(&yaml.replace("kv_heads: 8, head_dim: 128", "kv_heads: 8"));
+    assert!(
+        bad.to_string()
+            .contains("`models[0].arch` needs `layers` with either"),
+        "{bad}"
+    );
+}
+
+#[test]
 fn omitted_gpus_mean_cpu_units() {
     let yaml = "\
 campaign: cpu

@@ -10,6 +10,7 @@ use crate::domain::{
 };
 
 use super::error::{Errors, MatrixError, did_you_mean, quoted_list};
+use super::fit::Architecture;
 use super::lm_eval::{self, ExpandedPaths, LmEvalEntry};
 use super::model::{
     At, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile, ModelEntry,
@@ -59,6 +60,9 @@ pub(crate) struct Model {
     pub params_b: Option<f64>,
     /// Tokenizer path, environment expanded.
     pub tokenizer: Option<String>,
+    /// What its KV cache holds per token: the matrix's `arch`, else the `config.json` of
+    /// its path when that is a local model directory.
+    pub arch: Option<Architecture>,
 }
 
 /// A quantization with its `{quant.args}` for each framework (by framework index).
@@ -68,6 +72,8 @@ pub(crate) struct Quant {
     pub name: String,
     /// Bits per weight.
     pub bits: f64,
+    /// Bits per KV-cache element.
+    pub kv_bits: f64,
     /// Resolved arguments, one per framework.
     pub args: Vec<String>,
 }
@@ -246,11 +252,13 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.expand_path(&format!("models[{i}].tokenizer"), t))
             .transpose()?;
+        let arch = m.arch.or_else(|| local_architecture(&path));
         Ok(Model {
             name: m.name.value.clone(),
             path,
             params_b: m.params_b,
             tokenizer,
+            arch,
         })
     }
 
@@ -364,6 +372,7 @@ impl Validator<'_> {
             quants.push(Quant {
                 name: q.name.value.clone(),
                 bits: q.bits,
+                kv_bits: q.kv_bits.unwrap_or(DEFAULT_KV_BITS),
                 args,
             });
         }
@@ -688,4 +697,17 @@ impl Validator<'_> {
             text: entry.describe(),
         })
     }
+}
+
+/// Bits per KV-cache element when a quantization gives no `kv_bits` (fp16/bf16 caches).
+const DEFAULT_KV_BITS: f64 = 16.0;
+
+/// The architecture in `path/config.json`, when `path` is a local model directory (read
+/// where the matrix is expanded; a hub id or a path only the agents have gives `None`).
+fn local_architecture(path: &str) -> Option<Architecture> {
+    if path.contains('{') {
+        return None;
+    }
+    let text = std::fs::read(std::path::Path::new(path).join("config.json")).ok()?;
+    Architecture::from_config(&serde_json::from_slice(&text).ok()?)
 }

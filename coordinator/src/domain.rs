@@ -91,6 +91,45 @@ pub struct GpuRequirement {
     pub count: u32,
     /// Price per GPU-hour, when the matrix gives one.
     pub price_per_hour: Option<f64>,
+    /// How the engine lays the unit out over its GPUs, when the matrix has `layouts`;
+    /// `None`: tensor parallelism over all of them. Left out of the serialised form when
+    /// `None`, so adding it changed no id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+/// Tensor, pipeline, data and expert parallelism of a unit: `tp × pp × dp` GPUs, experts
+/// sharded over `ep` of the `tp × dp` (docs/matrix.md#layouts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Layout {
+    /// Tensor-parallel size.
+    pub tp: u32,
+    /// Pipeline-parallel size.
+    pub pp: u32,
+    /// Data-parallel size (replicas).
+    pub dp: u32,
+    /// Expert-parallel size (1: experts are tensor-parallel like the rest).
+    pub ep: u32,
+}
+
+impl Layout {
+    /// GPUs the layout uses.
+    pub fn gpus(self) -> u64 {
+        u64::from(self.tp) * u64::from(self.pp) * u64::from(self.dp)
+    }
+}
+
+impl fmt::Display for Layout {
+    /// `tp4 pp2`, with the sizes other than 1 after `tp`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tp{}", self.tp)?;
+        for (name, size) in [("pp", self.pp), ("dp", self.dp), ("ep", self.ep)] {
+            if size > 1 {
+                write!(f, " {name}{size}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `gpu_type` of CPU-only units.
@@ -232,10 +271,15 @@ impl UnitConfig {
         UnitId(stable_hash("u-", self))
     }
 
-    /// Human label, e.g. `llama-3.1-8b / H100-80GB x2 / vllm / fp8`.
+    /// Human label, e.g. `llama-3.1-8b / H100-80GB x2 / vllm / fp8`, with the layout when
+    /// it has one: `… / H100-80GB x8 (tp4 pp2) / …`.
     pub fn label(&self) -> String {
+        let layout = self
+            .gpu
+            .layout
+            .map_or_else(String::new, |l| format!(" ({l})"));
         format!(
-            "{} / {} x{} / {} / {}",
+            "{} / {} x{}{layout} / {} / {}",
             self.model.name,
             self.gpu.gpu_type,
             self.gpu.count,

@@ -136,6 +136,12 @@ fn gpu(g: &GpuRequirement) -> pb::GpuRequirement {
         memory_gb: g.memory_gb,
         count: g.count,
         price_per_hour: g.price_per_hour.unwrap_or(0.0),
+        layout: g.layout.map(|l| pb::Layout {
+            tp: l.tp,
+            pp: l.pp,
+            dp: l.dp,
+            ep: l.ep,
+        }),
     }
 }
 

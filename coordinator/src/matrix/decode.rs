@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use evalctl_results::search::SearchAxis;
 
 use crate::domain::{
-    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy,
-    PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
+    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Layout, LoadPoint,
+    PrefixCachePolicy, PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
@@ -37,9 +37,11 @@ const TOP_KEYS: &[&str] = &[
     "frameworks",
     "quantizations",
     "workloads",
+    "layouts",
     "exclude",
     "include",
 ];
+const LAYOUT_KEYS: &[&str] = &["tp", "pp", "dp", "ep"];
 const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer", "arch"];
 const ARCH_KEYS: &[&str] = &[
     "layers",
@@ -47,6 +49,7 @@ const ARCH_KEYS: &[&str] = &[
     "head_dim",
     "kv_lora_rank",
     "rope_head_dim",
+    "experts",
 ];
 const GPU_KEYS: &[&str] = &["type", "memory_gb", "counts", "price_per_hour"];
 const FRAMEWORK_KEYS: &[&str] = &[
@@ -251,6 +254,17 @@ pub(crate) fn decode(
         d.quantization(path, n)
     })?;
     let workloads = d.entries(&top, "workloads", true, |path, n| d.workload(path, n))?;
+    let layouts = d.entries(&top, "layouts", false, |path, n| d.layout(path, n))?;
+    if let Some((i, dup)) = layouts
+        .iter()
+        .enumerate()
+        .find(|(i, l)| layouts[..*i].iter().any(|e| e.value == l.value))
+    {
+        return Err(errors.at(
+            dup.pos,
+            format!("`layouts[{i}]` ({}) is listed twice", dup.value),
+        ));
+    }
     let exclude = d.indexed_entries(&top, "exclude", |path, i, n| d.exclude(path, i, n))?;
     let include = d.indexed_entries(&top, "include", |path, i, n| d.include(path, i, n))?;
 
@@ -267,6 +281,7 @@ pub(crate) fn decode(
         frameworks,
         quantizations,
         workloads,
+        layouts,
         exclude,
         include,
     })
@@ -636,7 +651,47 @@ impl Decoder<'_> {
                 .get("arch")
                 .map(|n| self.arch(&f.field("arch"), n))
                 .transpose()?,
+            experts: match f.get("arch") {
+                Some(n) => {
+                    let arch = self.fields(n, &f.field("arch"), ARCH_KEYS)?;
+                    arch.get("experts")
+                        .map(|e| self.uint32(&arch.field("experts"), e, 1))
+                        .transpose()?
+                }
+                None => None,
+            },
         })
+    }
+
+    /// One entry of `layouts`: `tp`, `pp`, `dp` and `ep`, each 1 when absent; experts are
+    /// sharded over part of the `tp × dp` GPUs, so `ep` must divide that.
+    fn layout(&self, path: &str, node: &Node) -> Result<At<Layout>, MatrixError> {
+        let f = self.fields(node, path, LAYOUT_KEYS)?;
+        let size = |key: &str| {
+            f.get(key)
+                .map(|n| self.uint32(&f.field(key), n, 1))
+                .transpose()
+                .map(|v| v.unwrap_or(1))
+        };
+        let layout = Layout {
+            tp: size("tp")?,
+            pp: size("pp")?,
+            dp: size("dp")?,
+            ep: size("ep")?,
+        };
+        let span = u64::from(layout.tp) * u64::from(layout.dp);
+        if span % u64::from(layout.ep) != 0 {
+            return Err(self.errors.hinted(
+                f.key_pos("ep").unwrap_or(node.pos),
+                format!(
+                    "`{}` ({}) must divide tp × dp ({span}): experts are sharded over those GPUs",
+                    f.field("ep"),
+                    layout.ep
+                ),
+                Some("e.g. `{ tp: 8, ep: 8 }` or `{ tp: 4, dp: 2, ep: 8 }`"),
+            ));
+        }
+        Ok(At::new(layout, node.pos))
     }
 
     /// A model's `arch`: `layers` with `kv_heads` and `head_dim` (attention), or with

@@ -17,12 +17,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{
-    DropKind, Dropped, Expansion, GpuRequirement, LoadPoint, ModelSpec, QuantizationSpec, StepSpec,
-    Unit, UnitConfig, UnitId, WorkloadSpec,
+    DropKind, Dropped, Expansion, GpuRequirement, Layout, LoadPoint, ModelSpec, QuantizationSpec,
+    StepSpec, Unit, UnitConfig, UnitId, WorkloadSpec,
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
 use super::fit::{self, FitInput, KvDemand};
+use super::layout;
 use super::model::{CPU, Dim};
 use super::placeholders;
 use super::validate::{DimRef, Include, Matcher, Resolved};
@@ -107,6 +108,10 @@ struct Candidate {
     extras: Extras,
     /// Where it came from: the include entry that added it, or the top of the file.
     origin: Pos,
+    /// Its layout, when the matrix has `layouts`.
+    layout: Option<Layout>,
+    /// Its framework's command with the layout written in (set by [`with_layouts`]).
+    command: String,
 }
 
 /// Expands a resolved matrix.
@@ -150,7 +155,7 @@ pub(crate) fn expand(errors: &Errors, r: &Resolved) -> Result<Expansion, MatrixE
                             Some(e) => dropped.push((
                                 combo,
                                 Dropped {
-                                    label: label(r, &combo),
+                                    label: label(r, &combo, None),
                                     kind: DropKind::Excluded,
                                     reason: format!(
                                         "excluded by exclude[{}] ({})",
@@ -162,6 +167,8 @@ pub(crate) fn expand(errors: &Errors, r: &Resolved) -> Result<Expansion, MatrixE
                                 combo,
                                 extras: Extras::default(),
                                 origin: r.pos,
+                                layout: None,
+                                command: String::new(),
                             }),
                         }
                     }
@@ -191,17 +198,22 @@ pub(crate) fn expand(errors: &Errors, r: &Resolved) -> Result<Expansion, MatrixE
             combo,
             extras,
             origin: include.matcher.pos,
+            layout: None,
+            command: String::new(),
         });
     }
+
+    // 3b: layouts, each written into the framework's command.
+    let candidates = with_layouts(r, candidates, &mut dropped);
 
     // 4: fit pruning.
     let mut survivors = Vec::with_capacity(candidates.len());
     for candidate in candidates {
-        match misfit(r, &candidate.combo, &candidate.extras) {
+        match misfit(r, &candidate) {
             Some(reason) => dropped.push((
                 candidate.combo,
                 Dropped {
-                    label: label(r, &candidate.combo),
+                    label: label(r, &candidate.combo, candidate.layout),
                     kind: DropKind::Pruned,
                     reason,
                 },
@@ -344,9 +356,89 @@ fn new_combo(errors: &Errors, include: &Include) -> Result<Combo, MatrixError> {
     }
 }
 
-/// Why a combination does not fit, or `None` when it does (or cannot be judged): its
+/// Each candidate once per layout of the matrix that uses its GPUs and that its framework
+/// can run, with the layout written into its command; the others are dropped with the
+/// reason. CPU units and matrices without `layouts` keep the framework's command (with
+/// `{parallel.*}` for tensor parallelism over all GPUs).
+fn with_layouts(
+    r: &Resolved,
+    candidates: Vec<Candidate>,
+    dropped: &mut Vec<(Combo, Dropped)>,
+) -> Vec<Candidate> {
+    let mut out = Vec::with_capacity(candidates.len() * r.layouts.len().max(1));
+    for candidate in candidates {
+        let Combo {
+            gpu,
+            count,
+            framework,
+            ..
+        } = candidate.combo;
+        let cpu = r.gpus[gpu].gpu_type.value == CPU;
+        let base = if cpu {
+            // Engines refuse a tensor-parallel size of 0, which `{gpu.count}` is on CPU units.
+            &r.cpu_commands[framework]
+        } else {
+            &r.frameworks[framework].command
+        };
+        let preset = r.presets[framework];
+        if r.layouts.is_empty() || cpu {
+            let command =
+                layout::command(base, preset, None, count).unwrap_or_else(|_| base.clone());
+            out.push(Candidate {
+                command,
+                ..candidate
+            });
+            continue;
+        }
+        for entry in &r.layouts {
+            let l = entry.value;
+            let drop = |reason: String| {
+                (
+                    candidate.combo,
+                    Dropped {
+                        label: label(r, &candidate.combo, Some(l)),
+                        kind: DropKind::Pruned,
+                        reason,
+                    },
+                )
+            };
+            if l.gpus() != u64::from(count) {
+                dropped.push(drop(format!(
+                    "layout {l} uses {} GPUs (tp × pp × dp), the unit has {count}",
+                    l.gpus()
+                )));
+                continue;
+            }
+            let model = &r.models[candidate.combo.model];
+            if l.ep > 1 && model.experts == Some(0) {
+                dropped.push(drop(format!(
+                    "layout {l} shards experts, and {} is a dense model (no `experts`)",
+                    model.name
+                )));
+                continue;
+            }
+            match layout::command(base, preset, Some(l), count) {
+                Ok(command) => out.push(Candidate {
+                    layout: Some(l),
+                    command,
+                    combo: candidate.combo,
+                    extras: candidate.extras.clone(),
+                    origin: candidate.origin,
+                }),
+                Err(reason) => dropped.push(drop(format!(
+                    "framework `{}` cannot run layout {l}: {reason}",
+                    r.frameworks[framework].name
+                ))),
+            }
+        }
+    }
+    out
+}
+
+/// Why a candidate does not fit, or `None` when it does (or cannot be judged): its
 /// weights and the KV cache its workloads need ([`fit`]).
-fn misfit(r: &Resolved, combo: &Combo, extras: &Extras) -> Option<String> {
+fn misfit(r: &Resolved, candidate: &Candidate) -> Option<String> {
+    let (combo, extras) = (&candidate.combo, &candidate.extras);
     let model = &r.models[combo.model];
     let gpu = &r.gpus[combo.gpu];
     let quant = &r.quants[combo.quant];
@@ -364,15 +456,17 @@ fn misfit(r: &Resolved, combo: &Combo, extras: &Extras) -> Option<String> {
         arch: model.arch,
         memory_gb: gpu.memory_gb?,
         count: combo.count,
+        layout: candidate.layout,
         gpu_type: &gpu.gpu_type.value,
         demand,
     })
 }
 
 /// The label [`UnitConfig::label`] gives the combination's unit.
-fn label(r: &Resolved, combo: &Combo) -> String {
+fn label(r: &Resolved, combo: &Combo, layout: Option<Layout>) -> String {
+    let layout = layout.map_or_else(String::new, |l| format!(" ({l})"));
     format!(
-        "{} / {} x{} / {} / {}",
+        "{} / {} x{}{layout} / {} / {}",
         r.models[combo.model].name,
         r.gpus[combo.gpu].gpu_type.value,
         combo.count,
@@ -393,10 +487,7 @@ fn unit_config(r: &Resolved, model_paths: &[Vec<String>], candidate: &Candidate)
     let g = &r.gpus[gpu];
     let q = &r.quants[quant];
     let mut framework_spec = r.frameworks[framework].clone();
-    if g.gpu_type.value == CPU {
-        // Engines refuse a tensor-parallel size of 0, which `{gpu.count}` is on CPU units.
-        framework_spec.command = r.cpu_commands[framework].clone();
-    }
+    framework_spec.command = candidate.command.clone();
     if let Some(env) = &candidate.extras.env {
         framework_spec
             .env
@@ -415,6 +506,7 @@ fn unit_config(r: &Resolved, model_paths: &[Vec<String>], candidate: &Candidate)
             memory_gb: g.memory_gb.unwrap_or(0.0),
             count,
             price_per_hour: g.price_per_hour,
+            layout: candidate.layout,
         },
         framework: framework_spec,
         quantization: QuantizationSpec {

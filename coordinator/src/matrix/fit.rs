@@ -12,12 +12,14 @@
 //!   length or concurrency is not known before the run (dataset files, rate loads, capacity
 //!   searches, which find the limit themselves) add no KV term.
 //!
-//! Engines split both terms across the unit's GPUs under tensor parallelism, so the check
-//! over all of them is the check per GPU.
+//! Engines split both terms across the unit's GPUs under tensor and pipeline parallelism,
+//! so the check over all of them is the check per GPU. Under a layout with data
+//! parallelism (`dp` replicas), each replica holds all the weights on its `tp × pp` GPUs:
+//! the weights must fit there, and `dp` copies of them with the KV cache in all the GPUs.
 
 use serde_json::Value;
 
-use crate::domain::{DatasetSpec, LoadPoint, WorkloadSpec};
+use crate::domain::{DatasetSpec, Layout, LoadPoint, WorkloadSpec};
 
 /// Weights overhead factor (activations, CUDA graphs, fragmentation).
 pub(crate) const WEIGHTS_OVERHEAD: f64 = 1.2;
@@ -114,6 +116,17 @@ impl Architecture {
     }
 }
 
+/// Routed experts of a mixture-of-experts model in a Hugging Face `config.json`
+/// (`n_routed_experts`, `num_local_experts` or `num_experts`); `None` for a dense model.
+pub(crate) fn experts_in_config(config: &Value) -> Option<u32> {
+    let config = config.get("text_config").unwrap_or(config);
+    ["n_routed_experts", "num_local_experts", "num_experts"]
+        .iter()
+        .find_map(|key| config.get(key).and_then(Value::as_u64))
+        .and_then(|v| u32::try_from(v).ok())
+        .filter(|n| *n > 1)
+}
+
 /// The most tokens a workload keeps in the KV cache at once, when known before the run:
 /// its highest listed concurrency × one request's prompt and output tokens.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -175,6 +188,8 @@ pub(crate) struct FitInput<'a> {
     pub memory_gb: f64,
     /// GPUs of the unit.
     pub count: u32,
+    /// How they are laid out (`None`: tensor parallel over all).
+    pub layout: Option<Layout>,
     /// GPU type, for messages.
     pub gpu_type: &'a str,
     /// The largest KV demand of the unit's workloads, when any is known.
@@ -185,22 +200,32 @@ pub(crate) struct FitInput<'a> {
 pub(crate) fn misfit(input: &FitInput<'_>) -> Option<String> {
     let weights = input.params_b * input.bits / 8.0 * WEIGHTS_OVERHEAD;
     let have = input.memory_gb * f64::from(input.count);
+    // One replica holds all the weights over its tp × pp GPUs; dp replicas hold them each.
+    let (replica_gpus, replicas) = match input.layout {
+        Some(l) => (l.tp * l.pp, l.dp),
+        None => (input.count, 1),
+    };
+    let replica_has = input.memory_gb * f64::from(replica_gpus);
     // A relative tolerance keeps an exact fit (e.g. 50B × 16 bit on 120 GB) from being
     // pruned by floating-point rounding.
-    let exceeds = |need: f64| need > have * (1.0 + 1e-9);
-    if exceeds(weights) {
+    let exceeds = |need: f64, have: f64| need > have * (1.0 + 1e-9);
+    if exceeds(weights, replica_has) {
+        let replica = match input.layout {
+            Some(l) if l.dp > 1 => format!(" (one of {} replicas)", l.dp),
+            _ => String::new(),
+        };
         return Some(format!(
-            "weights need {weights:.1} GB ({}B × {} bit × {WEIGHTS_OVERHEAD}), {} × {} has {} GB",
+            "weights need {weights:.1} GB ({}B × {} bit × {WEIGHTS_OVERHEAD}), {replica_gpus} × {}{replica} has {} GB",
             num(input.params_b),
             num(input.bits),
-            input.count,
             input.gpu_type,
-            num(have)
+            num(replica_has)
         ));
     }
+    let weights = weights * f64::from(replicas);
     let (arch, demand) = (input.arch?, input.demand?);
     let kv = arch.kv_elements_per_token() * input.kv_bits / 8.0 * demand.total_tokens() / 1e9;
-    exceeds(weights + kv).then(|| {
+    exceeds(weights + kv, have).then(|| {
         format!(
             "weights fit ({weights:.1} GB of {} GB) but the KV cache does not: c={} × {} tokens × \
              ({} × {} bit) needs {kv:.1} GB, {:.1} GB are left",
@@ -242,6 +267,7 @@ mod tests {
             arch: Some(LLAMA_70B),
             memory_gb: 80.0,
             count,
+            layout: None,
             gpu_type: "H100-80GB",
             demand,
         }
@@ -275,6 +301,12 @@ mod tests {
             })
         );
         assert_eq!(Architecture::from_config(&json!({"model_type": "x"})), None);
+        assert_eq!(
+            experts_in_config(&json!({"n_routed_experts": 256})),
+            Some(256)
+        );
+        assert_eq!(experts_in_config(&json!({"num_local_experts": 8})), Some(8));
+        assert_eq!(experts_in_config(&llama), None);
     }
 
     #[test]

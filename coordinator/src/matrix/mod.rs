@@ -17,6 +17,7 @@ mod error;
 mod expand;
 mod fit;
 mod goal;
+mod layout;
 mod lm_eval;
 mod model;
 mod paths;

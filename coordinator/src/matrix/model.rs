@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::domain::{
-    Api, ContainerSpec, DatasetSpec, LoadPoint, PrefixCachePolicy, Slo, StopCondition,
+    Api, ContainerSpec, DatasetSpec, Layout, LoadPoint, PrefixCachePolicy, Slo, StopCondition,
 };
 
 use super::fit::Architecture;
@@ -64,6 +64,8 @@ pub(crate) struct MatrixFile {
     pub quantizations: Vec<QuantEntry>,
     /// `workloads`.
     pub workloads: Vec<WorkloadEntry>,
+    /// `layouts`: how units spread over their GPUs (none: tensor parallel over all).
+    pub layouts: Vec<At<Layout>>,
     /// `exclude`.
     pub exclude: Vec<MatchEntry>,
     /// `include`.
@@ -85,6 +87,8 @@ pub(crate) struct ModelEntry {
     pub tokenizer: Option<At<String>>,
     /// `arch`: what the KV cache holds per token.
     pub arch: Option<Architecture>,
+    /// `arch.experts`: routed experts of a mixture-of-experts model.
+    pub experts: Option<u32>,
 }
 
 /// One entry of `gpus`.

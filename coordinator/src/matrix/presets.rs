@@ -27,6 +27,24 @@ pub(crate) struct Preset {
     pub tensor_parallel_aliases: &'static [&'static str],
     /// Default `{quant.args}` for quantization names; a quantization's own `args` win.
     pub quant_args: &'static [(&'static str, &'static str)],
+    /// The flag that sets pipeline parallelism, when the engine has one.
+    pub pipeline_parallel_flag: Option<&'static str>,
+    /// The flag that sets data parallelism (replicas in one server), when it has one.
+    pub data_parallel_flag: Option<&'static str>,
+    /// How the engine spells expert parallelism.
+    pub expert_parallel: ExpertParallel,
+}
+
+/// How an engine is told to shard a mixture of experts' experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExpertParallel {
+    /// It cannot.
+    None,
+    /// A switch: experts are sharded over all `tp × dp` GPUs (vLLM's
+    /// `--enable-expert-parallel`), so `ep` must be `tp × dp`.
+    Switch(&'static str),
+    /// A size flag followed by `ep` (SGLang's `--ep-size`).
+    Size(&'static str),
 }
 
 const MINUTE_MS: u64 = 60 * 1000;
@@ -56,6 +74,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: Some("--tensor-parallel-size"),
         tensor_parallel_aliases: &["-tp"],
         quant_args: VLLM_LIKE_QUANT_ARGS,
+        pipeline_parallel_flag: Some("--pipeline-parallel-size"),
+        data_parallel_flag: Some("--data-parallel-size"),
+        expert_parallel: ExpertParallel::Switch("--enable-expert-parallel"),
     },
     Preset {
         name: "sglang",
@@ -69,6 +90,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: Some("--tp-size"),
         tensor_parallel_aliases: &["--tp", "--tensor-parallel-size"],
         quant_args: VLLM_LIKE_QUANT_ARGS,
+        pipeline_parallel_flag: Some("--pp-size"),
+        data_parallel_flag: Some("--dp-size"),
+        expert_parallel: ExpertParallel::Size("--ep-size"),
     },
     Preset {
         name: "tgi",
@@ -90,6 +114,9 @@ pub(crate) const PRESETS: &[Preset] = &[
             ("int8", "--quantize bitsandbytes"),
             ("nf4", "--quantize bitsandbytes-nf4"),
         ],
+        pipeline_parallel_flag: None,
+        data_parallel_flag: None,
+        expert_parallel: ExpertParallel::None,
     },
     Preset {
         name: "llamacpp",
@@ -101,6 +128,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: None,
         tensor_parallel_aliases: &[],
         quant_args: &[],
+        pipeline_parallel_flag: None,
+        data_parallel_flag: None,
+        expert_parallel: ExpertParallel::None,
     },
     Preset {
         name: "trtllm",
@@ -113,6 +143,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: Some("--tp_size"),
         tensor_parallel_aliases: &["--tensor_parallel_size"],
         quant_args: &[],
+        pipeline_parallel_flag: Some("--pp_size"),
+        data_parallel_flag: None,
+        expert_parallel: ExpertParallel::Size("--ep_size"),
     },
     Preset {
         name: "ollama",
@@ -124,6 +157,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: None,
         tensor_parallel_aliases: &[],
         quant_args: &[],
+        pipeline_parallel_flag: None,
+        data_parallel_flag: None,
+        expert_parallel: ExpertParallel::None,
     },
     Preset {
         name: "sim",
@@ -135,6 +171,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         tensor_parallel_flag: None,
         tensor_parallel_aliases: &[],
         quant_args: &[],
+        pipeline_parallel_flag: None,
+        data_parallel_flag: None,
+        expert_parallel: ExpertParallel::None,
     },
 ];
 
@@ -207,7 +246,7 @@ fn without_flag_with_count(command: &str, flag: &str) -> String {
 
 /// The byte range of the first `flag {gpu.count}` or `flag={gpu.count}` in `command` that
 /// stands as whole words.
-fn find_flag_with_count(command: &str, flag: &str) -> Option<(usize, usize)> {
+pub(crate) fn find_flag_with_count(command: &str, flag: &str) -> Option<(usize, usize)> {
     let mut from = 0;
     while let Some(found) = command[from..].find(flag) {
         let start = from + found;

@@ -442,6 +442,144 @@ workloads:
 }
 
 #[test]
+fn layouts_expand_with_engine_flags_and_pruning_a_test_recomputes() {
+    // A 70B dense model and a 671B MoE (DeepSeek-V3's shape) on 8 × H100 and 8 × H200, on
+    // vLLM, SGLang and TGI, in bf16 and fp8, over five layouts.
+    let yaml = "\
+campaign: layouts
+models:
+  - { name: llama-70b, path: a, params_b: 70.6, arch: { layers: 80, kv_heads: 8, head_dim: 128 } }
+  - { name: deepseek-671b, path: b, params_b: 671, arch: { layers: 61, kv_lora_rank: 512, rope_head_dim: 64, experts: 256 } }
+gpus:
+  - { type: H100-80GB, memory_gb: 80, counts: [8] }
+  - { type: H200-141GB, memory_gb: 141, counts: [8] }
+frameworks: [{ name: vllm }, { name: sglang }, { name: tgi }]
+quantizations:
+  - { name: bf16, bits: 16 }
+  - { name: fp8, bits: 8, kv_bits: 8 }
+layouts:
+  - { tp: 8 }
+  - { tp: 4, pp: 2 }
+  - { tp: 8, ep: 8 }
+  - { tp: 4, dp: 2, ep: 8 }
+  - { tp: 2, pp: 2 }
+workloads:
+  - { name: chat, dataset: { kind: random, input_tokens: 2048, output_tokens: 1024 }, load: { concurrency: [64] }, requests: 1 }
+";
+    let e = expand(yaml);
+    let tokens = 64.0 * 3072.0;
+    let layouts = [
+        (8, 1, 1, 1),
+        (4, 2, 1, 1),
+        (8, 1, 1, 8),
+        (4, 1, 2, 8),
+        (2, 2, 1, 1),
+    ];
+    let (mut units, mut pruned) = (Vec::new(), BTreeMap::new());
+    for (model, params, kv_elements, moe) in [
+        ("llama-70b", 70.6, 80.0 * 2.0 * 8.0 * 128.0, false),
+        ("deepseek-671b", 671.0, 61.0 * 576.0, true),
+    ] {
+        for (gpu, memory) in [("H100-80GB", 80.0), ("H200-141GB", 141.0)] {
+            for framework in ["vllm", "sglang", "tgi"] {
+                for (quant, bits) in [("bf16", 16.0), ("fp8", 8.0)] {
+                    for (tp, pp, dp, ep) in layouts {
+                        let mut name = format!("tp{tp}");
+                        for (axis, size) in [("pp", pp), ("dp", dp), ("ep", ep)] {
+                            if size > 1 {
+                                name.push_str(&format!(" {axis}{size}"));
+                            }
+                        }
+                        let label = format!("{model} / {gpu} x8 ({name}) / {framework} / {quant}");
+                        let replica = params * bits / 8.0 * 1.2;
+                        let kv = kv_elements * bits / 8.0 * tokens / 1e9;
+                        let reason = if tp * pp * dp != 8 {
+                            Some("uses 4 GPUs")
+                        } else if ep > 1 && !moe {
+                            Some("is a dense model")
+                        } else if framework == "tgi" && pp > 1 {
+                            Some("no pipeline parallelism")
+                        } else if framework == "tgi" && dp > 1 {
+                            Some("no data parallelism")
+                        } else if framework == "tgi" && ep > 1 {
+                            Some("no expert parallelism")
+                        } else if replica > memory * f64::from(tp * pp) {
+                            Some("weights need")
+                        } else if replica * f64::from(dp) + kv > memory * 8.0 {
+                            Some("the KV cache does not")
+                        } else {
+                            None
+                        };
+                        match reason {
+                            Some(r) => {
+                                pruned.insert(label, r);
+                            }
+                            None => units.push(label),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut got_units = labels(&e);
+    got_units.sort();
+    units.sort();
+    assert_eq!(got_units, units);
+    let got: BTreeMap<&str, &str> = e
+        .dropped
+        .iter()
+        .map(|d| (d.label.as_str(), d.reason.as_str()))
+        .collect();
+    assert_eq!(got.len(), pruned.len(), "{got:#?}");
+    for (label, fragment) in &pruned {
+        let reason = got
+            .get(label.as_str())
+            .unwrap_or_else(|| panic!("{label} not pruned"));
+        assert!(reason.contains(fragment), "{label}: {reason}");
+    }
+    // The engines' own flags.
+    let command = |label: &str| {
+        e.units
+            .iter()
+            .find(|u| u.config.label() == label)
+            .unwrap_or_else(|| panic!("no unit {label}"))
+            .config
+            .framework
+            .command
+            .clone()
+    };
+    let vllm = command("deepseek-671b / H200-141GB x8 (tp8 ep8) / vllm / fp8");
+    assert!(
+        vllm.contains("--tensor-parallel-size 8 ") && vllm.ends_with(" --enable-expert-parallel"),
+        "{vllm}"
+    );
+    // Two replicas of the 671B in fp8 need 805.2 GB each, more than 4 × H200.
+    let replicas = &got["deepseek-671b / H200-141GB x8 (tp4 dp2 ep8) / vllm / fp8"];
+    assert!(
+        replicas.starts_with("weights need 805.2 GB (671B × 8 bit × 1.2), 4 × H200-141GB (one of 2 replicas) has 564 GB"),
+        "{replicas}"
+    );
+    let sglang = command("llama-70b / H200-141GB x8 (tp4 pp2) / sglang / bf16");
+    assert!(
+        sglang.contains("--tp-size 4 ") && sglang.ends_with("--pp-size 2"),
+        "{sglang}"
+    );
+
+    let err = fail(&yaml.replace("{ tp: 8, ep: 8 }", "{ tp: 8, ep: 3 }"));
+    assert!(
+        err.to_string()
+            .contains("`layouts[2].ep` (3) must divide tp × dp (8)"),
+        "{err}"
+    );
+    let err = fail(&yaml.replace("{ tp: 2, pp: 2 }", "{ tp: 8 }"));
+    assert!(
+        err.to_string()
+            .contains("`layouts[4]` (tp8) is listed twice"),
+        "{err}"
+    );
+}
+
+#[test]
 fn omitted_gpus_mean_cpu_units() {
     let yaml = "\
 campaign: cpu

@@ -6,11 +6,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::domain::{
-    CampaignSpec, DatasetSpec, FrameworkSpec, HarnessOutput, LoadPoint, WorkloadSpec,
+    CampaignSpec, DatasetSpec, FrameworkSpec, HarnessOutput, Layout, LoadPoint, WorkloadSpec,
 };
 
 use super::error::{Errors, MatrixError, did_you_mean, quoted_list};
-use super::fit::Architecture;
+use super::fit::{self, Architecture};
+use super::layout::PARALLEL;
 use super::lm_eval::{self, ExpandedPaths, LmEvalEntry};
 use super::model::{
     At, Dim, DimValue, FrameworkEntry, GpuEntry, IncludeEntry, MatchEntry, MatrixFile, ModelEntry,
@@ -47,6 +48,10 @@ pub(crate) struct Resolved {
     pub exclude: Vec<Matcher>,
     /// Include entries.
     pub include: Vec<Include>,
+    /// `layouts` (empty: every unit tensor parallel over all its GPUs).
+    pub layouts: Vec<At<Layout>>,
+    /// Each framework's preset (by framework index), for writing layouts into commands.
+    pub presets: Vec<Option<&'static Preset>>,
 }
 
 /// A model, its paths expanded.
@@ -63,6 +68,9 @@ pub(crate) struct Model {
     /// What its KV cache holds per token: the matrix's `arch`, else the `config.json` of
     /// its path when that is a local model directory.
     pub arch: Option<Architecture>,
+    /// Routed experts, when known to be a mixture of experts (from the same places);
+    /// `Some(0)`: known to be dense.
+    pub experts: Option<u32>,
 }
 
 /// A quantization with its `{quant.args}` for each framework (by framework index).
@@ -183,6 +191,8 @@ pub(crate) fn validate(
         workloads,
         exclude,
         include,
+        layouts: file.layouts.clone(),
+        presets: framework_presets.clone(),
     })
 }
 
@@ -252,13 +262,23 @@ impl Validator<'_> {
             .as_ref()
             .map(|t| self.expand_path(&format!("models[{i}].tokenizer"), t))
             .transpose()?;
-        let arch = m.arch.or_else(|| local_architecture(&path));
+        let (arch, experts) = match m.arch {
+            Some(arch) => (Some(arch), Some(m.experts.unwrap_or(0))),
+            None => match local_config(&path) {
+                Some(config) => (
+                    Architecture::from_config(&config),
+                    Some(fit::experts_in_config(&config).unwrap_or(0)),
+                ),
+                None => (None, None),
+            },
+        };
         Ok(Model {
             name: m.name.value.clone(),
             path,
             params_b: m.params_b,
             tokenizer,
             arch,
+            experts,
         })
     }
 
@@ -310,12 +330,13 @@ impl Validator<'_> {
     ) -> Result<String, MatrixError> {
         match (&f.command, preset) {
             (Some(c), _) => {
+                let names: Vec<&str> = SERVER.iter().chain(PARALLEL).copied().collect();
                 placeholders::check(
                     self.errors,
                     self.source,
                     &format!("frameworks[{i}].command"),
                     c,
-                    SERVER,
+                    &names,
                 )?;
                 Ok(c.value.clone())
             }
@@ -702,12 +723,12 @@ impl Validator<'_> {
 /// Bits per KV-cache element when a quantization gives no `kv_bits` (fp16/bf16 caches).
 const DEFAULT_KV_BITS: f64 = 16.0;
 
-/// The architecture in `path/config.json`, when `path` is a local model directory (read
-/// where the matrix is expanded; a hub id or a path only the agents have gives `None`).
-fn local_architecture(path: &str) -> Option<Architecture> {
+/// `path/config.json`, when `path` is a local model directory (read where the matrix is
+/// expanded; a hub id or a path only the agents have gives `None`).
+fn local_config(path: &str) -> Option<serde_json::Value> {
     if path.contains('{') {
         return None;
     }
     let text = std::fs::read(std::path::Path::new(path).join("config.json")).ok()?;
-    Architecture::from_config(&serde_json::from_slice(&text).ok()?)
+    serde_json::from_slice(&text).ok()
 }

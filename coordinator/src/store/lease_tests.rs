@@ -80,6 +80,7 @@ fn config(
             memory_gb: 80.0,
             count,
             price_per_hour: None,
+            layout: None,
         },
         framework: FrameworkSpec {
             name: framework.to_owned(),

@@ -52,6 +52,7 @@ fn config(model: &str, gpus: u32) -> UnitConfig {
             memory_gb: 80.0,
             count: gpus,
             price_per_hour: None,
+            layout: None,
         },
         framework: FrameworkSpec {
             name: "vllm".to_owned(),

@@ -24,6 +24,8 @@ pub struct Config {
     pub gpu_type: String,
     /// GPUs of the unit (1 for CPU units).
     pub gpu_count: u32,
+    /// Its parallelism layout, `tp4 pp2`; empty for tensor parallelism over all GPUs.
+    pub layout: String,
     /// Framework name.
     pub framework: String,
     /// Quantization name.
@@ -43,18 +45,36 @@ impl Config {
                 gpu.gpu_type
             },
             gpu_count: gpu.count.max(1),
+            layout: gpu.layout.map(layout_text).unwrap_or_default(),
             framework: name(unit.and_then(|u| u.framework.as_ref()).map(|f| &f.name)),
             quantization: name(unit.and_then(|u| u.quantization.as_ref()).map(|q| &q.name)),
         }
     }
 
-    /// The server part without the model: "H100-80GB x2 / vllm / fp8".
+    /// The server part without the model: "H100-80GB x2 / vllm / fp8", or with a layout
+    /// "H100-80GB x8 (tp4 pp2) / vllm / fp8", as the coordinator labels units.
     pub fn server(&self) -> String {
+        let layout = if self.layout.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.layout)
+        };
         format!(
-            "{} x{} / {} / {}",
+            "{} x{}{layout} / {} / {}",
             self.gpu_type, self.gpu_count, self.framework, self.quantization
         )
     }
+}
+
+/// `tp4 pp2`: the tensor-parallel size and the other sizes above 1.
+pub fn layout_text(l: pb::Layout) -> String {
+    let mut text = format!("tp{}", l.tp);
+    for (name, size) in [("pp", l.pp), ("dp", l.dp), ("ep", l.ep)] {
+        if size > 1 {
+            text.push_str(&format!(" {name}{size}"));
+        }
+    }
+    text
 }
 
 impl fmt::Display for Config {

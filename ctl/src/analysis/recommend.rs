@@ -398,6 +398,7 @@ mod tests {
                 model: "m".into(),
                 gpu_type: "H100".into(),
                 gpu_count: gpus,
+                layout: String::new(),
                 framework: framework.into(),
                 quantization: "bf16".into(),
             },

@@ -85,22 +85,9 @@ pub async fn fetch(client: &mut Client, campaign: &str) -> Result<Vec<ResultJson
     Ok(results)
 }
 
-/// "sim-1b / cpu x1 / sim / bf16".
+/// "sim-1b / cpu x1 / sim / bf16", as the coordinator labels units.
 pub fn unit_label(config: &pb::UnitConfig) -> String {
-    let name = |s: Option<&String>| s.cloned().unwrap_or_else(|| "?".to_owned());
-    let gpu = config.gpu.clone().unwrap_or_default();
-    format!(
-        "{} / {} x{} / {} / {}",
-        name(config.model.as_ref().map(|m| &m.name)),
-        if gpu.gpu_type.is_empty() {
-            "cpu"
-        } else {
-            gpu.gpu_type.as_str()
-        },
-        gpu.count.max(1),
-        name(config.framework.as_ref().map(|f| &f.name)),
-        name(config.quantization.as_ref().map(|q| &q.name)),
-    )
+    crate::analysis::points::Config::of(Some(config)).to_string()
 }
 
 /// The results table, with a note when a simulator produced the figures.

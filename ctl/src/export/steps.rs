@@ -118,6 +118,11 @@ fn unit(config: Option<&pb::UnitConfig>, price: Option<f64>, row: &mut RowBuilde
         gpu.map(|g| nonempty(&g.gpu_type).unwrap_or("cpu")),
     );
     row.put("gpu_count", Kind::U64, gpu.map(|g| g.count.max(1)));
+    let layout = gpu.and_then(|g| g.layout);
+    row.put("tp", Kind::U64, layout.map(|l| u64::from(l.tp)));
+    row.put("pp", Kind::U64, layout.map(|l| u64::from(l.pp)));
+    row.put("dp", Kind::U64, layout.map(|l| u64::from(l.dp)));
+    row.put("ep", Kind::U64, layout.map(|l| u64::from(l.ep)));
     row.put(
         "gpu_memory_gb",
         Kind::F64,

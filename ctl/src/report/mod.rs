@@ -108,6 +108,7 @@ mod tests {
                 model: "<m>".into(),
                 gpu_type: "H100-80GB".into(),
                 gpu_count: 1,
+                layout: String::new(),
                 framework: framework.into(),
                 quantization: "bf16".into(),
             },

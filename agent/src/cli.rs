@@ -397,6 +397,16 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
                 .local_addr()
                 .context("failed to read the bound address")?;
             println!("listening on http://{bound}");
+            // As an engine logs the end of its weight loading, at the end of the startup
+            // delay (the cold-start phases read it, docs/telemetry.md#cold-starts).
+            let delay = config.startup_delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                println!(
+                    "weights loaded (simulated) after {}",
+                    humantime::format_duration(delay)
+                );
+            });
             sim_server::run(config, listener, shutdown).await?;
             Ok(())
         }

@@ -27,6 +27,7 @@
 //! | 1.4 | metrics `turns` (latency by turn position); request records `conversation`, `turn` |
 //! | 1.5 | `probe` (a capacity search's probe run), `search` (the search's verdict) |
 //! | 1.6 | `scores` (an accuracy harness's typed scores with standard errors) |
+//! | 1.7 | environment: `server_start` (the server's start split into phases, and whether the unit reused a warm server) |
 
 use std::collections::BTreeMap;
 
@@ -44,7 +45,7 @@ use crate::workload::WorkloadFacts;
 pub const STEP_DOCUMENT_SCHEMA: u32 = 1;
 
 /// Minor version of [`StepDocument`]: bumped when an optional field is added.
-pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 6;
+pub const STEP_DOCUMENT_SCHEMA_MINOR: u32 = 7;
 
 /// A step document's schema version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -212,6 +213,27 @@ pub struct Environment {
     pub os: String,
     /// Logical CPUs of the host.
     pub cpus: usize,
+    /// How the step's server started (schema 1.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_start: Option<ServerStart>,
+}
+
+/// A server's start, split into the phases its port, log and health tell apart
+/// (docs/telemetry.md#cold-starts).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ServerStart {
+    /// Unix ms the agent started the server's process.
+    pub started_at_ms: i64,
+    /// Seconds until its port accepted a connection, when that came before health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listening_s: Option<f64>,
+    /// Seconds until its log said the weights were loaded, when it says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_loaded_s: Option<f64>,
+    /// Seconds until its health check passed: the cold start.
+    pub ready_s: f64,
+    /// The unit ran on a server kept warm from an earlier unit: it paid no start.
+    pub reused: bool,
 }
 
 impl StepDocument {

@@ -36,7 +36,7 @@ pub mod workload;
 
 pub use document::{
     DocumentError, Environment, STEP_DOCUMENT_SCHEMA, STEP_DOCUMENT_SCHEMA_MINOR, SchemaVersion,
-    StepDocument, Tokenization, check_step_document,
+    ServerStart, StepDocument, Tokenization, check_step_document,
 };
 pub use metrics::{LagSummary, StepMetrics, Summary};
 pub use record::{ErrorKind, RequestError, RequestRecord, TokenSource};

@@ -292,6 +292,13 @@ fn full_environment() -> Environment {
         cuda_visible_devices: Some("0".into()),
         os: "linux x86_64".into(),
         cpus: 64,
+        server_start: Some(evalctl_results::ServerStart {
+            started_at_ms: 1_700_000_000_000,
+            listening_s: Some(2.5),
+            weights_loaded_s: Some(41.0),
+            ready_s: 63.2,
+            reused: false,
+        }),
     }
 }
 

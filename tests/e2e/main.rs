@@ -20,6 +20,7 @@ mod results_fixture;
 mod schedules;
 mod security;
 mod spot;
+mod starts;
 mod store_health;
 mod supervisor;
 mod tls_errors;

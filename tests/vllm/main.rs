@@ -277,6 +277,13 @@ fn assert_real_vllm_result(r: &Value) {
     }
     let env = &r["environment"];
     assert_eq!(env["framework"], "vllm", "{r}");
+    // vLLM logs its weight loading: the start splits into port, weights and ready.
+    let start = &env["server_start"];
+    let phase = |name: &str| start[name].as_f64().unwrap_or(-1.0);
+    assert!(
+        0.0 < phase("weights_loaded_s") && phase("weights_loaded_s") <= phase("ready_s"),
+        "{start}"
+    );
     let version = env["framework_version"].as_str().unwrap_or_default();
     assert!(
         version.starts_with("0.32"),

@@ -8,6 +8,8 @@
 //!   supervise`) that ends the server's whole tree when the agent stops it or dies.
 //! - [`container`]: frameworks with an `image`: pull, create, teardown and reaping through
 //!   the Docker or Podman CLI; the container's `start --attach` is the supervised server.
+//! - [`startup`]: a start's phases (port open, weights loaded, healthy) for the cold-start
+//!   figures.
 //! - [`diagnosis`]: what kind of failure a server that did not start had (a refused
 //!   command line, a port in use, out of memory, missing model files or engine), and the
 //!   log line that shows it.
@@ -26,6 +28,7 @@ mod health;
 pub mod orphans;
 mod procfs;
 pub mod server;
+pub mod startup;
 pub mod supervisor;
 pub mod template;
 
@@ -38,6 +41,7 @@ pub use server::{
     AGENT_PROGRAM, LOG_TAIL_BYTES, LaunchSpec, RunningServer, StopOutcome, THIS_EXECUTABLE,
     append_log_line, default_supervisor, free_port, read_tail, resolve_program, spawn,
 };
+pub use startup::StartPhases;
 pub use template::{
     RenderedCommand, SERVER_PLACEHOLDERS, TemplateError, TemplateValues, render_command,
     render_template,

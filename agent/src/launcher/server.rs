@@ -22,6 +22,7 @@ use super::error::LaunchError;
 use super::group::{self, Ending, KILL_WAIT, group_alive};
 use super::health::{self, Probe};
 use super::orphans::ServerRecord;
+use super::startup::{StartPhases, StartWatch};
 use super::supervisor::link::{self, Link, StartFailure};
 use super::supervisor::report::TreeEnding;
 use super::template::RenderedCommand;
@@ -131,6 +132,8 @@ pub struct RunningServer {
     /// How long the supervisor's teardown commands may take in all.
     teardown_limit: Duration,
     log_path: PathBuf,
+    /// When the process was started (monotonic, and Unix ms).
+    started: (std::time::Instant, i64),
     /// The supervisor's exit status, once reaped: the server's, mirrored.
     exit_status: Option<ExitStatus>,
     /// Set by `stop`; `Drop` kills the group when this is unset.
@@ -209,6 +212,12 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
             cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
         }
     }
+    let started = (
+        std::time::Instant::now(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+    );
     let supervised = link::start(cmd).await.map_err(|failure| match failure {
         StartFailure::Link(source) => LaunchError::Link(source),
         StartFailure::Supervisor(source) => LaunchError::Supervisor {
@@ -267,6 +276,7 @@ pub async fn spawn(spec: &LaunchSpec) -> Result<RunningServer, LaunchError> {
         stop_grace: spec.stop_grace,
         teardown_limit: link::TEARDOWN_TIMEOUT * spec.teardown.len() as u32,
         log_path: spec.log_path.clone(),
+        started,
         exit_status: None,
         stopped: None,
     };
@@ -389,8 +399,12 @@ impl RunningServer {
     /// main process exits first ([`LaunchError::Exited`]), when the startup timeout passes
     /// ([`LaunchError::Unhealthy`]; the server keeps running, the caller stops it), or when
     /// `cancel` fires ([`LaunchError::Cancelled`]).
-    pub async fn wait_healthy(&mut self, cancel: &CancellationToken) -> Result<(), LaunchError> {
+    pub async fn wait_healthy(
+        &mut self,
+        cancel: &CancellationToken,
+    ) -> Result<StartPhases, LaunchError> {
         let url = self.health_url();
+        let mut watch = StartWatch::new(self.started.0, self.started.1, &self.log_path);
         let deadline = tokio::time::Instant::now() + self.startup_timeout;
         let (host, port, path) = (self.host.clone(), self.port, self.health_path.clone());
         loop {
@@ -404,10 +418,13 @@ impl RunningServer {
                 status = self.child.wait() => return Err(self.reaped(status, url)),
                 probe = health::probe(&host, port, &path, timeout) => probe,
             };
+            watch.read_log();
             if last.is_healthy() {
                 tracing::info!(url, "server is healthy");
-                return Ok(());
+                return Ok(watch.ready());
             }
+            // Connected without being healthy: the port is open, the server not ready.
+            watch.probed(!matches!(last, Probe::Connect(_)));
             tracing::debug!(url, probe = %last, "server not healthy yet");
             let now = tokio::time::Instant::now();
             if now >= deadline {

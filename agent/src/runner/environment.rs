@@ -4,7 +4,7 @@ use evalctl_proto::v1 as pb;
 
 use super::Ctx;
 use super::servers::Session;
-use evalctl_results::Environment;
+use evalctl_results::{Environment, ServerStart};
 
 /// The environment of `lease` running on `session`.
 pub fn describe(ctx: &Ctx, lease: &pb::Lease, session: &Session) -> Environment {
@@ -38,5 +38,12 @@ pub fn describe(ctx: &Ctx, lease: &pb::Lease, session: &Session) -> Environment 
         cuda_visible_devices: session.cuda_visible_devices.clone(),
         os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        server_start: Some(ServerStart {
+            started_at_ms: session.start.started_at_ms,
+            listening_s: session.start.listening.map(|d| d.as_secs_f64()),
+            weights_loaded_s: session.start.weights_loaded.map(|d| d.as_secs_f64()),
+            ready_s: session.start.ready.as_secs_f64(),
+            reused: session.launched_for != lease.unit_id,
+        }),
     }
 }

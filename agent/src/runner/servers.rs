@@ -40,6 +40,10 @@ pub struct Session {
     pub launch_command: String,
     /// The container's image and runtime, for a framework with an `image`.
     pub container: Option<ContainerFacts>,
+    /// How it started.
+    pub start: launcher::StartPhases,
+    /// The unit it was started for (a later unit reusing it paid no start).
+    pub launched_for: String,
 }
 
 /// What a containerised server ran on.
@@ -295,20 +299,23 @@ async fn launch(
             "failed to record the server's process group in the agent state: {err}"
         )));
     }
-    if let Err(err) = server.wait_healthy(stop).await {
-        let log_tail = err
-            .log_tail()
-            .map_or_else(|| server.log_tail(LOG_TAIL_BYTES), str::to_owned);
-        let cancelled = stop.is_cancelled();
-        server.stop().await;
-        let _ = ctx.state.forget_server(record.pgid);
-        return Err(LaunchFailure {
-            error: err.summary(),
-            diagnosis: launcher::diagnosis::diagnose(&log_tail),
-            log_tail,
-            cancelled,
-        });
-    }
+    let start = match server.wait_healthy(stop).await {
+        Ok(start) => start,
+        Err(err) => {
+            let log_tail = err
+                .log_tail()
+                .map_or_else(|| server.log_tail(LOG_TAIL_BYTES), str::to_owned);
+            let cancelled = stop.is_cancelled();
+            server.stop().await;
+            let _ = ctx.state.forget_server(record.pgid);
+            return Err(LaunchFailure {
+                error: err.summary(),
+                diagnosis: launcher::diagnosis::diagnose(&log_tail),
+                log_tail,
+                cancelled,
+            });
+        }
+    };
     let base_url = server.base_url();
     let served_model = probe::served_model(&base_url)
         .await
@@ -324,6 +331,8 @@ async fn launch(
         cuda_visible_devices: prepared.cuda_visible_devices,
         launch_command: prepared.launch_command,
         container: prepared.container,
+        start,
+        launched_for: lease.unit_id.clone(),
     })
 }
 

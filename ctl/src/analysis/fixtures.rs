@@ -110,6 +110,7 @@ pub fn report_data() -> crate::report::ReportData {
         points: Vec::new(),
         capacities: Vec::new(),
         accuracy: Vec::new(),
+        starts: Vec::new(),
         prices: super::cost::Prices::none(),
         generated_at_ms: 0,
     }

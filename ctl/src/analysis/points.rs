@@ -182,6 +182,19 @@ pub struct Measured {
     pub searches: Vec<super::capacity::Search>,
     /// Scores of harness steps.
     pub scores: Vec<super::accuracy::Scored>,
+    /// Every cold start of the campaign's servers, once each.
+    pub starts: Vec<ColdStart>,
+}
+
+/// One server start a unit paid for (not a warm server reused from an earlier unit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColdStart {
+    /// The unit's configuration.
+    pub config: Config,
+    /// The agent that started it.
+    pub agent_id: String,
+    /// Its phases.
+    pub start: evalctl_results::ServerStart,
 }
 
 /// [`fetch`], with the campaign's capacity search verdicts and accuracy scores from the
@@ -206,6 +219,11 @@ pub async fn fetch_measured(
         measured
             .scores
             .extend(super::accuracy::of_result(&result, &document));
+        if let Some(start) = cold_start(&result)
+            && !measured.starts.contains(&start)
+        {
+            measured.starts.push(start);
+        }
         if let Some(search) = document.search.take() {
             let search = super::capacity::search(&result, &document, search, prices);
             measured.searches.push(search);
@@ -214,6 +232,19 @@ pub async fn fetch_measured(
         }
     }
     Ok(measured)
+}
+
+/// The server start a result's step ran after, when its unit paid for one (every step of
+/// the unit carries the same start; the caller keeps one).
+fn cold_start(result: &pb::StepResult) -> Option<ColdStart> {
+    let environment: evalctl_results::Environment =
+        serde_json::from_str(&result.environment_json).ok()?;
+    let start = environment.server_start.filter(|s| !s.reused)?;
+    Some(ColdStart {
+        config: Config::of(result.unit.as_ref()),
+        agent_id: environment.agent_id,
+        start,
+    })
 }
 
 /// The step document of a stored result.

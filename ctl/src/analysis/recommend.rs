@@ -163,7 +163,7 @@ struct LoadPoint {
 }
 
 /// Median of the repeats, so one disturbed repeat does not decide (as `compare`).
-fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
     let mut sorted: Vec<f64> = values.filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return None;

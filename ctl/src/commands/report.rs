@@ -85,7 +85,7 @@ pub async fn fetch(
     let measured = points::fetch_measured(client, campaign, &prices).await?;
     let capacities = capacity::capacities(&measured.searches, &measured.points);
     let accuracy = accuracy::by_deployment(&measured.scores);
-    let points = measured.points;
+    let (points, starts) = (measured.points, measured.starts);
     Ok(ReportData {
         series: info.series.as_ref().map(crate::render::SeriesJson::from),
         campaign: info.campaign.unwrap_or_default(),
@@ -94,6 +94,7 @@ pub async fn fetch(
         points,
         capacities,
         accuracy,
+        starts,
         prices,
         generated_at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -8,6 +8,7 @@ mod capacity;
 mod coverage;
 pub mod html;
 mod performance;
+mod starts;
 pub mod svg;
 mod workloads;
 
@@ -18,6 +19,7 @@ use evalctl_proto::v1 as pb;
 use crate::analysis::accuracy::DeploymentScore;
 use crate::analysis::capacity::Capacity;
 use crate::analysis::cost::Prices;
+use crate::analysis::points::ColdStart;
 use crate::analysis::points::Point;
 use crate::render;
 use html::escape;
@@ -39,6 +41,8 @@ pub struct ReportData {
     pub capacities: Vec<Capacity>,
     /// Each deployment's accuracy scores.
     pub accuracy: Vec<DeploymentScore>,
+    /// Every cold start of the campaign's servers.
+    pub starts: Vec<ColdStart>,
     /// GPU prices.
     pub prices: Prices,
     /// When the report was made, Unix ms.
@@ -74,6 +78,7 @@ pub fn render(data: &ReportData) -> String {
         "<nav><a href=\"#coverage\">Coverage</a> · <a href=\"#performance\">Performance</a> · \
          <a href=\"#cost\">Cost</a> · <a href=\"#energy\">Energy</a> · \
          <a href=\"#capacity\">Capacity at SLO</a> · <a href=\"#accuracy\">Accuracy</a> · \
+         <a href=\"#starts\">Cold starts</a> · \
          <a href=\"#workloads\">Prefix cache</a> · \
          <a href=\"#turns\">Multi-turn</a> · \
          <a href=\"#failures\">Failures</a></nav>",
@@ -84,6 +89,7 @@ pub fn render(data: &ReportData) -> String {
     page.push_str(&performance::energy(data));
     page.push_str(&capacity::section(data));
     page.push_str(&accuracy::section(data));
+    page.push_str(&starts::section(data));
     page.push_str(&workloads::prefix_cache(data));
     page.push_str(&workloads::turns(data));
     page.push_str(&coverage::failures(data));
@@ -203,6 +209,7 @@ mod tests {
                 None,
             )],
             accuracy: Vec::new(),
+            starts: Vec::new(),
             prices: Prices::none(),
             generated_at_ms: 0,
         };
@@ -216,6 +223,7 @@ mod tests {
             "energy",
             "capacity",
             "accuracy",
+            "starts",
             "workloads",
             "turns",
             "failures",

@@ -110,6 +110,35 @@ pub struct Layout {
     pub dp: u32,
     /// Expert-parallel size (1: experts are tensor-parallel like the rest).
     pub ep: u32,
+    /// Requests the engine runs at once (vLLM's `--max-num-seqs`); `None`: its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_num_seqs: Option<u32>,
+    /// Context length it serves (vLLM's `--max-model-len`); `None`: the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_model_len: Option<u32>,
+    /// KV-cache precision; `None`: the engine's default (the model's dtype).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_dtype: Option<KvCacheDtype>,
+}
+
+/// A KV-cache precision an engine can be asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvCacheDtype {
+    /// The model's own dtype.
+    Auto,
+    /// 8-bit floating point.
+    Fp8,
+}
+
+impl KvCacheDtype {
+    /// The matrix spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KvCacheDtype::Auto => "auto",
+            KvCacheDtype::Fp8 => "fp8",
+        }
+    }
 }
 
 impl Layout {
@@ -120,13 +149,23 @@ impl Layout {
 }
 
 impl fmt::Display for Layout {
-    /// `tp4 pp2`, with the sizes other than 1 after `tp`.
+    /// `tp4 pp2 seqs256 len8192 kv-fp8`: the sizes other than 1 after `tp`, then the engine
+    /// settings given.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "tp{}", self.tp)?;
         for (name, size) in [("pp", self.pp), ("dp", self.dp), ("ep", self.ep)] {
             if size > 1 {
                 write!(f, " {name}{size}")?;
             }
+        }
+        if let Some(n) = self.max_num_seqs {
+            write!(f, " seqs{n}")?;
+        }
+        if let Some(n) = self.max_model_len {
+            write!(f, " len{n}")?;
+        }
+        if let Some(kv) = self.kv_cache_dtype {
+            write!(f, " kv-{}", kv.as_str())?;
         }
         Ok(())
     }

@@ -141,6 +141,12 @@ fn gpu(g: &GpuRequirement) -> pb::GpuRequirement {
             pp: l.pp,
             dp: l.dp,
             ep: l.ep,
+            max_num_seqs: l.max_num_seqs.unwrap_or(0),
+            max_model_len: l.max_model_len.unwrap_or(0),
+            kv_cache_dtype: l
+                .kv_cache_dtype
+                .map(|k| k.as_str().to_owned())
+                .unwrap_or_default(),
         }),
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use evalctl_results::search::SearchAxis;
 
 use crate::domain::{
-    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, Layout, LoadPoint,
+    Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, KvCacheDtype, Layout, LoadPoint,
     PrefixCachePolicy, PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
 };
 
@@ -41,7 +41,17 @@ const TOP_KEYS: &[&str] = &[
     "exclude",
     "include",
 ];
-const LAYOUT_KEYS: &[&str] = &["tp", "pp", "dp", "ep"];
+const LAYOUT_KEYS: &[&str] = &[
+    "tp",
+    "pp",
+    "dp",
+    "ep",
+    "max_num_seqs",
+    "max_model_len",
+    "kv_cache_dtype",
+];
+const KV_CACHE_DTYPES: &[(KvCacheDtype, &str)] =
+    &[(KvCacheDtype::Auto, "auto"), (KvCacheDtype::Fp8, "fp8")];
 const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer", "arch"];
 const ARCH_KEYS: &[&str] = &[
     "layers",
@@ -663,8 +673,9 @@ impl Decoder<'_> {
         })
     }
 
-    /// One entry of `layouts`: `tp`, `pp`, `dp` and `ep`, each 1 when absent; experts are
-    /// sharded over part of the `tp × dp` GPUs, so `ep` must divide that.
+    /// One entry of `layouts`: `tp`, `pp`, `dp` and `ep`, each 1 when absent (experts are
+    /// sharded over part of the `tp × dp` GPUs, so `ep` must divide that), and the engine
+    /// settings `max_num_seqs`, `max_model_len` and `kv_cache_dtype`.
     fn layout(&self, path: &str, node: &Node) -> Result<At<Layout>, MatrixError> {
         let f = self.fields(node, path, LAYOUT_KEYS)?;
         let size = |key: &str| {
@@ -673,11 +684,22 @@ impl Decoder<'_> {
                 .transpose()
                 .map(|v| v.unwrap_or(1))
         };
+        let setting = |key: &str| {
+            f.get(key)
+                .map(|n| self.uint32(&f.field(key), n, 1))
+                .transpose()
+        };
         let layout = Layout {
             tp: size("tp")?,
             pp: size("pp")?,
             dp: size("dp")?,
             ep: size("ep")?,
+            max_num_seqs: setting("max_num_seqs")?,
+            max_model_len: setting("max_model_len")?,
+            kv_cache_dtype: f
+                .get("kv_cache_dtype")
+                .map(|n| self.choice(&f.field("kv_cache_dtype"), n, KV_CACHE_DTYPES))
+                .transpose()?,
         };
         let span = u64::from(layout.tp) * u64::from(layout.dp);
         if span % u64::from(layout.ep) != 0 {

@@ -12,6 +12,10 @@
 //!   length or concurrency is not known before the run (dataset files, rate loads, capacity
 //!   searches, which find the limit themselves) add no KV term.
 //!
+//! A layout's engine settings count too: `max_num_seqs` caps the concurrency that holds KV
+//! cache (the rest wait), `kv_cache_dtype: fp8` makes `kv_bits` 8, and a request longer than
+//! `max_model_len` cannot be served at all.
+//!
 //! Engines split both terms across the unit's GPUs under tensor and pipeline parallelism,
 //! so the check over all of them is the check per GPU. Under a layout with data
 //! parallelism (`dp` replicas), each replica holds all the weights on its `tp × pp` GPUs:
@@ -19,7 +23,7 @@
 
 use serde_json::Value;
 
-use crate::domain::{DatasetSpec, Layout, LoadPoint, WorkloadSpec};
+use crate::domain::{DatasetSpec, KvCacheDtype, Layout, LoadPoint, WorkloadSpec};
 
 /// Weights overhead factor (activations, CUDA graphs, fragmentation).
 pub(crate) const WEIGHTS_OVERHEAD: f64 = 1.2;
@@ -223,8 +227,28 @@ pub(crate) fn misfit(input: &FitInput<'_>) -> Option<String> {
         ));
     }
     let weights = weights * f64::from(replicas);
-    let (arch, demand) = (input.arch?, input.demand?);
-    let kv = arch.kv_elements_per_token() * input.kv_bits / 8.0 * demand.total_tokens() / 1e9;
+    let mut demand = input.demand?;
+    let settings = input
+        .layout
+        .unwrap_or_else(|| super::layout::default_layout(input.count));
+    if let Some(limit) = settings.max_model_len
+        && demand.tokens > limit
+    {
+        return Some(format!(
+            "a request of {} tokens is longer than max_model_len {limit}",
+            demand.tokens
+        ));
+    }
+    // The engine runs at most max_num_seqs requests; the rest wait, holding no KV cache.
+    if let Some(seqs) = settings.max_num_seqs {
+        demand.concurrency = demand.concurrency.min(seqs);
+    }
+    let kv_bits = match settings.kv_cache_dtype {
+        Some(KvCacheDtype::Fp8) => 8.0,
+        _ => input.kv_bits,
+    };
+    let arch = input.arch?;
+    let kv = arch.kv_elements_per_token() * kv_bits / 8.0 * demand.total_tokens() / 1e9;
     exceeds(weights + kv, have).then(|| {
         format!(
             "weights fit ({weights:.1} GB of {} GB) but the KV cache does not: c={} × {} tokens × \
@@ -233,7 +257,7 @@ pub(crate) fn misfit(input: &FitInput<'_>) -> Option<String> {
             demand.concurrency,
             demand.tokens,
             arch.describe(),
-            num(input.kv_bits),
+            num(kv_bits),
             have - weights
         )
     })
@@ -332,6 +356,33 @@ mod tests {
         );
         // Without a known demand or architecture, weights alone decide.
         assert_eq!(misfit(&input(4, None)), None);
+        // A layout's engine settings: 32 sequences at once and an fp8 cache fit on 8 GPUs;
+        // a context shorter than the requests does not serve them at all.
+        let tuned = Layout {
+            max_num_seqs: Some(32),
+            kv_cache_dtype: Some(KvCacheDtype::Fp8),
+            ..super::super::layout::default_layout(8)
+        };
+        assert_eq!(
+            misfit(&FitInput {
+                layout: Some(tuned),
+                ..input(8, Some(large))
+            }),
+            None
+        );
+        let short = Layout {
+            max_model_len: Some(4096),
+            ..tuned
+        };
+        let reason = misfit(&FitInput {
+            layout: Some(short),
+            ..input(8, Some(large))
+        })
+        .unwrap();
+        assert_eq!(
+            reason,
+            "a request of 8192 tokens is longer than max_model_len 4096"
+        );
         let weights = misfit(&input(2, Some(small))).unwrap();
         assert!(weights.starts_with("weights need 168.0 GB"), "{weights}");
     }

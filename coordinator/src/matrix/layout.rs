@@ -5,7 +5,7 @@
 
 use super::placeholders::{self, Segment};
 use super::presets::{ExpertParallel, Preset};
-use crate::domain::Layout;
+use crate::domain::{KvCacheDtype, Layout};
 
 /// The placeholders of a layout, which a framework command may hold beside the server's.
 pub(crate) const PARALLEL: &[&str] = &["parallel.tp", "parallel.pp", "parallel.dp", "parallel.ep"];
@@ -17,6 +17,9 @@ pub(crate) fn default_layout(gpus: u32) -> Layout {
         pp: 1,
         dp: 1,
         ep: 1,
+        max_num_seqs: None,
+        max_model_len: None,
+        kv_cache_dtype: None,
     }
 }
 
@@ -92,6 +95,33 @@ pub(crate) fn command(
         }
         (ep, ExpertParallel::Size(flag)) => command.push_str(&format!(" {flag} {ep}")),
     }
+    for (setting, value, flag) in [
+        (
+            "max_num_seqs",
+            layout.max_num_seqs,
+            preset.max_num_seqs_flag,
+        ),
+        (
+            "max_model_len",
+            layout.max_model_len,
+            preset.max_model_len_flag,
+        ),
+    ] {
+        match (value, flag) {
+            (None, _) => {}
+            (Some(v), Some(flag)) => command.push_str(&format!(" {flag} {v}")),
+            (Some(_), None) => return Err(format!("the {name} preset has no {setting} flag")),
+        }
+    }
+    match (layout.kv_cache_dtype, preset.kv_cache_fp8) {
+        (None | Some(KvCacheDtype::Auto), _) => {}
+        (Some(KvCacheDtype::Fp8), Some((flag, value))) => {
+            command.push_str(&format!(" {flag} {value}"));
+        }
+        (Some(KvCacheDtype::Fp8), None) => {
+            return Err(format!("the {name} preset has no fp8 KV cache flag"));
+        }
+    }
     Ok(command)
 }
 
@@ -122,7 +152,13 @@ mod tests {
     use super::*;
 
     fn layout(tp: u32, pp: u32, dp: u32, ep: u32) -> Layout {
-        Layout { tp, pp, dp, ep }
+        Layout {
+            tp,
+            pp,
+            dp,
+            ep,
+            ..default_layout(1)
+        }
     }
 
     #[test]
@@ -148,6 +184,33 @@ mod tests {
         let tgi = preset("tgi").unwrap();
         let err = command(tgi.command, Some(tgi), Some(layout(4, 2, 1, 1)), 8).unwrap_err();
         assert_eq!(err, "the tgi preset has no pipeline parallelism");
+    }
+
+    #[test]
+    fn engine_settings_take_each_engines_own_flag() {
+        let tuned = Layout {
+            max_num_seqs: Some(256),
+            max_model_len: Some(8192),
+            kv_cache_dtype: Some(KvCacheDtype::Fp8),
+            ..layout(8, 1, 1, 1)
+        };
+        let vllm = preset("vllm").unwrap();
+        assert!(
+            command(vllm.command, Some(vllm), Some(tuned), 8)
+                .unwrap()
+                .ends_with(" --max-num-seqs 256 --max-model-len 8192 --kv-cache-dtype fp8")
+        );
+        let sglang = preset("sglang").unwrap();
+        assert!(
+            command(sglang.command, Some(sglang), Some(tuned), 8)
+                .unwrap()
+                .ends_with(
+                    " --max-running-requests 256 --context-length 8192 --kv-cache-dtype fp8_e5m2"
+                )
+        );
+        let trtllm = preset("trtllm").unwrap();
+        let err = command(trtllm.command, Some(trtllm), Some(tuned), 8).unwrap_err();
+        assert_eq!(err, "the trtllm preset has no fp8 KV cache flag");
     }
 
     #[test]

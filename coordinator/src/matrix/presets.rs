@@ -33,6 +33,12 @@ pub(crate) struct Preset {
     pub data_parallel_flag: Option<&'static str>,
     /// How the engine spells expert parallelism.
     pub expert_parallel: ExpertParallel,
+    /// The flag that caps the requests it runs at once (a layout's `max_num_seqs`).
+    pub max_num_seqs_flag: Option<&'static str>,
+    /// The flag that sets the context length it serves (a layout's `max_model_len`).
+    pub max_model_len_flag: Option<&'static str>,
+    /// The flag and value that make its KV cache fp8 (a layout's `kv_cache_dtype: fp8`).
+    pub kv_cache_fp8: Option<(&'static str, &'static str)>,
 }
 
 /// How an engine is told to shard a mixture of experts' experts.
@@ -77,6 +83,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: Some("--pipeline-parallel-size"),
         data_parallel_flag: Some("--data-parallel-size"),
         expert_parallel: ExpertParallel::Switch("--enable-expert-parallel"),
+        max_num_seqs_flag: Some("--max-num-seqs"),
+        max_model_len_flag: Some("--max-model-len"),
+        kv_cache_fp8: Some(("--kv-cache-dtype", "fp8")),
     },
     Preset {
         name: "sglang",
@@ -93,6 +102,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: Some("--pp-size"),
         data_parallel_flag: Some("--dp-size"),
         expert_parallel: ExpertParallel::Size("--ep-size"),
+        max_num_seqs_flag: Some("--max-running-requests"),
+        max_model_len_flag: Some("--context-length"),
+        kv_cache_fp8: Some(("--kv-cache-dtype", "fp8_e5m2")),
     },
     Preset {
         name: "tgi",
@@ -117,6 +129,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: None,
         data_parallel_flag: None,
         expert_parallel: ExpertParallel::None,
+        max_num_seqs_flag: None,
+        max_model_len_flag: None,
+        kv_cache_fp8: None,
     },
     Preset {
         name: "llamacpp",
@@ -131,6 +146,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: None,
         data_parallel_flag: None,
         expert_parallel: ExpertParallel::None,
+        max_num_seqs_flag: Some("--parallel"),
+        max_model_len_flag: Some("--ctx-size"),
+        kv_cache_fp8: None,
     },
     Preset {
         name: "trtllm",
@@ -146,6 +164,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: Some("--pp_size"),
         data_parallel_flag: None,
         expert_parallel: ExpertParallel::Size("--ep_size"),
+        max_num_seqs_flag: Some("--max_batch_size"),
+        max_model_len_flag: Some("--max_seq_len"),
+        kv_cache_fp8: None,
     },
     Preset {
         name: "ollama",
@@ -160,6 +181,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: None,
         data_parallel_flag: None,
         expert_parallel: ExpertParallel::None,
+        max_num_seqs_flag: None,
+        max_model_len_flag: None,
+        kv_cache_fp8: None,
     },
     Preset {
         name: "sim",
@@ -174,6 +198,9 @@ pub(crate) const PRESETS: &[Preset] = &[
         pipeline_parallel_flag: None,
         data_parallel_flag: None,
         expert_parallel: ExpertParallel::None,
+        max_num_seqs_flag: Some("--max-num-seqs"),
+        max_model_len_flag: Some("--max-model-len"),
+        kv_cache_fp8: None,
     },
 ];
 

@@ -66,13 +66,22 @@ impl Config {
     }
 }
 
-/// `tp4 pp2`: the tensor-parallel size and the other sizes above 1.
+/// `tp4 pp2 seqs256 kv-fp8`: the tensor-parallel size, the other sizes above 1 and the
+/// engine settings given, as the coordinator labels units.
 pub fn layout_text(l: pb::Layout) -> String {
     let mut text = format!("tp{}", l.tp);
     for (name, size) in [("pp", l.pp), ("dp", l.dp), ("ep", l.ep)] {
         if size > 1 {
             text.push_str(&format!(" {name}{size}"));
         }
+    }
+    for (name, value) in [("seqs", l.max_num_seqs), ("len", l.max_model_len)] {
+        if value > 0 {
+            text.push_str(&format!(" {name}{value}"));
+        }
+    }
+    if !l.kv_cache_dtype.is_empty() {
+        text.push_str(&format!(" kv-{}", l.kv_cache_dtype));
     }
     text
 }

@@ -118,11 +118,27 @@ fn unit(config: Option<&pb::UnitConfig>, price: Option<f64>, row: &mut RowBuilde
         gpu.map(|g| nonempty(&g.gpu_type).unwrap_or("cpu")),
     );
     row.put("gpu_count", Kind::U64, gpu.map(|g| g.count.max(1)));
-    let layout = gpu.and_then(|g| g.layout);
+    let layout = gpu.and_then(|g| g.layout.as_ref());
     row.put("tp", Kind::U64, layout.map(|l| u64::from(l.tp)));
     row.put("pp", Kind::U64, layout.map(|l| u64::from(l.pp)));
     row.put("dp", Kind::U64, layout.map(|l| u64::from(l.dp)));
     row.put("ep", Kind::U64, layout.map(|l| u64::from(l.ep)));
+    let setting = |v: u32| (v > 0).then_some(u64::from(v));
+    row.put(
+        "max_num_seqs",
+        Kind::U64,
+        layout.and_then(|l| setting(l.max_num_seqs)),
+    );
+    row.put(
+        "max_model_len",
+        Kind::U64,
+        layout.and_then(|l| setting(l.max_model_len)),
+    );
+    row.put(
+        "kv_cache_dtype",
+        Kind::Str,
+        layout.and_then(|l| nonempty(&l.kv_cache_dtype)),
+    );
     row.put(
         "gpu_memory_gb",
         Kind::F64,

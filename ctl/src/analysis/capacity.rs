@@ -406,6 +406,30 @@ mod tests {
     }
 
     #[test]
+    fn topsis_can_weigh_accuracy_against_throughput() {
+        // "fast" serves 3× the tokens of "accurate" but scores 0.5 against 0.8.
+        let rows = || {
+            let mut fast = row("fast", Some(30.0), 300.0, None);
+            fast.accuracy = Some(0.5);
+            let mut accurate = row("accurate", Some(30.0), 100.0, None);
+            accurate.accuracy = Some(0.8);
+            let mut unscored = row("unscored", Some(30.0), 200.0, None);
+            unscored.accuracy = None;
+            vec![fast, accurate, unscored]
+        };
+        let first = |w: &str| {
+            let ranked = rank(rows(), &RankBy::Topsis(parse_weights(w).unwrap())).unwrap();
+            assert_eq!(
+                ranked[2].unranked_because.as_deref(),
+                Some("no accuracy score measured")
+            );
+            ranked[0].row.config.clone()
+        };
+        assert_eq!(first("throughput=1,accuracy=0.1"), "fast");
+        assert_eq!(first("throughput=0.1,accuracy=1"), "accurate");
+    }
+
+    #[test]
     fn weights_are_checked() {
         assert_eq!(
             parse_weights("cost=0.5,gpus=0.5").unwrap(),

@@ -231,6 +231,14 @@ fn wait_ended(url: &str, campaign: &str, timeout: Duration, agent: &AgentProcess
     );
 }
 
+/// `matrices/cpu-vllm.yaml` up to its workloads: its model, server and settings, for a test
+/// to add workloads of its own.
+fn shipped_servers() -> String {
+    let shipped = std::fs::read_to_string(workspace_root().join("matrices/cpu-vllm.yaml")).unwrap();
+    let workloads_at = shipped.find("\nworkloads:\n").expect("a workloads section");
+    shipped[..workloads_at].to_owned()
+}
+
 /// Submits `yaml` (campaign `campaign`), waits for it to succeed and returns its results.
 fn run_to_success(
     url: &str,
@@ -385,11 +393,9 @@ fn after_a_reset_vllms_prefix_cache_hits_what_the_shared_prefixes_imply() {
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, mut agent) = start_with_vllm(dir.path());
     let url = coordinator.url();
-    let shipped = std::fs::read_to_string(workspace_root().join("matrices/cpu-vllm.yaml")).unwrap();
-    let workloads_at = shipped.find("\nworkloads:\n").expect("a workloads section");
     let yaml = format!(
         "{}{}",
-        shipped[..workloads_at]
+        shipped_servers()
             .replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-prefix\n")
             .replace("repeats: 1\n", "repeats: 2\n")
             .replace(
@@ -510,8 +516,6 @@ fn lm_eval_runs_against_vllm_and_its_score_is_stored() {
     let dir = tempfile::tempdir().unwrap();
     let (coordinator, mut agent) = start_with_vllm(dir.path());
     let url = coordinator.url();
-    let shipped = std::fs::read_to_string(workspace_root().join("matrices/cpu-vllm.yaml")).unwrap();
-    let workloads_at = shipped.find("\nworkloads:\n").expect("a workloads section");
     let yaml = format!(
         "{}
 workloads:
@@ -526,7 +530,7 @@ workloads:
       program: {}
     duration: 5m
 ",
-        shipped[..workloads_at].replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-lm-eval\n"),
+        shipped_servers().replace("campaign: cpu-vllm\n", "campaign: cpu-vllm-lm-eval\n"),
         workspace_root()
             .join("datasets/lm-eval/evalctl_arith")
             .display(),

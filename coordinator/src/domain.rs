@@ -100,7 +100,7 @@ pub struct GpuRequirement {
 
 /// Tensor, pipeline, data and expert parallelism of a unit: `tp × pp × dp` GPUs, experts
 /// sharded over `ep` of the `tp × dp` (docs/matrix.md#layouts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Layout {
     /// Tensor-parallel size.
     pub tp: u32,
@@ -119,6 +119,53 @@ pub struct Layout {
     /// KV-cache precision; `None`: the engine's default (the model's dtype).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kv_cache_dtype: Option<KvCacheDtype>,
+    /// Speculative decoding; `None`: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<Speculative>,
+}
+
+/// Speculative decoding: a method proposes `tokens` tokens per step, which the model
+/// verifies.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Speculative {
+    /// How tokens are proposed.
+    pub method: SpeculativeMethod,
+    /// The draft model's path, for methods that have one (EAGLE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_model: Option<String>,
+    /// Tokens proposed per step.
+    pub tokens: u32,
+}
+
+/// A speculative decoding method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpeculativeMethod {
+    /// EAGLE draft heads (a draft model).
+    Eagle,
+    /// EAGLE-3 draft heads (a draft model).
+    Eagle3,
+    /// Prompt-lookup n-grams (no draft model).
+    Ngram,
+    /// The model's own multi-token-prediction layers (DeepSeek-V3; no draft model).
+    Mtp,
+}
+
+impl SpeculativeMethod {
+    /// The matrix spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpeculativeMethod::Eagle => "eagle",
+            SpeculativeMethod::Eagle3 => "eagle3",
+            SpeculativeMethod::Ngram => "ngram",
+            SpeculativeMethod::Mtp => "mtp",
+        }
+    }
+
+    /// Whether the method needs a draft model.
+    pub fn needs_draft(self) -> bool {
+        matches!(self, SpeculativeMethod::Eagle | SpeculativeMethod::Eagle3)
+    }
 }
 
 /// A KV-cache precision an engine can be asked for.
@@ -143,7 +190,7 @@ impl KvCacheDtype {
 
 impl Layout {
     /// GPUs the layout uses.
-    pub fn gpus(self) -> u64 {
+    pub fn gpus(&self) -> u64 {
         u64::from(self.tp) * u64::from(self.pp) * u64::from(self.dp)
     }
 }
@@ -166,6 +213,9 @@ impl fmt::Display for Layout {
         }
         if let Some(kv) = self.kv_cache_dtype {
             write!(f, " kv-{}", kv.as_str())?;
+        }
+        if let Some(spec) = &self.speculative {
+            write!(f, " spec-{}x{}", spec.method.as_str(), spec.tokens)?;
         }
         Ok(())
     }
@@ -316,6 +366,7 @@ impl UnitConfig {
         let layout = self
             .gpu
             .layout
+            .as_ref()
             .map_or_else(String::new, |l| format!(" ({l})"));
         format!(
             "{} / {} x{}{layout} / {} / {}",

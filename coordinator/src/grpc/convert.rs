@@ -136,7 +136,7 @@ fn gpu(g: &GpuRequirement) -> pb::GpuRequirement {
         memory_gb: g.memory_gb,
         count: g.count,
         price_per_hour: g.price_per_hour.unwrap_or(0.0),
-        layout: g.layout.map(|l| pb::Layout {
+        layout: g.layout.as_ref().map(|l| pb::Layout {
             tp: l.tp,
             pp: l.pp,
             dp: l.dp,
@@ -147,6 +147,17 @@ fn gpu(g: &GpuRequirement) -> pb::GpuRequirement {
                 .kv_cache_dtype
                 .map(|k| k.as_str().to_owned())
                 .unwrap_or_default(),
+            speculative_method: l
+                .speculative
+                .as_ref()
+                .map(|s| s.method.as_str().to_owned())
+                .unwrap_or_default(),
+            speculative_draft_model: l
+                .speculative
+                .as_ref()
+                .and_then(|s| s.draft_model.clone())
+                .unwrap_or_default(),
+            speculative_tokens: l.speculative.as_ref().map_or(0, |s| s.tokens),
         }),
     }
 }

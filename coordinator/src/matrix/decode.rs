@@ -10,7 +10,8 @@ use evalctl_results::search::SearchAxis;
 
 use crate::domain::{
     Api, Arrival, ContainerNetwork, ContainerSpec, DatasetSpec, KvCacheDtype, Layout, LoadPoint,
-    PrefixCachePolicy, PrefixDistribution, PullPolicy, Sampled, Slo, StopCondition,
+    PrefixCachePolicy, PrefixDistribution, PullPolicy, Sampled, Slo, Speculative,
+    SpeculativeMethod, StopCondition,
 };
 
 use super::error::{Errors, MatrixError, quoted_list};
@@ -49,7 +50,17 @@ const LAYOUT_KEYS: &[&str] = &[
     "max_num_seqs",
     "max_model_len",
     "kv_cache_dtype",
+    "speculative",
 ];
+const SPECULATIVE_KEYS: &[&str] = &["method", "draft_model", "tokens"];
+const SPECULATIVE_METHODS: &[(SpeculativeMethod, &str)] = &[
+    (SpeculativeMethod::Eagle, "eagle"),
+    (SpeculativeMethod::Eagle3, "eagle3"),
+    (SpeculativeMethod::Ngram, "ngram"),
+    (SpeculativeMethod::Mtp, "mtp"),
+];
+/// Tokens a speculative method proposes per step when the layout names none.
+const DEFAULT_SPECULATIVE_TOKENS: u32 = 3;
 const KV_CACHE_DTYPES: &[(KvCacheDtype, &str)] =
     &[(KvCacheDtype::Auto, "auto"), (KvCacheDtype::Fp8, "fp8")];
 const MODEL_KEYS: &[&str] = &["name", "path", "params_b", "tokenizer", "arch"];
@@ -700,6 +711,10 @@ impl Decoder<'_> {
                 .get("kv_cache_dtype")
                 .map(|n| self.choice(&f.field("kv_cache_dtype"), n, KV_CACHE_DTYPES))
                 .transpose()?,
+            speculative: f
+                .get("speculative")
+                .map(|n| self.speculative(&f.field("speculative"), n))
+                .transpose()?,
         };
         let span = u64::from(layout.tp) * u64::from(layout.dp);
         if span % u64::from(layout.ep) != 0 {
@@ -714,6 +729,40 @@ impl Decoder<'_> {
             ));
         }
         Ok(At::new(layout, node.pos))
+    }
+
+    /// A layout's `speculative`: `method`, `draft_model` (for EAGLE, and only then) and
+    /// `tokens` per step.
+    fn speculative(&self, path: &str, node: &Node) -> Result<Speculative, MatrixError> {
+        let f = self.fields(node, path, SPECULATIVE_KEYS)?;
+        let method = self.choice(&f.field("method"), f.req("method")?, SPECULATIVE_METHODS)?;
+        let draft_model = f
+            .get("draft_model")
+            .map(|n| self.nonempty_string(&f.field("draft_model"), n))
+            .transpose()?;
+        match (method.needs_draft(), &draft_model) {
+            (true, None) => return Err(f.missing("draft_model")),
+            (false, Some(d)) => {
+                return Err(self.errors.at(
+                    d.pos,
+                    format!(
+                        "`{}`: `{}` proposes tokens without a draft model",
+                        f.field("draft_model"),
+                        method.as_str()
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Speculative {
+            method,
+            draft_model: draft_model.map(|d| d.value),
+            tokens: f
+                .get("tokens")
+                .map(|n| self.uint32(&f.field("tokens"), n, 1))
+                .transpose()?
+                .unwrap_or(DEFAULT_SPECULATIVE_TOKENS),
+        })
     }
 
     /// A model's `arch`: `layers` with `kv_heads` and `head_dim` (attention), or with

@@ -213,7 +213,7 @@ pub(crate) fn expand(errors: &Errors, r: &Resolved) -> Result<Expansion, MatrixE
             Some(reason) => dropped.push((
                 candidate.combo,
                 Dropped {
-                    label: label(r, &candidate.combo, candidate.layout),
+                    label: label(r, &candidate.combo, candidate.layout.as_ref()),
                     kind: DropKind::Pruned,
                     reason,
                 },
@@ -391,7 +391,7 @@ fn with_layouts(
             continue;
         }
         for entry in &r.layouts {
-            let l = entry.value;
+            let l = &entry.value;
             let drop = |reason: String| {
                 (
                     candidate.combo,
@@ -419,7 +419,7 @@ fn with_layouts(
             }
             match layout::command(base, preset, Some(l), count) {
                 Ok(command) => out.push(Candidate {
-                    layout: Some(l),
+                    layout: Some(l.clone()),
                     command,
                     combo: candidate.combo,
                     extras: candidate.extras.clone(),
@@ -456,14 +456,14 @@ fn misfit(r: &Resolved, candidate: &Candidate) -> Option<String> {
         arch: model.arch,
         memory_gb: gpu.memory_gb?,
         count: combo.count,
-        layout: candidate.layout,
+        layout: candidate.layout.as_ref(),
         gpu_type: &gpu.gpu_type.value,
         demand,
     })
 }
 
 /// The label [`UnitConfig::label`] gives the combination's unit.
-fn label(r: &Resolved, combo: &Combo, layout: Option<Layout>) -> String {
+fn label(r: &Resolved, combo: &Combo, layout: Option<&Layout>) -> String {
     let layout = layout.map_or_else(String::new, |l| format!(" ({l})"));
     format!(
         "{} / {} x{}{layout} / {} / {}",
@@ -506,7 +506,7 @@ fn unit_config(r: &Resolved, model_paths: &[Vec<String>], candidate: &Candidate)
             memory_gb: g.memory_gb.unwrap_or(0.0),
             count,
             price_per_hour: g.price_per_hour,
-            layout: candidate.layout,
+            layout: candidate.layout.clone(),
         },
         framework: framework_spec,
         quantization: QuantizationSpec {

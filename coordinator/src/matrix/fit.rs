@@ -193,7 +193,7 @@ pub(crate) struct FitInput<'a> {
     /// GPUs of the unit.
     pub count: u32,
     /// How they are laid out (`None`: tensor parallel over all).
-    pub layout: Option<Layout>,
+    pub layout: Option<&'a Layout>,
     /// GPU type, for messages.
     pub gpu_type: &'a str,
     /// The largest KV demand of the unit's workloads, when any is known.
@@ -228,9 +228,8 @@ pub(crate) fn misfit(input: &FitInput<'_>) -> Option<String> {
     }
     let weights = weights * f64::from(replicas);
     let mut demand = input.demand?;
-    let settings = input
-        .layout
-        .unwrap_or_else(|| super::layout::default_layout(input.count));
+    let default = super::layout::default_layout(input.count);
+    let settings = input.layout.unwrap_or(&default);
     if let Some(limit) = settings.max_model_len
         && demand.tokens > limit
     {
@@ -365,7 +364,7 @@ mod tests {
         };
         assert_eq!(
             misfit(&FitInput {
-                layout: Some(tuned),
+                layout: Some(&tuned),
                 ..input(8, Some(large))
             }),
             None
@@ -375,7 +374,7 @@ mod tests {
             ..tuned
         };
         let reason = misfit(&FitInput {
-            layout: Some(short),
+            layout: Some(&short),
             ..input(8, Some(large))
         })
         .unwrap();

@@ -4,8 +4,8 @@
 //! into a command's `{parallel.tp}`, `{parallel.pp}`, `{parallel.dp}` and `{parallel.ep}`.
 
 use super::placeholders::{self, Segment};
-use super::presets::{ExpertParallel, Preset};
-use crate::domain::{KvCacheDtype, Layout};
+use super::presets::{ExpertParallel, Preset, SpeculativeFlags};
+use crate::domain::{KvCacheDtype, Layout, Speculative, SpeculativeMethod};
 
 /// The placeholders of a layout, which a framework command may hold beside the server's.
 pub(crate) const PARALLEL: &[&str] = &["parallel.tp", "parallel.pp", "parallel.dp", "parallel.ep"];
@@ -20,6 +20,7 @@ pub(crate) fn default_layout(gpus: u32) -> Layout {
         max_num_seqs: None,
         max_model_len: None,
         kv_cache_dtype: None,
+        speculative: None,
     }
 }
 
@@ -29,12 +30,12 @@ pub(crate) fn default_layout(gpus: u32) -> Layout {
 pub(crate) fn command(
     command: &str,
     preset: Option<&Preset>,
-    layout: Option<Layout>,
+    layout: Option<&Layout>,
     gpus: u32,
 ) -> Result<String, String> {
-    let effective = layout.unwrap_or_else(|| default_layout(gpus));
     if PARALLEL.iter().any(|p| placeholders::uses(command, p)) {
-        return Ok(render(command, effective));
+        let effective = layout.cloned().unwrap_or_else(|| default_layout(gpus));
+        return Ok(render(command, &effective));
     }
     let Some(layout) = layout else {
         return Ok(command.to_owned());
@@ -122,12 +123,66 @@ pub(crate) fn command(
             return Err(format!("the {name} preset has no fp8 KV cache flag"));
         }
     }
+    if let Some(spec) = &layout.speculative {
+        command.push_str(&speculative_flags(name, preset.speculative, spec)?);
+    }
     Ok(command)
+}
+
+/// The arguments that turn speculative decoding on, in the engine's spelling, as template
+/// text (quoted, braces escaped).
+fn speculative_flags(
+    name: &str,
+    flags: SpeculativeFlags,
+    spec: &Speculative,
+) -> Result<String, String> {
+    let draft = spec.draft_model.as_deref();
+    match flags {
+        SpeculativeFlags::None => Err(format!("the {name} preset has no speculative decoding")),
+        SpeculativeFlags::JsonConfig => {
+            let mut config = serde_json::json!({
+                "method": spec.method.as_str(),
+                "num_speculative_tokens": spec.tokens,
+            });
+            if let Some(draft) = draft {
+                config["model"] = draft.into();
+            }
+            Ok(format!(
+                " --speculative-config {}",
+                quoted(&config.to_string())
+            ))
+        }
+        SpeculativeFlags::Flags => {
+            let algorithm = match spec.method {
+                SpeculativeMethod::Eagle => "EAGLE",
+                SpeculativeMethod::Eagle3 => "EAGLE3",
+                SpeculativeMethod::Ngram => "NGRAM",
+                SpeculativeMethod::Mtp => "EAGLE",
+            };
+            let mut text = format!(
+                " --speculative-algorithm {algorithm} --speculative-num-draft-tokens {}",
+                spec.tokens
+            );
+            if let Some(draft) = draft {
+                text.push_str(&format!(
+                    " --speculative-draft-model-path {}",
+                    quoted(draft)
+                ));
+            }
+            Ok(text)
+        }
+    }
+}
+
+/// `text` as one word of a command template: single-quoted, braces escaped.
+fn quoted(text: &str) -> String {
+    let quoted = shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
+    quoted.replace('{', "{{").replace('}', "}}")
 }
 
 /// `template` with the layout's placeholders filled in and everything else kept as a
 /// template (other placeholders as written, literal braces escaped again).
-fn render(template: &str, layout: Layout) -> String {
+fn render(template: &str, layout: &Layout) -> String {
     let Ok(segments) = placeholders::parse(template) else {
         return template.to_owned();
     };
@@ -165,30 +220,31 @@ mod tests {
     fn presets_write_the_layout_with_their_own_flags() {
         let vllm = preset("vllm").unwrap();
         assert_eq!(
-            command(vllm.command, Some(vllm), Some(layout(4, 2, 1, 1)), 8).unwrap(),
+            command(vllm.command, Some(vllm), Some(&layout(4, 2, 1, 1)), 8).unwrap(),
             "vllm serve {model.path} --host {host} --port {port} --tensor-parallel-size 4 {quant.args} --pipeline-parallel-size 2"
         );
-        let moe = command(vllm.command, Some(vllm), Some(layout(4, 1, 2, 8)), 8).unwrap();
+        let moe = command(vllm.command, Some(vllm), Some(&layout(4, 1, 2, 8)), 8).unwrap();
         assert!(
             moe.ends_with("--data-parallel-size 2 --enable-expert-parallel"),
             "{moe}"
         );
-        let err = command(vllm.command, Some(vllm), Some(layout(8, 1, 1, 4)), 8).unwrap_err();
+        let err = command(vllm.command, Some(vllm), Some(&layout(8, 1, 1, 4)), 8).unwrap_err();
         assert!(err.contains("ep must be 8, not 4"), "{err}");
         let sglang = preset("sglang").unwrap();
-        let sg = command(sglang.command, Some(sglang), Some(layout(8, 1, 1, 8)), 8).unwrap();
+        let sg = command(sglang.command, Some(sglang), Some(&layout(8, 1, 1, 8)), 8).unwrap();
         assert!(
             sg.contains("--tp-size 8 ") && sg.ends_with(" --ep-size 8"),
             "{sg}"
         );
         let tgi = preset("tgi").unwrap();
-        let err = command(tgi.command, Some(tgi), Some(layout(4, 2, 1, 1)), 8).unwrap_err();
+        let err = command(tgi.command, Some(tgi), Some(&layout(4, 2, 1, 1)), 8).unwrap_err();
         assert_eq!(err, "the tgi preset has no pipeline parallelism");
     }
 
     #[test]
     fn engine_settings_take_each_engines_own_flag() {
         let tuned = Layout {
+            speculative: None,
             max_num_seqs: Some(256),
             max_model_len: Some(8192),
             kv_cache_dtype: Some(KvCacheDtype::Fp8),
@@ -196,28 +252,59 @@ mod tests {
         };
         let vllm = preset("vllm").unwrap();
         assert!(
-            command(vllm.command, Some(vllm), Some(tuned), 8)
+            command(vllm.command, Some(vllm), Some(&tuned), 8)
                 .unwrap()
                 .ends_with(" --max-num-seqs 256 --max-model-len 8192 --kv-cache-dtype fp8")
         );
         let sglang = preset("sglang").unwrap();
         assert!(
-            command(sglang.command, Some(sglang), Some(tuned), 8)
+            command(sglang.command, Some(sglang), Some(&tuned), 8)
                 .unwrap()
                 .ends_with(
                     " --max-running-requests 256 --context-length 8192 --kv-cache-dtype fp8_e5m2"
                 )
         );
         let trtllm = preset("trtllm").unwrap();
-        let err = command(trtllm.command, Some(trtllm), Some(tuned), 8).unwrap_err();
+        let err = command(trtllm.command, Some(trtllm), Some(&tuned), 8).unwrap_err();
         assert_eq!(err, "the trtllm preset has no fp8 KV cache flag");
+    }
+
+    #[test]
+    fn speculative_decoding_takes_each_engines_spelling() {
+        let eagle = Layout {
+            speculative: Some(Speculative {
+                method: SpeculativeMethod::Eagle3,
+                draft_model: Some("/m/eagle 3".into()),
+                tokens: 4,
+            }),
+            ..layout(8, 1, 1, 1)
+        };
+        let vllm = preset("vllm").unwrap();
+        let v = command(vllm.command, Some(vllm), Some(&eagle), 8).unwrap();
+        assert!(
+            v.ends_with(
+                r#" --speculative-config '{{"method":"eagle3","model":"/m/eagle 3","num_speculative_tokens":4}}'"#
+            ),
+            "{v}"
+        );
+        let sglang = preset("sglang").unwrap();
+        let g = command(sglang.command, Some(sglang), Some(&eagle), 8).unwrap();
+        assert!(
+            g.ends_with(
+                " --speculative-algorithm EAGLE3 --speculative-num-draft-tokens 4 --speculative-draft-model-path '/m/eagle 3'"
+            ),
+            "{g}"
+        );
+        let tgi = preset("tgi").unwrap();
+        let err = command(tgi.command, Some(tgi), Some(&eagle), 8).unwrap_err();
+        assert_eq!(err, "the tgi preset has no speculative decoding");
     }
 
     #[test]
     fn placeholders_take_the_layout_and_no_layout_leaves_a_command_alone() {
         let custom = "serve --tp {parallel.tp} --pp {parallel.pp} --json '{{}}' {port}";
         assert_eq!(
-            command(custom, None, Some(layout(2, 4, 1, 1)), 8).unwrap(),
+            command(custom, None, Some(&layout(2, 4, 1, 1)), 8).unwrap(),
             "serve --tp 2 --pp 4 --json '{{}}' {port}"
         );
         assert_eq!(
@@ -229,7 +316,7 @@ mod tests {
             command(vllm.command, Some(vllm), None, 8).unwrap(),
             vllm.command
         );
-        let err = command("serve {port}", None, Some(layout(8, 1, 1, 1)), 8).unwrap_err();
+        let err = command("serve {port}", None, Some(&layout(8, 1, 1, 1)), 8).unwrap_err();
         assert!(err.contains("{parallel.tp}"), "{err}");
     }
 }

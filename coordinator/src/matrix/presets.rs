@@ -39,6 +39,21 @@ pub(crate) struct Preset {
     pub max_model_len_flag: Option<&'static str>,
     /// The flag and value that make its KV cache fp8 (a layout's `kv_cache_dtype: fp8`).
     pub kv_cache_fp8: Option<(&'static str, &'static str)>,
+    /// How it is told to decode speculatively (a layout's `speculative`).
+    pub speculative: SpeculativeFlags,
+}
+
+/// How an engine takes speculative decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpeculativeFlags {
+    /// It cannot.
+    None,
+    /// vLLM: `--speculative-config` with a JSON object (`method`, `model`,
+    /// `num_speculative_tokens`).
+    JsonConfig,
+    /// SGLang: `--speculative-algorithm`, `--speculative-draft-model-path`,
+    /// `--speculative-num-draft-tokens`.
+    Flags,
 }
 
 /// How an engine is told to shard a mixture of experts' experts.
@@ -86,6 +101,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: Some("--max-num-seqs"),
         max_model_len_flag: Some("--max-model-len"),
         kv_cache_fp8: Some(("--kv-cache-dtype", "fp8")),
+        speculative: SpeculativeFlags::JsonConfig,
     },
     Preset {
         name: "sglang",
@@ -105,6 +121,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: Some("--max-running-requests"),
         max_model_len_flag: Some("--context-length"),
         kv_cache_fp8: Some(("--kv-cache-dtype", "fp8_e5m2")),
+        speculative: SpeculativeFlags::Flags,
     },
     Preset {
         name: "tgi",
@@ -132,6 +149,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: None,
         max_model_len_flag: None,
         kv_cache_fp8: None,
+        speculative: SpeculativeFlags::None,
     },
     Preset {
         name: "llamacpp",
@@ -149,6 +167,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: Some("--parallel"),
         max_model_len_flag: Some("--ctx-size"),
         kv_cache_fp8: None,
+        speculative: SpeculativeFlags::None,
     },
     Preset {
         name: "trtllm",
@@ -167,6 +186,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: Some("--max_batch_size"),
         max_model_len_flag: Some("--max_seq_len"),
         kv_cache_fp8: None,
+        speculative: SpeculativeFlags::None,
     },
     Preset {
         name: "ollama",
@@ -184,6 +204,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: None,
         max_model_len_flag: None,
         kv_cache_fp8: None,
+        speculative: SpeculativeFlags::None,
     },
     Preset {
         name: "sim",
@@ -201,6 +222,7 @@ pub(crate) const PRESETS: &[Preset] = &[
         max_num_seqs_flag: Some("--max-num-seqs"),
         max_model_len_flag: Some("--max-model-len"),
         kv_cache_fp8: None,
+        speculative: SpeculativeFlags::None,
     },
 ];
 

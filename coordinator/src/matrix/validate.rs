@@ -173,6 +173,12 @@ pub(crate) fn validate(
         .iter()
         .map(|entry| v.include(&file, entry))
         .collect::<Result<Vec<_>, _>>()?;
+    let layouts = file
+        .layouts
+        .iter()
+        .enumerate()
+        .map(|(i, l)| v.layout(i, l))
+        .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Resolved {
         pos: file.pos,
@@ -191,7 +197,7 @@ pub(crate) fn validate(
         workloads,
         exclude,
         include,
-        layouts: file.layouts.clone(),
+        layouts,
         presets: framework_presets.clone(),
     })
 }
@@ -485,6 +491,23 @@ impl Validator<'_> {
             harness: w.lm_eval.as_ref().map(|_| HarnessOutput::LmEval),
         };
         Ok((spec, w.load.clone()))
+    }
+
+    /// Layout `i` with its draft model's path expanded.
+    fn layout(&self, i: usize, l: &At<Layout>) -> Result<At<Layout>, MatrixError> {
+        let mut layout = l.clone();
+        if let Some(spec) = &mut layout.value.speculative
+            && let Some(draft) = &spec.draft_model
+        {
+            let at = At {
+                value: draft.clone(),
+                pos: l.pos,
+                span: None,
+            };
+            spec.draft_model =
+                Some(self.expand_path(&format!("layouts[{i}].speculative.draft_model"), &at)?);
+        }
+        Ok(layout)
     }
 
     /// The paths of workload `i`'s `lm_eval` settings, expanded.

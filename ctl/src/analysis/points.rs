@@ -83,6 +83,12 @@ pub fn layout_text(l: pb::Layout) -> String {
     if !l.kv_cache_dtype.is_empty() {
         text.push_str(&format!(" kv-{}", l.kv_cache_dtype));
     }
+    if !l.speculative_method.is_empty() {
+        text.push_str(&format!(
+            " spec-{}x{}",
+            l.speculative_method, l.speculative_tokens
+        ));
+    }
     text
 }
 

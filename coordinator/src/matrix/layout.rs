@@ -149,7 +149,7 @@ fn speculative_flags(
             }
             Ok(format!(
                 " --speculative-config {}",
-                quoted(&config.to_string())
+                placeholders::quote_word(&config.to_string())
             ))
         }
         SpeculativeFlags::Flags => {
@@ -166,18 +166,12 @@ fn speculative_flags(
             if let Some(draft) = draft {
                 text.push_str(&format!(
                     " --speculative-draft-model-path {}",
-                    quoted(draft)
+                    placeholders::quote_word(draft)
                 ));
             }
             Ok(text)
         }
     }
-}
-
-/// `text` as one word of a command template: single-quoted, braces escaped.
-fn quoted(text: &str) -> String {
-    let quoted = shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
-    quoted.replace('{', "{{").replace('}', "}}")
 }
 
 /// `template` with the layout's placeholders filled in and everything else kept as a
@@ -189,7 +183,7 @@ fn render(template: &str, layout: &Layout) -> String {
     segments
         .into_iter()
         .map(|segment| match segment {
-            Segment::Literal(text) => text.replace('{', "{{").replace('}', "}}"),
+            Segment::Literal(text) => placeholders::escape_braces(&text),
             Segment::Placeholder { name, .. } => match name {
                 "parallel.tp" => layout.tp.to_string(),
                 "parallel.pp" => layout.pp.to_string(),

@@ -5,6 +5,7 @@
 //! (`evalctl_results::score::from_lm_eval`).
 
 use super::model::At;
+use super::placeholders::quote_word;
 
 /// lm-eval's program when the workload names none (on the agent's `PATH`).
 pub(crate) const DEFAULT_PROGRAM: &str = "lm_eval";
@@ -86,23 +87,23 @@ impl LmEvalEntry {
             Some(REMOTE_TOKENIZER) => model_args.push("tokenizer_backend=remote".to_owned()),
             Some(path) => model_args.extend([
                 "tokenizer_backend=huggingface".to_owned(),
-                format!("tokenizer={}", quoted(path)),
+                format!("tokenizer={}", quote_word(path)),
             ]),
         }
         let mut words = vec![
             "env".to_owned(),
             "HF_HUB_OFFLINE=1".to_owned(),
             "HF_DATASETS_OFFLINE=1".to_owned(),
-            quoted(&paths.program),
+            quote_word(&paths.program),
             "--model".to_owned(),
             model.to_owned(),
             "--model_args".to_owned(),
             model_args.join(","),
             "--tasks".to_owned(),
-            quoted(&self.tasks.join(",")),
+            quote_word(&self.tasks.join(",")),
         ];
         if let Some(path) = &paths.include_path {
-            words.extend(["--include_path".to_owned(), quoted(path)]);
+            words.extend(["--include_path".to_owned(), quote_word(path)]);
         }
         if let Some(limit) = self.limit {
             words.extend(["--limit".to_owned(), limit.to_string()]);
@@ -114,7 +115,7 @@ impl LmEvalEntry {
             words.push("--apply_chat_template".to_owned());
         }
         if let Some(gen_kwargs) = &self.gen_kwargs {
-            words.extend(["--gen_kwargs".to_owned(), quoted(gen_kwargs)]);
+            words.extend(["--gen_kwargs".to_owned(), quote_word(gen_kwargs)]);
         }
         words.extend([
             "--seed".to_owned(),
@@ -127,26 +128,6 @@ impl LmEvalEntry {
         }
         words.join(" ")
     }
-}
-
-/// One literal word: as it is when it needs no quoting, else quoted as a POSIX shell would
-/// need it; braces escaped either way.
-fn quoted(text: &str) -> String {
-    let plain = !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@+%{}".contains(c));
-    if plain {
-        return literal(text);
-    }
-    // A NUL byte cannot be quoted; the matrix's YAML strings hold none.
-    let quoted = shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
-    literal(&quoted)
-}
-
-/// `text` with its braces escaped for the template grammar.
-fn literal(text: &str) -> String {
-    text.replace('{', "{{").replace('}', "}}")
 }
 
 #[cfg(test)]

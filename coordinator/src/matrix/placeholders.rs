@@ -97,6 +97,27 @@ pub(crate) fn render(template: &str, value: impl Fn(&str) -> Option<String>) -> 
     }
 }
 
+/// `text` as one literal word of a command template the coordinator writes: as it is when
+/// it needs no quoting, else quoted as a POSIX shell would need it (the agent splits
+/// templates that way); braces escaped either way.
+pub(crate) fn quote_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=,@+%{}".contains(c));
+    if plain {
+        return escape_braces(text);
+    }
+    // A NUL byte cannot be quoted; the matrix's YAML strings hold none.
+    let quoted = shlex::try_quote(text).map_or_else(|_| text.to_owned(), |q| q.into_owned());
+    escape_braces(&quoted)
+}
+
+/// `text` with its braces escaped for the template grammar.
+pub(crate) fn escape_braces(text: &str) -> String {
+    text.replace('{', "{{").replace('}', "}}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::yaml::Pos;

@@ -428,7 +428,7 @@ workloads:
     api: completions
     dataset: {{ kind: random, input_tokens: 32, output_tokens: 8 }}
     load:
-      search: {{ over: rate, min: 36, max: 100, goal: \"p90 of ttft <= 60ms\", precision: 5% }}
+      search: {{ over: rate, min: 36, max: 140, goal: \"p90 of ttft <= 60ms\", precision: 5% }}
       arrival: constant
     duration: 1s
 include:

@@ -33,7 +33,9 @@ pub(crate) fn command(
     layout: Option<&Layout>,
     gpus: u32,
 ) -> Result<String, String> {
-    if PARALLEL.iter().any(|p| placeholders::uses(command, p)) {
+    // The substring test first: expansion asks this of every unit, and most commands hold
+    // no layout placeholder.
+    if command.contains("{parallel.") && PARALLEL.iter().any(|p| placeholders::uses(command, p)) {
         let effective = layout.cloned().unwrap_or_else(|| default_layout(gpus));
         return Ok(render(command, &effective));
     }

@@ -106,7 +106,10 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
     let mut client = client::connect(&global.coordinator).await?;
     let measured = points::fetch_measured(&mut client, &args.campaign, &prices).await?;
     let scores = accuracy::by_deployment(&measured.scores);
-    let (bounds, weighed_score) = resolve_scores(args, bounds, &scores)?;
+    let weighs_accuracy = weights
+        .as_ref()
+        .is_some_and(|w| w.iter().any(|(c, _)| *c == capacity::Criterion::Accuracy));
+    let (bounds, weighed_score) = resolve_scores(args, bounds, &scores, weighs_accuracy)?;
     let (points, searches) = (measured.points, measured.searches);
     let mut rows = capacity::capacities(&searches, &points);
     for row in &mut rows {
@@ -233,11 +236,13 @@ pub async fn run(global: &GlobalArgs, args: &RecommendArgs) -> Result<ExitCode, 
 }
 
 /// The `--min` bounds with their names resolved against the stored scores, and the score
-/// TOPSIS's `accuracy` criterion weighs (`--score`, else the first bound's).
+/// TOPSIS's `accuracy` criterion weighs (`--score`, else the first bound's), which it needs
+/// when the weights name it.
 fn resolve_scores(
     args: &RecommendArgs,
     bounds: Vec<accuracy::MinScore>,
     scores: &[accuracy::DeploymentScore],
+    weighs_accuracy: bool,
 ) -> Result<(Vec<accuracy::MinScore>, Option<String>), CliError> {
     let mut known: Vec<&str> = scores.iter().map(|s| s.score.as_str()).collect();
     known.sort_unstable();
@@ -266,10 +271,6 @@ fn resolve_scores(
         ),
         None => bounds.first().map(|b| b.name.clone()),
     };
-    let weighs_accuracy = args
-        .weights
-        .as_deref()
-        .is_some_and(|w| w.split(',').any(|c| c.trim().starts_with("accuracy")));
     if weighs_accuracy && weighed.is_none() {
         return Err(CliError::BadFlag {
             flag: "--weights",
